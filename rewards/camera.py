@@ -1,0 +1,32 @@
+"""Pinhole camera math in the OpenCV convention x = K (R X + t): the one module that projects points."""
+
+from __future__ import annotations
+
+import numpy as np
+
+MIN_DEPTH = 1e-6
+
+
+def box3d_corners(boxes: np.ndarray) -> np.ndarray:
+    """(..., 6) [xmin, ymin, zmin, xmax, ymax, zmax] -> (..., 8, 3) corners."""
+    boxes = np.asarray(boxes, dtype=np.float64)
+    lo, hi = boxes[..., None, :3], boxes[..., None, 3:]
+    pick = np.array([[i >> 2 & 1, i >> 1 & 1, i & 1] for i in range(8)], dtype=bool)
+    return np.where(pick, hi, lo)
+
+
+def to_camera(points: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """World (..., N, 3) -> camera coordinates R X + t, batched over leading axes of R (..., 3, 3) and t (..., 3)."""
+    return np.einsum("...ij,...nj->...ni", R, points) + t[..., None, :]
+
+
+def project(points: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """World points (..., N, 3) -> pixel coordinates (..., N, 2) and camera depth (..., N).
+
+    Pixels are only meaningful where depth > MIN_DEPTH; callers decide what a point behind the camera means.
+    """
+    cam = to_camera(points, R, t)
+    depth = cam[..., 2]
+    p = np.einsum("...ij,...nj->...ni", K, cam)
+    safe = np.where(np.abs(p[..., 2:3]) > MIN_DEPTH, p[..., 2:3], 1.0)
+    return p[..., :2] / safe, depth

@@ -1,0 +1,199 @@
+"""The reward request: typed msgspec structs (one schema for Python callers, HTTP bodies and the OpenAPI docs).
+
+Validation turns a request into arrays stacked over the batch, or raises `RequestError` naming the offending field.
+Unknown keys are rejected so that a typo (`num_kpt2d`) is an error rather than a silently ignored option.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from itertools import chain
+from typing import Annotated
+
+import msgspec
+import numpy as np
+
+from rewards.schema import DEFAULT_BINS, DEFAULT_BOUNDS3D, Quant
+
+Row3 = tuple[float, float, float]
+Matrix3 = tuple[Row3, Row3, Row3]
+Box2D = tuple[float, float, float, float]
+Box3D = tuple[float, float, float, float, float, float]
+PositiveSize = Annotated[float, msgspec.Meta(gt=0)]
+KeypointCount = Annotated[int, msgspec.Meta(ge=1)]
+
+
+# gc=False: request structs never form cycles, and untracked objects keep a big batch from slowing every GC pass.
+
+
+class RequestError(ValueError):
+    """A defect in the request itself (not in the model's text); the message names the field."""
+
+
+class CameraSpec(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    K: Matrix3
+    R: Matrix3
+    t: Row3
+    width: PositiveSize
+    height: PositiveSize
+
+
+class TargetSpec(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    answer: str | Annotated[list[str], msgspec.Meta(min_length=1)]
+    bbox2d: Box2D
+    bbox3d: Box3D
+    num_kpts2d: KeypointCount | None = None
+    num_kpts3d: KeypointCount | None = None
+
+
+class SampleSpec(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    text: str
+    target: TargetSpec
+    camera: CameraSpec
+
+
+class QuantSpec(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    bins: Annotated[int, msgspec.Meta(ge=0)] = DEFAULT_BINS
+    bounds3d: tuple[Row3, Row3] = DEFAULT_BOUNDS3D
+
+
+class RewardRequest(msgspec.Struct, forbid_unknown_fields=True, gc=False):
+    samples: list[SampleSpec]
+    quant: QuantSpec | None = None
+
+
+class RewardSpans(msgspec.Struct):
+    answer: tuple[int, int] | None
+    description: tuple[int, int] | None
+    bbox2d: tuple[int, int] | None
+    bbox3d: tuple[int, int] | None
+    kpts2d: tuple[int, int] | None
+    kpts3d: tuple[int, int] | None
+
+
+class RewardValues(msgspec.Struct):
+    format: float
+    answer: float
+    bbox2d: float
+    bbox3d: float
+    kpts2d: float
+    kpts3d: float
+    rpc: float
+
+
+class RewardResult(msgspec.Struct):
+    rewards: RewardValues
+    spans: RewardSpans
+    errors: list[str]
+
+
+class RewardResponse(msgspec.Struct):
+    results: list[RewardResult]
+
+
+@dataclass
+class Batch:
+    """A validated request as arrays stacked over its B samples."""
+
+    texts: list[str]
+    answers: list[frozenset[str]]  # normalized accepted answers
+    bbox2d: np.ndarray  # (B, 4)
+    bbox3d: np.ndarray  # (B, 6)
+    num_kpts2d: np.ndarray  # (B,) int, 0 when not given
+    num_kpts3d: np.ndarray  # (B,)
+    K: np.ndarray  # (B, 3, 3)
+    R: np.ndarray  # (B, 3, 3)
+    t: np.ndarray  # (B, 3)
+    size: np.ndarray  # (B, 2) width, height
+    quant: Quant
+
+
+_MSGSPEC_PATH = re.compile(r"^(?P<what>.*) - at `\$(?P<path>[^`]*)`$")
+
+
+def _named(exc: msgspec.ValidationError | msgspec.DecodeError) -> RequestError:
+    """msgspec says "Expected ... - at `$.samples[0].target`"; we lead with the field: "samples[0].target: Expected ..."."""
+    match = _MSGSPEC_PATH.match(str(exc))
+    if not match:
+        return RequestError(f"request: {exc}")
+    return RequestError(f"{match['path'].lstrip('.') or 'request'}: {match['what']}")
+
+
+_ANSWER_STRIP = " .,;:!?\"'()[]"
+
+
+def normalize_answer(answer: str) -> str:
+    """Lowercase, collapse whitespace runs, strip surrounding whitespace and .,;:!?"'()[] (the answer contract)."""
+    return " ".join(answer.lower().split()).strip(_ANSWER_STRIP)
+
+
+def _first_bad_row(name: str, values: np.ndarray, bad: np.ndarray) -> None:
+    rows = np.flatnonzero(bad.any(axis=tuple(range(1, bad.ndim))))
+    if len(rows):
+        raise RequestError(f"samples[{rows[0]}].{name}: values must be finite numbers, got {values[rows[0]].tolist()}")
+
+
+def _stack(rows: list, shape: tuple[int, ...]) -> np.ndarray:
+    """Nested tuples of numbers (as msgspec decodes them) -> one float64 array, without numpy's slow shape inference."""
+    flat = rows
+    for _ in shape:
+        flat = chain.from_iterable(flat)
+    return np.fromiter(flat, np.float64, len(rows) * int(np.prod(shape))).reshape(len(rows), *shape)
+
+
+def _quant(spec: QuantSpec | None) -> Quant:
+    spec = spec or QuantSpec()
+    try:
+        return Quant(bins=spec.bins, bounds3d=spec.bounds3d)
+    except ValueError as exc:
+        raise RequestError(str(exc)) from None
+
+
+def to_batch(request: RewardRequest) -> Batch:
+    """Stack a decoded request into arrays, checking what the types cannot (finiteness, the form of K)."""
+    quant = _quant(request.quant)
+    samples = request.samples
+    batch = Batch(
+        texts=[s.text for s in samples],
+        answers=[frozenset(map(normalize_answer, [s.target.answer] if isinstance(s.target.answer, str) else s.target.answer)) for s in samples],
+        bbox2d=_stack([s.target.bbox2d for s in samples], (4,)),
+        bbox3d=_stack([s.target.bbox3d for s in samples], (6,)),
+        num_kpts2d=np.array([s.target.num_kpts2d or 0 for s in samples], dtype=np.int64),
+        num_kpts3d=np.array([s.target.num_kpts3d or 0 for s in samples], dtype=np.int64),
+        K=_stack([s.camera.K for s in samples], (3, 3)),
+        R=_stack([s.camera.R for s in samples], (3, 3)),
+        t=_stack([s.camera.t for s in samples], (3,)),
+        size=_stack([(s.camera.width, s.camera.height) for s in samples], (2,)),
+        quant=quant,
+    )
+    for name in ("bbox2d", "bbox3d"):
+        values = getattr(batch, name)
+        _first_bad_row(f"target.{name}", values, ~np.isfinite(values))
+    for name in ("K", "R", "t"):
+        values = getattr(batch, name)
+        _first_bad_row(f"camera.{name}", values, ~np.isfinite(values))
+    _first_bad_row("camera.width/height", batch.size, ~np.isfinite(batch.size))
+    # The last row [0, 0, 1] makes the projective divisor equal the camera depth z_c that the rpc contract tests.
+    bad_k = np.flatnonzero((batch.K[:, 2] != (0.0, 0.0, 1.0)).any(axis=1))
+    if len(bad_k):
+        raise RequestError(f"samples[{bad_k[0]}].camera.K: the last row must be [0, 0, 1], got {batch.K[bad_k[0]].tolist()}")
+    return batch
+
+
+def decode_request(body: bytes) -> RewardRequest:
+    """An HTTP body -> RewardRequest, or RequestError naming the field."""
+    try:
+        return msgspec.json.decode(body, type=RewardRequest)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise _named(exc) from None
+
+
+def convert_request(samples: list[dict], quant: dict | None) -> RewardRequest:
+    """Python objects -> RewardRequest, or RequestError naming the field (same messages as over HTTP)."""
+    if not isinstance(samples, list):
+        raise RequestError(f"samples: expected a list of sample objects, got {type(samples).__name__}")
+    try:
+        return msgspec.convert({"samples": samples, "quant": quant}, type=RewardRequest)
+    except msgspec.ValidationError as exc:
+        raise _named(exc) from None

@@ -1,0 +1,5 @@
+"""The RL algorithms and loop: advantages and losses as pure tensor functions, the Ray Train learner, the driver that
+runs rollout -> reward -> learn -> sync, and the entry scripts and `pointrl` command.
+
+Everything else in pointrl feeds this package; nothing imports it back.
+"""

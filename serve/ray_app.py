@@ -1,0 +1,56 @@
+"""The reward service as a Ray Serve deployment: the same FastAPI app over HTTP, plus a `score` method for handles.
+
+Other Ray actors call `serve.get_app_handle(APP_NAME).score.remote(samples, quant).result()`. Replicas take a
+fraction of a CPU so that the service, the rollout workers and the learner share a 2-CPU machine.
+"""
+
+from __future__ import annotations
+
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from rewards import score_batch
+from serve.app import ServiceLimits, create_app
+
+APP_NAME = "rewards"
+
+
+def reward_application(
+    token: str | None = None,
+    limits: ServiceLimits = ServiceLimits(),
+    num_cpus: float = 0.25,
+    min_replicas: int = 1,
+    max_replicas: int = 2,
+    target_ongoing_requests: float = 2.0,
+):
+    """A bound Serve application of the reward service, autoscaling between min and max replicas."""
+    app = create_app(token, limits)
+
+    @serve.deployment(
+        name="RewardService",
+        ray_actor_options={"num_cpus": num_cpus},
+        autoscaling_config={
+            "min_replicas": min_replicas,
+            "max_replicas": max_replicas,
+            "target_ongoing_requests": target_ongoing_requests,
+            "upscale_delay_s": 2.0,
+            "downscale_delay_s": 30.0,
+        },
+    )
+    @serve.ingress(app)
+    class RewardService:
+        def score(self, samples: list[dict], quant: dict | None = None) -> list[dict]:
+            return score_batch(samples, quant)
+
+    return RewardService.bind()
+
+
+def deploy_rewards(host: str = "127.0.0.1", port: int = 8000, **options) -> DeploymentHandle:
+    """Start Serve's HTTP proxy on host:port (if not already started) and deploy the reward app; return its handle."""
+    serve.start(http_options={"host": host, "port": port})
+    return serve.run(reward_application(**options), name=APP_NAME, route_prefix="/")
+
+
+def reward_handle() -> DeploymentHandle:
+    """The handle of the running reward app, from any process or actor attached to the cluster."""
+    return serve.get_app_handle(APP_NAME)
