@@ -78,6 +78,18 @@ def cmd_score(args: argparse.Namespace) -> None:
         print(f"\nwrote {args.out}")
 
 
+def cmd_synth(args: argparse.Namespace) -> None:
+    from data3d import write_benchmark
+
+    try:
+        summary = write_benchmark(args.out, args.n, args.seed, test_fraction=args.test_fraction,
+                                  num_points=args.num_points, image_size=args.image_size, overwrite=args.overwrite)
+    except FileExistsError:
+        sys.exit(f"{args.out} is not empty: choose a new directory or pass --overwrite")
+    counts = ", ".join(f"{split} {count}" for split, count in summary["counts"].items())
+    print(f"wrote {args.out}: {counts} samples in {summary['seconds']:.1f} s ({summary['samples_per_s']:.1f} samples/s)")
+
+
 def cmd_serve_rewards(args: argparse.Namespace) -> None:
     from serve.server import main
 
@@ -101,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--token", help="bearer token for --url")
     score.add_argument("--out", help="also write the results JSON here")
     score.set_defaults(run=cmd_score)
+
+    synth = commands.add_parser("synth", help="generate the calibrated procedural 3D benchmark")
+    synth.add_argument("--out", required=True, help="dataset directory (must be empty unless --overwrite)")
+    synth.add_argument("--n", type=int, default=2000, help="number of samples (train + test)")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--test-fraction", type=float, default=0.1)
+    synth.add_argument("--num-points", type=int, default=1024)
+    synth.add_argument("--image-size", type=int, default=128)
+    synth.add_argument("--overwrite", action="store_true")
+    synth.set_defaults(run=cmd_synth)
     return parser
 
 

@@ -1,0 +1,106 @@
+"""The calibrated benchmark: one sample from (seed, index), and `write_benchmark` for a whole train/test set.
+
+Sample `index` of seed `seed` draws everything (category, proportions, colours, camera, question) from
+`np.random.default_rng([seed, index])`, so it depends on nothing else and a set is identical for a seed. The camera
+is category-adaptive (VIEWS): cars from the side, monitors and bookshelves from the front, tables from above, so
+no view is meaningless. Geometry and targets follow `data3d.annotate`; questions follow `data3d.questions`.
+The first round(n * test_fraction) indices form the test split, the rest the train split.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import numpy as np
+from tqdm import tqdm
+
+from data3d.annotate import NUM_KPTS, ViewRange, annotate, mesh_surface, timed
+from data3d.questions import ask
+from data3d.shapes import CATEGORIES, build_shape
+from data3d.store import SHARD_SIZE, write_dataset
+from data3d.types import Sample, Targets
+from rewards.schema import Quant
+
+FRONT, SIDES, ALL = ((-60.0, 60.0),), ((40.0, 140.0), (-140.0, -40.0)), ((-180.0, 180.0),)
+VIEWS: dict[str, ViewRange] = {  # azimuth 0 = the object's front (+z), elevation in degrees above the ground
+    "chair": ViewRange((10, 40), ((-130, 130),)), "table": ViewRange((20, 50), ALL),
+    "mug": ViewRange((15, 45), ALL), "lamp": ViewRange((5, 35), ALL), "bottle": ViewRange((5, 30), ALL),
+    "bed": ViewRange((20, 50), ((-140, 140),)), "sofa": ViewRange((10, 40), ((-110, 110),)),
+    "bookshelf": ViewRange((5, 30), FRONT), "bench": ViewRange((10, 40), ((-120, 120),)),
+    "monitor": ViewRange((0, 30), ((-70, 70),)), "car": ViewRange((5, 35), SIDES),
+    "airplane": ViewRange((15, 60), ALL), "stool": ViewRange((10, 40), ALL), "bowl": ViewRange((20, 55), ALL),
+}
+POOL_FACTOR = 2  # surface samples per final point fed to farthest-point thinning
+
+
+def sample_rng(seed: int, index: int) -> np.random.Generator:
+    if seed < 0 or index < 0:
+        raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
+    return np.random.default_rng([seed, index])
+
+
+def generate_sample(seed: int, index: int, *, num_points: int = 1024, image_size: int = 128, num_kpts: int = NUM_KPTS,
+                    categories: tuple[str, ...] = tuple(CATEGORIES), timings: dict | None = None) -> Sample:
+    """Sample `index` of the benchmark with seed `seed`; `timings`, if given, accumulates seconds per stage
+    (shape, points, render, targets)."""
+    unknown = set(categories) - set(CATEGORIES)
+    if unknown or not categories:
+        raise ValueError(f"categories must be a non-empty subset of {sorted(CATEGORIES)}, got {categories}")
+    rng = sample_rng(seed, index)
+    with timed(timings, "shape"):
+        category = categories[int(rng.integers(len(categories)))]
+        shape = build_shape(category, rng)
+    with timed(timings, "points"):
+        count = max(image_size**2, POOL_FACTOR * num_points)  # about one sample per pixel for the renderer
+        surface = mesh_surface(shape.mesh.vertices, shape.mesh.faces, shape.face_rgb, count, rng)
+    geometry = annotate(surface, rng, num_points=num_points, image_size=image_size, view=VIEWS[category],
+                        pool_size=POOL_FACTOR * num_points, num_kpts=num_kpts, timings=timings)
+    with timed(timings, "targets"):
+        question_type, instruction, answers = ask(rng, category, tuple(CATEGORIES), geometry.bbox3d, shape.colour,
+                                                  shape.counts)
+        attributes = {"colour": shape.colour, "size_class": shape.size_class, "part_count": shape.part_count,
+                      "counts": shape.counts, "view": geometry.view, "source": "synthetic"}
+        targets = Targets(bbox2d=geometry.bbox2d, bbox3d=geometry.bbox3d, kpts3d=geometry.kpts3d,
+                          kpts2d=geometry.kpts2d, answers=answers, category=category,
+                          description=shape.description, attributes=attributes)
+    return Sample(uid=f"synth-{seed}-{index:07d}", points=geometry.points, instruction=instruction, targets=targets,
+                  image=geometry.image, camera=geometry.camera, question_type=question_type)
+
+
+def split_indices(n: int, test_fraction: float) -> dict[str, range]:
+    """Index ranges of the two splits: test first, then train."""
+    if n < 1 or not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"need n >= 1 and 0 <= test_fraction < 1, got n={n}, test_fraction={test_fraction}")
+    n_test = int(round(n * test_fraction))
+    return {"train": range(n_test, n), "test": range(0, n_test)}
+
+
+def write_benchmark(out_dir, n: int, seed: int, *, test_fraction: float = 0.1, num_points: int = 1024,
+                    image_size: int = 128, progress: bool = True, shard_size: int = SHARD_SIZE,
+                    overwrite: bool = False) -> dict:
+    """Generate n samples into `out_dir` (the `data3d.store` format) with a progress bar; returns a summary."""
+    splits = split_indices(n, test_fraction)
+    config = {"generator": "data3d.benchmark", "seed": seed, "n": n, "test_fraction": test_fraction,
+              "num_points": num_points, "image_size": image_size, "num_kpts": NUM_KPTS, "categories": list(CATEGORIES)}
+    categories: Counter = Counter()
+    bar = tqdm(total=n, desc="synth", unit="sample", disable=not progress)
+
+    def samples(indices: range) -> Iterator[Sample]:
+        for index in indices:
+            sample = generate_sample(seed, index, num_points=num_points, image_size=image_size)
+            categories[sample.targets.category] += 1
+            bar.update(1)
+            yield sample
+
+    start = time.perf_counter()
+    try:
+        meta = write_dataset(out_dir, {split: samples(indices) for split, indices in splits.items()}, config=config,
+                             quant=Quant(), shard_size=shard_size, overwrite=overwrite)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    return {"out_dir": str(out_dir), "counts": {split: info["count"] for split, info in meta["splits"].items()},
+            "seconds": round(seconds, 3), "samples_per_s": round(n / max(seconds, 1e-9), 2),
+            "categories": dict(sorted(categories.items()))}

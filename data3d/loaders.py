@@ -1,0 +1,238 @@
+"""Real datasets as `Sample`s: ShapeNetCore v2 meshes, ModelNet40 resampled clouds, Objaverse in PointLLM's format.
+
+Every loader feeds its surface into `data3d.annotate`, so targets are computed from the geometry exactly as for
+the benchmark, and the camera and image are synthesized by our renderer with DEFAULT_VIEW (the datasets' front
+directions differ, so the azimuth is unrestricted); all three datasets are taken as y-up. Randomness for a file comes
+from `default_rng([seed, crc32(uid)])`: a sample does not depend on which other files are present.
+- ShapeNetCore v2: `<root>/<synset>/<model_id>/models/model_normalized.obj` read with trimesh; colours from its
+  texture or material where trimesh can resolve them, else neutral grey. Question: category multiple choice.
+- ModelNet40 (`modelnet40_normal_resampled`): `<root>/<class>/<class>_0001.txt`, rows "x,y,z,nx,ny,nz"; no colour,
+  so neutral grey, Lambert-shaded with the file's normals. Question: category multiple choice.
+- Objaverse / PointLLM: `<root>/<uid>_8192.npy` (8192, 6) xyz+rgb and a conversation JSON (a list of
+  {"object_id", "conversations": [{"from": "human", "value": "<point>\\n..."}, {"from": "gpt", "value": ...}]}).
+  rgb is taken as [0, 255] when any value exceeds 1 and divided by 255, else as [0, 1]. The first human turn (without
+  the <point> placeholder) is the instruction, the first gpt turn the accepted answer and the description.
+A missing or malformed file raises FileNotFoundError / ValueError naming it.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from data3d.annotate import Surface, annotate, mesh_surface
+from data3d.benchmark import POOL_FACTOR
+from data3d.questions import category_question
+from data3d.shapes import article
+from data3d.store import read_json
+from data3d.types import Sample, Targets
+
+GREY = (0.6, 0.6, 0.6)
+SHAPENET_SYNSETS: dict[str, str] = {
+    "02691156": "airplane", "02747177": "trash bin", "02773838": "bag", "02801938": "basket", "02808440": "bathtub",
+    "02818832": "bed", "02828884": "bench", "02843684": "birdhouse", "02871439": "bookshelf", "02876657": "bottle",
+    "02880940": "bowl", "02924116": "bus", "02933112": "cabinet", "02942699": "camera", "02946921": "can",
+    "02954340": "cap", "02958343": "car", "02992529": "cellphone", "03001627": "chair", "03046257": "clock",
+    "03085013": "keyboard", "03207941": "dishwasher", "03211117": "monitor", "03261776": "earphone", "03325088": "faucet",
+    "03337140": "file cabinet", "03467517": "guitar", "03513137": "helmet", "03593526": "jar", "03624134": "knife",
+    "03636649": "lamp", "03642806": "laptop", "03691459": "loudspeaker", "03710193": "mailbox", "03759954": "microphone",
+    "03761084": "microwave", "03790512": "motorbike", "03797390": "mug", "03928116": "piano", "03938244": "pillow",
+    "03948459": "pistol", "03991062": "flowerpot", "04004475": "printer", "04074963": "remote control", "04090263": "rifle",
+    "04099429": "rocket", "04225987": "skateboard", "04256520": "sofa", "04330267": "stove", "04379243": "table",
+    "04401088": "telephone", "04460130": "tower", "04468005": "train", "04530566": "watercraft", "04554684": "washer",
+}
+MODELNET40_CLASSES: tuple[str, ...] = (
+    "airplane", "bathtub", "bed", "bench", "bookshelf", "bottle", "bowl", "car", "chair", "cone", "cup", "curtain", "desk",
+    "door", "dresser", "flower_pot", "glass_box", "guitar", "keyboard", "lamp", "laptop", "mantel", "monitor",
+    "night_stand", "person", "piano", "plant", "radio", "range_hood", "sink", "sofa", "stairs", "stool", "table", "tent",
+    "toilet", "tv_stand", "vase", "wardrobe", "xbox",
+)
+
+
+def _rng(seed: int, uid: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(uid.encode())])
+
+
+def _sample(path: Path, uid: str, surface: Surface, rng: np.random.Generator, question: tuple, category: str,
+            description: str, *, num_points: int, image_size: int, pool_size: int | None = None) -> Sample:
+    """The sample of one file's surface; a failure names the file."""
+    try:
+        geometry = annotate(surface, rng, num_points=num_points, image_size=image_size, pool_size=pool_size)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    question_type, instruction, answers = question
+    targets = Targets(bbox2d=geometry.bbox2d, bbox3d=geometry.bbox3d, kpts3d=geometry.kpts3d, kpts2d=geometry.kpts2d,
+                      answers=answers, category=category, description=description,
+                      attributes={"source": uid.split("-", 1)[0], "view": geometry.view})
+    return Sample(uid=uid, points=geometry.points, instruction=instruction, targets=targets, image=geometry.image,
+                  camera=geometry.camera, question_type=question_type)
+
+
+def _face_rgb(mesh) -> np.ndarray:
+    """(F, 3) colours in [0, 1] from a trimesh mesh's texture, material or colours; grey when it has none."""
+    from trimesh.visual.color import uv_to_color  # trimesh is imported only where a mesh is read: it is slow to load
+
+    visual, faces = mesh.visual, mesh.faces
+    if visual.kind == "texture":
+        material = visual.material
+        image = getattr(material, "image", None)
+        if image is None:
+            image = getattr(material, "baseColorTexture", None)
+        if image is not None and visual.uv is not None and len(visual.uv) == len(mesh.vertices):
+            return uv_to_color(visual.uv, image)[faces, :3].mean(axis=1) / 255.0
+        return np.broadcast_to(np.asarray(material.main_color[:3], dtype=np.float64) / 255.0, (len(faces), 3))
+    if visual.kind == "vertex":
+        return np.asarray(visual.vertex_colors, dtype=np.float64)[faces, :3].mean(axis=1) / 255.0
+    if visual.kind == "face":
+        return np.asarray(visual.face_colors[:, :3], dtype=np.float64) / 255.0
+    return np.broadcast_to(np.asarray(GREY), (len(faces), 3))
+
+
+def read_mesh(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(vertices, faces, face rgb) of every part of a mesh file, in the file's frame."""
+    import trimesh
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    try:
+        scene = trimesh.load(path, force="scene")
+        meshes = [m for m in scene.dump(concatenate=False) if isinstance(m, trimesh.Trimesh) and len(m.faces)]
+    except Exception as e:  # trimesh raises many exception types for broken files
+        raise ValueError(f"{path}: cannot read the mesh ({type(e).__name__}: {e})") from e
+    if not meshes:
+        raise ValueError(f"{path}: the file holds no triangles")
+    starts = np.cumsum([0] + [len(m.vertices) for m in meshes[:-1]])
+    vertices = np.concatenate([np.asarray(m.vertices, dtype=np.float64) for m in meshes])
+    faces = np.concatenate([np.asarray(m.faces, dtype=np.int64) + s for m, s in zip(meshes, starts)])
+    return vertices, faces, np.concatenate([_face_rgb(m) for m in meshes])
+
+
+def shapenet_sample(path, category: str, uid: str, *, seed: int = 0, num_points: int = 1024,
+                    image_size: int = 128) -> Sample:
+    """One ShapeNet model file as a sample."""
+    vertices, faces, face_rgb = read_mesh(path)
+    rng = _rng(seed, uid)
+    try:
+        surface = mesh_surface(vertices, faces, face_rgb, max(image_size**2, POOL_FACTOR * num_points), rng)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    question = category_question(category, SHAPENET_SYNSETS.values(), rng)
+    return _sample(path, uid, surface, rng, question, category, f"{article(category)} {category}",
+                   num_points=num_points, image_size=image_size, pool_size=POOL_FACTOR * num_points)
+
+
+def iter_shapenet(root, *, synsets: list[str] | None = None, limit: int | None = None, seed: int = 0,
+                  num_points: int = 1024, image_size: int = 128) -> Iterator[Sample]:
+    """ShapeNetCore v2 models under `root` in sorted order (optionally only some synsets, at most `limit`)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"ShapeNetCore root {root} is not a directory")
+    paths = sorted(root.glob("*/*/models/model_normalized.obj"))
+    if synsets is not None:
+        wanted = set(synsets)
+        paths = [p for p in paths if p.parts[-4] in wanted]
+    for path in paths[:limit]:
+        synset, model_id = path.parts[-4], path.parts[-3]
+        yield shapenet_sample(path, SHAPENET_SYNSETS.get(synset, synset), f"shapenet-{synset}-{model_id}",
+                              seed=seed, num_points=num_points, image_size=image_size)
+
+
+def read_modelnet_txt(path) -> np.ndarray:
+    """(n, 6) x,y,z,nx,ny,nz rows of a ModelNet40 resampled file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    try:
+        rows = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
+    except ValueError as e:
+        raise ValueError(f"{path}: not comma-separated numbers ({e})") from e
+    if rows.shape[1] != 6 or len(rows) == 0 or not np.isfinite(rows).all():
+        raise ValueError(f"{path}: expected rows of 6 finite numbers x,y,z,nx,ny,nz, got shape {rows.shape}")
+    return rows
+
+
+def modelnet_sample(path, *, seed: int = 0, num_points: int = 1024, image_size: int = 128) -> Sample:
+    """One ModelNet40 resampled file as a sample; the class is the name before the last underscore."""
+    path = Path(path)
+    rows = read_modelnet_txt(path)
+    cls = path.stem.rsplit("_", 1)[0]
+    category, uid = cls.replace("_", " "), f"modelnet40-{path.stem}"
+    normals = rows[:, 3:] / np.maximum(np.linalg.norm(rows[:, 3:], axis=1, keepdims=True), 1e-12)
+    surface = Surface(rows[:, :3], np.broadcast_to(np.asarray(GREY), (len(rows), 3)), normals)
+    rng = _rng(seed, uid)
+    question = category_question(category, [c.replace("_", " ") for c in MODELNET40_CLASSES], rng)
+    return _sample(path, uid, surface, rng, question, category, f"{article(category)} {category}",
+                   num_points=num_points, image_size=image_size)
+
+
+def iter_modelnet40(root, *, split: str | None = None, limit: int | None = None, seed: int = 0,
+                    num_points: int = 1024, image_size: int = 128) -> Iterator[Sample]:
+    """ModelNet40 files under `root`: those listed in `modelnet40_<split>.txt`, or every `<class>/*.txt` if no split."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"ModelNet40 root {root} is not a directory")
+    if split is None:
+        paths = sorted(p for p in root.glob("*/*.txt") if p.parent.name == p.stem.rsplit("_", 1)[0])
+    else:
+        listing = root / f"modelnet40_{split}.txt"
+        if not listing.is_file():
+            raise FileNotFoundError(f"{listing} not found (the split file of split {split!r})")
+        names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+        paths = [root / name.rsplit("_", 1)[0] / f"{name}.txt" for name in names]
+    for path in paths[:limit]:
+        yield modelnet_sample(path, seed=seed, num_points=num_points, image_size=image_size)
+
+
+def read_conversations(path) -> list[tuple[str, str, str]]:
+    """(object_id, instruction, answer) from a PointLLM conversation JSON: the first human and gpt turns."""
+    path = Path(path)
+    entries = read_json(path)
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a list of conversations, got {type(entries).__name__}")
+    out = []
+    for i, entry in enumerate(entries):
+        turns = entry.get("conversations") if isinstance(entry, dict) else None
+        if not isinstance(entry, dict) or not isinstance(entry.get("object_id"), str) or not isinstance(turns, list):
+            raise ValueError(f"{path}: entry {i} needs a string 'object_id' and a list 'conversations'")
+        said = {}
+        for turn in turns:
+            if not isinstance(turn, dict) or not isinstance(turn.get("value"), str):
+                raise ValueError(f"{path}: entry {i} has a turn without a string 'value'")
+            said.setdefault(turn.get("from"), turn["value"])
+        if "human" not in said or "gpt" not in said:
+            raise ValueError(f"{path}: entry {i} ({entry['object_id']}) needs a 'human' and a 'gpt' turn")
+        out.append((entry["object_id"], said["human"].replace("<point>", "").strip(), said["gpt"].strip()))
+    return out
+
+
+def read_pointllm_npy(path) -> tuple[np.ndarray, np.ndarray]:
+    """(xyz, rgb in [0, 1]) of a PointLLM `<uid>_8192.npy` cloud."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found")
+    try:
+        cloud = np.load(path, allow_pickle=False)
+    except ValueError as e:
+        raise ValueError(f"{path}: not a numpy array file ({e})") from e
+    if cloud.ndim != 2 or cloud.shape[1] != 6 or not np.isfinite(cloud).all():
+        raise ValueError(f"{path}: expected an (n, 6) finite xyz+rgb array, got shape {cloud.shape}")
+    rgb = cloud[:, 3:].astype(np.float64)
+    if rgb.min() < 0 or rgb.max() > 255:
+        raise ValueError(f"{path}: rgb values must lie in [0, 1] or [0, 255], got [{rgb.min()}, {rgb.max()}]")
+    return cloud[:, :3].astype(np.float64), rgb / 255.0 if rgb.max() > 1.0 else rgb
+
+
+def iter_objaverse(root, conversations, *, limit: int | None = None, seed: int = 0, num_points: int = 1024,
+                   image_size: int = 128) -> Iterator[Sample]:
+    """PointLLM Objaverse samples: one per conversation entry, its cloud read from `<root>/<uid>_8192.npy`."""
+    root = Path(root)
+    for object_id, instruction, answer in read_conversations(conversations)[:limit]:
+        path = root / f"{object_id}_8192.npy"
+        xyz, rgb = read_pointllm_npy(path)
+        uid = f"objaverse-{object_id}"
+        yield _sample(path, uid, Surface(xyz, rgb), _rng(seed, uid), ("open", instruction, [answer]), "", answer,
+                      num_points=num_points, image_size=image_size)

@@ -1,0 +1,146 @@
+"""Load real point-encoder checkpoints (PointLLM, ULIP, Point-BERT) into `PointBertEncoder` and the projector.
+
+Each layout is a key prefix over the same Point-BERT parameter names:
+  PointLLM (HF model files)       model.point_backbone.*   and its projector model.point_proj.*
+  ULIP / ULIP-2 (`state_dict`)    module.point_encoder.*
+  Point-BERT pre-training         module.transformer_q.*   (inside `base_model`)
+  Point-BERT wrapped / fine-tuned base_model.* or module.*
+  pointrl's own                   bare names (cls_token, encoder.first_conv.0.weight, ...)
+Point-BERT training heads inside those prefixes (cls_head*, lm_head, mask_token) are not part of the
+encoder and are skipped; any other missing, unexpected or wrongly shaped key is an error that lists them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import warnings
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import nn
+
+LAYOUT_PREFIXES = (
+    ("pointllm", "model.point_backbone."),
+    ("ulip", "module.point_encoder."),
+    ("ulip", "point_encoder."),
+    ("pointbert", "module.transformer_q."),
+    ("pointbert", "transformer_q."),
+    ("pointbert", "module.base_model."),
+    ("pointbert", "base_model."),
+    ("pointbert", "module."),
+    ("pointrl", ""),
+)
+POINTLLM_PROJECTOR_PREFIX = "model.point_proj."
+TRAINING_HEADS = ("cls_head_finetune.", "cls_head.", "lm_head.", "mask_token")
+WRAPPER_KEYS = ("state_dict", "base_model", "model", "module")
+TORCH_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+
+
+def _checkpoint_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        files = sorted(path.glob("*.safetensors")) or sorted(p for p in path.iterdir() if p.suffix in TORCH_SUFFIXES)
+        if files:
+            return files
+        raise FileNotFoundError(f"{path}: directory holds no *.safetensors / *.bin / *.pt / *.pth checkpoint files")
+    raise FileNotFoundError(f"{path}: checkpoint not found")
+
+
+def _unwrap(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """Descend through training-script wrappers ({'state_dict': ...}, {'base_model': ...}, ...) to the tensors."""
+    while isinstance(obj, dict) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        inner = next((obj[k] for k in WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            raise ValueError(f"{path}: no state dict found (top-level keys: {sorted(obj)[:10]})")
+        obj = inner
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path}: expected a state dict, got {type(obj).__name__}")
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def read_state_dict(path: str | Path, prefixes: tuple[str, ...] = ("",)) -> dict[str, torch.Tensor]:
+    """Tensors whose names start with one of `prefixes`, from a .safetensors / .pt / .pth / .bin file or a
+    directory of shards. Torch files load with weights_only=True (no pickled code runs)."""
+    state: dict[str, torch.Tensor] = {}
+    for file in _checkpoint_files(Path(path)):
+        if file.suffix == ".safetensors":
+            with safe_open(str(file), framework="pt", device="cpu") as f:
+                state.update({k: f.get_tensor(k) for k in f.keys() if k.startswith(prefixes)})
+        elif file.suffix in TORCH_SUFFIXES:
+            try:
+                # ULIP and Point-BERT save their argparse options beside the weights
+                with torch.serialization.safe_globals([argparse.Namespace]):
+                    raw = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as err:  # torch raises several types for corrupt or non-torch files
+                raise ValueError(f"{file}: cannot be read as a torch checkpoint ({err})") from err
+            state.update({k: v for k, v in _unwrap(raw, file).items() if k.startswith(prefixes)})
+        else:
+            raise ValueError(f"{file}: unknown checkpoint suffix {file.suffix!r} (want .safetensors, {TORCH_SUFFIXES})")
+    return state
+
+
+def detect_layout(keys: list[str] | set[str]) -> tuple[str, str]:
+    """(layout name, prefix) of the first known layout that holds a `cls_token` under its prefix."""
+    for name, prefix in LAYOUT_PREFIXES:
+        if f"{prefix}cls_token" in keys:
+            return name, prefix
+    sample = sorted(keys)[:8]
+    raise ValueError(f"no known point-encoder layout: no '<prefix>cls_token' among keys (first keys: {sample})")
+
+
+def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    out = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k: v for k, v in out.items() if not k.startswith(TRAINING_HEADS)}
+
+
+def _mismatches(module: nn.Module, state: dict[str, torch.Tensor]) -> list[str]:
+    expected = module.state_dict()
+    # num_batches_tracked only counts BatchNorm updates; older checkpoints lack it and it never affects outputs
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    problems = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)):
+        if items:
+            shown = ", ".join(items[:20]) + (f", ... ({len(items)} in all)" if len(items) > 20 else "")
+            problems.append(f"{label}: {shown}")
+    return problems
+
+
+def load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """Strictly load `state` into `module`, raising one error that lists every problem."""
+    problems = _mismatches(module, state)
+    if problems:
+        raise ValueError(f"{source} does not fit {type(module).__name__}:\n  " + "\n  ".join(problems))
+    module.load_state_dict(state, strict=False)
+
+
+def load_point_checkpoint(path: str | Path, encoder: nn.Module, projector: nn.Module | None = None) -> str:
+    """Load a point-encoder checkpoint of any known layout into `encoder`; returns the layout name.
+
+    For PointLLM checkpoints the projector (`model.point_proj.*`) is loaded too when `projector` is given
+    and its shapes match (they do not when the LLM's hidden size differs from PointLLM's): a projector
+    left untouched is reported with a warning, never silently.
+    """
+    # read only the prefixed tensors first: a PointLLM checkpoint also holds a whole LLM we do not want in memory
+    state = read_state_dict(path, tuple(p for _, p in LAYOUT_PREFIXES if p) + (POINTLLM_PROJECTOR_PREFIX,))
+    if not any(k.endswith("cls_token") for k in state):
+        state = read_state_dict(path)
+    layout, prefix = detect_layout(set(state))
+    load_into(encoder, _strip(state, prefix), f"{path} ({layout} layout, prefix '{prefix}')")
+    if projector is not None and layout == "pointllm":
+        proj_state = _strip(state, POINTLLM_PROJECTOR_PREFIX)
+        if set(proj_state) == {"weight", "bias"}:  # PointLLM v1.1: a single Linear, ours is Sequential(Linear)
+            proj_state = {f"0.{k}": v for k, v in proj_state.items()}
+        problems = _mismatches(projector, proj_state)
+        if problems:
+            warnings.warn(f"{path}: PointLLM projector not loaded ({'; '.join(problems)}); it keeps its initialisation")
+        else:
+            projector.load_state_dict(proj_state, strict=False)
+    return layout

@@ -1,0 +1,122 @@
+"""The policy's configuration and the tensors that travel between `prepare`, `embed`, `logprobs` and `generate`."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+
+import torch
+
+from policies.image_encoder import ImageEncoderConfig
+from policies.point_encoder import PointEncoderConfig
+
+LLM_MODES = ("full", "lora", "frozen")
+LLM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class PointVLMConfig:
+    """What the policy is built from and which parts train. Defaults are real sizes (PointLLM v1.2 layout)."""
+
+    point: PointEncoderConfig = field(default_factory=PointEncoderConfig)
+    image: ImageEncoderConfig | None = field(default_factory=ImageEncoderConfig)  # None: points only
+    fusion_heads: int = 6
+    point_proj_hidden: tuple[int, ...] = (1024, 2048)  # PointLLM v1.2's point_proj
+    image_proj_hidden: tuple[int, ...] = (1024,)
+    llm_mode: str = "full"  # "full" | "lora" | "frozen"
+    llm_dtype: str = "float32"  # "float32" | "bfloat16" | "float16"; the encoders always run in float32
+    train_point_encoder: bool = False
+    train_image_encoder: bool | None = None  # None: train the from-scratch patch encoder, freeze an HF tower
+    train_fusion: bool = True
+    train_projector: bool = True
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0  # > 0 makes learner (train mode) and rollout (eval) log-probs differ
+    lora_target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+    def __post_init__(self) -> None:
+        if self.llm_mode not in LLM_MODES:
+            raise ValueError(f"PointVLMConfig.llm_mode={self.llm_mode!r}: must be one of {LLM_MODES}")
+        if self.llm_dtype not in LLM_DTYPES:
+            raise ValueError(f"PointVLMConfig.llm_dtype={self.llm_dtype!r}: must be one of {tuple(LLM_DTYPES)}")
+        if self.image is not None and self.image.kind not in ("patch", "hf"):
+            raise ValueError(f"PointVLMConfig.image.kind={self.image.kind!r}: must be 'patch' or 'hf'")
+
+    @property
+    def image_encoder_trains(self) -> bool:
+        if self.train_image_encoder is not None:
+            return self.train_image_encoder
+        return self.image is not None and self.image.kind == "patch"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PointVLMConfig":
+        data = _checked(cls, data, "PointVLMConfig")
+        data["point"] = PointEncoderConfig(**_checked(PointEncoderConfig, data.get("point", {}), "point"))
+        if data.get("image") is not None:
+            image = _checked(ImageEncoderConfig, data["image"], "image")
+            image.update({k: tuple(image[k]) for k in ("mean", "std") if k in image})
+            data["image"] = ImageEncoderConfig(**image)
+        for key in ("point_proj_hidden", "image_proj_hidden", "lora_target_modules"):
+            if key in data:
+                data[key] = tuple(data[key])
+        return cls(**data)
+
+
+def _checked(cls: type, data: dict, where: str) -> dict:
+    if is_dataclass(data):
+        data = asdict(data)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown} (known: {sorted(known)})")
+    return dict(data)
+
+
+@dataclass
+class PolicyInputs:
+    """A batch of prompts: left-padded chat-template token ids with placeholder tokens, the clouds, and the
+    preprocessed images of the rows that have one (`images[i]` belongs to the i-th row where has_image)."""
+
+    input_ids: torch.Tensor  # (B, L) long, left padded
+    attention_mask: torch.Tensor  # (B, L) long
+    points: torch.Tensor  # (B, N, C) float32
+    has_image: torch.Tensor  # (B,) bool
+    images: torch.Tensor | None = None  # (B_img, 3, S, S) float32, B_img = has_image.sum()
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def to(self, device: torch.device | str) -> "PolicyInputs":
+        return PolicyInputs(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.points.to(device),
+            self.has_image.to(device),
+            None if self.images is None else self.images.to(device),
+        )
+
+    def select(self, rows: torch.Tensor | list[int]) -> "PolicyInputs":
+        """The rows `rows` (in that order, repeats allowed)."""
+        rows = torch.as_tensor(rows, dtype=torch.long, device=self.input_ids.device)
+        has_image = self.has_image[rows]
+        images = None
+        if self.images is not None and has_image.any():
+            image_row = torch.cumsum(self.has_image.long(), 0) - 1
+            images = self.images[image_row[rows[has_image]]]
+        return PolicyInputs(self.input_ids[rows], self.attention_mask[rows], self.points[rows], has_image, images)
+
+    def repeat_interleave(self, n: int) -> "PolicyInputs":
+        """Each row n times in a row: the order of `generate(num_return_sequences=n)`'s outputs."""
+        return self.select(torch.arange(len(self)).repeat_interleave(n))
+
+
+@dataclass
+class Generation:
+    """Sampled responses, row b * G + g = the g-th sample for prompt b."""
+
+    response_ids: torch.Tensor  # (B*G, T) long, pad after the stop token
+    response_mask: torch.Tensor  # (B*G, T) long, 1 up to and including the first stop token
+    logprobs: torch.Tensor  # (B*G, T) float32, raw-distribution log-probs of the sampled tokens, 0 where masked
+    texts: list[str]  # decoded responses without special tokens

@@ -1,0 +1,129 @@
+"""A tiny Point-VLM for tests and the CPU demo, built locally in seconds with no download: a byte-level BPE
+tokenizer trained on a small built-in corpus and a 2-layer `Qwen2ForCausalLM`."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import torch
+
+from policies.image_encoder import ImageEncoderConfig
+from policies.inputs import PointVLMConfig
+from policies.point_encoder import PointEncoderConfig
+from policies.vlm import SPECIAL_TOKENS, PointVLM
+
+PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+CATEGORIES = (
+    "chair table mug lamp bottle bed sofa shelf bench monitor car airplane bowl cup vase plant guitar "
+    "bathtub desk door keyboard laptop piano stool toilet tent dresser cabinet bookshelf"
+).split()
+COLOURS = "red green blue yellow orange purple pink brown black white gray grey silver gold wooden".split()
+WORDS = (
+    "a an the this that these those is are was it its of with and or on in at to for from by as not no yes "
+    "what which where how many much does do has have there object shape point cloud image view camera "
+    "answer question describe description colour color size small medium large tall short wide narrow long "
+    "round square flat thin thick leg legs arm arms seat back top bottom left right front side base handle "
+    "part parts one two three four five six seven eight nine ten several box keypoint keypoints coordinate "
+    "coordinates bounding integer bins please give only json output format return following keys category "
+    "closest most likely options option choose choices height width depth higher lower above below than "
+    "I you he she we they me him her us them my your his our their who whom whose why when then here now "
+    "be been being am were will would shall should can could may might must need used make made see seen "
+    "look looks like same different other another each every all any some none both either neither more "
+    "less few first second third last next up down over under between inside outside near far into onto "
+    "wood metal plastic glass fabric leather stone paper surface edge corner center middle end open closed "
+    "light dark bright shiny smooth rough soft hard heavy light empty full high low big little new old good "
+    "kitchen office room house car road table furniture vehicle container tool instrument electronic device "
+    "if else because so but however also very too quite just only even still yet again never always often"
+).split()
+SCHEMA_KEYS = ("answer", "description", "bbox2d", "bbox3d", "kpts2d", "kpts3d")
+
+
+def _corpus() -> list[str]:
+    """Sentences that exercise the schema, digits, punctuation and the demo's vocabulary."""
+    lines = [" ".join(WORDS), " ".join(CATEGORIES), " ".join(COLOURS)]
+    pairs = list(itertools.product(COLOURS, CATEGORIES))
+    lines += [f"a {c} {k} with four legs. What is this object? It is a {k}." for c, k in pairs]
+    lines += [
+        f'{{"answer": "{k}", "description": "a {c} {k}", "bbox2d": [{i}, {i * 7 % 1000}, {i * 13 % 1000}, 999], '
+        f'"bbox3d": [{i % 10}, 0, 5, 9, 99, 999], "kpts2d": [[{i}, {i * 3 % 1000}]], "kpts3d": [[1, 2, 3]]}}'
+        for i, (c, k) in enumerate(pairs)
+    ]
+    lines += [" ".join(f'"{key}":' for key in SCHEMA_KEYS), "{ } [ ] ( ) , . : ; ? ! ' \" - _ / + = < > | \n"]
+    return lines
+
+
+def build_tiny_tokenizer(vocab_size: int = 1024):
+    """A byte-level BPE (digits always split one per token, so the integer bins 0..999 read digit by digit)
+    wrapped as a `PreTrainedTokenizerFast` with pad/eos, the Point-VLM special tokens and a ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[PAD, IM_START, IM_END, *SPECIAL_TOKENS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        eos_token=IM_END,
+        pad_token=PAD,
+        additional_special_tokens=[IM_START, *SPECIAL_TOKENS],
+        chat_template=CHAT_TEMPLATE,
+        padding_side="left",
+    )
+
+
+def tiny_config(**overrides) -> PointVLMConfig:
+    """32 groups x 16 points, width 64, 2 blocks; a 32x32 image in 16 patches; small projectors."""
+    base = PointVLMConfig(
+        point=PointEncoderConfig(num_groups=32, group_size=16, width=64, depth=2, heads=4, encoder_dims=64),
+        image=ImageEncoderConfig(kind="patch", image_size=32, patch_size=8, width=64, depth=1, heads=4),
+        fusion_heads=4,
+        point_proj_hidden=(128,),
+        image_proj_hidden=(128,),
+        lora_r=8,
+        lora_alpha=16,
+    )
+    return PointVLMConfig.from_dict({**base.to_dict(), **overrides})
+
+
+def build_tiny_policy(
+    out_dir: str | Path | None = None, seed: int = 0, config: PointVLMConfig | None = None
+) -> PointVLM:
+    """The tiny policy (hidden 64, 2 layers, 4 heads), deterministic for `seed`; saved to `out_dir` if given.
+    The caller's global torch RNG state is left as it was."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    tokenizer = build_tiny_tokenizer()
+    llm_config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        policy = PointVLM(config or tiny_config(), Qwen2ForCausalLM(llm_config), tokenizer)
+    if out_dir is not None:
+        policy.save_pretrained(out_dir)
+    return policy

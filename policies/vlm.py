@@ -1,0 +1,371 @@
+"""PointVLM: point (and image) encoders + fusion + projectors in front of any Hugging Face causal LM.
+
+Projected point features replace the `<point_patch>` placeholder embeddings (and image features the
+`<image_patch>` ones) of a chat-template prompt; the LLM then runs on `inputs_embeds`. One directory holds a
+saved policy: `llm/` (a standard HF model folder + tokenizer, LoRA merged, loadable by transformers and
+vLLM), `pointvlm.json` (the config), `vision.safetensors` (encoders, fusion, projectors) and, for an HF
+vision tower, `image_tower/`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from policies.checkpoints import load_into, load_point_checkpoint
+from policies.fusion import GeometryGuidedFusion, make_projector
+from policies.generation import SampledLogprobs, sampling_processors, stop_mask
+from policies.image_encoder import (
+    HFImageEncoder,
+    PatchImageEncoder,
+    hf_image_config,
+    load_vision_tower,
+    preprocess_images,
+)
+from policies.inputs import LLM_DTYPES, Generation, PointVLMConfig, PolicyInputs
+from policies.point_encoder import PointBertEncoder
+
+POINT_START, POINT_PATCH, POINT_END = "<point_start>", "<point_patch>", "<point_end>"
+IMAGE_START, IMAGE_PATCH, IMAGE_END = "<image_start>", "<image_patch>", "<image_end>"
+SPECIAL_TOKENS = (POINT_START, POINT_PATCH, POINT_END, IMAGE_START, IMAGE_PATCH, IMAGE_END)
+VISION_PARTS = ("point_encoder", "image_encoder", "fusion", "point_proj", "image_proj")
+
+
+class PointVLM(nn.Module):
+    """The policy. Build it with `from_components` (real run), `from_pretrained` (a saved directory) or
+    `policies.build_tiny_policy`; the constructor takes an already loaded LLM and tokenizer, adds the
+    placeholder tokens, builds the vision side from `config` and sets which parameters train."""
+
+    def __init__(self, config: PointVLMConfig, llm: nn.Module, tokenizer, image_tower: nn.Module | None = None):
+        super().__init__()
+        self.config = config
+        self.tokenizer = tokenizer
+        tokenizer.add_tokens([t for t in SPECIAL_TOKENS if t not in tokenizer.get_vocab()], special_tokens=True)
+        tokenizer.padding_side = "left"  # batched generation from inputs_embeds needs the prompts right-aligned
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
+            llm.resize_token_embeddings(len(tokenizer))
+        self.token_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
+        self.stop_ids = _stop_ids(llm, tokenizer)
+        _reset_generation_config(llm, tokenizer, self.stop_ids)
+        llm.to(LLM_DTYPES[config.llm_dtype])
+        hidden = llm.get_input_embeddings().embedding_dim
+
+        self.point_encoder = PointBertEncoder(config.point)
+        self.point_proj = make_projector(config.point.width, config.point_proj_hidden, hidden)
+        self.image_encoder = self.fusion = self.image_proj = None
+        if config.image is not None:
+            if config.image.kind == "hf":
+                if image_tower is None:
+                    raise ValueError("PointVLMConfig.image.kind='hf' needs an image_tower (see load_vision_tower)")
+                self.image_encoder = HFImageEncoder(image_tower, config.image)
+            else:
+                self.image_encoder = PatchImageEncoder(config.image)
+            self.fusion = GeometryGuidedFusion(config.point.width, config.image.width, config.fusion_heads)
+            self.image_proj = make_projector(config.image.width, config.image_proj_hidden, hidden)
+        self.llm = _apply_llm_mode(llm, config)
+        self._set_trainable()
+
+    def _set_trainable(self) -> None:
+        cfg = self.config
+        self.point_encoder.requires_grad_(cfg.train_point_encoder)
+        self.point_proj.requires_grad_(cfg.train_projector)
+        if self.image_encoder is not None:
+            self.image_encoder.requires_grad_(cfg.image_encoder_trains)
+            self.fusion.requires_grad_(cfg.train_fusion)
+            self.image_proj.requires_grad_(cfg.train_projector)
+
+    @property
+    def device(self) -> torch.device:
+        return self.point_proj[0].weight.device
+
+    # ---- prompts -------------------------------------------------------------------------------------
+
+    def prompt_text(self, instruction: str, with_image: bool = False) -> str:
+        """The chat-template prompt for one instruction, with the point (and image) placeholder block."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            name = self.tokenizer.name_or_path
+            raise ValueError(f"tokenizer {name!r} has no chat template; set tokenizer.chat_template")
+        block = POINT_START + POINT_PATCH * self.point_encoder.num_tokens + POINT_END
+        if with_image:
+            block += IMAGE_START + IMAGE_PATCH * self.image_encoder.num_tokens + IMAGE_END
+        messages = [{"role": "user", "content": f"{block}\n{instruction}"}]
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+    def prepare(
+        self,
+        prompts: list[str],
+        points: torch.Tensor,
+        images: torch.Tensor | list[torch.Tensor | None] | None = None,
+    ) -> PolicyInputs:
+        """Instructions + clouds (B, N, C>=point_dims) [+ uint8 images (B, H, W, 3), or a list with None
+        for rows without one] -> left-padded PolicyInputs on the CPU."""
+        points = torch.as_tensor(points, dtype=torch.float32)
+        if points.dim() != 3 or points.shape[0] != len(prompts):
+            raise ValueError(f"points must be (B={len(prompts)}, N, C), got {tuple(points.shape)}")
+        has_image, pixels = self._prepare_images(images, len(prompts))
+        texts = [self.prompt_text(p, bool(h)) for p, h in zip(prompts, has_image.tolist())]
+        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        return PolicyInputs(enc["input_ids"], enc["attention_mask"].long(), points, has_image, pixels)
+
+    def _prepare_images(self, images, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if images is None:
+            return torch.zeros(batch, dtype=torch.bool), None
+        if self.image_encoder is None:
+            raise ValueError("images were given but this policy has no image encoder (config.image is None)")
+        if len(images) != batch:
+            raise ValueError(f"{len(images)} images for {batch} prompts")
+        has_image = torch.tensor([im is not None for im in images], dtype=torch.bool)
+        present = [torch.as_tensor(im) for im in images if im is not None]
+        if not present:
+            return has_image, None
+        return has_image, torch.cat([preprocess_images(im[None], self.config.image) for im in present])
+
+    def tokenize_responses(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Response texts -> right-padded ids (B, T) ending in the EOS token, and their mask (B, T)."""
+        rows = [self.tokenizer(t, add_special_tokens=False)["input_ids"] + [self.tokenizer.eos_token_id] for t in texts]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+        return ids, mask
+
+    # ---- forward -------------------------------------------------------------------------------------
+
+    def visual_features(self, inputs: PolicyInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Projected point tokens (B, G+1, hidden) and image tokens (B_img, P, hidden) or None."""
+        grad = torch.is_grad_enabled()
+        with torch.set_grad_enabled(grad and self.config.train_point_encoder):
+            tokens, centers = self.point_encoder(inputs.points)
+        image_features = None
+        if inputs.images is not None:
+            with torch.set_grad_enabled(grad and self.config.image_encoder_trains):
+                image_tokens, uv = self.image_encoder(inputs.images)
+            tokens = self.fusion(tokens, centers, image_tokens, uv, inputs.has_image)
+            image_features = self.image_proj(image_tokens)
+        return self.point_proj(tokens), image_features
+
+    def embed(self, inputs: PolicyInputs) -> tuple[torch.Tensor, torch.Tensor]:
+        """(inputs_embeds (B, L, hidden), attention_mask (B, L)) with the visual features at the placeholders."""
+        inputs = inputs.to(self.device)
+        embeds = self.llm.get_input_embeddings()(inputs.input_ids)
+        point_features, image_features = self.visual_features(inputs)
+        embeds = _place(embeds, inputs.input_ids == self.token_ids[POINT_PATCH], point_features, "point")
+        if image_features is not None:
+            embeds = _place(embeds, inputs.input_ids == self.token_ids[IMAGE_PATCH], image_features, "image")
+        elif (inputs.input_ids == self.token_ids[IMAGE_PATCH]).any():
+            raise ValueError("prompts hold <image_patch> placeholders but the inputs carry no images")
+        return embeds, inputs.attention_mask
+
+    def logprobs(self, inputs: PolicyInputs, response_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
+        """Per-token log-probs (B, T) of the responses after the prompts (raw logits, temperature 1), 0 where masked."""
+        embeds, mask = self.embed(inputs)
+        response_ids, response_mask = response_ids.to(self.device), response_mask.to(self.device).long()
+        if response_ids.shape[0] != embeds.shape[0] or response_ids.shape != response_mask.shape:
+            raise ValueError(
+                f"responses {tuple(response_ids.shape)} / mask {tuple(response_mask.shape)} do not match "
+                f"{embeds.shape[0]} prompts (use inputs.repeat_interleave(G) for G samples per prompt)"
+            )
+        response_embeds = self.llm.get_input_embeddings()(response_ids).to(embeds.dtype)
+        full_mask = torch.cat([mask, response_mask], dim=1)
+        # the position ids transformers' generate uses for left-padded prompts, so both passes agree
+        position_ids = (full_mask.cumsum(-1) - 1).masked_fill(full_mask == 0, 0)
+        steps = response_ids.shape[1]
+        logits = self.llm(
+            inputs_embeds=torch.cat([embeds, response_embeds], dim=1),
+            attention_mask=full_mask,
+            position_ids=position_ids,
+            logits_to_keep=steps + 1,
+            use_cache=False,
+        ).logits[:, :-1].float()
+        picked = logits.gather(-1, response_ids[..., None]).squeeze(-1)
+        return (picked - logits.logsumexp(-1)) * response_mask
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: PolicyInputs,
+        num_return_sequences: int = 1,
+        do_sample: bool = True,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        max_new_tokens: int = 256,
+        seed: int | None = None,
+    ) -> Generation:
+        """Sample G responses per prompt; their log-probs are under the raw (temperature 1) distribution.
+
+        `seed` seeds torch's global generator (transformers samples with torch.multinomial on it)."""
+        embeds, mask = self.embed(inputs)
+        if seed is not None:
+            torch.manual_seed(seed)
+        recorder = SampledLogprobs()
+        out = self.llm.generate(
+            # expanded here rather than by num_return_sequences, which transformers refuses for greedy decoding
+            inputs_embeds=embeds.repeat_interleave(num_return_sequences, dim=0),
+            attention_mask=mask.repeat_interleave(num_return_sequences, dim=0),
+            logits_processor=sampling_processors(recorder, do_sample, temperature, top_p),
+            do_sample=do_sample,
+            temperature=1.0,
+            top_p=1.0,
+            **({"top_k": 0} if do_sample else {}),
+            repetition_penalty=1.0,
+            max_new_tokens=max_new_tokens,
+            eos_token_id=self.stop_ids,
+            pad_token_id=self.tokenizer.pad_token_id,
+            return_dict_in_generate=True,
+        )
+        ids = out.sequences
+        mask = stop_mask(ids, self.stop_ids)
+        logprobs = recorder.collect(ids) * mask
+        kept = ids.masked_fill(mask == 0, self.tokenizer.pad_token_id)
+        texts = self.tokenizer.batch_decode(kept, skip_special_tokens=True)
+        return Generation(ids, mask, logprobs, texts)
+
+    # ---- weights -------------------------------------------------------------------------------------
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trainable tensors (what the learner publishes to rollout workers)."""
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        expected = set(self.trainable_state_dict())
+        if set(state) != expected:
+            raise ValueError(
+                f"trainable state mismatch: missing {sorted(expected - set(state))[:10]}, "
+                f"unexpected {sorted(set(state) - expected)[:10]}"
+            )
+        self.load_state_dict(state, strict=False)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        directory = Path(directory)
+        (directory / "llm").mkdir(parents=True, exist_ok=True)
+        if self.config.llm_mode == "lora":
+            base = self.llm.get_base_model()
+            base.save_pretrained(directory / "llm", state_dict=_merged_lora_state(base))
+        else:
+            self.llm.save_pretrained(directory / "llm")
+        self.tokenizer.save_pretrained(directory / "llm")
+        if isinstance(self.image_encoder, HFImageEncoder):
+            self.image_encoder.tower.save_pretrained(directory / "image_tower")
+        state = {
+            f"{part}.{k}": v.detach().cpu().contiguous()
+            for part in VISION_PARTS
+            if getattr(self, part) is not None
+            for k, v in getattr(self, part).state_dict().items()
+            if not (part == "image_encoder" and k.startswith("tower."))
+        }
+        save_file(state, str(directory / "vision.safetensors"))
+        (directory / "pointvlm.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "PointVLM":
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        directory = Path(directory)
+        for name in ("pointvlm.json", "vision.safetensors", "llm/config.json"):
+            if not (directory / name).is_file():
+                raise FileNotFoundError(f"{directory / name}: missing; not a PointVLM directory")
+        config = PointVLMConfig.from_dict(json.loads((directory / "pointvlm.json").read_text()))
+        tokenizer = AutoTokenizer.from_pretrained(directory / "llm")
+        llm = AutoModelForCausalLM.from_pretrained(directory / "llm", dtype=LLM_DTYPES[config.llm_dtype])
+        tower = None
+        if config.image is not None and config.image.kind == "hf":
+            tower = load_vision_tower(directory / "image_tower")
+        model = cls(config, llm, tokenizer, tower)
+        state = load_file(str(directory / "vision.safetensors"))
+        for part in VISION_PARTS:
+            module = getattr(model, part)
+            if module is None:
+                continue
+            part_state = {k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")}
+            if part == "image_encoder" and tower is not None:
+                part_state.update({f"tower.{k}": v for k, v in tower.state_dict().items()})
+            load_into(module, part_state, f"{directory / 'vision.safetensors'} [{part}]")
+        return model
+
+    @classmethod
+    def from_components(
+        cls, llm_dir: str | Path, config: PointVLMConfig, point_checkpoint: str | Path | None = None
+    ) -> "PointVLM":
+        """A fresh policy from a local HF causal LM directory (+ an optional Point-BERT / PointLLM / ULIP
+        checkpoint for the point encoder, and PointLLM's projector when its shapes fit)."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+        llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=LLM_DTYPES[config.llm_dtype])
+        tower = None
+        if config.image is not None and config.image.kind == "hf":
+            if not config.image.hf_dir:
+                raise ValueError("PointVLMConfig.image.kind='hf' needs image.hf_dir (a local vision model directory)")
+            tower = load_vision_tower(config.image.hf_dir)
+            config = replace(config, image=hf_image_config(tower, config.image, config.image.hf_dir))
+        model = cls(config, llm, tokenizer, tower)
+        if point_checkpoint is not None:
+            load_point_checkpoint(point_checkpoint, model.point_encoder, model.point_proj)
+        return model
+
+
+def _place(embeds: torch.Tensor, slots: torch.Tensor, features: torch.Tensor, what: str) -> torch.Tensor:
+    """Write features (R, n, hidden) over the n placeholder slots of each row that has any, in order."""
+    counts = slots.sum(dim=1)
+    rows_with = counts > 0
+    if rows_with.sum() != features.shape[0] or (counts[rows_with] != features.shape[1]).any():
+        raise ValueError(
+            f"{what} placeholders per row {counts.tolist()} do not match {features.shape[0]} feature sets "
+            f"of {features.shape[1]} tokens"
+        )
+    return embeds.masked_scatter(slots[..., None], features.to(embeds.dtype))
+
+
+def _stop_ids(llm: nn.Module, tokenizer) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(llm, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return sorted(i for i in ids if i is not None)
+
+
+def _reset_generation_config(llm: nn.Module, tokenizer, stop_ids: list[int]) -> None:
+    """Replace the checkpoint's sampling defaults (top_k, repetition penalty, ...) so that `generate` samples
+    exactly the distribution it is asked for, and the saved folder carries neutral defaults."""
+    from transformers import GenerationConfig
+
+    llm.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id
+    )
+
+
+def _apply_llm_mode(llm: nn.Module, config: PointVLMConfig) -> nn.Module:
+    if config.llm_mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=list(config.lora_target_modules),
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(llm, lora)
+    llm.requires_grad_(config.llm_mode == "full")
+    return llm
+
+
+def _merged_lora_state(base: nn.Module) -> dict[str, torch.Tensor]:
+    """The plain-model state dict of a LoRA-injected model with W + scale * B A merged into each weight."""
+    from peft.tuners.lora import LoraLayer
+
+    state = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if ".lora_" not in k}
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer):
+            weight = module.get_base_layer().weight
+            delta = sum(module.get_delta_weight(adapter) for adapter in module.active_adapters)
+            state[f"{name}.weight"] = (weight + delta).to(weight.dtype).detach()
+    return state
