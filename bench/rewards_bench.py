@@ -71,13 +71,21 @@ def best_seconds(fn, repeats: int, clock=time.perf_counter) -> float:
     return min(times)
 
 
+def best_interleaved(baseline, candidate, repeats: int) -> tuple[float, float]:
+    """Best process-CPU seconds of each, run in alternation so that both see the same spells of machine noise."""
+    slow, fast = [], []
+    for _ in range(repeats):
+        slow.append(best_seconds(baseline, 1, time.process_time))
+        fast.append(best_seconds(candidate, 1, time.process_time))
+    return min(slow), min(fast)
+
+
 def bench_in_process(batch: int, repeats: int) -> None:
     rng = random.Random(0)
     samples = [realistic_sample(rng) for _ in range(batch)]
     assert _close(score_batch(samples), reference_score_batch(samples)), "score_batch disagrees with the reference"
     # CPU time of this process: both sides are single-threaded, and it keeps other load on the machine out of the ratio.
-    slow = best_seconds(lambda: reference_score_batch(samples), repeats, time.process_time)
-    fast = best_seconds(lambda: score_batch(samples), repeats, time.process_time)
+    slow, fast = best_interleaved(lambda: reference_score_batch(samples), lambda: score_batch(samples), repeats)
     print(f"in-process, {batch} realistic samples (best of {repeats}, process CPU time):")
     print(f"  reference (per-sample pure Python) {slow / batch * 1e6:8.1f} us/sample")
     print(f"  score_batch (vectorized)           {fast / batch * 1e6:8.1f} us/sample   {batch / fast:,.0f} samples/s")
@@ -130,7 +138,7 @@ def bench_http(requests: int, clients: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch", type=int, default=2048)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--no-http", action="store_true")

@@ -17,7 +17,7 @@ def box3d_corners(boxes: np.ndarray) -> np.ndarray:
 
 def to_camera(points: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
     """World (..., N, 3) -> camera coordinates R X + t, batched over leading axes of R (..., 3, 3) and t (..., 3)."""
-    return np.einsum("...ij,...nj->...ni", R, points) + t[..., None, :]
+    return points @ np.swapaxes(R, -1, -2) + t[..., None, :]
 
 
 def project(points: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -27,6 +27,6 @@ def project(points: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray) -> 
     """
     cam = to_camera(points, R, t)
     depth = cam[..., 2]
-    p = np.einsum("...ij,...nj->...ni", K, cam)
+    p = cam @ np.swapaxes(K, -1, -2)
     safe = np.where(np.abs(p[..., 2:3]) > MIN_DEPTH, p[..., 2:3], 1.0)
     return p[..., :2] / safe, depth

@@ -57,8 +57,8 @@ def reprojection_consistency(
     """
     with np.errstate(invalid="ignore", divide="ignore"):
         uv, depth = project(box3d_corners(bbox3d), K, R, t)
-        lo = np.clip(uv.min(axis=1), 0.0, size)
-        hi = np.clip(uv.max(axis=1), 0.0, size)
+        lo = np.minimum(np.maximum(uv.min(axis=1), 0.0), size)
+        hi = np.minimum(np.maximum(uv.max(axis=1), 0.0), size)
         in_front = (depth > MIN_DEPTH).all(axis=-1)
         nonempty = (hi > lo).all(axis=-1)
     projected = np.concatenate([lo, hi], axis=-1)

@@ -1,12 +1,13 @@
 """Parse a model's text into its well-formed fields, each with the character span of its value.
 
 The contract: take the first `{` and the JSON object that starts there. Two readers give the same answer:
-- the fast path: an output in the canonical key order (what a policy trained on our targets writes) is matched by one
-  compiled regex, which yields all six spans, and decoded and type-checked by one typed msgspec call, both in C;
-- the general walk: the stdlib `json` C scanner decodes one top-level value at a time, which validates the object and
-  gives every value's `[start, end)` offsets and any duplicated key (a plain `json.loads` loses both).
-The fast path only ever accepts texts on which the walk agrees (anything it does not fully accept falls through),
-and `tests/test_rewards_agreement.py` holds both to the plain oracle `rewards.reference`.
+- `read_canonical`, for a batch: outputs in the canonical key order (what a policy trained on our targets writes) are
+  matched by one compiled regex each, which yields all six spans, and the whole batch of objects is decoded and
+  type-checked by one typed msgspec call;
+- `parse_output`, for any one text: the stdlib `json` C scanner decodes one top-level value at a time, which validates
+  the object and gives every value's `[start, end)` offsets and any duplicated key (`json.loads` loses both).
+The canonical reader only accepts texts on which the general one agrees (the rest it leaves to `parse_output`), and
+`tests/test_rewards_agreement.py` holds both to the plain oracle `rewards.reference`.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ _OPENING_FENCES = ("```json", "```")
 _CLOSING_FENCE = "```"
 
 
-@dataclass
+@dataclass(slots=True)
 class ParsedOutput:
     """The well-formed fields of one text (name -> (typed value, span)); `reasons` says why each other field failed."""
 
@@ -53,6 +54,7 @@ _CANONICAL = re.compile(
     r"\{" + _WS + (_WS + "," + _WS).join(f'"{name}"{_WS}:{_WS}{_VALUE_PATTERNS[name]}' for name in FIELDS) + _WS + r"\}"
 )
 _decode_canonical = msgspec.json.Decoder(ModelOutput).decode
+_decode_canonical_list = msgspec.json.Decoder(list[ModelOutput]).decode
 
 
 def _outside_is_fence_or_empty(before: str, after: str) -> bool:
@@ -60,16 +62,46 @@ def _outside_is_fence_or_empty(before: str, after: str) -> bool:
     return (before == "" and after == "") or (before in _OPENING_FENCES and after == _CLOSING_FENCE)
 
 
-def _parse_canonical(text: str, start: int) -> ParsedOutput | None:
-    match = _CANONICAL.match(text, start)
-    if match is None:
-        return None
+@dataclass
+class CanonicalBatch:
+    """The texts of a batch that `read_canonical` read: their indices, typed fields, six value spans, outside check."""
+
+    rows: list[int]
+    outputs: list[ModelOutput]
+    spans: list[tuple[tuple[int, int], ...]]
+    bare: list[bool]
+
+
+def _decode_each(objects: list[str]) -> list[ModelOutput | None]:
+    """Typed decode of many objects in one call; if any fails, one by one so that only the failures are dropped."""
     try:
-        output = _decode_canonical(text[start : match.end()])
+        return _decode_canonical_list("[" + ",".join(objects) + "]")
     except (msgspec.MsgspecError, UnicodeEncodeError):
-        return None
-    fields = {name: (getattr(output, name), match.span(k + 1)) for k, name in enumerate(FIELDS)}
-    return ParsedOutput(fields=fields, parsed=True, bare=_outside_is_fence_or_empty(text[:start], text[match.end() :]))
+        pass
+    decoded = []
+    for obj in objects:
+        try:
+            decoded.append(_decode_canonical(obj))
+        except (msgspec.MsgspecError, UnicodeEncodeError):
+            decoded.append(None)
+    return decoded
+
+
+def read_canonical(texts: list[str]) -> CanonicalBatch:
+    """Read the canonical-order outputs of a batch; texts it does not fully accept are left out (see the docstring)."""
+    starts = [text.find("{") for text in texts]
+    matches = [_CANONICAL.match(text, start) if start >= 0 else None for text, start in zip(texts, starts)]
+    rows = [i for i, match in enumerate(matches) if match is not None]
+    outputs = _decode_each([texts[i][starts[i] : matches[i].end()] for i in rows])
+    batch = CanonicalBatch([], [], [], [])
+    for i, output in zip(rows, outputs):
+        if output is not None:
+            text, match = texts[i], matches[i]
+            batch.rows.append(i)
+            batch.outputs.append(output)
+            batch.spans.append(match.regs[1:])
+            batch.bare.append(_outside_is_fence_or_empty(text[: starts[i]], text[match.end() :]))
+    return batch
 
 
 def _skip_whitespace(text: str, i: int) -> int:
@@ -143,8 +175,8 @@ def _parse_general(text: str, start: int) -> ParsedOutput:
 
 
 def parse_output(text: str) -> ParsedOutput:
-    """Parse the first JSON object of `text` into its well-formed fields (see the module docstring)."""
+    """Parse the first JSON object of any `text` into its well-formed fields (see the module docstring)."""
     start = text.find("{")
     if start < 0:
         return ParsedOutput(reasons=["no JSON object: the text has no '{'"])
-    return _parse_canonical(text, start) or _parse_general(text, start)
+    return _parse_general(text, start)

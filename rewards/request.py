@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import chain
 from typing import Annotated
 
@@ -123,6 +124,7 @@ def _named(exc: msgspec.ValidationError | msgspec.DecodeError) -> RequestError:
 _ANSWER_STRIP = " .,;:!?\"'()[]"
 
 
+@lru_cache(maxsize=65536)  # a GRPO group repeats its target G times, and policies repeat their answers
 def normalize_answer(answer: str) -> str:
     """Lowercase, collapse whitespace runs, strip surrounding whitespace and .,;:!?"'()[] (the answer contract)."""
     return " ".join(answer.lower().split()).strip(_ANSWER_STRIP)

@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import gc
 from itertools import chain
+from operator import attrgetter
 
 import numpy as np
 
 from rewards.geometry import box_iou, is_inverted, keypoint_containment, reprojection_consistency
-from rewards.parse import parse_output
+from rewards.parse import parse_output, read_canonical
 from rewards.request import Batch, RewardRequest, convert_request, normalize_answer, to_batch
 from rewards.schema import FIELDS, REWARDS, dequantize
 
@@ -23,33 +24,39 @@ _RPC_WHY = {
 
 
 class _Fields:
-    """Per-field values, spans and failure reasons of a batch, filled sample by sample, then checked as arrays."""
+    """Per field, the samples where it is well-formed (`rows`, `valid`) and its values in row order, with every
+    sample's spans and failure reasons. Canonical outputs are read as one batch, the rest one text at a time."""
 
-    def __init__(self, size: int):
-        self.values: dict[str, dict[int, object]] = {name: {} for name in FIELDS}
-        self.spans: list[dict[str, list[int] | None]] = [dict.fromkeys(FIELDS) for _ in range(size)]
+    def __init__(self, texts: list[str]):
+        size = len(texts)
+        fast = read_canonical(texts)
+        slow_rows = sorted(set(range(size)).difference(fast.rows))
+        slow = [parse_output(texts[i]) for i in slow_rows]
+        self.rows = {name: fast.rows + [i for i, out in zip(slow_rows, slow) if name in out.fields] for name in FIELDS}
+        self.values = {
+            name: list(map(attrgetter(name), fast.outputs)) + [out.fields[name][0] for out in slow if name in out.fields]
+            for name in FIELDS
+        }
+        self.spans: list[dict[str, list[int] | None]] = [None] * size
         self.reasons: list[list[str]] = [[] for _ in range(size)]
-        self.parsed = np.zeros(size, dtype=bool)
-        self.bare = np.zeros(size, dtype=bool)  # the text outside the object is empty or a code fence
-
-    def read(self, i: int, text: str) -> None:
-        parsed = parse_output(text)
-        self.parsed[i], self.bare[i] = parsed.parsed, parsed.bare
-        self.reasons[i] = parsed.reasons
-        for name, (value, span) in parsed.fields.items():
-            self.values[name][i] = value
-            self.spans[i][name] = list(span)
+        parsed, bare = np.zeros(size, dtype=bool), np.zeros(size, dtype=bool)
+        for i, spans in zip(fast.rows, fast.spans):
+            self.spans[i] = dict(zip(FIELDS, map(list, spans)))
+        parsed[fast.rows], bare[fast.rows] = True, fast.bare
+        for i, out in zip(slow_rows, slow):
+            self.spans[i] = {name: list(out.fields[name][1]) if name in out.fields else None for name in FIELDS}
+            self.reasons[i] = out.reasons
+            parsed[i], bare[i] = out.parsed, out.bare
+        self.parsed, self.bare = parsed, bare  # bare: the text outside the object is empty or a code fence
+        self.valid = {name: np.zeros(size, dtype=bool) for name in FIELDS}
+        for name in FIELDS:
+            self.valid[name][self.rows[name]] = True
 
     def reject(self, name: str, rows: np.ndarray, why: str) -> None:
+        self.valid[name][rows] = False
         for i in rows.tolist():
-            del self.values[name][i]
             self.spans[i][name] = None
             self.reasons[i].append(f"{name}: {why}")
-
-    def valid(self, name: str, size: int) -> np.ndarray:
-        mask = np.zeros(size, dtype=bool)
-        mask[list(self.values[name])] = True
-        return mask
 
 
 def _coordinates_ok(q: np.ndarray, bins: int) -> np.ndarray:
@@ -62,12 +69,11 @@ def _boxes(fields: _Fields, name: str, batch: Batch) -> np.ndarray:
     """(B, 2D) de-quantized predicted boxes, NaN where the field is not well-formed (out-of-range rows rejected)."""
     width = 4 if name == "bbox2d" else 6
     boxes = np.full((len(batch.texts), width), np.nan)
-    rows = list(fields.values[name])
-    if rows:
-        boxes[rows] = np.array([fields.values[name][i] for i in rows], dtype=np.float64)
-        bad = np.array(rows)[~_coordinates_ok(boxes[rows], batch.quant.bins).all(axis=1)]
-        fields.reject(name, bad, _range_message(batch.quant.bins))
-        boxes[bad] = np.nan
+    rows = np.array(fields.rows[name], dtype=np.int64)
+    boxes[rows] = np.fromiter(chain.from_iterable(fields.values[name]), np.float64, len(rows) * width).reshape(-1, width)
+    bad = rows[~_coordinates_ok(boxes[rows], batch.quant.bins).all(axis=1)]
+    fields.reject(name, bad, _range_message(batch.quant.bins))
+    boxes[bad] = np.nan
     lo, hi = _axis_range(name, batch)
     return dequantize(boxes, np.tile(lo, 2), np.tile(hi, 2), batch.quant.bins)
 
@@ -75,8 +81,7 @@ def _boxes(fields: _Fields, name: str, batch: Batch) -> np.ndarray:
 def _keypoints(fields: _Fields, name: str, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
     """Flat de-quantized keypoints (P, D) of the well-formed samples and their sample index (P,)."""
     dim = 2 if name == "kpts2d" else 3
-    rows = list(fields.values[name])
-    per_sample = [fields.values[name][i] for i in rows]
+    rows, per_sample = fields.rows[name], fields.values[name]
     counts = np.fromiter(map(len, per_sample), np.int64, len(rows))
     points = np.fromiter(chain.from_iterable(chain.from_iterable(per_sample)), np.float64, int(counts.sum()) * dim)
     points = points.reshape(-1, dim)
@@ -108,7 +113,7 @@ def _range_message(bins: int) -> str:
 
 def _answer_rewards(fields: _Fields, batch: Batch) -> np.ndarray:
     reward = np.zeros(len(batch.texts))
-    for i, answer in fields.values["answer"].items():
+    for i, answer in zip(fields.rows["answer"], fields.values["answer"]):
         reward[i] = float(normalize_answer(answer) in batch.answers[i])
     return reward
 
@@ -134,15 +139,12 @@ def score_request(request: RewardRequest) -> list[dict]:
 
 def _score(request: RewardRequest) -> list[dict]:
     batch = to_batch(request)
-    size = len(batch.texts)
-    fields = _Fields(size)
-    for i, text in enumerate(batch.texts):
-        fields.read(i, text)
+    fields = _Fields(batch.texts)
 
     pred2d, pred3d = _boxes(fields, "bbox2d", batch), _boxes(fields, "bbox3d", batch)
     kpts2d, owner2d = _keypoints(fields, "kpts2d", batch)
     kpts3d, owner3d = _keypoints(fields, "kpts3d", batch)
-    valid = {name: fields.valid(name, size) for name in FIELDS}
+    valid = fields.valid
 
     rpc, rpc_why = reprojection_consistency(pred2d, pred3d, batch.K, batch.R, batch.t, batch.size)
     rpc_why = np.where(valid["bbox2d"] & valid["bbox3d"], rpc_why, 1)
