@@ -19,7 +19,7 @@ test: install
 	$(BIN)/python -m pytest -q -m "not slow" -p no:cacheprovider
 
 demo: install
-	$(BIN)/pointrl score serve/example_request.json --via http
+	$(BIN)/python rl/train_grca.py --config rl/configs/demo.yaml
 
 bench: install
 	$(BIN)/python bench/rewards_bench.py

@@ -101,18 +101,19 @@ def tiny_config(**overrides) -> PointVLMConfig:
 
 
 def build_tiny_policy(
-    out_dir: str | Path | None = None, seed: int = 0, config: PointVLMConfig | None = None
+    out_dir: str | Path | None = None, seed: int = 0, config: PointVLMConfig | None = None,
+    hidden_size: int = 64, num_layers: int = 2,
 ) -> PointVLM:
-    """The tiny policy (hidden 64, 2 layers, 4 heads), deterministic for `seed`; saved to `out_dir` if given.
-    The caller's global torch RNG state is left as it was."""
+    """The tiny policy (hidden 64, 2 layers, 4 heads by default), deterministic for `seed`; saved to `out_dir` if
+    given. The caller's global torch RNG state is left as it was."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     tokenizer = build_tiny_tokenizer()
     llm_config = Qwen2Config(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=256,
-        num_hidden_layers=2,
+        hidden_size=hidden_size,
+        intermediate_size=4 * hidden_size,
+        num_hidden_layers=num_layers,
         num_attention_heads=4,
         num_key_value_heads=2,
         max_position_embeddings=4096,

@@ -249,7 +249,7 @@ class PointVLM(nn.Module):
         (directory / "llm").mkdir(parents=True, exist_ok=True)
         if self.config.llm_mode == "lora":
             base = self.llm.get_base_model()
-            base.save_pretrained(directory / "llm", state_dict=_merged_lora_state(base))
+            base.save_pretrained(directory / "llm", state_dict=merged_lora_state(base))
         else:
             self.llm.save_pretrained(directory / "llm")
         self.tokenizer.save_pretrained(directory / "llm")
@@ -266,14 +266,17 @@ class PointVLM(nn.Module):
         (directory / "pointvlm.json").write_text(json.dumps(self.config.to_dict(), indent=2))
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "PointVLM":
+    def from_pretrained(cls, directory: str | Path, **overrides) -> "PointVLM":
+        """Load a saved policy; `overrides` replace saved config fields (e.g. llm_mode="lora" to train an adapter
+        on a saved full model: saved LLM weights are always merged, so any mode can start from them)."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         directory = Path(directory)
         for name in ("pointvlm.json", "vision.safetensors", "llm/config.json"):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory / name}: missing; not a PointVLM directory")
-        config = PointVLMConfig.from_dict(json.loads((directory / "pointvlm.json").read_text()))
+        saved = json.loads((directory / "pointvlm.json").read_text())
+        config = PointVLMConfig.from_dict({**saved, **overrides})
         tokenizer = AutoTokenizer.from_pretrained(directory / "llm")
         llm = AutoModelForCausalLM.from_pretrained(directory / "llm", dtype=LLM_DTYPES[config.llm_dtype])
         tower = None
@@ -358,7 +361,7 @@ def _apply_llm_mode(llm: nn.Module, config: PointVLMConfig) -> nn.Module:
     return llm
 
 
-def _merged_lora_state(base: nn.Module) -> dict[str, torch.Tensor]:
+def merged_lora_state(base: nn.Module) -> dict[str, torch.Tensor]:
     """The plain-model state dict of a LoRA-injected model with W + scale * B A merged into each weight."""
     from peft.tuners.lora import LoraLayer
 

@@ -90,6 +90,16 @@ def cmd_synth(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: {counts} samples in {summary['seconds']:.1f} s ({summary['samples_per_s']:.1f} samples/s)")
 
 
+def cmd_eval(args: argparse.Namespace) -> None:
+    from rl.evaluate import run_eval
+
+    try:
+        run_eval(args.policy, args.data, args.out, args.split, args.limit, args.batch_size, args.max_new_tokens,
+                 greedy=not args.sample, reliance=not args.no_reliance, use_images=not args.no_images)
+    except (FileNotFoundError, ValueError) as exc:
+        sys.exit(str(exc))
+
+
 def cmd_serve_rewards(args: argparse.Namespace) -> None:
     from serve.server import main
 
@@ -123,6 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--image-size", type=int, default=128)
     synth.add_argument("--overwrite", action="store_true")
     synth.set_defaults(run=cmd_synth)
+
+    evaluate = commands.add_parser("eval", help="evaluate a policy directory on a dataset split")
+    evaluate.add_argument("--policy", required=True, help="a policy directory (PointVLM.save_pretrained)")
+    evaluate.add_argument("--data", required=True, help="a dataset directory (pointrl synth)")
+    evaluate.add_argument("--out", required=True, help="the JSON report to write")
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")
+    evaluate.add_argument("--batch-size", type=int, default=8)
+    evaluate.add_argument("--max-new-tokens", type=int, default=320)
+    evaluate.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    evaluate.add_argument("--no-reliance", action="store_true", help="skip the 3D-masked / swapped-cloud runs")
+    evaluate.add_argument("--no-images", action="store_true", help="feed the point cloud only")
+    evaluate.set_defaults(run=cmd_eval)
     return parser
 
 

@@ -1,0 +1,157 @@
+"""Advantages for GRPO-style training: per-group standardization, GRCA's routed per-field token advantages and the
+broadcast baseline. Pure tensor functions (GRCA paper eqs. 9, 10, 14).
+
+Layout: rewards are (P, G), one row per prompt and one column per sampled output; token tensors are (N, T) with
+N = P * G in row-major order, so sample g of prompt p is row p * G + g. `valid` (P, G) marks the samples whose
+reward call came back: a missing sample is left out of its group's statistics and gets advantage 0 everywhere.
+
+The group std is the sample (unbiased, n - 1) std, as `torch.std` and the GRPO implementations (TRL, DeepSeekMath's
+reference code) use; a group with fewer than 2 valid samples or with all valid rewards equal carries no signal and
+gets 0 (decided exactly, by max == min, so float round-off cannot turn a constant group into +-1e-11 noise).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from itertools import combinations
+
+import torch
+from torch import Tensor
+
+ROUTED_FIELDS: tuple[str, ...] = ("bbox2d", "bbox3d", "kpts2d", "kpts3d")
+DEFAULT_RPC_WEIGHT = 0.15  # λ of GRCA eq. 14
+
+
+def _check_group_shapes(rewards: Tensor, valid: Tensor, name: str = "rewards") -> None:
+    if rewards.dim() != 2:
+        raise ValueError(f"{name} must be (prompts, group) = 2-D, got shape {tuple(rewards.shape)}")
+    if valid.shape != rewards.shape or valid.dtype != torch.bool:
+        raise ValueError(
+            f"valid must be a bool tensor shaped like {name} {tuple(rewards.shape)}, "
+            f"got {valid.dtype} {tuple(valid.shape)}"
+        )
+
+
+# GRCA eq. 9: A_f = (r_f - mean_G(r_f)) / (std_G(r_f) + eps)
+def group_standardize(rewards: Tensor, valid: Tensor, eps: float = 1e-6) -> Tensor:
+    """(r - mean) / (std + eps) within each row over its valid entries; invalid entries and flat rows give 0."""
+    _check_group_shapes(rewards, valid)
+    rewards = rewards.float()
+    if not torch.isfinite(rewards[valid]).all():
+        raise ValueError("rewards: a valid entry is NaN or infinite (mark it invalid instead)")
+    count = valid.sum(1, keepdim=True)
+    mean = torch.where(valid, rewards, 0.0).sum(1, keepdim=True) / count.clamp(min=1)
+    deviation = torch.where(valid, rewards - mean, 0.0)
+    std = (deviation.square().sum(1, keepdim=True) / (count - 1).clamp(min=1)).sqrt()
+    highest = torch.where(valid, rewards, -torch.inf).amax(1, keepdim=True)
+    lowest = torch.where(valid, rewards, torch.inf).amin(1, keepdim=True)
+    informative = (count >= 2) & (highest > lowest)
+    return torch.where(valid & informative, deviation / (std + eps), 0.0)
+
+
+# GRCA eq. 14: A_bg = standardized(format + answer) + λ standardized(rpc)
+def background_rewards_advantage(
+    format_reward: Tensor,
+    answer_reward: Tensor,
+    rpc_reward: Tensor,
+    valid: Tensor,
+    rpc_weight: float = DEFAULT_RPC_WEIGHT,
+) -> Tensor:
+    """The background advantage (P, G): standardized (format + answer) plus λ times standardized RPC."""
+    return group_standardize(format_reward.float() + answer_reward.float(), valid) + rpc_weight * group_standardize(
+        rpc_reward, valid
+    )
+
+
+# GRCA eq. 10: A_t = A_f for t in field f's span T_f, A_bg for t in T_bg
+def routed_token_advantages(
+    field_advantages: Mapping[str, Tensor],
+    field_token_masks: Mapping[str, Tensor],
+    background_advantage: Tensor,
+    response_mask: Tensor,
+) -> Tensor:
+    """(N, T): a token in field f's span gets f's advantage, other response tokens the background, padding 0."""
+    if set(field_advantages) != set(field_token_masks):
+        raise ValueError(
+            f"field advantages {sorted(field_advantages)} and token masks {sorted(field_token_masks)} differ"
+        )
+    rows, length = response_mask.shape
+    if background_advantage.shape != (rows,):
+        raise ValueError(f"background_advantage must be ({rows},), got {tuple(background_advantage.shape)}")
+    for name in field_advantages:
+        if field_advantages[name].shape != (rows,) or field_token_masks[name].shape != (rows, length):
+            raise ValueError(
+                f"{name}: advantage must be ({rows},) and token mask ({rows}, {length}), got "
+                f"{tuple(field_advantages[name].shape)} and {tuple(field_token_masks[name].shape)}"
+            )
+    for first, second in combinations(field_token_masks, 2):
+        shared = int((field_token_masks[first].bool() & field_token_masks[second].bool()).sum())
+        if shared:
+            raise ValueError(f"token masks of {first} and {second} overlap on {shared} tokens (spans must be disjoint)")
+    advantages = background_advantage.float()[:, None].expand(rows, length)
+    for name, advantage in field_advantages.items():
+        advantages = torch.where(field_token_masks[name].bool(), advantage.float()[:, None], advantages)
+    return torch.where(response_mask.bool(), advantages, 0.0)
+
+
+def routed_advantages(
+    rewards: Mapping[str, Tensor],
+    valid: Tensor,
+    field_token_masks: Mapping[str, Tensor],
+    response_mask: Tensor,
+    rpc_weight: float = DEFAULT_RPC_WEIGHT,
+    routed_fields: Sequence[str] = ROUTED_FIELDS,
+    field_weights: Mapping[str, float] | None = None,
+) -> Tensor:
+    """GRCA's token advantages (N, T) from the reward service's per-field rewards (each (P, G)).
+
+    Each routed field is standardized in its group (eq. 9) and scaled by its weight (`field_weights`, default 1),
+    the background is eq. 14, and eq. 10 routes them onto the tokens."""
+    _require_keys(rewards, ("format", "answer", "rpc", *routed_fields), "rewards")
+    _require_keys(field_token_masks, routed_fields, "field_token_masks")
+    weights = dict.fromkeys(routed_fields, 1.0) | dict(field_weights or {})
+    _check_rows(valid, response_mask)
+    field_advantages = {
+        name: weights[name] * group_standardize(rewards[name], valid).reshape(-1) for name in routed_fields
+    }
+    background = background_rewards_advantage(rewards["format"], rewards["answer"], rewards["rpc"], valid, rpc_weight)
+    masks = {name: field_token_masks[name] for name in routed_fields}
+    return routed_token_advantages(field_advantages, masks, background.reshape(-1), response_mask)
+
+
+def broadcast_advantages(
+    rewards: Mapping[str, Tensor], valid: Tensor, weights: Mapping[str, float], response_mask: Tensor
+) -> Tensor:
+    """Broadcast GRPO (N, T): the weighted reward sum standardized once per group, on every response token."""
+    _require_keys(rewards, tuple(weights), "rewards")
+    _check_rows(valid, response_mask)
+    total = sum(weight * rewards[name].float() for name, weight in weights.items())
+    advantage = group_standardize(total, valid).reshape(-1, 1)
+    return torch.where(response_mask.bool(), advantage, 0.0)
+
+
+def advantage_stats(advantages: Tensor, response_mask: Tensor) -> dict[str, float]:
+    """Mean, population std, largest magnitude and fraction of nonzero values over the response tokens."""
+    values = advantages[response_mask.bool()].float()
+    if values.numel() == 0:
+        return {"mean": 0.0, "std": 0.0, "abs_max": 0.0, "frac_nonzero": 0.0}
+    return {
+        "mean": values.mean().item(),
+        "std": values.std(correction=0).item(),
+        "abs_max": values.abs().max().item(),
+        "frac_nonzero": (values != 0).float().mean().item(),
+    }
+
+
+def _require_keys(mapping: Mapping[str, object], keys: Sequence[str], what: str) -> None:
+    missing = [key for key in keys if key not in mapping]
+    if missing:
+        raise ValueError(f"{what} lacks {missing} (has {sorted(mapping)})")
+
+
+def _check_rows(valid: Tensor, response_mask: Tensor) -> None:
+    if valid.dim() != 2 or response_mask.dim() != 2 or response_mask.shape[0] != valid.numel():
+        raise ValueError(
+            f"response_mask must have prompts * group = {valid.numel()} rows for valid {tuple(valid.shape)}, "
+            f"got {tuple(response_mask.shape)}"
+        )

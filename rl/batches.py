@@ -1,0 +1,163 @@
+"""What one learner step consumes, built from rollouts and their rewards (GRCA, GRPO, DPO) or from the dataset's
+targets (SFT, SPA). Rows are prompt-major: row p * G + g is the g-th response to prompt p, so a group is contiguous
+and a shard of whole prompts keeps its groups whole.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from data3d import Sample, reward_sample, target_text
+from policies.point_ops import drop_points, gaussian_noise, mask_groups
+from rewards import REWARDS
+from rl.advantages import advantage_stats, broadcast_advantages, routed_advantages
+from rl.losses import dpo_pairs_from_groups
+from rl.token_spans import batch_field_masks
+from rollout.engine import RolloutBatch, split_evenly
+
+
+@dataclass
+class LearnBatch:
+    """P prompts and N = P * G responses; the optional tensors are the ones the algorithm needs."""
+
+    step: int
+    version: int  # the policy version that produced the responses (for dataset targets: the learner's current one)
+    samples: list[Sample]  # P
+    group_size: int  # G (1 for dataset targets)
+    response_ids: torch.Tensor | None = None  # (N, T); None for dataset targets, which the learner tokenizes
+    response_mask: torch.Tensor | None = None  # (N, T)
+    response_texts: list[str] = field(default_factory=list)  # N
+    advantages: torch.Tensor | None = None  # (N, T) GRCA / GRPO
+    rollout_logprobs: torch.Tensor | None = None  # (N, T) what the rollout engine reported, for the on-policy check
+    corrupted: list[Sample] | None = None  # SPA: each sample with its cloud corrupted (x')
+    pairs: list[tuple[int, int]] = field(default_factory=list)  # DPO: (chosen row, rejected row)
+
+    def shard(self, rank: int, world: int) -> LearnBatch:
+        """This rank's whole prompts (and their rows, pairs and corrupted clouds)."""
+        prompts = split_evenly(list(range(len(self.samples))), world)[rank]
+        g = self.group_size
+        rows = [p * g + k for p in prompts for k in range(g)]
+        first = prompts[0] * g if prompts else 0
+        take = (lambda t: t[rows] if t is not None else None)
+        return dataclasses.replace(
+            self,
+            samples=[self.samples[p] for p in prompts],
+            response_ids=take(self.response_ids), response_mask=take(self.response_mask),
+            response_texts=[self.response_texts[r] for r in rows] if self.response_texts else [],
+            advantages=take(self.advantages), rollout_logprobs=take(self.rollout_logprobs),
+            corrupted=[self.corrupted[p] for p in prompts] if self.corrupted else None,
+            pairs=[(a - first, b - first) for a, b in self.pairs if a in rows and b in rows],
+        )
+
+
+def reward_table(results: list[dict | None], num_prompts: int, group_size: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Reward service results (None = missing) -> per-reward (P, G) tensors and the (P, G) mask of present ones."""
+    valid = torch.tensor([r is not None for r in results]).view(num_prompts, group_size)
+    table = {name: torch.tensor([r["rewards"][name] if r else 0.0 for r in results], dtype=torch.float32).view(num_prompts, group_size)
+             for name in REWARDS}
+    return table, valid
+
+
+def reward_metrics(table: dict[str, torch.Tensor], valid: torch.Tensor) -> dict[str, float]:
+    """Mean of each reward over the present samples, and how many were missing."""
+    present = valid.sum().clamp(min=1)
+    metrics = {f"reward/{name}": float((values * valid).sum() / present) for name, values in table.items()}
+    metrics["reward/missing"] = float((~valid).sum())
+    return metrics
+
+
+def score_rollouts(rollout: RolloutBatch, samples: list[Sample], reward_fn, quant: dict) -> list[dict | None]:
+    """Send every response with its prompt's targets and camera to the reward service."""
+    g = rollout.group_size
+    requests = [reward_sample(samples[row // g], text) for row, text in enumerate(rollout.texts)]
+    return reward_fn(requests, quant)
+
+
+def policy_gradient_batch(step: int, rollout: RolloutBatch, samples: list[Sample], results: list[dict | None],
+                          tokenizer, algo, field_weights: dict[str, float]) -> tuple[LearnBatch, dict[str, float]]:
+    """GRCA (routed, per-field) or GRPO (broadcast) advantages for a scored rollout, plus reward/advantage metrics."""
+    p, g = len(samples), rollout.group_size
+    table, valid = reward_table(results, p, g)
+    mask = rollout.response_mask.bool()
+    if algo.name == "grca":
+        spans = [r["spans"] if r else None for r in results]
+        field_masks = batch_field_masks(tokenizer, rollout.response_ids, rollout.response_mask, spans, algo.routed_fields)
+        advantages = routed_advantages(table, valid, field_masks, mask, rpc_weight=algo.rpc_weight,
+                                       routed_fields=tuple(algo.routed_fields),
+                                       field_weights={f: field_weights[f] for f in algo.routed_fields})
+    else:
+        advantages = broadcast_advantages(table, valid, field_weights, mask)
+    metrics = {**reward_metrics(table, valid), **{f"advantage/{k}": v for k, v in advantage_stats(advantages, mask).items()}}
+    batch = LearnBatch(step=step, version=rollout.version, samples=samples, group_size=g,
+                       response_ids=rollout.response_ids, response_mask=rollout.response_mask,
+                       response_texts=rollout.texts, advantages=advantages, rollout_logprobs=rollout.logprobs)
+    return batch, metrics
+
+
+def preference_batch(step: int, rollout: RolloutBatch, samples: list[Sample], results: list[dict | None],
+                     weights: dict[str, float]) -> tuple[LearnBatch, dict[str, float]]:
+    """DPO pairs from each group: the response with the highest weighted total reward against the lowest."""
+    p, g = len(samples), rollout.group_size
+    table, valid = reward_table(results, p, g)
+    total = sum(weights.get(name, 0.0) * values for name, values in table.items())
+    pairs = dpo_pairs_from_groups(total, valid)
+    batch = LearnBatch(step=step, version=rollout.version, samples=samples, group_size=g,
+                       response_ids=rollout.response_ids, response_mask=rollout.response_mask,
+                       response_texts=rollout.texts, rollout_logprobs=rollout.logprobs, pairs=pairs)
+    return batch, {**reward_metrics(table, valid), "dpo/pairs": float(len(pairs))}
+
+
+def read_pairs_file(path: str) -> list[tuple[str, str, str]]:
+    """(uid, chosen, rejected) from a JSONL file of {"uid", "chosen", "rejected"}; a bad line is named."""
+    import json
+    from pathlib import Path
+
+    pairs = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            pairs.append((str(row["uid"]), str(row["chosen"]), str(row["rejected"])))
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}:{number}: expected {{\"uid\", \"chosen\", \"rejected\"}} ({exc})") from None
+    if not pairs:
+        raise ValueError(f"{path}: no preference pairs")
+    return pairs
+
+
+def file_pairs_batch(step: int, version: int, samples: list[Sample], chosen: list[str], rejected: list[str]) -> LearnBatch:
+    """DPO on given pairs: each prompt's chosen and rejected texts as a group of two (rows 2p and 2p + 1)."""
+    texts = [text for pair in zip(chosen, rejected) for text in pair]
+    return LearnBatch(step=step, version=version, samples=samples, group_size=2, response_texts=texts,
+                      pairs=[(2 * p, 2 * p + 1) for p in range(len(samples))])
+
+
+def corrupt(samples: list[Sample], kind: str, seed: int, *, mask_ratio: float = 0.5, noise_std: float = 0.01,
+            drop_ratio: float = 0.5, num_groups: int = 32, group_size: int = 32) -> list[Sample]:
+    """Each sample with its cloud corrupted the SPA way: 3D group masking, Gaussian noise or random point drop."""
+    generator = torch.Generator().manual_seed(seed)
+    out = []
+    for sample in samples:
+        points = torch.from_numpy(np.asarray(sample.points, dtype=np.float32))[None]
+        if kind == "mask":
+            groups = min(num_groups, points.shape[1])
+            corrupted = mask_groups(points, mask_ratio, groups, min(group_size, points.shape[1]), generator)
+        elif kind == "gaussian":
+            corrupted = gaussian_noise(points, noise_std, generator)
+        elif kind == "drop":
+            corrupted = drop_points(points, drop_ratio, generator)
+        else:
+            raise ValueError(f"spa.corruption: expected one of mask, gaussian, drop, got {kind!r}")
+        out.append(dataclasses.replace(sample, points=corrupted[0].numpy()))
+    return out
+
+
+def target_batch(step: int, version: int, samples: list[Sample], quant=None, corrupted: list[Sample] | None = None) -> LearnBatch:
+    """Teacher forcing on the dataset's serialized targets (SFT; SPA adds the corrupted clouds)."""
+    return LearnBatch(step=step, version=version, samples=samples, group_size=1,
+                      response_texts=[target_text(s, quant) for s in samples], corrupted=corrupted)

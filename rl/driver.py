@@ -1,0 +1,272 @@
+"""The driver: one controller runs every step (prompts -> rollouts -> rewards -> advantages -> learner -> weight sync
+-> metrics) while the learner runs under Ray Train, and `main` chains the stages of a run (SFT warm-up, the algorithm,
+evaluation). Every entry script `rl/train_*.py` is `main` with its default YAML.
+
+Run directory (`run.dir`): config.yaml, metrics.jsonl, tensorboard/, learner/ (Ray Train checkpoints), policy/ (the
+final policy, a `pointrl eval --policy` directory), eval_final.json, and for a warm-started run sft/ and eval_sft.json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from data3d import BenchmarkDataset, Sample, generate_sample
+from rl.batches import (LearnBatch, corrupt, file_pairs_batch, policy_gradient_batch, preference_batch, read_pairs_file,
+                        score_rollouts, target_batch)
+from rl.config import Config, config_to_dict, parse_cli, policy_overrides, save_config
+from rl.metrics import MetricsLog
+
+ROLLOUT_ALGOS = ("grca", "grpo", "dpo")
+NAMESPACE = "pointrl"
+
+
+class TrainingSet:
+    """The prompts of a run: a `pointrl synth` split read lazily, or the procedural benchmark generated on the fly."""
+
+    def __init__(self, cfg: Config, split: str, size: int, seed_offset: int = 0):
+        self.dataset = BenchmarkDataset(cfg.data.dir, split) if cfg.data.dir else None
+        self.size = len(self.dataset) if self.dataset is not None else size
+        self.cfg, self.seed = cfg, cfg.data.seed + seed_offset
+        self.cache: dict[int, Sample] = {}
+        if self.size == 0:
+            raise ValueError(f"data: the {split} split of {cfg.data.dir} is empty")
+
+    def __getitem__(self, index: int) -> Sample:
+        if index not in self.cache:
+            d = self.cfg.data
+            self.cache[index] = (self.dataset[index] if self.dataset is not None else
+                                 generate_sample(self.seed, index, num_points=d.num_points, image_size=d.image_size,
+                                                 num_kpts=d.num_kpts))
+        return self.cache[index]
+
+    def by_uid(self, uid: str) -> Sample:
+        if not hasattr(self, "index_of"):
+            self.index_of = {self[i].uid: i for i in range(self.size)}
+        if uid not in self.index_of:
+            raise KeyError(f"uid {uid!r} is not in the training data")
+        return self[self.index_of[uid]]
+
+    def take(self, step: int, count: int) -> list[Sample]:
+        """The prompts of `step`: a seeded permutation walked in order, so a resumed run continues the sequence."""
+        order = np.random.default_rng(self.seed).permutation(self.size)
+        return [self[int(order[(step * count + j) % self.size])] for j in range(count)]
+
+
+def held_out_samples(cfg: Config) -> list[Sample]:
+    """The evaluation prompts: the dataset's eval split, or generated with another seed (objects never trained on)."""
+    held_out = TrainingSet(cfg, cfg.eval.split, cfg.data.eval_size, seed_offset=1)
+    return [held_out[i] for i in range(min(held_out.size, cfg.data.eval_size))]
+
+
+@ray.remote(num_cpus=0.1)
+class Controller:
+    """The single controller of one stage: owns the data, the rollout workers and the reward client; builds each
+    step's batch once (the first learner rank to ask triggers it), syncs weights, records metrics."""
+
+    def __init__(self, config: dict, policy_dir: str, run_dir: str):
+        import torch
+        from transformers import AutoTokenizer
+
+        from rl.config import config_from_dict
+        from rl.reward_client import make_reward_fn
+        from rollout.worker import make_rollout_workers
+
+        torch.set_num_threads(1)
+        self.cfg = cfg = config_from_dict(config)
+        self.data = TrainingSet(cfg, "train", cfg.data.train_size)
+        self.quant = {"bins": cfg.reward.bins, "bounds3d": [[-1, -1, -1], [1, 1, 1]]}
+        self.pairs = read_pairs_file(cfg.dpo.pairs_file) if cfg.algo.name == "dpo" and cfg.dpo.pairs_file else None
+        self.rollouts = cfg.algo.name in ROLLOUT_ALGOS and self.pairs is None
+        self.workers = (make_rollout_workers(cfg.rollout.num_workers, policy_dir, cfg.rollout.cpus_per_worker,
+                                             cfg.rollout.backend, policy_overrides=policy_overrides(cfg))
+                        if self.rollouts else [])
+        self.reward_fn = (make_reward_fn(cfg.reward.mode, cfg.reward.url, cfg.reward.timeout_s, cfg.reward.replicas,
+                                         cfg.reward.cpus_per_replica) if self.rollouts else None)
+        self.tokenizer = AutoTokenizer.from_pretrained(Path(policy_dir) / "llm")
+        self.log = MetricsLog(run_dir, cfg.run.name, cfg.run.steps)
+        self.version, self.step_batch, self.step_metrics = 0, None, {}
+
+    def publish(self, version: int, state: dict) -> float:
+        """Push the learner's trainable weights to every rollout worker as `version`; returns the seconds it took."""
+        began = time.perf_counter()
+        loaded = ray.get([worker.load_weights.remote(version, state) for worker in self.workers])
+        if any(v != version for v in loaded):
+            raise RuntimeError(f"weight sync: workers report versions {loaded}, expected {version}")
+        self.version = version
+        return time.perf_counter() - began
+
+    def _prepare(self, step: int) -> tuple[LearnBatch, dict[str, float]]:
+        from rollout.engine import SamplingConfig
+        from rollout.worker import generate_on_workers
+
+        cfg = self.cfg
+        if self.pairs:
+            count = cfg.rollout.prompts_per_step
+            chosen = [self.pairs[(step * count + j) % len(self.pairs)] for j in range(count)]
+            samples = [self.data.by_uid(uid) for uid, _, _ in chosen]
+            return file_pairs_batch(step, self.version, samples, [c for _, c, _ in chosen], [r for _, _, r in chosen]), {}
+        samples = self.data.take(step, cfg.rollout.prompts_per_step)
+        if not self.rollouts:
+            corrupted = None
+            if cfg.algo.name == "spa":
+                corrupted = corrupt(samples, cfg.spa.corruption, cfg.run.seed + step, mask_ratio=cfg.spa.mask_ratio,
+                                    noise_std=cfg.spa.noise_std, drop_ratio=cfg.spa.drop_ratio)
+            return target_batch(step, self.version, samples, corrupted=corrupted), {}
+        sampling = SamplingConfig(n=cfg.rollout.group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
+                                  max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.run.seed * 100_003 + step)
+        began = time.perf_counter()
+        rollout = generate_on_workers(self.workers, samples, sampling, use_images=cfg.data.use_images)
+        rolled = time.perf_counter()
+        results = score_rollouts(rollout, samples, self.reward_fn, self.quant)
+        scored = time.perf_counter()
+        if cfg.algo.name == "dpo":
+            batch, metrics = preference_batch(step, rollout, samples, results, cfg.reward.field_weights)
+        else:
+            batch, metrics = policy_gradient_batch(step, rollout, samples, results, self.tokenizer, cfg.algo,
+                                                   cfg.reward.field_weights)
+        metrics.update({"time/rollout": rolled - began, "time/reward": scored - rolled,
+                        "rollout/tokens_per_s": rollout.tokens_generated / max(rolled - began, 1e-9),
+                        "rollout/version": float(rollout.version)})
+        return batch, metrics
+
+    def next_batch(self, step: int, rank: int, world: int) -> LearnBatch:
+        """This rank's shard of step `step`'s batch (built on the first request of the step)."""
+        if self.step_batch is None or self.step_batch.step != step:
+            if self.cfg.rollout.prompts_per_step % world:
+                raise ValueError(f"rollout.prompts_per_step={self.cfg.rollout.prompts_per_step} must divide evenly "
+                                 f"over learner.num_workers={world} (every rank runs the same number of micro-batches)")
+            self.step_started = time.perf_counter()
+            self.step_batch, self.step_metrics = self._prepare(step)
+        return self.step_batch.shard(rank, world)
+
+    def evaluate(self) -> dict[str, float]:
+        """Greedy answers of the just-published policy on held-out prompts, scored in process (`eval/...`)."""
+        from rl.evaluate import score_answers
+        from rollout.engine import SamplingConfig
+        from rollout.worker import generate_on_workers
+
+        samples = held_out_samples(self.cfg)
+        greedy = SamplingConfig(n=1, do_sample=False, max_new_tokens=self.cfg.eval.max_new_tokens)
+        texts = generate_on_workers(self.workers, samples, greedy, use_images=self.cfg.data.use_images).texts
+        return {f"eval/{k}": v for k, v in score_answers(samples, texts).items()}
+
+    def finish_step(self, step: int, learner_stats: dict[str, float], state: dict) -> None:
+        """After the update: publish version step + 1 to the rollout workers, then record the step's metrics."""
+        sync = self.publish(step + 1, state)
+        metrics = {**self.step_metrics, **learner_stats, "time/sync": sync,
+                   "time/step": time.perf_counter() - self.step_started}
+        if self.cfg.eval.every and (step + 1) % self.cfg.eval.every == 0 and self.workers:
+            metrics.update(self.evaluate())
+        if (step + 1) % self.cfg.run.log_every == 0 or step + 1 == self.cfg.run.steps:
+            self.log.log(step, metrics)
+        else:
+            self.log.log(step, metrics, echo=False)
+
+
+def init_ray(cfg: Config) -> None:
+    """Join the cluster of `run.ray_address` or $RAY_ADDRESS (`ray job submit`), else start a local one."""
+    if ray.is_initialized():
+        return
+    address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, namespace=NAMESPACE)
+        return
+    needed = (cfg.learner.num_workers * cfg.learner.cpus_per_worker + cfg.rollout.num_workers * cfg.rollout.cpus_per_worker
+              + cfg.reward.replicas * cfg.reward.cpus_per_replica + 0.5)
+    # stages take turns (rollout, then reward, then learn), so logical CPUs may exceed the cores
+    num_cpus = cfg.run.num_cpus or max(os.cpu_count() or 1, int(np.ceil(needed)))
+    ray.init(num_cpus=num_cpus, namespace=NAMESPACE, include_dashboard=False, log_to_driver=True)
+
+
+def run_stage(cfg: Config, policy_dir: Path, run_dir: Path) -> Path:
+    """Train one algorithm from `policy_dir` for `run.steps` steps; returns the final policy directory."""
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from rl.learner import learner_loop
+
+    # actors run in their own working directories: hand them absolute paths
+    policy_dir, run_dir = Path(policy_dir).resolve(), Path(run_dir).resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if (run_dir / "learner").exists() and not cfg.checkpoint.resume:
+        raise FileExistsError(f"{run_dir}: a run is already there; set checkpoint.resume=true to continue it "
+                              "or choose another run.dir")
+    save_config(cfg, run_dir / "config.yaml")
+    name = f"controller-{run_dir.as_posix().replace('/', '-')}"
+    controller = Controller.options(name=name).remote(config_to_dict(cfg), str(policy_dir), str(run_dir))
+    final_dir = run_dir / "policy"
+    trainer = TorchTrainer(
+        learner_loop,
+        train_loop_config={"config": config_to_dict(cfg), "controller": name, "policy_dir": str(policy_dir),
+                           "final_dir": str(final_dir)},
+        scaling_config=ScalingConfig(num_workers=cfg.learner.num_workers, use_gpu=False,
+                                     resources_per_worker={"CPU": cfg.learner.cpus_per_worker}),
+        run_config=RunConfig(name="learner", storage_path=str(run_dir),
+                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep)),
+    )
+    try:
+        trainer.fit()
+    finally:
+        ray.kill(controller)
+    return final_dir
+
+
+def warmup_config(cfg: Config) -> Config:
+    """The SFT warm-up (GRCA's Stage 1) that precedes an algorithm when no initial policy is given."""
+    return dataclasses.replace(
+        cfg,
+        run=dataclasses.replace(cfg.run, name=f"{cfg.run.name}-sft", steps=cfg.sft.steps),
+        algo=dataclasses.replace(cfg.algo, name="sft"),
+        rollout=dataclasses.replace(cfg.rollout, prompts_per_step=cfg.sft.batch_size),
+        learner=dataclasses.replace(cfg.learner, lr=cfg.sft.lr, epochs=1, warmup_steps=0),
+    )
+
+
+def evaluate_policy(cfg: Config, policy_dir: Path, out: Path) -> dict:
+    from policies import PointVLM
+    from rl.evaluate import evaluate, policy_answerer, write_report
+
+    samples = held_out_samples(cfg)
+    policy = PointVLM.from_pretrained(policy_dir).eval()
+    answer = policy_answerer(policy, batch_size=8, max_new_tokens=cfg.eval.max_new_tokens, greedy=cfg.eval.greedy,
+                             use_images=cfg.data.use_images)
+    report = evaluate(answer, samples, reliance=cfg.eval.reliance)
+    report["meta"] = {"policy": str(policy_dir), "samples": len(samples)}
+    write_report(report, out)
+    return report
+
+
+def main(default_config: str, argv: list[str] | None = None) -> dict:
+    """Parse `[--config PATH] [key=value ...]`, run the stages, evaluate, print SFT vs final side by side."""
+    import sys
+
+    from rl.evaluate import METRICS, format_table
+    from policies.tiny import build_tiny_policy
+
+    cfg = parse_cli(sys.argv[1:] if argv is None else argv, default_config)
+    run_dir = Path(cfg.run.dir)
+    init_ray(cfg)
+    reports = {}
+    policy_dir = Path(cfg.policy.init) if cfg.policy.init else None
+    if policy_dir is None:
+        policy_dir = run_dir / "init_policy"
+        if not (policy_dir / "pointvlm.json").exists():
+            build_tiny_policy(out_dir=policy_dir, seed=cfg.run.seed, hidden_size=cfg.policy.hidden_size,
+                              num_layers=cfg.policy.num_layers)
+        if cfg.algo.name != "sft":
+            policy_dir = run_stage(warmup_config(cfg), policy_dir, run_dir / "sft")
+            reports["sft"] = evaluate_policy(cfg, policy_dir, run_dir / "eval_sft.json")
+    final_dir = run_stage(cfg, policy_dir, run_dir)
+    reports["final"] = evaluate_policy(cfg, final_dir, run_dir / "eval_final.json")
+    for stage, report in reports.items():
+        print(f"\nheld-out evaluation, {stage} policy ({report['meta']['samples']} samples):\n{format_table(report)}")
+    if "sft" in reports:
+        print("\n" + " ".join(f"{m} {reports['sft'][m]:.3f}->{reports['final'][m]:.3f}" for m in METRICS))
+    print(f"\nrun directory: {run_dir}  (final policy: {final_dir})")
+    return reports

@@ -1,0 +1,173 @@
+"""Training losses as pure tensor functions: the clipped surrogate over token advantages (GRCA eqs. 15-16), a k3 KL
+penalty to a frozen reference, SPA (SPA paper eqs. 3-6), DPO (Rafailov et al.; SPA paper eq. 2) and SFT's NLL.
+
+Inputs are per-token log-probs (N, T) of the response tokens with a (N, T) mask (1 on response tokens); masked
+positions may hold anything, even -inf, and never reach a result. Each loss returns (scalar tensor, dict of floats).
+Sequence log-probs, log P(y | x), are sums over the response tokens (`masked_sample_sum`), as in SPA and DPO.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+DEFAULT_CLIP_EPS = 0.2  # GRCA eq. 16's epsilon
+DEFAULT_SPA_BETA = 1.0  # SPA eq. 5 and Table A1 have no temperature: -log sigma(log P(y|x) - log P(y|x'))
+DEFAULT_SPA_NLL_WEIGHT = 1.0  # not in the SPA paper: the issue's supervised anchor, one token-mean SFT loss
+DEFAULT_DPO_BETA = 0.1  # SPA paper, appendix A.2
+
+
+def _check_token_tensors(mask: Tensor, **tensors: Tensor) -> None:
+    if mask.dim() != 2:
+        raise ValueError(f"mask must be (samples, tokens) = 2-D, got shape {tuple(mask.shape)}")
+    for name, tensor in tensors.items():
+        if tensor.shape != mask.shape:
+            raise ValueError(f"{name} has shape {tuple(tensor.shape)}, the mask {tuple(mask.shape)}")
+
+
+def _masked(values: Tensor, mask: Tensor) -> Tensor:
+    return torch.where(mask.bool(), values, 0.0)
+
+
+def masked_sample_sum(values: Tensor, mask: Tensor) -> Tensor:
+    """(N,): each sample's sum over its masked tokens (a sequence log-prob when `values` are token log-probs)."""
+    return _masked(values, mask).sum(1)
+
+
+# GRCA eq. 16, inner sum: 1/|o_i| sum_t
+def masked_sample_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """(N,): each sample's mean over its masked tokens; a sample without tokens gives 0."""
+    return masked_sample_sum(values, mask) / mask.sum(1).clamp(min=1)
+
+
+# GRCA eq. 16, outer sum: 1/G sum_i 1/|o_i| sum_t
+def mean_of_sample_means(values: Tensor, mask: Tensor) -> Tensor:
+    """Token mean per sample, then mean over the samples that have tokens (0 if none)."""
+    has_tokens = mask.bool().any(1)
+    return (masked_sample_mean(values, mask) * has_tokens).sum() / has_tokens.sum().clamp(min=1)
+
+
+def _masked_token_mean(values: Tensor, mask: Tensor) -> float:
+    return (masked_sample_sum(values, mask).sum() / mask.sum().clamp(min=1)).item()
+
+
+# GRCA eqs. 15-16: -1/G sum_i 1/|o_i| sum_t min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t)
+def clipped_surrogate_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    mask: Tensor,
+    clip_eps: float = DEFAULT_CLIP_EPS,
+    clip_eps_high: float | None = None,
+) -> tuple[Tensor, dict[str, float]]:
+    """-min(ratio A, clip(ratio, 1 - eps, 1 + eps_high) A), reduced by `mean_of_sample_means`.
+
+    `clip_eps_high` defaults to `clip_eps` (symmetric). Stats over response tokens: `clip_fraction` (the clipped
+    term is the smaller one, so the token gets no gradient), `approx_kl` (mean of old - new log-prob),
+    `ratio_mean`."""
+    _check_token_tensors(mask, logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages)
+    high = clip_eps if clip_eps_high is None else clip_eps_high
+    log_ratio = _masked(logprobs - old_logprobs, mask)
+    ratio = log_ratio.exp()  # eq. 15: rho_t = pi_theta / pi_old
+    unclipped = ratio * advantages
+    clipped = ratio.clamp(1.0 - clip_eps, 1.0 + high) * advantages
+    loss = mean_of_sample_means(-torch.minimum(unclipped, clipped), mask)
+    with torch.no_grad():
+        stats = {
+            "clip_fraction": _masked_token_mean((clipped < unclipped).float(), mask),
+            "approx_kl": _masked_token_mean(-log_ratio, mask),
+            "ratio_mean": _masked_token_mean(ratio, mask),
+        }
+    return loss, stats
+
+
+def k3_kl(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor) -> Tensor:
+    """(N, T) per-token k3 estimate of KL(policy || reference): exp(r) - r - 1 with r = ref - logp; 0 off the mask."""
+    _check_token_tensors(mask, logprobs=logprobs, ref_logprobs=ref_logprobs)
+    log_ratio = _masked(ref_logprobs - logprobs, mask)
+    return torch.expm1(log_ratio) - log_ratio  # expm1: no cancellation in exp(r) - 1 for the small r of a close policy
+
+
+def kl_penalty(
+    logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor, beta: float = 0.0
+) -> tuple[Tensor, dict[str, float]]:
+    """beta times the k3 KL, reduced like the surrogate (added to it; beta = 0 by default)."""
+    kl = mean_of_sample_means(k3_kl(logprobs, ref_logprobs, mask), mask)
+    return beta * kl, {"kl": kl.item()}
+
+
+def nll_loss(logprobs: Tensor, mask: Tensor) -> tuple[Tensor, dict[str, float]]:
+    """SFT: minus the mean log-prob over all response tokens of the batch (long targets weigh more, as in the
+    usual token-averaged cross-entropy of GRCA eq. 5's warm-up)."""
+    _check_token_tensors(mask, logprobs=logprobs)
+    tokens = mask.sum()
+    loss = -masked_sample_sum(logprobs, mask).sum() / tokens.clamp(min=1)
+    return loss, {"nll": loss.item(), "tokens": float(tokens)}
+
+
+# SPA eqs. 3-6: -log sigma(log P(y|x) - log P(y|x')), x' the corrupted input
+def spa_loss(
+    clean_logprobs: Tensor,
+    masked_logprobs: Tensor,
+    mask: Tensor,
+    beta: float = DEFAULT_SPA_BETA,
+    nll_weight: float = DEFAULT_SPA_NLL_WEIGHT,
+) -> tuple[Tensor, dict[str, float]]:
+    """SPA: mean of -log sigma(beta (log P(y|x) - log P(y|x'))) plus nll_weight times `nll_loss` of y given x.
+
+    x' is the corrupted (3D-masked) input; both log-probs are of the same target tokens y. The sequence log-probs
+    are sums over y's tokens, as the paper's P(y|x) is the probability of the whole response."""
+    _check_token_tensors(mask, clean_logprobs=clean_logprobs, masked_logprobs=masked_logprobs)
+    margin = masked_sample_sum(clean_logprobs, mask) - masked_sample_sum(masked_logprobs, mask)
+    preference = -F.logsigmoid(beta * margin).mean()  # eq. 5
+    nll, _ = nll_loss(clean_logprobs, mask)
+    stats = {
+        "preference": preference.item(),
+        "nll": nll.item(),
+        "margin": margin.mean().item(),
+        "accuracy": (margin > 0).float().mean().item(),
+    }
+    return preference + nll_weight * nll, stats
+
+
+# DPO (SPA paper eq. 2): -log sigma(beta log [pi(y+) ref(y-)] / [ref(y+) pi(y-)])
+def dpo_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    ref_chosen: Tensor,
+    ref_rejected: Tensor,
+    beta: float = DEFAULT_DPO_BETA,
+) -> tuple[Tensor, dict[str, float]]:
+    """DPO on (B,) sequence log-probs: mean of -log sigma(beta [(pi_c - ref_c) - (pi_r - ref_r)])."""
+    shapes = {tuple(t.shape) for t in (policy_chosen, policy_rejected, ref_chosen, ref_rejected)}
+    if len(shapes) != 1 or len(next(iter(shapes))) != 1:
+        raise ValueError(f"dpo_loss needs four (pairs,) sequence log-prob tensors, got shapes {sorted(shapes)}")
+    chosen_reward = beta * (policy_chosen - ref_chosen)
+    rejected_reward = beta * (policy_rejected - ref_rejected)
+    margin = chosen_reward - rejected_reward
+    loss = -F.logsigmoid(margin).mean()
+    stats = {
+        "reward_margin": margin.mean().item(),
+        "accuracy": (margin > 0).float().mean().item(),
+        "chosen_reward": chosen_reward.mean().item(),
+        "rejected_reward": rejected_reward.mean().item(),
+    }
+    return loss, stats
+
+
+def dpo_pairs_from_groups(total_rewards: Tensor, valid: Tensor) -> list[tuple[int, int]]:
+    """Per group (row), (row p*G+g of the highest valid total reward, of the lowest); the first index wins a tie.
+    Groups with fewer than 2 valid samples or with all valid rewards equal give no pair."""
+    if total_rewards.dim() != 2 or valid.shape != total_rewards.shape:
+        raise ValueError(
+            f"total_rewards and valid must both be (prompts, group), got {tuple(total_rewards.shape)} "
+            f"and {tuple(valid.shape)}"
+        )
+    group = total_rewards.shape[1]
+    valid = valid.bool()
+    best = torch.where(valid, total_rewards.float(), -torch.inf).max(1)
+    worst = torch.where(valid, total_rewards.float(), torch.inf).min(1)
+    usable = (valid.sum(1) >= 2) & (best.values > worst.values)
+    rows = usable.nonzero().flatten().tolist()
+    return [(p * group + int(best.indices[p]), p * group + int(worst.indices[p])) for p in rows]

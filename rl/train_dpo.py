@@ -1,0 +1,13 @@
+"""DPO against the frozen initial policy, pairs from each rollout group (highest vs lowest total reward).
+
+    python rl/train_dpo.py [--config PATH] [section.key=value ...]      (local Ray)
+    ray job submit --working-dir . -- python rl/train_dpo.py [...]     (a running cluster)
+"""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # a checkout's packages, when run as a script
+from rl.driver import main  # noqa: E402
+
+main("dpo.yaml")

@@ -1,0 +1,13 @@
+"""Broadcast GRPO, the baseline: one standardized scalar reward per sample on every token.
+
+    python rl/train_grpo.py [--config PATH] [section.key=value ...]      (local Ray)
+    ray job submit --working-dir . -- python rl/train_grpo.py [...]     (a running cluster)
+"""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # a checkout's packages, when run as a script
+from rl.driver import main  # noqa: E402
+
+main("grpo.yaml")

@@ -1,0 +1,53 @@
+"""The CPU default backend: transformers `generate` on `PointVLM.embed`'s inputs, in the same process as the policy."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from policies import PointVLM, PolicyInputs
+from rollout.engine import RolloutBatch, SamplingConfig, check_one_uid_per_prompt, check_version_order
+
+
+class HFEngine:
+    """Samples through `PointVLM.generate` (raw log-probs recorded while sampling) and loads published weights
+    straight into the policy it was given, which it puts in eval mode (no dropout while sampling)."""
+
+    def __init__(self, policy: PointVLM, version: int = 0):
+        self.policy = policy.eval()
+        self._version = version
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def generate(self, inputs: PolicyInputs, uids: list[str], sampling: SamplingConfig) -> RolloutBatch:
+        check_one_uid_per_prompt(uids, inputs)
+        start = time.perf_counter()
+        out = self.policy.generate(
+            inputs,
+            num_return_sequences=sampling.n,
+            do_sample=sampling.do_sample,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_new_tokens=sampling.max_new_tokens,
+            seed=sampling.seed,
+        )
+        return RolloutBatch(
+            version=self._version,
+            uids=list(uids),
+            response_ids=out.response_ids,
+            response_mask=out.response_mask,
+            logprobs=out.logprobs.float(),
+            texts=out.texts,
+            tokens_generated=int(out.response_mask.sum()),
+            seconds=time.perf_counter() - start,
+            pad_token_id=self.policy.tokenizer.pad_token_id,
+        )
+
+    @torch.no_grad()
+    def load_weights(self, state: dict[str, torch.Tensor], version: int) -> None:
+        check_version_order(self._version, version)
+        self.policy.load_trainable_state_dict(state)
+        self._version = version

@@ -1,0 +1,111 @@
+"""Rollout workers: Ray actors that each hold a PointVLM loaded from a policy directory and an engine over it.
+
+Workers take fractional CPUs (several share a 2-CPU machine), receive versioned trainable weights from the
+learner through the Ray object store, and tag every batch with the version that produced it. The driver shards
+prompts over them with `generate_on_workers`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import ray
+import torch
+
+from data3d import Sample
+from policies import PointVLM
+from rollout.batching import policy_inputs
+from rollout.engine import RolloutBatch, RolloutEngine, SamplingConfig, concat_batches, split_evenly
+from rollout.hf_engine import HFEngine
+
+BACKENDS = ("hf", "vllm")
+
+
+def make_engine(backend: str, policy: PointVLM, policy_dir: str | Path, version: int = 0, **options) -> RolloutEngine:
+    """The `backend` engine over `policy` (loaded from `policy_dir`); `options` go to the vLLM engine only."""
+    if backend == "hf":
+        if options:
+            raise ValueError(f"the hf rollout backend takes no engine options, got {sorted(options)}")
+        return HFEngine(policy, version)
+    if backend == "vllm":
+        from rollout.vllm_engine import VLLMEngine
+
+        return VLLMEngine(policy_dir, policy=policy, version=version, **options)
+    raise ValueError(f"unknown rollout backend {backend!r}: choose one of {BACKENDS}")
+
+
+class RolloutWorker:
+    """One policy copy and its engine. Use it as a Ray actor through `make_rollout_workers`; `policy_dir` must be
+    readable where the actor runs. `policy_overrides` replace saved config fields (`PointVLM.from_pretrained`),
+    e.g. the learner's llm_mode, so that the published trainable tensors fit. `torch_threads` caps torch's
+    intra-op threads so that actors sharing CPUs do not oversubscribe them."""
+
+    def __init__(self, policy_dir: str, backend: str = "hf", torch_threads: int = 1, version: int = 0,
+                 policy_overrides: dict | None = None, engine_options: dict | None = None):
+        torch.set_num_threads(torch_threads)
+        self.policy = PointVLM.from_pretrained(policy_dir, **(policy_overrides or {})).eval()
+        self.engine = make_engine(backend, self.policy, policy_dir, version, **(engine_options or {}))
+
+    def ping(self) -> bool:
+        return True
+
+    def version(self) -> int:
+        return self.engine.version
+
+    def generate(self, samples: list[Sample], sampling: SamplingConfig, quant=None,
+                 use_images: bool = True) -> RolloutBatch:
+        """`sampling.n` responses per sample (rows sample-major), tagged with this worker's current version."""
+        inputs = policy_inputs(self.policy, samples, quant, use_images)
+        return self.engine.generate(inputs, [s.uid for s in samples], sampling).cpu()
+
+    def load_weights(self, version: int, state: dict[str, torch.Tensor]) -> int:
+        """Install the trainable tensors published as `version` (a Ray ObjectRef argument arrives resolved);
+        a version older than the loaded one is refused. Returns the version now loaded."""
+        self.engine.load_weights(state, version)
+        return self.engine.version
+
+    def logprobs(self, samples: list[Sample], response_ids: torch.Tensor, response_mask: torch.Tensor, quant=None,
+                 use_images: bool = True) -> torch.Tensor:
+        """This worker's raw log-probs (R, T) of responses to `samples`, R = len(samples) * G in the order of
+        `generate` (the on-policy check compares them with the learner's)."""
+        rows = response_ids.shape[0]
+        if rows % len(samples):
+            raise ValueError(f"{rows} responses do not split into groups over {len(samples)} samples")
+        inputs = policy_inputs(self.policy, samples, quant, use_images).repeat_interleave(rows // len(samples))
+        with torch.no_grad():
+            return self.policy.logprobs(inputs, response_ids, response_mask).float().cpu()
+
+
+def make_rollout_workers(n: int, policy_dir: str | Path, cpus_per_worker: float = 0.5, backend: str = "hf",
+                         torch_threads: int = 1, version: int = 0, gpus_per_worker: float = 0.0,
+                         policy_overrides: dict | None = None, engine_options: dict | None = None) -> list:
+    """n `RolloutWorker` actors on the running Ray cluster, each loaded from `policy_dir` (with `policy_overrides`)
+    at `version`; returns once all are up, so that a bad directory or a missing backend fails here rather than at
+    the first rollout."""
+    if n < 1:
+        raise ValueError(f"make_rollout_workers: need n >= 1 workers, got {n}")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown rollout backend {backend!r}: choose one of {BACKENDS}")
+    actor = ray.remote(RolloutWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
+    workers = [actor.remote(str(policy_dir), backend, torch_threads, version, policy_overrides, engine_options)
+               for _ in range(n)]
+    ray.get([w.ping.remote() for w in workers])
+    return workers
+
+
+def gather(refs: list) -> RolloutBatch:
+    """The batches behind `refs` (in shard order) as one batch; raises if their policy versions differ."""
+    return concat_batches(ray.get(list(refs)))
+
+
+def generate_on_workers(workers: list, samples: list[Sample], sampling: SamplingConfig, quant=None,
+                        use_images: bool = True) -> RolloutBatch:
+    """`samples` split evenly over `workers`, generated concurrently and gathered back in order. A seeded
+    `sampling` gives shard i the seed `seed + i`, so that shards draw independent streams."""
+    refs = []
+    for i, (worker, shard) in enumerate(zip(workers, split_evenly(samples, len(workers)))):
+        if shard:
+            seed = None if sampling.seed is None else sampling.seed + i
+            refs.append(worker.generate.remote(shard, replace(sampling, seed=seed), quant, use_images))
+    return gather(refs)
