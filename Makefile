@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test demo bench clean
+.PHONY: install test demo bench bench-learning clean
 
 install: $(STAMP)
 
@@ -23,6 +23,10 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/rewards_bench.py
+	$(BIN)/python bench/data_bench.py
+
+bench-learning: install
+	$(BIN)/python bench/learning_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

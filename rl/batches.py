@@ -13,7 +13,7 @@ import torch
 
 from data3d import Sample, reward_sample, target_text
 from policies.point_ops import drop_points, gaussian_noise, mask_groups
-from rewards import REWARDS
+from rewards import REWARDS, Quant
 from rl.advantages import advantage_stats, broadcast_advantages, routed_advantages
 from rl.losses import dpo_pairs_from_groups
 from rl.token_spans import batch_field_masks
@@ -70,11 +70,11 @@ def reward_metrics(table: dict[str, torch.Tensor], valid: torch.Tensor) -> dict[
     return metrics
 
 
-def score_rollouts(rollout: RolloutBatch, samples: list[Sample], reward_fn, quant: dict) -> list[dict | None]:
+def score_rollouts(rollout: RolloutBatch, samples: list[Sample], reward_fn, quant: Quant) -> list[dict | None]:
     """Send every response with its prompt's targets and camera to the reward service."""
     g = rollout.group_size
     requests = [reward_sample(samples[row // g], text) for row, text in enumerate(rollout.texts)]
-    return reward_fn(requests, quant)
+    return reward_fn(requests, {"bins": quant.bins, "bounds3d": [list(b) for b in quant.bounds3d]})
 
 
 def policy_gradient_batch(step: int, rollout: RolloutBatch, samples: list[Sample], results: list[dict | None],

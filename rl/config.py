@@ -22,7 +22,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from rewards.schema import DEFAULT_BINS, FIELDS, REWARDS
+from rewards.schema import DEFAULT_BINS, FIELDS, Quant, REWARDS
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 ALGORITHMS = ("grca", "grpo", "spa", "dpo", "sft")
@@ -443,3 +443,8 @@ def policy_overrides(cfg: Config) -> dict:
     trainable tensors the learner publishes are exactly the ones the workers hold."""
     return {"llm_mode": cfg.policy.llm_mode, "lora_r": cfg.policy.lora_r, "llm_dtype": cfg.policy.dtype,
             "train_point_encoder": cfg.policy.train_point_encoder}
+
+
+def run_quant(cfg: Config) -> Quant:
+    """The coordinate quantization of a run: prompts, targets, rewards and evaluation all use this one."""
+    return Quant(bins=cfg.reward.bins)

@@ -19,7 +19,7 @@ import ray
 from data3d import BenchmarkDataset, Sample, generate_sample
 from rl.batches import (LearnBatch, corrupt, file_pairs_batch, policy_gradient_batch, preference_batch, read_pairs_file,
                         score_rollouts, target_batch)
-from rl.config import Config, config_to_dict, parse_cli, policy_overrides, save_config
+from rl.config import Config, config_to_dict, parse_cli, policy_overrides, run_quant, save_config
 from rl.metrics import MetricsLog
 
 ROLLOUT_ALGOS = ("grca", "grpo", "dpo")
@@ -80,7 +80,7 @@ class Controller:
         torch.set_num_threads(1)
         self.cfg = cfg = config_from_dict(config)
         self.data = TrainingSet(cfg, "train", cfg.data.train_size)
-        self.quant = {"bins": cfg.reward.bins, "bounds3d": [[-1, -1, -1], [1, 1, 1]]}
+        self.quant = run_quant(cfg)
         self.pairs = read_pairs_file(cfg.dpo.pairs_file) if cfg.algo.name == "dpo" and cfg.dpo.pairs_file else None
         self.rollouts = cfg.algo.name in ROLLOUT_ALGOS and self.pairs is None
         self.workers = (make_rollout_workers(cfg.rollout.num_workers, policy_dir, cfg.rollout.cpus_per_worker,
@@ -90,7 +90,7 @@ class Controller:
                                          cfg.reward.cpus_per_replica) if self.rollouts else None)
         self.tokenizer = AutoTokenizer.from_pretrained(Path(policy_dir) / "llm")
         self.log = MetricsLog(run_dir, cfg.run.name, cfg.run.steps)
-        self.version, self.step_batch, self.step_metrics = 0, None, {}
+        self.version, self.step_batch, self.step_metrics, self.step_started = 0, None, {}, time.perf_counter()
 
     def publish(self, version: int, state: dict) -> float:
         """Push the learner's trainable weights to every rollout worker as `version`; returns the seconds it took."""
@@ -117,11 +117,11 @@ class Controller:
             if cfg.algo.name == "spa":
                 corrupted = corrupt(samples, cfg.spa.corruption, cfg.run.seed + step, mask_ratio=cfg.spa.mask_ratio,
                                     noise_std=cfg.spa.noise_std, drop_ratio=cfg.spa.drop_ratio)
-            return target_batch(step, self.version, samples, corrupted=corrupted), {}
+            return target_batch(step, self.version, samples, self.quant, corrupted), {}
         sampling = SamplingConfig(n=cfg.rollout.group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
                                   max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.run.seed * 100_003 + step)
         began = time.perf_counter()
-        rollout = generate_on_workers(self.workers, samples, sampling, use_images=cfg.data.use_images)
+        rollout = generate_on_workers(self.workers, samples, sampling, self.quant, cfg.data.use_images)
         rolled = time.perf_counter()
         results = score_rollouts(rollout, samples, self.reward_fn, self.quant)
         scored = time.perf_counter()
@@ -153,8 +153,8 @@ class Controller:
 
         samples = held_out_samples(self.cfg)
         greedy = SamplingConfig(n=1, do_sample=False, max_new_tokens=self.cfg.eval.max_new_tokens)
-        texts = generate_on_workers(self.workers, samples, greedy, use_images=self.cfg.data.use_images).texts
-        return {f"eval/{k}": v for k, v in score_answers(samples, texts).items()}
+        texts = generate_on_workers(self.workers, samples, greedy, self.quant, self.cfg.data.use_images).texts
+        return {f"eval/{k}": v for k, v in score_answers(samples, texts, self.quant).items()}
 
     def finish_step(self, step: int, learner_stats: dict[str, float], state: dict) -> None:
         """After the update: publish version step + 1 to the rollout workers, then record the step's metrics."""
@@ -163,10 +163,8 @@ class Controller:
                    "time/step": time.perf_counter() - self.step_started}
         if self.cfg.eval.every and (step + 1) % self.cfg.eval.every == 0 and self.workers:
             metrics.update(self.evaluate())
-        if (step + 1) % self.cfg.run.log_every == 0 or step + 1 == self.cfg.run.steps:
-            self.log.log(step, metrics)
-        else:
-            self.log.log(step, metrics, echo=False)
+        echo = (step + 1) % self.cfg.run.log_every == 0 or step + 1 == self.cfg.run.steps
+        self.log.log(step, metrics, echo=echo)
 
 
 def init_ray(cfg: Config) -> None:
@@ -235,8 +233,8 @@ def evaluate_policy(cfg: Config, policy_dir: Path, out: Path) -> dict:
     samples = held_out_samples(cfg)
     policy = PointVLM.from_pretrained(policy_dir).eval()
     answer = policy_answerer(policy, batch_size=8, max_new_tokens=cfg.eval.max_new_tokens, greedy=cfg.eval.greedy,
-                             use_images=cfg.data.use_images)
-    report = evaluate(answer, samples, reliance=cfg.eval.reliance)
+                             use_images=cfg.data.use_images, quant=run_quant(cfg))
+    report = evaluate(answer, samples, run_quant(cfg), reliance=cfg.eval.reliance)
     report["meta"] = {"policy": str(policy_dir), "samples": len(samples)}
     write_report(report, out)
     return report

@@ -95,7 +95,7 @@ def evaluate(answer: Answerer, samples: list[Sample], quant: Quant | None = None
 
 
 def policy_answerer(policy, batch_size: int = 8, max_new_tokens: int = 320, greedy: bool = True,
-                    use_images: bool = True, progress: bool = True) -> Answerer:
+                    use_images: bool = True, progress: bool = True, quant: Quant | None = None) -> Answerer:
     """An answerer that runs a PointVLM (greedy by default) in batches, with a progress bar."""
     from tqdm import tqdm
 
@@ -106,7 +106,7 @@ def policy_answerer(policy, batch_size: int = 8, max_new_tokens: int = 320, gree
         batches = range(0, len(samples), batch_size)
         with torch.no_grad():
             for start in tqdm(batches, desc="generate", unit="batch", disable=not progress, leave=False):
-                inputs = policy_inputs(policy, samples[start : start + batch_size], use_images=use_images)
+                inputs = policy_inputs(policy, samples[start : start + batch_size], quant, use_images)
                 out = policy.generate(inputs, do_sample=not greedy, max_new_tokens=max_new_tokens, seed=0)
                 texts.extend(out.texts)
         return texts

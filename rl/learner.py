@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from policies import PointVLM
 from rl.batches import LearnBatch
-from rl.config import config_from_dict, policy_overrides
+from rl.config import config_from_dict, policy_overrides, run_quant
 from rl.losses import clipped_surrogate_loss, dpo_loss, kl_penalty, masked_sample_sum, nll_loss, spa_loss
 from rollout.batching import policy_inputs
 
@@ -60,7 +60,7 @@ def sequence_logprobs(policy: PointVLM, inputs, ids: torch.Tensor, mask: torch.T
 
 def policy_gradient_update(scorer, policy, reference, batch: LearnBatch, cfg, step_optimizer) -> dict[str, float]:
     """GRCA / GRPO (GRCA eqs. 15-16): clipped surrogate over token advantages, several epochs over the batch."""
-    inputs = policy_inputs(policy, batch.samples, use_images=cfg.data.use_images).repeat_interleave(batch.group_size)
+    inputs = policy_inputs(policy, batch.samples, run_quant(cfg), cfg.data.use_images).repeat_interleave(batch.group_size)
     ids, mask, advantages = batch.response_ids, batch.response_mask, batch.advantages
     old = sequence_logprobs(policy, inputs, ids, mask, cfg.learner.micro_batch_size)
     ref = sequence_logprobs(reference, inputs, ids, mask, cfg.learner.micro_batch_size) if reference else None
@@ -82,7 +82,7 @@ def target_update(scorer, policy, reference, batch: LearnBatch, cfg, step_optimi
     """SFT (NLL on the serialized targets, GRCA eq. 5) or SPA (clean vs corrupted cloud, SPA eqs. 3-6)."""
     ids, mask = policy.tokenize_responses(batch.response_texts)
     clouds = batch.samples + (batch.corrupted or [])
-    inputs = policy_inputs(policy, clouds, use_images=cfg.data.use_images)
+    inputs = policy_inputs(policy, clouds, run_quant(cfg), cfg.data.use_images)
     n, stats = len(batch.samples), {}
     for _ in range(cfg.learner.epochs):
         for k, rows in enumerate(micro_batches(n, cfg.learner.micro_batch_size)):
@@ -101,7 +101,7 @@ def target_update(scorer, policy, reference, batch: LearnBatch, cfg, step_optimi
 
 def preference_update(scorer, policy, reference, batch: LearnBatch, cfg, step_optimizer) -> dict[str, float]:
     """DPO against the frozen reference, all of this rank's pairs in one forward (so every rank runs one backward)."""
-    inputs = policy_inputs(policy, batch.samples, use_images=cfg.data.use_images).repeat_interleave(batch.group_size)
+    inputs = policy_inputs(policy, batch.samples, run_quant(cfg), cfg.data.use_images).repeat_interleave(batch.group_size)
     all_ids, all_mask = ((batch.response_ids, batch.response_mask) if batch.response_ids is not None
                          else policy.tokenize_responses(batch.response_texts))
     chosen, rejected = [a for a, _ in batch.pairs], [b for _, b in batch.pairs]

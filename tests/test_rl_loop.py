@@ -83,7 +83,9 @@ def test_grca_steps_sync_versions_checkpoint_and_resume(cluster, warm_policy, tm
 
 
 def test_broadcast_grpo_runs(cluster, warm_policy, tmp_path):
-    run_stage(config(tmp_path, "grpo", "run.steps=2", "reward.mode=local"), warm_policy, tmp_path / "grpo")
+    # another quantization reaches prompts, rewards and the evaluation alike
+    run_stage(config(tmp_path, "grpo", "run.steps=2", "reward.mode=local", "reward.bins=100", "eval.every=2"),
+              warm_policy, tmp_path / "grpo")
     rows = metrics(tmp_path / "grpo")
     assert len(rows) == 2 and all("advantage/std" in r for r in rows)
 
@@ -94,6 +96,14 @@ def test_spa_dpo_sft_run_two_steps(cluster, warm_policy, tmp_path, algo, key):
     rows = metrics(tmp_path / algo)
     assert [r["step"] for r in rows] == [1, 2] and all(key in r for r in rows)
     assert (final / "pointvlm.json").is_file()
+
+
+def test_two_learner_ranks_train_in_ddp(cluster, init_policy, tmp_path):
+    cfg = config(tmp_path, "sft", "run.steps=2", "learner.num_workers=2", "learner.cpus_per_worker=0.5")
+    final = run_stage(cfg, init_policy, tmp_path / "sft2")
+    rows = metrics(tmp_path / "sft2")
+    assert [r["step"] for r in rows] == [1, 2] and rows[1]["loss/total"] < rows[0]["loss/total"]
+    assert not trainable_close(PointVLM.from_pretrained(init_policy), PointVLM.from_pretrained(final))
 
 
 def test_dpo_from_a_pairs_file(cluster, warm_policy, tmp_path):
