@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from policies.tiny import build_tiny_policy  # noqa: E402
-from rl.config import load_config  # noqa: E402
+from rl.config_loading import load_config  # noqa: E402
 from rl.driver import evaluate_policy, init_ray, run_stage, warmup_config  # noqa: E402
 from rl.evaluate import METRICS  # noqa: E402
 

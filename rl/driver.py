@@ -19,7 +19,8 @@ import ray
 from data3d import BenchmarkDataset, Sample, generate_sample
 from rl.batches import (LearnBatch, corrupt, file_pairs_batch, policy_gradient_batch, preference_batch, read_pairs_file,
                         score_rollouts, target_batch)
-from rl.config import Config, config_to_dict, parse_cli, policy_overrides, run_quant, save_config
+from rl.config import Config, policy_overrides, run_quant
+from rl.config_loading import config_to_dict, parse_cli, save_config
 from rl.metrics import MetricsLog
 
 ROLLOUT_ALGOS = ("grca", "grpo", "dpo")
@@ -73,7 +74,7 @@ class Controller:
         import torch
         from transformers import AutoTokenizer
 
-        from rl.config import config_from_dict
+        from rl.config_loading import config_from_dict
         from rl.reward_client import make_reward_fn
         from rollout.worker import make_rollout_workers
 

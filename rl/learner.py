@@ -22,7 +22,8 @@ import torch.distributed as dist
 
 from policies import PointVLM
 from rl.batches import LearnBatch
-from rl.config import config_from_dict, policy_overrides, run_quant
+from rl.config import policy_overrides, run_quant
+from rl.config_loading import config_from_dict
 from rl.losses import clipped_surrogate_loss, dpo_loss, kl_penalty, masked_sample_sum, nll_loss, spa_loss
 from rollout.batching import policy_inputs
 

@@ -7,7 +7,8 @@ from data3d import generate_sample, target_text
 from policies.tiny import build_tiny_tokenizer
 from rewards import score_batch
 from rl.batches import policy_gradient_batch, reward_table, score_rollouts
-from rl.config import load_config, run_quant
+from rl.config import run_quant
+from rl.config_loading import load_config
 from rl.reward_client import make_reward_fn
 from rollout.engine import RolloutBatch
 from serve.server import free_port

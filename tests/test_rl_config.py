@@ -1,4 +1,4 @@
-"""rl/config.py: shipped YAML files, overrides, extends chains, every kind of config error, round trip, --help."""
+"""rl/config.py and rl/config_loading.py: shipped YAML, overrides, extends, every config error, round trip, --help."""
 
 from __future__ import annotations
 
@@ -9,19 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from rl.config import (
-    ALGORITHMS,
-    CONFIG_DIR,
-    LLM_DTYPES,
-    LLM_MODES,
-    Config,
-    ConfigError,
-    config_from_dict,
-    config_to_dict,
-    load_config,
-    parse_cli,
-    save_config,
-)
+from rl.config import ALGORITHMS, CONFIG_DIR, LLM_DTYPES, LLM_MODES, Config, ConfigError
+from rl.config_loading import config_from_dict, config_to_dict, load_config, parse_cli, save_config
 
 SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
 

@@ -9,7 +9,7 @@ from ray import serve
 
 from policies import PointVLM
 from policies.tiny import build_tiny_policy
-from rl.config import load_config
+from rl.config_loading import load_config
 from rl.driver import main, run_stage
 
 # two training prompts with one keypoint each (targets of ~115 tokens) keep every stage to seconds on 2 CPUs
