@@ -70,7 +70,7 @@ def _decode(body: bytes, limits: ServiceLimits) -> RewardRequest:
 
 
 def score_json(body: bytes, limits: ServiceLimits = ServiceLimits()) -> bytes:
-    """Body bytes -> response bytes: the whole request path minus HTTP (shared with the Ray Serve deployment)."""
+    """Body bytes -> response bytes: decoding, limits and scoring, without the transport (run in a worker thread)."""
     try:
         results = score_request(_decode(body, limits))
     except RequestError as exc:
