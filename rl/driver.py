@@ -37,6 +37,7 @@ class TrainingSet:
         self.cache: dict[int, Sample] = {}
         if self.size == 0:
             raise ValueError(f"data: the {split} split of {cfg.data.dir} is empty")
+        self.order = np.random.default_rng(self.seed).permutation(self.size)
 
     def __getitem__(self, index: int) -> Sample:
         if index not in self.cache:
@@ -55,8 +56,7 @@ class TrainingSet:
 
     def take(self, step: int, count: int) -> list[Sample]:
         """The prompts of `step`: a seeded permutation walked in order, so a resumed run continues the sequence."""
-        order = np.random.default_rng(self.seed).permutation(self.size)
-        return [self[int(order[(step * count + j) % self.size])] for j in range(count)]
+        return [self[int(self.order[(step * count + j) % self.size])] for j in range(count)]
 
 
 def held_out_samples(cfg: Config) -> list[Sample]:
@@ -92,6 +92,7 @@ class Controller:
         self.tokenizer = AutoTokenizer.from_pretrained(Path(policy_dir) / "llm")
         self.log = MetricsLog(run_dir, cfg.run.name, cfg.run.steps)
         self.version, self.step_batch, self.step_metrics, self.step_started = 0, None, {}, time.perf_counter()
+        self.held_out: list[Sample] | None = None  # made on the first periodic evaluation, then reused
 
     def publish(self, version: int, state: dict) -> float:
         """Push the learner's trainable weights to every rollout worker as `version`; returns the seconds it took."""
@@ -152,7 +153,9 @@ class Controller:
         from rollout.engine import SamplingConfig
         from rollout.worker import generate_on_workers
 
-        samples = held_out_samples(self.cfg)
+        if self.held_out is None:
+            self.held_out = held_out_samples(self.cfg)
+        samples = self.held_out
         greedy = SamplingConfig(n=1, do_sample=False, max_new_tokens=self.cfg.eval.max_new_tokens)
         texts = generate_on_workers(self.workers, samples, greedy, self.quant, self.cfg.data.use_images).texts
         return {f"eval/{k}": v for k, v in score_answers(samples, texts, self.quant).items()}

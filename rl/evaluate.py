@@ -19,8 +19,8 @@ import torch
 from rouge_score import rouge_scorer
 
 from data3d import BenchmarkDataset, Sample, reward_sample
-from policies.point_ops import mask_groups
 from rewards import Quant, score_batch
+from rl.batches import corrupt
 
 Answerer = Callable[[list[Sample]], list[str]]
 
@@ -55,18 +55,6 @@ def score_answers(samples: list[Sample], texts: list[str], quant: Quant | None =
     return report
 
 
-def masked_clouds(samples: list[Sample], ratio: float, seed: int, num_groups: int = 32, group_size: int = 32) -> list[Sample]:
-    """Each sample with `ratio` of its FPS/kNN point groups removed (SPA masking), seeded so reruns agree."""
-    generator = torch.Generator().manual_seed(seed)
-    masked = []
-    for sample in samples:
-        points = torch.from_numpy(sample.points)[None]
-        groups = min(num_groups, points.shape[1])
-        corrupted = mask_groups(points, ratio, groups, min(group_size, points.shape[1]), generator)[0].numpy()
-        masked.append(dataclasses.replace(sample, points=corrupted))
-    return masked
-
-
 def swapped_clouds(samples: list[Sample]) -> list[Sample]:
     """Each sample with the point cloud of the next sample of another category (the next sample if all share one)."""
     swapped = []
@@ -84,7 +72,7 @@ def evaluate(answer: Answerer, samples: list[Sample], quant: Quant | None = None
         raise ValueError("evaluate: no samples to evaluate")
     report = {**score_answers(samples, answer(samples), quant), "n": len(samples)}
     if reliance:
-        masked = score_answers(samples, answer(masked_clouds(samples, mask_ratio, seed)), quant)
+        masked = score_answers(samples, answer(corrupt(samples, "mask", seed, mask_ratio=mask_ratio)), quant)
         swapped = score_answers(samples, answer(swapped_clouds(samples)), quant)
         report["reliance"] = {
             "masked": masked, "swapped": swapped, "mask_ratio": mask_ratio,

@@ -7,7 +7,8 @@ import random
 import pytest
 
 from data3d import generate_sample, target_text, write_benchmark
-from rl.evaluate import METRICS, TEXT_METRICS, evaluate, format_table, masked_clouds, swapped_clouds
+from rl.batches import corrupt
+from rl.evaluate import METRICS, TEXT_METRICS, evaluate, format_table, swapped_clouds
 
 
 @pytest.fixture(scope="module")
@@ -59,12 +60,12 @@ def test_report_keys_and_ranges(samples):
 
 
 def test_corrupted_clouds_change_the_points_not_the_targets(samples):
-    masked = masked_clouds(samples, ratio=0.6, seed=0)
+    masked = corrupt(samples, "mask", seed=0, mask_ratio=0.6)
     swapped = swapped_clouds(samples)
     for clean, m, s in zip(samples, masked, swapped):
         assert m.points.shape == clean.points.shape and not (m.points == clean.points).all()
         assert s.targets is clean.targets and not (s.points == clean.points).all()
-    assert all(a.points.tobytes() == b.points.tobytes() for a, b in zip(masked, masked_clouds(samples, 0.6, 0)))
+    assert all(a.points.tobytes() == b.points.tobytes() for a, b in zip(masked, corrupt(samples, "mask", 0, mask_ratio=0.6)))
 
 
 def test_empty_split_is_a_clear_error():
