@@ -21,13 +21,14 @@ import numpy as np
 
 from data3d.primitives import farthest_point_sample, sample_surface
 from data3d.render import fit_camera, mask_box, mask_keypoints, orbit_eye, render
+from data3d.settings import DataSettings
 from data3d.types import Camera
 from rewards.schema import DEFAULT_BOUNDS3D
 
-NUM_KPTS = 16
+NUM_KPTS = DataSettings.num_kpts
 MIN_EXTENT_3D = 0.1
 MIN_EXTENT_2D = 8.0
-BOX3D_MARGIN = 0.01
+BOX3D_MARGIN = 1.05 / (DataSettings.bins - 1)  # half a default bin in [-1, 1], + 5%: a rounded keypoint stays in
 
 
 @dataclass(frozen=True)

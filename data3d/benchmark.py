@@ -9,6 +9,7 @@ The first round(n * test_fraction) indices form the test split, the rest the tra
 
 from __future__ import annotations
 
+import multiprocessing
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -16,8 +17,9 @@ from collections.abc import Iterator
 import numpy as np
 from tqdm import tqdm
 
-from data3d.annotate import NUM_KPTS, ViewRange, annotate, mesh_surface, timed
-from data3d.questions import ask
+from data3d.annotate import ViewRange, annotate, mesh_surface, timed
+from data3d.questions import ask, relevance_question
+from data3d.settings import DataSettings
 from data3d.shapes import CATEGORIES, build_shape
 from data3d.store import SHARD_SIZE, write_dataset
 from data3d.types import Sample, Targets
@@ -33,6 +35,7 @@ VIEWS: dict[str, ViewRange] = {  # azimuth 0 = the object's front (+z), elevatio
     "airplane": ViewRange((15, 60), ALL), "stool": ViewRange((10, 40), ALL), "bowl": ViewRange((20, 55), ALL),
 }
 POOL_FACTOR = 2  # surface samples per final point fed to farthest-point thinning
+DEFAULTS = DataSettings()
 
 
 def sample_rng(seed: int, index: int) -> np.random.Generator:
@@ -41,10 +44,16 @@ def sample_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
-def generate_sample(seed: int, index: int, *, num_points: int = 1024, image_size: int = 128, num_kpts: int = NUM_KPTS,
-                    categories: tuple[str, ...] = tuple(CATEGORIES), timings: dict | None = None) -> Sample:
+def generate_sample(seed: int, index: int, *, num_points: int = DEFAULTS.num_points,
+                    image_size: int = DEFAULTS.image_size, num_kpts: int = DEFAULTS.num_kpts,
+                    categories: tuple[str, ...] = tuple(CATEGORIES), relevance: float = 0.0,
+                    timings: dict | None = None) -> Sample:
     """Sample `index` of the benchmark with seed `seed`; `timings`, if given, accumulates seconds per stage
-    (shape, points, render, targets)."""
+    (shape, points, render, targets). A share `relevance` of the samples is asked the relevance-discrimination
+    question (`data3d.questions.relevance_question`) instead of one drawn by `ask`; at 0 the stream of random
+    draws is the one it always was, so existing datasets stay byte-identical."""
+    if not 0.0 <= relevance <= 1.0:
+        raise ValueError(f"relevance must be in [0, 1], got {relevance}")
     unknown = set(categories) - set(CATEGORIES)
     if unknown or not categories:
         raise ValueError(f"categories must be a non-empty subset of {sorted(CATEGORIES)}, got {categories}")
@@ -58,8 +67,11 @@ def generate_sample(seed: int, index: int, *, num_points: int = 1024, image_size
     geometry = annotate(surface, rng, num_points=num_points, image_size=image_size, view=VIEWS[category],
                         pool_size=POOL_FACTOR * num_points, num_kpts=num_kpts, timings=timings)
     with timed(timings, "targets"):
-        question_type, instruction, answers = ask(rng, category, tuple(CATEGORIES), geometry.bbox3d, shape.colour,
-                                                  shape.counts)
+        if relevance and rng.random() < relevance:
+            question_type, instruction, answers = relevance_question(rng, shape)
+        else:
+            question_type, instruction, answers = ask(rng, category, tuple(CATEGORIES), geometry.bbox3d, shape.colour,
+                                                      shape.counts)
         attributes = {"colour": shape.colour, "size_class": shape.size_class, "part_count": shape.part_count,
                       "counts": shape.counts, "view": geometry.view, "source": "synthetic"}
         targets = Targets(bbox2d=geometry.bbox2d, bbox3d=geometry.bbox3d, kpts3d=geometry.kpts3d,
@@ -77,19 +89,30 @@ def split_indices(n: int, test_fraction: float) -> dict[str, range]:
     return {"train": range(n_test, n), "test": range(0, n_test)}
 
 
-def write_benchmark(out_dir, n: int, seed: int, *, test_fraction: float = 0.1, num_points: int = 1024,
-                    image_size: int = 128, progress: bool = True, shard_size: int = SHARD_SIZE,
+def _generate(job: tuple[int, int, DataSettings, float]) -> Sample:
+    seed, index, settings, relevance = job
+    return generate_sample(seed, index, num_points=settings.num_points, image_size=settings.image_size,
+                           num_kpts=settings.num_kpts, relevance=relevance)
+
+
+def write_benchmark(out_dir, n: int, seed: int, *, test_fraction: float = 0.1, settings: DataSettings = DEFAULTS,
+                    relevance: float = 0.0, workers: int = 1, progress: bool = True, shard_size: int = SHARD_SIZE,
                     overwrite: bool = False) -> dict:
-    """Generate n samples into `out_dir` (the `data3d.store` format) with a progress bar; returns a summary."""
+    """Generate n samples into `out_dir` (the `data3d.store` format) with a progress bar, on `workers` processes
+    (each sample depends only on (seed, index), so the set is the same for any count); returns a summary."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     splits = split_indices(n, test_fraction)
     config = {"generator": "data3d.benchmark", "seed": seed, "n": n, "test_fraction": test_fraction,
-              "num_points": num_points, "image_size": image_size, "num_kpts": NUM_KPTS, "categories": list(CATEGORIES)}
+              "num_points": settings.num_points, "image_size": settings.image_size, "num_kpts": settings.num_kpts,
+              "relevance": relevance, "categories": list(CATEGORIES)}
     categories: Counter = Counter()
     bar = tqdm(total=n, desc="synth", unit="sample", disable=not progress)
+    pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
 
     def samples(indices: range) -> Iterator[Sample]:
-        for index in indices:
-            sample = generate_sample(seed, index, num_points=num_points, image_size=image_size)
+        jobs = [(seed, index, settings, relevance) for index in indices]
+        for sample in pool.imap(_generate, jobs, chunksize=8) if pool else map(_generate, jobs):
             categories[sample.targets.category] += 1
             bar.update(1)
             yield sample
@@ -97,9 +120,11 @@ def write_benchmark(out_dir, n: int, seed: int, *, test_fraction: float = 0.1, n
     start = time.perf_counter()
     try:
         meta = write_dataset(out_dir, {split: samples(indices) for split, indices in splits.items()}, config=config,
-                             quant=Quant(), shard_size=shard_size, overwrite=overwrite)
+                             quant=settings.quant(), shard_size=shard_size, overwrite=overwrite)
     finally:
         bar.close()
+        if pool:
+            pool.terminate()
     seconds = time.perf_counter() - start
     return {"out_dir": str(out_dir), "counts": {split: info["count"] for split, info in meta["splits"].items()},
             "seconds": round(seconds, 3), "samples_per_s": round(n / max(seconds, 1e-9), 2),

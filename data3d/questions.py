@@ -7,11 +7,12 @@ answer is clear: the compared extents differ by at least CLEAR_MARGIN.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 
-from data3d.shapes import COLOUR_SYNONYMS, NUMBER_WORDS
+from data3d.shapes import CATEGORIES, COLOUR_SYNONYMS, NUMBER_WORDS, Shape
 
 CLEAR_MARGIN = 1.15  # the larger extent must exceed the other by 15 %
 NUM_OPTIONS = 4
@@ -58,6 +59,18 @@ def taller_question(bbox3d: np.ndarray):
     if max(width, height) < CLEAR_MARGIN * min(width, height):
         return None
     return "taller", "Is this object taller than it is wide?", ["yes" if height > width else "no"]
+
+
+def relevance_question(rng: np.random.Generator, shape: Shape):
+    """3D relevance discrimination ("Does your 3D encoder really work?"): does a description fit this cloud? Half the
+    time it is the object's own; otherwise the same colour and category with the geometric tail of another random
+    instance, so the words alone cannot tell and only the geometry can (the answer is yes if the tails coincide)."""
+    candidate = shape.description
+    if rng.random() < 0.5:
+        _, _, features = CATEGORIES[shape.category][0](rng)
+        candidate = dataclasses.replace(shape, features=features).description
+    answer = "yes" if candidate == shape.description else "no"
+    return "match", f"Does this description fit this object: {candidate}?", [answer]
 
 
 def ask(rng: np.random.Generator, category: str, choices: Sequence[str], bbox3d: np.ndarray,

@@ -59,16 +59,15 @@ def prompt_text(sample: Sample, quant: Quant | None = None) -> str:
     quant = quant or Quant()
     t = sample.targets
     if quant.continuous:
-        units = "Coordinates are numbers: 2D in pixels, 3D in object units."
+        units = "2D in pixels, 3D in object units"
     else:
         lo, hi = quant.lo_hi_3d()
         bounds = ", ".join(f"{axis} in [{a:g}, {b:g}]" for axis, a, b in zip("xyz", lo, hi))
-        units = (f"Coordinates are integer bins 0-{quant.bins - 1}: 2D over the image width and height, "
-                 f"3D over {bounds}.")
+        units = f"integer bins 0-{quant.bins - 1}: 2D over the image, 3D over {bounds}"
+    # short on purpose: every prompt carries this line, and on a small model its tokens are a large part of a step
     return (f"{sample.instruction}\n"
-            f"Answer with one JSON object with the fields {', '.join(FIELDS)}: bbox2d is [x1, y1, x2, y2], "
-            f"bbox3d is [xmin, ymin, zmin, xmax, ymax, zmax], kpts2d holds {len(t.kpts2d)} [u, v] points and "
-            f"kpts3d {len(t.kpts3d)} [x, y, z] points. {units}")
+            f"Answer in JSON: {FIELDS[0]}, {FIELDS[1]}, bbox2d [x1, y1, x2, y2], bbox3d [xmin, ymin, zmin, xmax, "
+            f"ymax, zmax], kpts2d {len(t.kpts2d)} [u, v] and kpts3d {len(t.kpts3d)} [x, y, z]. Coordinates: {units}.")
 
 
 def reward_sample(sample: Sample, text: str) -> dict:

@@ -1,4 +1,5 @@
-"""Sampling helpers for `PointVLM.generate`: the raw log-probs of sampled tokens, and the response mask."""
+"""Sampling helpers for `PointVLM.generate`: the log-probs of sampled tokens at the sampling temperature, and the
+response mask."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogits
 
 
 class SampledLogprobs(LogitsProcessor):
-    """First in the processor list, it sees each step's raw logits (before temperature / top-p). At every
-    step it records the token sampled at the step before under that step's raw log-softmax, so only one
-    (B, V) distribution is held at a time instead of all T of them."""
+    """Placed after the temperature warper and before top-p, it sees each step's logits / T. At every step it
+    records the token sampled at the step before under that step's log-softmax, so only one (B, V) distribution
+    is held at a time instead of all T of them."""
 
     def __init__(self) -> None:
         self.previous: torch.Tensor | None = None
@@ -35,12 +36,15 @@ class SampledLogprobs(LogitsProcessor):
 def sampling_processors(
     recorder: SampledLogprobs, do_sample: bool, temperature: float, top_p: float
 ) -> LogitsProcessorList:
-    """The recorder, then the temperature and nucleus warpers (generate itself is called with neutral values)."""
+    """The temperature warper, the recorder, then the nucleus warper (generate itself is called with neutral values):
+    the recorded log-probs are those of logits / T, what `PointVLM.logprobs(..., temperature=T)` recomputes, and not
+    of the top-p truncated distribution (RL refuses top_p < 1 for that reason). Greedy decoding records raw ones."""
     if temperature <= 0 or not 0 < top_p <= 1:
         raise ValueError(f"need temperature > 0 and 0 < top_p <= 1, got temperature={temperature}, top_p={top_p}")
-    processors: list[LogitsProcessor] = [recorder]
+    processors: list[LogitsProcessor] = []
     if do_sample and temperature != 1.0:
         processors.append(TemperatureLogitsWarper(temperature))
+    processors.append(recorder)
     if do_sample and top_p < 1.0:
         processors.append(TopPLogitsWarper(top_p))
     return LogitsProcessorList(processors)

@@ -28,6 +28,7 @@ class PointVLMConfig:
     train_image_encoder: bool | None = None  # None: train the from-scratch patch encoder, freeze an HF tower
     train_fusion: bool = True
     train_projector: bool = True
+    align_dims: int = 0  # outputs of the cloud-alignment head on the mean point token (rl.losses); 0: no head
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0  # > 0 makes learner (train mode) and rollout (eval) log-probs differ

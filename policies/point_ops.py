@@ -94,33 +94,29 @@ def _refill(points: torch.Tensor, keep: torch.Tensor, generator: torch.Generator
     return gather_points(points, torch.gather(order, 1, source))
 
 
-def mask_groups(
-    points: torch.Tensor,
-    ratio: float,
-    num_groups: int,
-    group_size: int,
-    generator: torch.Generator,
-) -> torch.Tensor:
-    """SPA 3D masking (SPA §3, Fig. 5): FPS centres + kNN groups, round(ratio * G) random groups removed.
+def mask_groups(points: torch.Tensor, ratio: float, num_groups: int, generator: torch.Generator) -> torch.Tensor:
+    """SPA 3D masking (SPA §3, Fig. 5) where `ratio` is the fraction of points removed at any cloud size.
 
-    Every point inside a removed group is dropped (points outside every group are kept); the output keeps
-    the input's (B, N, C) shape: surviving points come first in their original order and the freed slots
-    hold duplicates of surviving points drawn uniformly with replacement (duplicates add no new geometry,
-    so the encoder's max-pooled groups see only the unmasked surface).
+    FPS picks `num_groups` centres and every point joins its nearest centre's group, so the groups partition the
+    cloud (fixed-size kNN groups would cover a shrinking share of a larger cloud). Whole groups are removed in a
+    random order, as many as bring the removed count closest to ratio * N (never all of them). The output keeps the
+    input's (B, N, C) shape: surviving points come first in their original order and the freed slots hold
+    duplicates of surviving points drawn uniformly with replacement (duplicates add no new geometry, so the
+    encoder's max-pooled groups see only the unmasked surface).
     """
     _check_cloud(points)
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"mask_groups: ratio={ratio} must be in [0, 1]")
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f"mask_groups: ratio={ratio} must be in [0, 1)")
     batch, num_points, _ = points.shape
-    centers_idx = farthest_point_sample(points, num_groups)
-    members = knn(gather_points(points[..., :3], centers_idx), points, group_size)  # (B, G, k)
-    num_masked = round(ratio * num_groups)
+    centers = gather_points(points[..., :3], farthest_point_sample(points, num_groups))
+    owner = _squared_distances(points[..., :3], centers).argmin(-1)  # [B, N] nearest centre, ties to the lowest
+    sizes = torch.nn.functional.one_hot(owner, num_groups).sum(dim=1)  # [B, G] points per group
     scores = torch.rand(batch, num_groups, generator=generator, device=generator.device).to(points.device)
-    masked_groups = scores.argsort(dim=1)[:, :num_masked]
-    masked_points = torch.gather(members, 1, masked_groups[..., None].expand(-1, -1, group_size)).flatten(1)
-    keep = torch.ones(batch, num_points, dtype=torch.bool, device=points.device)
-    keep.scatter_(1, masked_points, False)
-    return _refill(points, keep, generator)
+    order = scores.argsort(dim=1)  # [B, G] the groups in the order they are removed
+    removed = torch.cat([sizes.new_zeros(batch, 1), sizes.gather(1, order).cumsum(1)[:, :-1]], dim=1)  # [B, G]
+    num_masked = (removed - ratio * num_points).abs().argmin(dim=1)  # [B] removing k groups takes removed[:, k] points
+    masked = order.argsort(dim=1) < num_masked[:, None]  # [B, G] a group's place in the order is before the cut
+    return _refill(points, ~masked.gather(1, owner), generator)
 
 
 def gaussian_noise(points: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:

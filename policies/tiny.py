@@ -44,28 +44,34 @@ SCHEMA_KEYS = ("answer", "description", "bbox2d", "bbox3d", "kpts2d", "kpts3d")
 
 
 def _corpus() -> list[str]:
-    """Sentences that exercise the schema, digits, punctuation and the demo's vocabulary."""
+    """Sentences that exercise the schema as the targets write it (compact JSON), the prompt's format line, whole
+    numbers, punctuation and the demo's vocabulary: BPE merges what it sees often, so these become few tokens."""
     lines = [" ".join(WORDS), " ".join(CATEGORIES), " ".join(COLOURS)]
     pairs = list(itertools.product(COLOURS, CATEGORIES))
     lines += [f"a {c} {k} with four legs. What is this object? It is a {k}." for c, k in pairs]
     lines += [
-        f'{{"answer": "{k}", "description": "a {c} {k}", "bbox2d": [{i}, {i * 7 % 1000}, {i * 13 % 1000}, 999], '
-        f'"bbox3d": [{i % 10}, 0, 5, 9, 99, 999], "kpts2d": [[{i}, {i * 3 % 1000}]], "kpts3d": [[1, 2, 3]]}}'
+        f'{{"answer":"{k}","description":"a {c} {k}","bbox2d":[{i % 64},{i * 7 % 64},{i * 13 % 1000},999],'
+        f'"bbox3d":[{i % 10},0,5,9,{i % 99},999],"kpts2d":[[{i},{i * 3 % 1000}]],"kpts3d":[[1,{i % 64},3]]}}'
         for i, (c, k) in enumerate(pairs)
     ]
+    lines += [" ".join(str(n) for n in range(1000))] * 8  # whole numbers up to 999 become one token each
+    lines += ["Answer in JSON: answer, description, bbox2d [x1, y1, x2, y2], bbox3d [xmin, ymin, zmin, xmax, ymax, "
+              "zmax], kpts2d 4 [u, v] and kpts3d 4 [x, y, z]. Coordinates: integer bins 0-63: 2D over the image, 3D "
+              "over x in [-1, 1], y in [-1, 1], z in [-1, 1]."] * 20
     lines += [" ".join(f'"{key}":' for key in SCHEMA_KEYS), "{ } [ ] ( ) , . : ; ? ! ' \" - _ / + = < > | \n"]
     return lines
 
 
-def build_tiny_tokenizer(vocab_size: int = 1024):
-    """A byte-level BPE (digits always split one per token, so the integer bins 0..999 read digit by digit)
-    wrapped as a `PreTrainedTokenizerFast` with pad/eos, the Point-VLM special tokens and a ChatML template."""
+def build_tiny_tokenizer(vocab_size: int = 2048):
+    """A byte-level BPE whose merges include every whole number up to 999 (a coordinate bin is one token) and the
+    schema's keys and punctuation, wrapped as a `PreTrainedTokenizerFast` with pad/eos, the Point-VLM special tokens
+    and a ChatML template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+        [pre_tokenizers.Digits(individual_digits=False), pre_tokenizers.ByteLevel(add_prefix_space=False)]
     )
     tok.decoder = decoders.ByteLevel()
     tok.post_processor = processors.ByteLevel(trim_offsets=False)

@@ -33,7 +33,7 @@ from policies.point_encoder import PointBertEncoder
 POINT_START, POINT_PATCH, POINT_END = "<point_start>", "<point_patch>", "<point_end>"
 IMAGE_START, IMAGE_PATCH, IMAGE_END = "<image_start>", "<image_patch>", "<image_end>"
 SPECIAL_TOKENS = (POINT_START, POINT_PATCH, POINT_END, IMAGE_START, IMAGE_PATCH, IMAGE_END)
-VISION_PARTS = ("point_encoder", "image_encoder", "fusion", "point_proj", "image_proj")
+VISION_PARTS = ("point_encoder", "image_encoder", "fusion", "point_proj", "image_proj", "align_head")
 
 
 class PointVLM(nn.Module):
@@ -59,6 +59,9 @@ class PointVLM(nn.Module):
 
         self.point_encoder = PointBertEncoder(config.point)
         self.point_proj = make_projector(config.point.width, config.point_proj_hidden, hidden)
+        # a linear read-out of the mean point token, trained on what the cloud decides (box, category, colour) so
+        # that the point tokens carry it from the start; training-only, it plays no part in generation
+        self.align_head = nn.Linear(hidden, config.align_dims) if config.align_dims else None
         self.image_encoder = self.fusion = self.image_proj = None
         if config.image is not None:
             if config.image.kind == "hf":
@@ -165,8 +168,18 @@ class PointVLM(nn.Module):
             raise ValueError("prompts hold <image_patch> placeholders but the inputs carry no images")
         return embeds, inputs.attention_mask
 
-    def logprobs(self, inputs: PolicyInputs, response_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-        """Per-token log-probs (B, T) of the responses after the prompts (raw logits, temperature 1), 0 where masked."""
+    def align_logits(self, inputs: PolicyInputs) -> torch.Tensor:
+        """The cloud-alignment head's outputs (B, align_dims) from the mean projected point token."""
+        if self.align_head is None:
+            raise ValueError("this policy has no alignment head (PointVLMConfig.align_dims is 0)")
+        point_features, _ = self.visual_features(inputs.to(self.device))
+        return self.align_head(point_features.mean(dim=1))
+
+    def logprobs(
+        self, inputs: PolicyInputs, response_ids: torch.Tensor, response_mask: torch.Tensor, temperature: float = 1.0
+    ) -> torch.Tensor:
+        """Per-token log-probs (B, T) of the responses after the prompts under softmax(logits / temperature), 0 where
+        masked. Give RL the sampling temperature, so that these are the log-probs of the policy that sampled."""
         embeds, mask = self.embed(inputs)
         response_ids, response_mask = response_ids.to(self.device), response_mask.to(self.device).long()
         if response_ids.shape[0] != embeds.shape[0] or response_ids.shape != response_mask.shape:
@@ -185,7 +198,7 @@ class PointVLM(nn.Module):
             position_ids=position_ids,
             logits_to_keep=steps + 1,
             use_cache=False,
-        ).logits[:, :-1].float()
+        ).logits[:, :-1].float() / temperature
         picked = logits.gather(-1, response_ids[..., None]).squeeze(-1)
         return (picked - logits.logsumexp(-1)) * response_mask
 
@@ -200,7 +213,8 @@ class PointVLM(nn.Module):
         max_new_tokens: int = 256,
         seed: int | None = None,
     ) -> Generation:
-        """Sample G responses per prompt; their log-probs are under the raw (temperature 1) distribution.
+        """Sample G responses per prompt; their log-probs are those of softmax(logits / temperature), before top-p
+        (greedy decoding: of the raw logits).
 
         `seed` seeds torch's global generator (transformers samples with torch.multinomial on it)."""
         embeds, mask = self.embed(inputs)
@@ -289,6 +303,8 @@ class PointVLM(nn.Module):
             if module is None:
                 continue
             part_state = {k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")}
+            if part == "align_head" and not part_state:
+                continue  # a head asked for by `overrides` on a policy saved without one starts fresh
             if part == "image_encoder" and tower is not None:
                 part_state.update({f"tower.{k}": v for k, v in tower.state_dict().items()})
             load_into(module, part_state, f"{directory / 'vision.safetensors'} [{part}]")

@@ -1,5 +1,6 @@
 """Advantages for GRPO-style training: per-group standardization, GRCA's routed per-field token advantages and the
-broadcast baseline. Pure tensor functions (GRCA paper eqs. 9, 10, 14).
+broadcast baseline. Pure tensor functions (GRCA paper eqs. 9, 10, 14). λ, the RPC weight, is always given: its one
+home is `algo.rpc_weight`.
 
 Layout: rewards are (P, G), one row per prompt and one column per sampled output; token tensors are (N, T) with
 N = P * G in row-major order, so sample g of prompt p is row p * G + g. `valid` (P, G) marks the samples whose
@@ -18,8 +19,9 @@ from itertools import combinations
 import torch
 from torch import Tensor
 
+from rl.config import ROUTABLE_FIELDS
+
 ROUTED_FIELDS: tuple[str, ...] = ("bbox2d", "bbox3d", "kpts2d", "kpts3d")
-DEFAULT_RPC_WEIGHT = 0.15  # λ of GRCA eq. 14
 
 
 def _check_group_shapes(rewards: Tensor, valid: Tensor, name: str = "rewards") -> None:
@@ -55,7 +57,7 @@ def background_rewards_advantage(
     answer_reward: Tensor,
     rpc_reward: Tensor,
     valid: Tensor,
-    rpc_weight: float = DEFAULT_RPC_WEIGHT,
+    rpc_weight: float,
 ) -> Tensor:
     """The background advantage (P, G): standardized (format + answer) plus λ times standardized RPC."""
     return group_standardize(format_reward.float() + answer_reward.float(), valid) + rpc_weight * group_standardize(
@@ -99,22 +101,28 @@ def routed_advantages(
     valid: Tensor,
     field_token_masks: Mapping[str, Tensor],
     response_mask: Tensor,
-    rpc_weight: float = DEFAULT_RPC_WEIGHT,
+    rpc_weight: float,
     routed_fields: Sequence[str] = ROUTED_FIELDS,
-    field_weights: Mapping[str, float] | None = None,
+    routed_weights: Mapping[str, float] | None = None,
 ) -> Tensor:
     """GRCA's token advantages (N, T) from the reward service's per-field rewards (each (P, G)).
 
-    Each routed field is standardized in its group (eq. 9) and scaled by its weight (`field_weights`, default 1),
-    the background is eq. 14, and eq. 10 routes them onto the tokens."""
-    _require_keys(rewards, ("format", "answer", "rpc", *routed_fields), "rewards")
+    Each routed field is standardized in its group (eq. 9) and scaled by its weight (`routed_weights`, default 1),
+    the background is eq. 14, and eq. 10 routes them onto the tokens. A routable field left out of `routed_fields`
+    has no span of its own, so its standardized reward joins the background (and a routed answer leaves it): every
+    field's reward reaches the tokens exactly once."""
+    _require_keys(rewards, ("format", "rpc", *ROUTABLE_FIELDS), "rewards")
     _require_keys(field_token_masks, routed_fields, "field_token_masks")
-    weights = dict.fromkeys(routed_fields, 1.0) | dict(field_weights or {})
+    weights = dict.fromkeys(routed_fields, 1.0) | dict(routed_weights or {})
     _check_rows(valid, response_mask)
     field_advantages = {
         name: weights[name] * group_standardize(rewards[name], valid).reshape(-1) for name in routed_fields
     }
-    background = background_rewards_advantage(rewards["format"], rewards["answer"], rewards["rpc"], valid, rpc_weight)
+    answer = torch.zeros_like(rewards["answer"]) if "answer" in routed_fields else rewards["answer"]
+    background = background_rewards_advantage(rewards["format"], answer, rewards["rpc"], valid, rpc_weight)
+    for name in ROUTABLE_FIELDS:
+        if name not in routed_fields and name != "answer":
+            background = background + group_standardize(rewards[name], valid)
     masks = {name: field_token_masks[name] for name in routed_fields}
     return routed_token_advantages(field_advantages, masks, background.reshape(-1), response_mask)
 

@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from data3d import Sample, reward_sample, target_text
+from data3d import CATEGORIES, Sample, reward_sample, target_text
+from data3d.shapes import COLOUR_NAMES
 from policies.point_ops import drop_points, gaussian_noise, mask_groups
 from rewards import REWARDS, Quant
 from rl.advantages import advantage_stats, broadcast_advantages, routed_advantages
@@ -32,6 +33,7 @@ class LearnBatch:
     response_mask: torch.Tensor | None = None  # (N, T)
     response_texts: list[str] = field(default_factory=list)  # N
     advantages: torch.Tensor | None = None  # (N, T) GRCA / GRPO
+    valid: torch.Tensor | None = None  # (N,) bool: the rows whose reward came back (None for given texts)
     rollout_logprobs: torch.Tensor | None = None  # (N, T) what the rollout engine reported, for the on-policy check
     corrupted: list[Sample] | None = None  # SPA: each sample with its cloud corrupted (x')
     pairs: list[tuple[int, int]] = field(default_factory=list)  # DPO: (chosen row, rejected row)
@@ -48,7 +50,7 @@ class LearnBatch:
             samples=[self.samples[p] for p in prompts],
             response_ids=take(self.response_ids), response_mask=take(self.response_mask),
             response_texts=[self.response_texts[r] for r in rows] if self.response_texts else [],
-            advantages=take(self.advantages), rollout_logprobs=take(self.rollout_logprobs),
+            advantages=take(self.advantages), valid=take(self.valid), rollout_logprobs=take(self.rollout_logprobs),
             corrupted=[self.corrupted[p] for p in prompts] if self.corrupted else None,
             pairs=[(a - first, b - first) for a, b in self.pairs if a in rows and b in rows],
         )
@@ -78,36 +80,40 @@ def score_rollouts(rollout: RolloutBatch, samples: list[Sample], reward_fn, quan
 
 
 def policy_gradient_batch(step: int, rollout: RolloutBatch, samples: list[Sample], results: list[dict | None],
-                          tokenizer, algo, field_weights: dict[str, float]) -> tuple[LearnBatch, dict[str, float]]:
-    """GRCA (routed, per-field) or GRPO (broadcast) advantages for a scored rollout, plus reward/advantage metrics."""
+                          tokenizer, algo, weights: dict[str, float]) -> tuple[LearnBatch, dict[str, float]]:
+    """GRCA (routed, per-field) or GRPO (broadcast) advantages for a scored rollout, plus reward/advantage metrics.
+    `weights` (`rl.config.scalar_reward_weights`) make broadcast GRPO's scalar; routing weighs by `algo`'s keys."""
     p, g = len(samples), rollout.group_size
     table, valid = reward_table(results, p, g)
     mask = rollout.response_mask.bool()
     if algo.name == "grca":
         spans = [r["spans"] if r else None for r in results]
         field_masks = batch_field_masks(tokenizer, rollout.response_ids, rollout.response_mask, spans, algo.routed_fields)
-        advantages = routed_advantages(table, valid, field_masks, mask, rpc_weight=algo.rpc_weight,
+        advantages = routed_advantages(table, valid, field_masks, mask, algo.rpc_weight,
                                        routed_fields=tuple(algo.routed_fields),
-                                       field_weights={f: field_weights[f] for f in algo.routed_fields})
+                                       routed_weights={f: algo.routed_field_weights[f] for f in algo.routed_fields})
     else:
-        advantages = broadcast_advantages(table, valid, field_weights, mask)
+        advantages = broadcast_advantages(table, valid, weights, mask)
     metrics = {**reward_metrics(table, valid), **{f"advantage/{k}": v for k, v in advantage_stats(advantages, mask).items()}}
     batch = LearnBatch(step=step, version=rollout.version, samples=samples, group_size=g,
                        response_ids=rollout.response_ids, response_mask=rollout.response_mask,
-                       response_texts=rollout.texts, advantages=advantages, rollout_logprobs=rollout.logprobs)
+                       response_texts=rollout.texts, advantages=advantages, valid=valid.reshape(-1),
+                       rollout_logprobs=rollout.logprobs)
     return batch, metrics
 
 
 def preference_batch(step: int, rollout: RolloutBatch, samples: list[Sample], results: list[dict | None],
                      weights: dict[str, float]) -> tuple[LearnBatch, dict[str, float]]:
-    """DPO pairs from each group: the response with the highest weighted total reward against the lowest."""
+    """DPO pairs from each group: the response with the highest weighted total reward (`weights`:
+    `rl.config.scalar_reward_weights`) against the lowest."""
     p, g = len(samples), rollout.group_size
     table, valid = reward_table(results, p, g)
     total = sum(weights.get(name, 0.0) * values for name, values in table.items())
     pairs = dpo_pairs_from_groups(total, valid)
     batch = LearnBatch(step=step, version=rollout.version, samples=samples, group_size=g,
                        response_ids=rollout.response_ids, response_mask=rollout.response_mask,
-                       response_texts=rollout.texts, rollout_logprobs=rollout.logprobs, pairs=pairs)
+                       response_texts=rollout.texts, valid=valid.reshape(-1), rollout_logprobs=rollout.logprobs,
+                       pairs=pairs)
     return batch, {**reward_metrics(table, valid), "dpo/pairs": float(len(pairs))}
 
 
@@ -138,15 +144,15 @@ def file_pairs_batch(step: int, version: int, samples: list[Sample], chosen: lis
 
 
 def corrupt(samples: list[Sample], kind: str, seed: int, *, mask_ratio: float = 0.5, noise_std: float = 0.01,
-            drop_ratio: float = 0.5, num_groups: int = 32, group_size: int = 32) -> list[Sample]:
-    """Each sample with its cloud corrupted the SPA way: 3D group masking, Gaussian noise or random point drop."""
+            drop_ratio: float = 0.5, num_groups: int = 32) -> list[Sample]:
+    """Each sample with its cloud corrupted the SPA way: 3D group masking (`mask_ratio` of the points removed in
+    whole groups), Gaussian noise or random point drop."""
     generator = torch.Generator().manual_seed(seed)
     out = []
     for sample in samples:
         points = torch.from_numpy(np.asarray(sample.points, dtype=np.float32))[None]
         if kind == "mask":
-            groups = min(num_groups, points.shape[1])
-            corrupted = mask_groups(points, mask_ratio, groups, min(group_size, points.shape[1]), generator)
+            corrupted = mask_groups(points, mask_ratio, min(num_groups, points.shape[1]), generator)
         elif kind == "gaussian":
             corrupted = gaussian_noise(points, noise_std, generator)
         elif kind == "drop":
@@ -161,3 +167,19 @@ def target_batch(step: int, version: int, samples: list[Sample], quant=None, cor
     """Teacher forcing on the dataset's serialized targets (SFT; SPA adds the corrupted clouds)."""
     return LearnBatch(step=step, version=version, samples=samples, group_size=1,
                       response_texts=[target_text(s, quant) for s in samples], corrupted=corrupted)
+
+
+ALIGN_CATEGORIES = tuple(sorted(CATEGORIES))  # the head's layout is rl.config.ALIGN_DIMS: box, category, colour
+
+
+def alignment_targets(samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What each cloud decides, for `rl.losses.cloud_alignment_loss`: box (B, 6), category (B,), colour (B,).
+    A sample of an unknown category or colour (a real-data loader's) is refused: the head cannot learn it."""
+    for s in samples:
+        if s.targets.category not in ALIGN_CATEGORIES or s.targets.attributes.get("colour") not in COLOUR_NAMES:
+            raise ValueError(f"sample {s.uid!r}: cloud alignment needs a category of {ALIGN_CATEGORIES} and a colour "
+                             f"of {COLOUR_NAMES}; set sft.align_weight=0 for this data")
+    box = torch.tensor(np.stack([s.targets.bbox3d for s in samples]), dtype=torch.float32)
+    category = torch.tensor([ALIGN_CATEGORIES.index(s.targets.category) for s in samples])
+    colour = torch.tensor([COLOUR_NAMES.index(s.targets.attributes["colour"]) for s in samples])
+    return box, category, colour

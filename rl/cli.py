@@ -80,12 +80,17 @@ def cmd_score(args: argparse.Namespace) -> None:
 
 def cmd_synth(args: argparse.Namespace) -> None:
     from data3d import write_benchmark
+    from data3d.settings import DataSettings
 
     try:
-        summary = write_benchmark(args.out, args.n, args.seed, test_fraction=args.test_fraction,
-                                  num_points=args.num_points, image_size=args.image_size, overwrite=args.overwrite)
+        settings = DataSettings(num_points=args.num_points, image_size=args.image_size, num_kpts=args.num_kpts,
+                                bins=args.bins)
+        summary = write_benchmark(args.out, args.n, args.seed, test_fraction=args.test_fraction, settings=settings,
+                                  relevance=args.relevance, workers=args.workers, overwrite=args.overwrite)
     except FileExistsError:
         sys.exit(f"{args.out} is not empty: choose a new directory or pass --overwrite")
+    except ValueError as exc:
+        sys.exit(f"pointrl synth: {exc}")
     counts = ", ".join(f"{split} {count}" for split, count in summary["counts"].items())
     print(f"wrote {args.out}: {counts} samples in {summary['seconds']:.1f} s ({summary['samples_per_s']:.1f} samples/s)")
 
@@ -124,13 +129,21 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--out", help="also write the results JSON here")
     score.set_defaults(run=cmd_score)
 
+    from data3d.settings import DataSettings
+
+    defaults = DataSettings()
     synth = commands.add_parser("synth", help="generate the calibrated procedural 3D benchmark")
     synth.add_argument("--out", required=True, help="dataset directory (must be empty unless --overwrite)")
     synth.add_argument("--n", type=int, default=2000, help="number of samples (train + test)")
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--test-fraction", type=float, default=0.1)
-    synth.add_argument("--num-points", type=int, default=1024)
-    synth.add_argument("--image-size", type=int, default=128)
+    synth.add_argument("--num-points", type=int, default=defaults.num_points)
+    synth.add_argument("--image-size", type=int, default=defaults.image_size)
+    synth.add_argument("--num-kpts", type=int, default=defaults.num_kpts, help="keypoints per target (2D and 3D)")
+    synth.add_argument("--bins", type=int, default=defaults.bins, help="coordinate bins recorded as the quantization")
+    synth.add_argument("--relevance", type=float, default=0.0,
+                       help="share of samples asked whether a description fits the cloud (relevance discrimination)")
+    synth.add_argument("--workers", type=int, default=1, help="generator processes (the samples do not depend on it)")
     synth.add_argument("--overwrite", action="store_true")
     synth.set_defaults(run=cmd_synth)
 

@@ -11,13 +11,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rewards.schema import DEFAULT_BINS, FIELDS, REWARDS, Quant
+from data3d.settings import DataSettings
+from data3d.shapes import CATEGORIES, COLOUR_NAMES
+from rewards.schema import FIELDS, REWARDS, Quant
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 ALGORITHMS = ("grca", "grpo", "spa", "dpo", "sft")
+ROLLOUT_ALGORITHMS = ("grca", "grpo", "dpo")  # the ones that learn from the policy's own samples
 LLM_MODES = ("full", "lora", "frozen")  # the same as policies.inputs (a test checks it), kept here to stay torch-free
 LLM_DTYPES = ("float32", "bfloat16", "float16")  # likewise policies.inputs.LLM_DTYPES
+ALIGN_DIMS = 6 + len(CATEGORIES) + len(COLOUR_NAMES)  # the cloud-alignment head: box, category, colour
 ROUTABLE_FIELDS = tuple(name for name in FIELDS if name in REWARDS)  # output fields with both a span and a reward
+MOVED_KEYS = {"reward.field_weights.rpc": "algo.rpc_weight"}  # a value with one home: the key to set instead
+DATA_DEFAULTS = DataSettings()  # `pointrl synth`'s defaults, so that a trained policy reads what synth writes
 CHECKS = {
     "> 0": lambda v: v > 0,
     ">= 0": lambda v: v >= 0,
@@ -76,10 +82,13 @@ class DataConfig:
     train_size: int = setting(256, "training samples generated on the fly", "> 0")
     eval_size: int = setting(32, "held-out samples generated on the fly", "> 0")
     seed: int = setting(0, "seed of the generated samples", ">= 0")
-    num_points: int = setting(1024, "points per cloud", "> 0")
-    image_size: int = setting(128, "side of the rendered image in pixels", "> 0")
+    num_points: int = setting(DATA_DEFAULTS.num_points, "points per cloud of generated samples", "> 0")
+    image_size: int = setting(DATA_DEFAULTS.image_size, "side of the rendered image of generated samples", "> 0")
     use_images: bool = setting(True, "give the policy the rendered image as well as the points")
-    num_kpts: int = setting(16, "keypoints per target (kpts2d and kpts3d) for generated samples", "> 0")
+    num_kpts: int = setting(DATA_DEFAULTS.num_kpts, "keypoints per target (kpts2d and kpts3d) of generated samples",
+                            "> 0")
+    relevance: float = setting(0.0, "share of generated samples asked whether a description fits the cloud "
+                                    "(3D relevance discrimination)", "in [0, 1]")
 
 
 @dataclass
@@ -106,9 +115,11 @@ class RewardConfig:
     timeout_s: float = setting(30.0, "seconds a reward call may take before its samples count as missing", "> 0")
     replicas: int = setting(1, "replicas of the Ray Serve reward deployment", "> 0")
     cpus_per_replica: float = setting(0.25, "CPUs reserved per reward replica", ">= 0")
-    bins: int = setting(DEFAULT_BINS, "coordinate bins of the output schema (0: continuous coordinates)", "0 or >= 2")
-    field_weights: dict[str, float] = setting({**dict.fromkeys(REWARDS, 1.0), "rpc": 0.15},
-                                              "weight of each reward in broadcast GRPO's one scalar", ">= 0")
+    bins: int = setting(DATA_DEFAULTS.bins, "coordinate bins of the output schema (0: continuous coordinates)",
+                        "0 or >= 2")
+    field_weights: dict[str, float] = setting(dict.fromkeys((r for r in REWARDS if r != "rpc"), 1.0),
+                                              "weight of each reward in the one scalar of broadcast GRPO and DPO "
+                                              "(rpc's is algo.rpc_weight)", ">= 0")
 
 
 @dataclass
@@ -116,9 +127,12 @@ class AlgoConfig:
     """the algorithm and its advantage and loss constants"""
 
     name: str = setting("grca", "routed GRPO, broadcast GRPO, SPA, DPO or SFT", choices=ALGORITHMS)
-    rpc_weight: float = setting(0.15, "lambda: weight of standardized RPC in the background advantage (eq. 14)", ">= 0")
-    routed_fields: list[str] = setting(["bbox2d", "bbox3d", "kpts2d", "kpts3d"],
-                                       "fields whose tokens get their own advantage (eq. 10)", choices=ROUTABLE_FIELDS)
+    rpc_weight: float = setting(0.15, "lambda: weight of RPC in the background advantage (eq. 14) and in the scalar "
+                                      "reward of broadcast GRPO and DPO", ">= 0")
+    routed_fields: list[str] = setting(["bbox2d", "bbox3d", "kpts2d", "kpts3d"], "fields whose tokens get their own "
+                                       "advantage (eq. 10); the others join the background", choices=ROUTABLE_FIELDS)
+    routed_field_weights: dict[str, float] = setting(dict.fromkeys(ROUTABLE_FIELDS, 1.0),
+                                                     "scale of each routed field's advantage on its tokens", ">= 0")
     clip_eps: float = setting(0.2, "epsilon of the clipped probability ratio (eq. 15)", "> 0")
     clip_eps_high: float | None = setting(None, "upper clip epsilon; null: clip_eps", "> 0")
     kl_beta: float = setting(0.0, "beta of the k3 KL to a frozen reference (0: no reference model)", ">= 0")
@@ -133,8 +147,9 @@ class LearnerConfig:
     lr: float = setting(1e-5, "peak AdamW learning rate", "> 0")
     weight_decay: float = setting(0.0, "AdamW weight decay", ">= 0")
     betas: list[float] = setting([0.9, 0.999], "AdamW (beta1, beta2)", "in [0, 1)")
-    warmup_steps: int = setting(0, "optimizer steps of linear LR warm-up", ">= 0")
-    schedule: str = setting("constant", "LR schedule after the warm-up", choices=("constant", "cosine", "linear"))
+    warmup_steps: int = setting(0, "RL steps of linear LR warm-up (the LR moves once per RL step)", ">= 0")
+    schedule: str = setting("constant", "LR schedule over the RL steps after the warm-up",
+                            choices=("constant", "cosine", "linear"))
     grad_clip: float = setting(1.0, "largest global gradient norm", "> 0")
     grad_accum: int = setting(1, "micro-batches accumulated per optimizer step", "> 0")
     micro_batch_size: int = setting(8, "samples per forward/backward on each learner worker", "> 0")
@@ -157,8 +172,10 @@ class EvalConfig:
     every: int = setting(0, "evaluate every k steps (0: only at the end)", ">= 0")
     greedy: bool = setting(True, "decode greedily (else with the rollout sampling settings)")
     max_new_tokens: int = setting(320, "generated tokens per output at most", "> 0")
+    batch_size: int = setting(32, "prompts generated together by the final evaluations", "> 0")
     split: str = setting("test", "dataset split evaluated when data.dir is set")
-    reliance: bool = setting(True, "also evaluate with the cloud 3D-masked and swapped (the encoder-reliance gap)")
+    reliance: bool = setting(True, "also evaluate with the cloud 3D-masked and swapped, with the image and blanked "
+                                   "(the encoder-reliance gap)")
 
 
 @dataclass
@@ -168,7 +185,8 @@ class SpaConfig:
     beta: float = setting(1.0, "beta scaling log P(y|x) - log P(y|x') (the paper's eq. 5 has none, i.e. 1)", "> 0")
     nll_weight: float = setting(1.0, "weight of the NLL anchor on the clean input (the paper gives no number)", ">= 0")
     corruption: str = setting("mask", "how x' is made (Table 2: mask is best)", choices=("mask", "gaussian", "drop"))
-    mask_ratio: float = setting(0.5, "share of FPS + kNN point groups masked (the paper: best in 25-50%)", "in [0, 1]")
+    mask_ratio: float = setting(0.5, "share of the points removed, in whole groups around FPS centres (the paper: best "
+                                     "in 25-50%)", "in [0, 1)")
     noise_std: float = setting(0.01, "std of the Gaussian noise added to xyz", ">= 0")
     drop_ratio: float = setting(0.5, "share of points dropped", "in [0, 1]")
 
@@ -189,6 +207,10 @@ class SftConfig:
     steps: int = setting(60, "SFT optimizer steps", "> 0")
     lr: float = setting(3e-4, "SFT learning rate", "> 0")
     batch_size: int = setting(8, "samples per SFT step", "> 0")
+    warmup_steps: int = setting(50, "steps of linear LR warm-up of the SFT warm-up stage", ">= 0")
+    schedule: str = setting("cosine", "LR schedule of the SFT warm-up stage", choices=("constant", "cosine", "linear"))
+    align_weight: float = setting(1.0, "weight of the cloud-alignment loss (box, category and colour read from the "
+                                       "mean point token) beside the SFT loss; 0: off", ">= 0")
 
 
 @dataclass
@@ -212,8 +234,22 @@ class Config:
 def policy_overrides(cfg: Config) -> dict:
     """What the run changes in a loaded policy's config; learner and rollout workers apply the same, so that the
     trainable tensors the learner publishes are exactly the ones the workers hold."""
-    return {"llm_mode": cfg.policy.llm_mode, "lora_r": cfg.policy.lora_r, "llm_dtype": cfg.policy.dtype,
-            "train_point_encoder": cfg.policy.train_point_encoder}
+    overrides = {"llm_mode": cfg.policy.llm_mode, "lora_r": cfg.policy.lora_r, "llm_dtype": cfg.policy.dtype,
+                 "train_point_encoder": cfg.policy.train_point_encoder}
+    if cfg.algo.name == "sft" and cfg.sft.align_weight > 0:
+        overrides["align_dims"] = ALIGN_DIMS  # a policy saved without the head gets a fresh one
+    return overrides
+
+
+def scalar_reward_weights(cfg: Config) -> dict[str, float]:
+    """The weight of each reward in the one scalar of broadcast GRPO and DPO: reward.field_weights, and λ for rpc."""
+    return {**cfg.reward.field_weights, "rpc": cfg.algo.rpc_weight}
+
+
+def data_settings(cfg: Config) -> DataSettings:
+    """The data settings of a run, which its policies record (`data_settings.json`) for `pointrl eval`."""
+    d = cfg.data
+    return DataSettings(num_points=d.num_points, image_size=d.image_size, num_kpts=d.num_kpts, bins=cfg.reward.bins)
 
 
 def run_quant(cfg: Config) -> Quant:

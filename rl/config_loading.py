@@ -20,7 +20,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from rl.config import CHECKS, CONFIG_DIR, Config, ConfigError
+from rl.config import CHECKS, CONFIG_DIR, MOVED_KEYS, ROLLOUT_ALGORITHMS, Config, ConfigError
 
 
 class _Loader(yaml.SafeLoader):
@@ -103,6 +103,8 @@ def _merge(tree: dict, layer: Any, source: str, origins: dict[str, str], prefix:
         raise ConfigError(f"{where}: expected a mapping, got {_show(layer)} in {source}")
     for key, value in layer.items():
         path = f"{prefix}{key}"
+        if path in MOVED_KEYS:
+            raise ConfigError(f"{path} in {source}: set {MOVED_KEYS[path]} instead (that value has one home)")
         if key not in tree:
             close = difflib.get_close_matches(str(key), [str(k) for k in tree], n=1)
             hint = f"did you mean '{prefix}{close[0]}'?" if close else f"known: {', '.join(map(str, tree))}"
@@ -189,6 +191,11 @@ def _validated(layers: list[tuple[Any, str]]) -> Config:
         raise _fail("reward.mode", "is http, so reward.url must be the service's URL, but it is null", origins)
     if len(cfg.learner.betas) != 2:
         raise _fail("learner.betas", f"expected two values (beta1, beta2), got {cfg.learner.betas}", origins)
+    if cfg.rollout.top_p < 1 and cfg.algo.name in ROLLOUT_ALGORITHMS:
+        raise _fail("rollout.top_p", f"is {cfg.rollout.top_p} with algo.name={cfg.algo.name}: top-p < 1 is not "
+                    "supported for RL, because the behaviour log-probs would be those of the truncated distribution, "
+                    "which the learner does not recompute (set rollout.top_p=1; rollout.temperature sharpens "
+                    "sampling)", origins)
     return cfg
 
 

@@ -16,14 +16,14 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from data3d import BenchmarkDataset, Sample, generate_sample
+from data3d import BenchmarkDataset, Sample, generate_sample, read_meta
+from data3d.settings import DataSettings, dataset_settings, save_settings
 from rl.batches import (LearnBatch, corrupt, file_pairs_batch, policy_gradient_batch, preference_batch, read_pairs_file,
                         score_rollouts, target_batch)
-from rl.config import Config, policy_overrides, run_quant
+from rl.config import ROLLOUT_ALGORITHMS, Config, data_settings, policy_overrides, run_quant, scalar_reward_weights
 from rl.config_loading import config_to_dict, parse_cli, save_config
 from rl.metrics import MetricsLog
 
-ROLLOUT_ALGOS = ("grca", "grpo", "dpo")
 NAMESPACE = "pointrl"
 
 
@@ -44,7 +44,7 @@ class TrainingSet:
             d = self.cfg.data
             self.cache[index] = (self.dataset[index] if self.dataset is not None else
                                  generate_sample(self.seed, index, num_points=d.num_points, image_size=d.image_size,
-                                                 num_kpts=d.num_kpts))
+                                                 num_kpts=d.num_kpts, relevance=d.relevance))
         return self.cache[index]
 
     def by_uid(self, uid: str) -> Sample:
@@ -83,7 +83,7 @@ class Controller:
         self.data = TrainingSet(cfg, "train", cfg.data.train_size)
         self.quant = run_quant(cfg)
         self.pairs = read_pairs_file(cfg.dpo.pairs_file) if cfg.algo.name == "dpo" and cfg.dpo.pairs_file else None
-        self.rollouts = cfg.algo.name in ROLLOUT_ALGOS and self.pairs is None
+        self.rollouts = cfg.algo.name in ROLLOUT_ALGORITHMS and self.pairs is None
         self.workers = (make_rollout_workers(cfg.rollout.num_workers, policy_dir, cfg.rollout.cpus_per_worker,
                                              cfg.rollout.backend, policy_overrides=policy_overrides(cfg))
                         if self.rollouts else [])
@@ -128,10 +128,10 @@ class Controller:
         results = score_rollouts(rollout, samples, self.reward_fn, self.quant)
         scored = time.perf_counter()
         if cfg.algo.name == "dpo":
-            batch, metrics = preference_batch(step, rollout, samples, results, cfg.reward.field_weights)
+            batch, metrics = preference_batch(step, rollout, samples, results, scalar_reward_weights(cfg))
         else:
             batch, metrics = policy_gradient_batch(step, rollout, samples, results, self.tokenizer, cfg.algo,
-                                                   cfg.reward.field_weights)
+                                                   scalar_reward_weights(cfg))
         metrics.update({"time/rollout": rolled - began, "time/reward": scored - rolled,
                         "rollout/tokens_per_s": rollout.tokens_generated / max(rolled - began, 1e-9),
                         "rollout/version": float(rollout.version)})
@@ -158,7 +158,9 @@ class Controller:
         samples = self.held_out
         greedy = SamplingConfig(n=1, do_sample=False, max_new_tokens=self.cfg.eval.max_new_tokens)
         texts = generate_on_workers(self.workers, samples, greedy, self.quant, self.cfg.data.use_images).texts
-        return {f"eval/{k}": v for k, v in score_answers(samples, texts, self.quant).items()}
+        report = score_answers(samples, texts, self.quant)
+        by_question = {f"eval/answer_{kind}": v["accuracy"] for kind, v in report.pop("answer_by_question").items()}
+        return {**{f"eval/{k}": v for k, v in report.items()}, **by_question}
 
     def finish_step(self, step: int, learner_stats: dict[str, float], state: dict) -> None:
         """After the update: publish version step + 1 to the rollout workers, then record the step's metrics."""
@@ -216,7 +218,21 @@ def run_stage(cfg: Config, policy_dir: Path, run_dir: Path) -> Path:
         trainer.fit()
     finally:
         ray.kill(controller)
+    save_settings(final_dir, run_data_settings(cfg))
     return final_dir
+
+
+def run_data_settings(cfg: Config) -> DataSettings:
+    """What the run's samples look like: its dataset's settings, or the generator's from section data; a dataset
+    written with other bins than the run's is refused (one quantization per run)."""
+    settings = data_settings(cfg)
+    if cfg.data.dir:
+        written = dataset_settings(read_meta(cfg.data.dir))
+        if written.bins != settings.bins:
+            raise ValueError(f"data.dir {cfg.data.dir} was written with {written.bins} bins but reward.bins is "
+                             f"{settings.bins}; set reward.bins={written.bins}")
+        settings = written
+    return settings
 
 
 def warmup_config(cfg: Config) -> Config:
@@ -226,7 +242,8 @@ def warmup_config(cfg: Config) -> Config:
         run=dataclasses.replace(cfg.run, name=f"{cfg.run.name}-sft", steps=cfg.sft.steps),
         algo=dataclasses.replace(cfg.algo, name="sft"),
         rollout=dataclasses.replace(cfg.rollout, prompts_per_step=cfg.sft.batch_size),
-        learner=dataclasses.replace(cfg.learner, lr=cfg.sft.lr, epochs=1, warmup_steps=0),
+        learner=dataclasses.replace(cfg.learner, lr=cfg.sft.lr, epochs=1, warmup_steps=cfg.sft.warmup_steps,
+                                    schedule=cfg.sft.schedule),
     )
 
 
@@ -236,10 +253,11 @@ def evaluate_policy(cfg: Config, policy_dir: Path, out: Path) -> dict:
 
     samples = held_out_samples(cfg)
     policy = PointVLM.from_pretrained(policy_dir).eval()
-    answer = policy_answerer(policy, batch_size=8, max_new_tokens=cfg.eval.max_new_tokens, greedy=cfg.eval.greedy,
-                             use_images=cfg.data.use_images, quant=run_quant(cfg))
+    answer = policy_answerer(policy, batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
+                             greedy=cfg.eval.greedy, use_images=cfg.data.use_images, quant=run_quant(cfg))
     report = evaluate(answer, samples, run_quant(cfg), reliance=cfg.eval.reliance)
-    report["meta"] = {"policy": str(policy_dir), "samples": len(samples)}
+    source = f"{cfg.data.dir}:{cfg.eval.split}" if cfg.data.dir else f"generated with seed {cfg.data.seed + 1}"
+    report["meta"] = {"policy": str(policy_dir), "samples": len(samples), "held_out": source}
     write_report(report, out)
     return report
 
@@ -248,7 +266,7 @@ def main(default_config: str, argv: list[str] | None = None) -> dict:
     """Parse `[--config PATH] [key=value ...]`, run the stages, evaluate, print SFT vs final side by side."""
     import sys
 
-    from rl.evaluate import METRICS, format_table
+    from rl.evaluate import format_comparison, format_table
     from policies.tiny import build_tiny_policy
 
     cfg = parse_cli(sys.argv[1:] if argv is None else argv, default_config)
@@ -267,8 +285,10 @@ def main(default_config: str, argv: list[str] | None = None) -> dict:
     final_dir = run_stage(cfg, policy_dir, run_dir)
     reports["final"] = evaluate_policy(cfg, final_dir, run_dir / "eval_final.json")
     for stage, report in reports.items():
-        print(f"\nheld-out evaluation, {stage} policy ({report['meta']['samples']} samples):\n{format_table(report)}")
+        meta = report["meta"]
+        print(f"\nheld-out evaluation, {stage} policy ({meta['samples']} objects, {meta['held_out']}):\n"
+              f"{format_table(report)}")
     if "sft" in reports:
-        print("\n" + " ".join(f"{m} {reports['sft'][m]:.3f}->{reports['final'][m]:.3f}" for m in METRICS))
+        print(f"\nSFT start vs {cfg.algo.name} (gap = clean minus cloud swapped):\n{format_comparison(reports)}")
     print(f"\nrun directory: {run_dir}  (final policy: {final_dir})")
     return reports

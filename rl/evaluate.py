@@ -1,9 +1,11 @@
 """Evaluate a policy on a split: generate, score with `rewards`, report geometry, answers, text and 3D reliance.
 
 The encoder-reliance gap (after "Does your 3D encoder really work?"): the same metrics with each point cloud 3D-masked
-(SPA's FPS + kNN group masking) and with another object's cloud swapped in. A policy that ignores its 3D input shows no
-gap. `pointrl eval --policy DIR --data DIR --out FILE.json` is the command; `evaluate` takes any answerer (a function
-from samples to output texts), so the same code scores a PointVLM, a fake oracle or a baseline.
+(SPA's group masking) and with another object's cloud swapped in. A policy that ignores its 3D input shows no gap. With
+the image there, a policy can answer from the picture and show no gap although it reads the cloud when it must; so the
+three conditions are also run with the image blanked (an all-zero image, so the prompt is laid out as before).
+`pointrl eval --policy DIR --data DIR --out FILE.json` is the command; `evaluate` takes any answerer (a function from
+samples to output texts), so the same code scores a PointVLM, a fake oracle or a baseline.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 from rouge_score import rouge_scorer
 
 from data3d import BenchmarkDataset, Sample, reward_sample
+from data3d.settings import SETTINGS_FILE, check_compatible, dataset_settings, load_settings
 from rewards import Quant, score_batch
 from rl.batches import corrupt
 
@@ -44,14 +47,19 @@ def text_metrics(hypotheses: list[str], references: list[str]) -> dict[str, floa
             "rougeL": float(np.mean(rouge)) if rouge else 0.0}
 
 
-def score_answers(samples: list[Sample], texts: list[str], quant: Quant | None = None) -> dict[str, float]:
-    """Mean field rewards under their metric names, the parse rate and the description's BLEU / ROUGE-L."""
+def score_answers(samples: list[Sample], texts: list[str], quant: Quant | None = None) -> dict:
+    """Mean field rewards under their metric names, the parse rate, the description's BLEU / ROUGE-L, and under
+    `answer_by_question` the answer accuracy and count of each question type (`match` is relevance discrimination)."""
     quant = quant or Quant()
     results = score_batch([reward_sample(s, t) for s, t in zip(samples, texts)], {"bins": quant.bins, "bounds3d": quant.bounds3d})
     report = {metric: float(np.mean([r["rewards"][field] for r in results])) for metric, field in REWARD_OF_METRIC.items()}
     report["parse_rate"] = float(np.mean([not (r["errors"] and r["errors"][0].startswith(_NOTHING_PARSED)) for r in results]))
     hypotheses = [_description(t, r["spans"]["description"]) for t, r in zip(texts, results)]
     report.update(text_metrics(hypotheses, [s.targets.description for s in samples]))
+    correct: dict[str, list[float]] = {}
+    for sample, result in zip(samples, results):
+        correct.setdefault(sample.question_type, []).append(result["rewards"]["answer"])
+    report["answer_by_question"] = {kind: {"accuracy": float(np.mean(v)), "n": len(v)} for kind, v in sorted(correct.items())}
     return report
 
 
@@ -65,19 +73,37 @@ def swapped_clouds(samples: list[Sample]) -> list[Sample]:
     return swapped
 
 
+def blanked_images(samples: list[Sample]) -> list[Sample]:
+    """Each sample with an all-zero uint8 image of its image's size (a sample without one stays without): the
+    prompt keeps its image block, so only what the picture shows changes."""
+    return [dataclasses.replace(s, image=None if s.image is None else np.zeros_like(s.image)) for s in samples]
+
+
+def _cloud_reliance(answer: Answerer, samples: list[Sample], clean: dict, quant: Quant | None, mask_ratio: float,
+                    seed: int) -> dict:
+    """The metrics with each cloud 3D-masked and swapped, and their gaps to `clean` (scored on the same samples)."""
+    masked = score_answers(samples, answer(corrupt(samples, "mask", seed, mask_ratio=mask_ratio)), quant)
+    swapped = score_answers(samples, answer(swapped_clouds(samples)), quant)
+    return {"masked": masked, "swapped": swapped,
+            "gap_masked": {m: clean[m] - masked[m] for m in METRICS},
+            "gap_swapped": {m: clean[m] - swapped[m] for m in METRICS}}
+
+
 def evaluate(answer: Answerer, samples: list[Sample], quant: Quant | None = None, reliance: bool = True,
              mask_ratio: float = 0.6, seed: int = 0) -> dict:
-    """The report `pointrl eval` writes: METRICS, format_rate, TEXT_METRICS, n and (optionally) `reliance`."""
+    """The report `pointrl eval` writes: METRICS, format_rate, TEXT_METRICS, n and (optionally) `reliance`: the
+    3D-masked and cloud-swapped metrics and gaps with the image, and under `image_blanked` the same three conditions
+    (clean, masked, swapped) with a blank image, whose gaps measure the cloud where the picture cannot stand in."""
     if not samples:
         raise ValueError("evaluate: no samples to evaluate")
     report = {**score_answers(samples, answer(samples), quant), "n": len(samples)}
     if reliance:
-        masked = score_answers(samples, answer(corrupt(samples, "mask", seed, mask_ratio=mask_ratio)), quant)
-        swapped = score_answers(samples, answer(swapped_clouds(samples)), quant)
+        blank = blanked_images(samples)
+        blank_clean = score_answers(samples, answer(blank), quant)
         report["reliance"] = {
-            "masked": masked, "swapped": swapped, "mask_ratio": mask_ratio,
-            "gap_masked": {m: report[m] - masked[m] for m in METRICS},
-            "gap_swapped": {m: report[m] - swapped[m] for m in METRICS},
+            **_cloud_reliance(answer, samples, report, quant, mask_ratio, seed), "mask_ratio": mask_ratio,
+            "image_blanked": {"clean": blank_clean,
+                              **_cloud_reliance(answer, blank, blank_clean, quant, mask_ratio, seed)},
         }
     return report
 
@@ -103,13 +129,37 @@ def policy_answerer(policy, batch_size: int = 8, max_new_tokens: int = 320, gree
 
 
 def format_table(report: dict) -> str:
-    """The report as a terminal table: one row per condition (clean, masked, swapped)."""
+    """The report as a terminal table: one row per condition (clean, masked, swapped; then the same, image blanked)."""
     columns = (*METRICS, *TEXT_METRICS)
     rows = [("clean", report)]
     if "reliance" in report:
-        rows += [("3D-masked", report["reliance"]["masked"]), ("cloud swapped", report["reliance"]["swapped"])]
-    lines = [f"{'':14}" + "".join(f"{c:>11}" for c in columns)]
-    lines += [f"{name:14}" + "".join(f"{values[c]:11.3f}" for c in columns) for name, values in rows]
+        blank = report["reliance"]["image_blanked"]
+        rows += [("3D-masked", report["reliance"]["masked"]), ("cloud swapped", report["reliance"]["swapped"]),
+                 ("image blanked", blank["clean"]), ("blank, 3D-masked", blank["masked"]),
+                 ("blank, swapped", blank["swapped"])]
+    lines = [f"{'':18}" + "".join(f"{c:>11}" for c in columns)]
+    lines += [f"{name:18}" + "".join(f"{values[c]:11.3f}" for c in columns) for name, values in rows]
+    by_question = report.get("answer_by_question", {})
+    swapped = report.get("reliance", {}).get("swapped", {}).get("answer_by_question", {})
+    lines.append("answer accuracy by question (clean / cloud swapped): " + ", ".join(
+        f"{kind} {v['accuracy']:.3f}" + (f" / {swapped[kind]['accuracy']:.3f}" if kind in swapped else "") + f" (n={v['n']})"
+        for kind, v in by_question.items()))
+    return "\n".join(lines)
+
+
+def format_comparison(reports: dict[str, dict]) -> str:
+    """Policies side by side (one row each): the metrics, then what swapping the cloud takes away from IoU3D and the
+    answer, with the image and with it blanked (the gaps that show the cloud is read)."""
+    gaps = (("iou3d gap", "iou3d", False), ("answer gap", "answer_acc", False),
+            ("iou3d gap, blank", "iou3d", True), ("answer gap, blank", "answer_acc", True))
+    lines = [f"{'':10}" + "".join(f"{c:>11}" for c in METRICS) + "".join(f"{name:>19}" for name, _, _ in gaps)]
+    for name, report in reports.items():
+        reliance = report.get("reliance")
+        row = f"{name:10}" + "".join(f"{report[c]:11.3f}" for c in METRICS)
+        for _, metric, blank in gaps:
+            source = (reliance["image_blanked"] if blank else reliance) if reliance else None
+            row += f"{source['gap_swapped'][metric]:19.3f}" if source else f"{'-':>19}"
+        lines.append(row)
     return "\n".join(lines)
 
 
@@ -128,10 +178,18 @@ def run_eval(policy_dir: str, data_dir: str, out: str, split: str = "test", limi
         if not Path(path).is_dir():
             raise FileNotFoundError(f"{path}: no such {what} directory")
     dataset = BenchmarkDataset(data_dir, split)
+    data = dataset_settings(dataset.meta)
+    settings = load_settings(policy_dir)
+    if settings is None:
+        print(f"{policy_dir} records no data settings ({SETTINGS_FILE}); scoring with the dataset's: {data}")
+        settings = data
+    check_compatible(settings, data, policy_dir, data_dir)
+    quant = settings.quant()
     samples = [dataset[i] for i in range(min(len(dataset), limit or len(dataset)))]
     policy = PointVLM.from_pretrained(policy_dir).eval()
-    report = evaluate(policy_answerer(policy, batch_size, max_new_tokens, greedy, use_images), samples, reliance=reliance)
-    report["meta"] = {"policy": str(policy_dir), "data": str(data_dir), "split": split}
+    answerer = policy_answerer(policy, batch_size, max_new_tokens, greedy, use_images, quant=quant)
+    report = evaluate(answerer, samples, quant, reliance=reliance)
+    report["meta"] = {"policy": str(policy_dir), "data": str(data_dir), "split": split, "settings": settings.to_dict()}
     write_report(report, out)
     print(format_table(report))
     print(f"wrote {out} ({len(samples)} samples of {data_dir}:{split})")

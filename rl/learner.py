@@ -4,6 +4,7 @@ Each step it takes its shard of the controller's batch, recomputes the old log-p
 micro-batches (AdamW, gradient accumulation and clipping), steps the LR schedule, and rank 0 hands the new trainable
 weights to the controller, which pushes them to the rollout workers as the next version. Every `checkpoint.every`
 steps rank 0 writes policy + optimizer + step through `ray.train.report`; a restarted run resumes from the latest.
+`learn_step` is one step of one rank without Ray, so tests run it in process.
 """
 
 from __future__ import annotations
@@ -19,12 +20,14 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
+from torch.optim.lr_scheduler import LambdaLR
 
 from policies import PointVLM
-from rl.batches import LearnBatch
+from rl.batches import ALIGN_CATEGORIES, LearnBatch, alignment_targets
 from rl.config import policy_overrides, run_quant
 from rl.config_loading import config_from_dict
-from rl.losses import clipped_surrogate_loss, dpo_loss, kl_penalty, masked_sample_sum, nll_loss, spa_loss
+from rl.losses import (clipped_surrogate_loss, cloud_alignment_loss, dpo_loss, kl_penalty, masked_sample_sum, nll_loss,
+                       spa_loss)
 from rollout.batching import policy_inputs
 
 NEEDS_REFERENCE = ("dpo",)
@@ -37,70 +40,135 @@ class ResponseScorer(torch.nn.Module):
         super().__init__()
         self.policy = policy
 
-    def forward(self, inputs, response_ids: torch.Tensor, response_mask: torch.Tensor) -> torch.Tensor:
-        return self.policy.logprobs(inputs, response_ids, response_mask)
+    def forward(self, inputs, response_ids: torch.Tensor, response_mask: torch.Tensor, temperature: float = 1.0,
+                align: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Response log-probs; with `align`, also the cloud-alignment head's outputs (in the same forward)."""
+        logprobs = self.policy.logprobs(inputs, response_ids, response_mask, temperature)
+        return (logprobs, self.policy.align_logits(inputs)) if align else logprobs
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Linear warm-up, then constant, cosine or linear decay to 0 over the remaining steps."""
+    """The LR multiplier of RL step `step` (0-based) of `total`: linear warm-up over the first `warmup` RL steps, then
+    constant, cosine or linear decay to 0 over the remaining ones."""
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, total - warmup)
     return {"constant": 1.0, "cosine": 0.5 * (1 + math.cos(math.pi * progress)), "linear": 1.0 - progress}[schedule]
 
 
+def make_optimizer(params: list[torch.nn.Parameter], cfg) -> tuple[torch.optim.AdamW, LambdaLR]:
+    """AdamW over the trainable tensors and its LR schedule, which `learn_step` advances once per RL step (however
+    many optimizer steps the step makes), so that the schedule follows `run.steps` whatever the batch shapes."""
+    learner = cfg.learner
+    optimizer = torch.optim.AdamW(params, lr=learner.lr, betas=tuple(learner.betas), weight_decay=learner.weight_decay)
+    scheduler = LambdaLR(optimizer, lambda s: lr_factor(s, cfg.run.steps, learner.warmup_steps, learner.schedule))
+    return optimizer, scheduler
+
+
+class Accumulator:
+    """Gradient accumulation whose windows never cross an epoch. `epoch(n)` opens an epoch of n micro-batches;
+    `backward(loss)` adds one micro-batch's gradient and, when its window of `grad_accum` micro-batches (fewer at the
+    end of an epoch) is complete, clips the sum and steps the optimizer. Each loss is divided by the size of its own
+    window, so every optimizer step follows the mean gradient of the micro-batches it saw."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, params, grad_accum: int, grad_clip: float):
+        self.optimizer, self.params = optimizer, list(params)
+        self.grad_accum, self.grad_clip = grad_accum, grad_clip
+        self.grad_norms: list[float] = []  # one per optimizer step (learn_step clears it each RL step)
+        self.done = self.size = 0  # micro-batches run in the open epoch, and its length
+
+    def epoch(self, micro_batches: int) -> None:
+        if self.done != self.size:
+            raise RuntimeError(f"the previous epoch ran {self.done} of its {self.size} micro-batches")
+        self.done, self.size = 0, micro_batches
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.done == self.size:
+            raise RuntimeError(f"micro-batch {self.done + 1} of an epoch of {self.size}")
+        start = self.done - self.done % self.grad_accum  # the first micro-batch of this one's window
+        window = min(self.grad_accum, self.size - start)
+        (loss / window).backward()
+        self.done += 1
+        if self.done == start + window:
+            self.grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+
+def loss_means(losses: list[dict[str, float]]) -> dict[str, float]:
+    """`loss/<key>`: each statistic averaged over every micro-batch of every epoch of the step."""
+    return {f"loss/{key}": sum(row[key] for row in losses) / len(losses) for key in losses[0]} if losses else {}
+
+
 def micro_batches(rows: int, size: int) -> list[list[int]]:
     return [list(range(start, min(start + size, rows))) for start in range(0, rows, size)]
 
 
-def sequence_logprobs(policy: PointVLM, inputs, ids: torch.Tensor, mask: torch.Tensor, size: int) -> torch.Tensor:
+def sequence_logprobs(policy: PointVLM, inputs, ids: torch.Tensor, mask: torch.Tensor, size: int,
+                      temperature: float = 1.0) -> torch.Tensor:
     """Per-token log-probs of every row without gradients, in micro-batches."""
     with torch.no_grad():
-        return torch.cat([policy.logprobs(inputs.select(rows), ids[rows], mask[rows]) for rows in micro_batches(len(ids), size)])
+        return torch.cat([policy.logprobs(inputs.select(rows), ids[rows], mask[rows], temperature)
+                          for rows in micro_batches(len(ids), size)])
 
 
-def policy_gradient_update(scorer, policy, reference, batch: LearnBatch, cfg, step_optimizer) -> dict[str, float]:
+def policy_gradient_update(scorer, policy, reference, batch: LearnBatch, cfg, accumulator: Accumulator) -> dict:
     """GRCA / GRPO (GRCA eqs. 15-16): clipped surrogate over token advantages, several epochs over the batch."""
     inputs = policy_inputs(policy, batch.samples, run_quant(cfg), cfg.data.use_images).repeat_interleave(batch.group_size)
     ids, mask, advantages = batch.response_ids, batch.response_mask, batch.advantages
-    old = sequence_logprobs(policy, inputs, ids, mask, cfg.learner.micro_batch_size)
-    ref = sequence_logprobs(reference, inputs, ids, mask, cfg.learner.micro_batch_size) if reference else None
-    stats = {"onpolicy/max_abs_logprob_diff": float(((old - batch.rollout_logprobs).abs() * mask).max())}
+    # every log-prob at the sampling temperature, so that the ratio's denominator is the policy that sampled
+    temperature, size = cfg.rollout.temperature, cfg.learner.micro_batch_size
+    old = sequence_logprobs(policy, inputs, ids, mask, size, temperature)
+    ref = sequence_logprobs(reference, inputs, ids, mask, size, temperature) if reference else None
+    stats, losses = {"onpolicy/max_abs_logprob_diff": float(((old - batch.rollout_logprobs).abs() * mask).max())}, []
     for _ in range(cfg.learner.epochs):
-        for k, rows in enumerate(micro_batches(len(ids), cfg.learner.micro_batch_size)):
-            logp = scorer(inputs.select(rows), ids[rows], mask[rows])
+        chunks = micro_batches(len(ids), size)
+        accumulator.epoch(len(chunks))
+        for rows in chunks:
+            logp = scorer(inputs.select(rows), ids[rows], mask[rows], temperature)
             loss, info = clipped_surrogate_loss(logp, old[rows], advantages[rows], mask[rows], cfg.algo.clip_eps,
                                                 cfg.algo.clip_eps_high)
             if ref is not None:
                 kl, kl_info = kl_penalty(logp, ref[rows], mask[rows], cfg.algo.kl_beta)
                 loss, info = loss + kl, {**info, **kl_info}
-            step_optimizer(loss, k)
-            stats.update({f"loss/{key}": value for key, value in info.items()}, **{"loss/total": float(loss.detach())})
-    return stats
+            accumulator.backward(loss)
+            losses.append({**info, "total": float(loss.detach())})
+    return {**stats, **loss_means(losses)}
 
 
-def target_update(scorer, policy, reference, batch: LearnBatch, cfg, step_optimizer) -> dict[str, float]:
-    """SFT (NLL on the serialized targets, GRCA eq. 5) or SPA (clean vs corrupted cloud, SPA eqs. 3-6)."""
+def target_update(scorer, policy, reference, batch: LearnBatch, cfg, accumulator: Accumulator) -> dict:
+    """SFT (NLL on the serialized targets, GRCA eq. 5, plus the cloud-alignment loss when sft.align_weight > 0) or
+    SPA (clean vs corrupted cloud, SPA eqs. 3-6)."""
     ids, mask = policy.tokenize_responses(batch.response_texts)
     clouds = batch.samples + (batch.corrupted or [])
     inputs = policy_inputs(policy, clouds, run_quant(cfg), cfg.data.use_images)
-    n, stats = len(batch.samples), {}
+    n, losses = len(batch.samples), []
+    align = cfg.algo.name == "sft" and cfg.sft.align_weight > 0
+    align_targets = alignment_targets(batch.samples) if align else None
     for _ in range(cfg.learner.epochs):
-        for k, rows in enumerate(micro_batches(n, cfg.learner.micro_batch_size)):
+        chunks = micro_batches(n, cfg.learner.micro_batch_size)
+        accumulator.epoch(len(chunks))
+        for rows in chunks:
             # clean and corrupted rows go through one forward: DDP expects one forward per backward
             clouds_rows, target_rows = (rows + [n + r for r in rows], rows + rows) if batch.corrupted else (rows, rows)
-            logp = scorer(inputs.select(clouds_rows), ids[target_rows], mask[target_rows])
             if batch.corrupted:
+                logp = scorer(inputs.select(clouds_rows), ids[target_rows], mask[target_rows])
                 clean, masked = logp[: len(rows)], logp[len(rows) :]
                 loss, info = spa_loss(clean, masked, mask[rows], cfg.spa.beta, cfg.spa.nll_weight)
+            elif align:
+                logp, outputs = scorer(inputs.select(rows), ids[rows], mask[rows], align=True)
+                nll, info = nll_loss(logp, mask[rows])
+                box, category, colour = (t[rows] for t in align_targets)
+                aligned, align_info = cloud_alignment_loss(outputs, box, category, colour, len(ALIGN_CATEGORIES))
+                loss, info = nll + cfg.sft.align_weight * aligned, {**info, **align_info}
             else:
-                loss, info = nll_loss(logp, mask[rows])
-            step_optimizer(loss, k)
-            stats.update({f"loss/{key}": value for key, value in info.items()}, **{"loss/total": float(loss.detach())})
-    return stats
+                loss, info = nll_loss(scorer(inputs.select(rows), ids[rows], mask[rows]), mask[rows])
+            accumulator.backward(loss)
+            losses.append({**info, "total": float(loss.detach())})
+    return loss_means(losses)
 
 
-def preference_update(scorer, policy, reference, batch: LearnBatch, cfg, step_optimizer) -> dict[str, float]:
+def preference_update(scorer, policy, reference, batch: LearnBatch, cfg, accumulator: Accumulator) -> dict:
     """DPO against the frozen reference, all of this rank's pairs in one forward (so every rank runs one backward)."""
     inputs = policy_inputs(policy, batch.samples, run_quant(cfg), cfg.data.use_images).repeat_interleave(batch.group_size)
     all_ids, all_mask = ((batch.response_ids, batch.response_mask) if batch.response_ids is not None
@@ -109,21 +177,65 @@ def preference_update(scorer, policy, reference, batch: LearnBatch, cfg, step_op
     rows = chosen + rejected or [0]
     ids, mask = all_ids[rows], all_mask[rows]
     ref = sequence_logprobs(reference, inputs.select(rows), ids, mask, cfg.learner.micro_batch_size)
-    stats = {}
+    losses = []
     for _ in range(cfg.learner.epochs):
+        accumulator.epoch(1)
         logp = scorer(inputs.select(rows), ids, mask)
-        if not batch.pairs:
-            step_optimizer(logp.sum() * 0.0, 0)
+        if not batch.pairs:  # other ranks have pairs (learn_step skips a step where none has): join their backward
+            accumulator.backward(logp.sum() * 0.0)
             continue
         seq, ref_seq, k = masked_sample_sum(logp, mask), masked_sample_sum(ref, mask), len(chosen)
         loss, info = dpo_loss(seq[:k], seq[k:], ref_seq[:k], ref_seq[k:], cfg.dpo.beta)
-        step_optimizer(loss, 0)
-        stats.update({f"loss/{key}": value for key, value in info.items()}, **{"loss/total": float(loss.detach())})
-    return stats
+        accumulator.backward(loss)
+        losses.append({**info, "total": float(loss.detach())})
+    return loss_means(losses)
 
 
 UPDATES = {"grca": policy_gradient_update, "grpo": policy_gradient_update, "sft": target_update, "spa": target_update,
            "dpo": preference_update}
+
+
+def learning_rows(batch: LearnBatch, algo: str) -> int:
+    """What in this rank's shard can teach anything: DPO's pairs, the rows whose reward came back, or every target."""
+    if algo == "dpo":
+        return len(batch.pairs)
+    return int(batch.valid.sum()) if batch.valid is not None else len(batch.samples)
+
+
+def learn_step(scorer, policy: PointVLM, reference, batch: LearnBatch, cfg, accumulator: Accumulator, scheduler,
+               world: int = 1) -> dict[str, float]:
+    """One RL step of one rank: the algorithm's epochs over this rank's shard through `accumulator`, then the LR
+    schedule's next step. Returns the loss statistics and `learner/*` (grad_norm, the lr this step used, skipped).
+
+    A step where no rank has anything to learn from (the reward service was down, so every sample is missing) never
+    reaches the optimizer: AdamW would still move the weights on its stale momentum and weight decay."""
+    lr = scheduler.get_last_lr()[0]
+    accumulator.grad_norms.clear()
+    skipped = _sum_over_ranks(learning_rows(batch, cfg.algo.name), world) == 0
+    stats = {}
+    if not skipped:
+        policy.train()
+        stats = UPDATES[cfg.algo.name](scorer, policy, reference, batch, cfg, accumulator)
+        policy.eval()
+    scheduler.step()
+    return {**stats, "learner/grad_norm": max(accumulator.grad_norms, default=0.0), "learner/lr": lr,
+            "learner/skipped": float(skipped)}
+
+
+def _sum_over_ranks(count: int, world: int) -> int:
+    if world == 1:
+        return count
+    total = torch.tensor([count], dtype=torch.int64)
+    dist.all_reduce(total)
+    return int(total)
+
+
+def load_reference(cfg, policy_dir) -> PointVLM | None:
+    """The frozen initial policy that DPO and a KL term compare against, in the policy's LLM dtype (so that reference
+    and policy log-probs come from the same arithmetic); None when the algorithm needs none."""
+    if cfg.algo.name not in NEEDS_REFERENCE and cfg.algo.kl_beta == 0:
+        return None
+    return PointVLM.from_pretrained(policy_dir, llm_dtype=policy_overrides(cfg)["llm_dtype"]).eval()
 
 
 def _mean_over_ranks(stats: dict[str, float], world: int) -> dict[str, float]:
@@ -135,10 +247,10 @@ def _mean_over_ranks(stats: dict[str, float], world: int) -> dict[str, float]:
     return dict(zip(keys, (values / world).tolist()))
 
 
-def _save_checkpoint(policy: PointVLM, optimizer, scheduler, step: int, directory: Path) -> None:
+def _save_checkpoint(policy: PointVLM, optimizer, scheduler, state: dict, directory: Path) -> None:
     policy.save_pretrained(directory / "policy")
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, directory / "optimizer.pt")
-    (directory / "state.json").write_text(json.dumps({"step": step}))
+    (directory / "state.json").write_text(json.dumps(state))
 
 
 def learner_loop(loop_config: dict) -> None:
@@ -151,28 +263,19 @@ def learner_loop(loop_config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     with (checkpoint.as_directory() if checkpoint else tempfile.TemporaryDirectory()) as resume_dir:
         resumed = checkpoint is not None
-        start = json.loads((Path(resume_dir) / "state.json").read_text())["step"] if resumed else 0
+        state = json.loads((Path(resume_dir) / "state.json").read_text()) if resumed else {"step": 0}
         policy_dir = Path(resume_dir) / "policy" if resumed else loop_config["policy_dir"]
         policy = PointVLM.from_pretrained(policy_dir, **policy_overrides(cfg))
         optimizer_state = torch.load(Path(resume_dir) / "optimizer.pt", weights_only=True) if resumed else None
-    reference = PointVLM.from_pretrained(loop_config["policy_dir"]).eval() if cfg.algo.name in NEEDS_REFERENCE or cfg.algo.kl_beta > 0 else None
+    reference = load_reference(cfg, loop_config["policy_dir"])
     scorer = ray.train.torch.prepare_model(ResponseScorer(policy), parallel_strategy_kwargs={"find_unused_parameters": True})
     trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.learner.lr, betas=tuple(cfg.learner.betas), weight_decay=cfg.learner.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, cfg.run.steps, cfg.learner.warmup_steps, cfg.learner.schedule))
+    optimizer, scheduler = make_optimizer(trainable, cfg)
     if optimizer_state:
         optimizer.load_state_dict(optimizer_state["optimizer"])
         scheduler.load_state_dict(optimizer_state["scheduler"])
-    grad_norms: list[float] = []
-
-    def step_optimizer(loss: torch.Tensor, micro: int) -> None:
-        (loss / cfg.learner.grad_accum).backward()
-        if (micro + 1) % cfg.learner.grad_accum == 0:
-            grad_norms.append(float(torch.nn.utils.clip_grad_norm_(trainable, cfg.learner.grad_clip)))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
+    accumulator = Accumulator(optimizer, trainable, cfg.learner.grad_accum, cfg.learner.grad_clip)
+    start, skipped_steps = state["step"], state.get("skipped_steps", 0)
     if rank == 0:
         ray.get(controller.publish.remote(start, ray.put(policy.trainable_state_dict())))
     for step in range(start, cfg.run.steps):
@@ -182,17 +285,10 @@ def learner_loop(loop_config: dict) -> None:
         if lag > cfg.rollout.max_staleness:
             raise RuntimeError(f"step {step}: rollout from policy version {batch.version} is {lag} versions stale "
                                f"(rollout.max_staleness={cfg.rollout.max_staleness})")
-        policy.train()
-        grad_norms.clear()
-        stats = UPDATES[cfg.algo.name](scorer, policy, reference, batch, cfg, step_optimizer)
-        if any(p.grad is not None for p in trainable):  # a partial accumulation window at the end of the batch
-            grad_norms.append(float(torch.nn.utils.clip_grad_norm_(trainable, cfg.learner.grad_clip)))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        policy.eval()
-        stats.update({"learner/grad_norm": max(grad_norms, default=0.0), "learner/lr": scheduler.get_last_lr()[0],
-                      "learner/version_lag": float(lag), "time/learn": time.perf_counter() - began})
+        stats = learn_step(scorer, policy, reference, batch, cfg, accumulator, scheduler, world)
+        skipped_steps += int(stats["learner/skipped"])
+        stats.update({"learner/skipped_steps": float(skipped_steps), "learner/version_lag": float(lag),
+                      "time/learn": time.perf_counter() - began})
         stats = _mean_over_ranks(stats, world)
         if rank == 0:
             ray.get(controller.finish_step.remote(step, stats, ray.put(policy.trainable_state_dict())))
@@ -200,7 +296,8 @@ def learner_loop(loop_config: dict) -> None:
         if (step + 1) % cfg.checkpoint.every == 0 or last:
             with tempfile.TemporaryDirectory() as tmp:
                 if rank == 0:
-                    _save_checkpoint(policy, optimizer, scheduler, step + 1, Path(tmp))
+                    _save_checkpoint(policy, optimizer, scheduler, {"step": step + 1, "skipped_steps": skipped_steps},
+                                     Path(tmp))
                 ray.train.report({"step": step + 1, **stats}, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
         if world > 1:
             dist.barrier()

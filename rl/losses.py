@@ -171,3 +171,22 @@ def dpo_pairs_from_groups(total_rewards: Tensor, valid: Tensor) -> list[tuple[in
     usable = (valid.sum(1) >= 2) & (best.values > worst.values)
     rows = usable.nonzero().flatten().tolist()
     return [(p * group + int(best.indices[p]), p * group + int(worst.indices[p])) for p in rows]
+
+
+# Cloud alignment (our Stage 0, after PointLLM's first stage, which aligns point features with what the cloud shows):
+# the 3D box, the category and the colour read linearly from the mean point token. Box MSE is x10 so that it weighs
+# about as much as a cross-entropy while the box is still far off.
+def cloud_alignment_loss(
+    outputs: Tensor, box: Tensor, category: Tensor, colour: Tensor, num_categories: int
+) -> tuple[Tensor, dict[str, float]]:
+    """outputs (B, 6 + C + K) from `PointVLM.align_logits`: box (B, 6) in object units, category (B,) in [0, C),
+    colour (B,) in [0, K)."""
+    if outputs.shape[0] != box.shape[0] or outputs.shape[1] <= 6 + num_categories:
+        raise ValueError(f"alignment outputs {tuple(outputs.shape)} do not fit {box.shape[0]} samples of a box, "
+                         f"{num_categories} categories and at least one colour")
+    box_loss = F.mse_loss(outputs[:, :6], box.to(outputs))
+    category_loss = F.cross_entropy(outputs[:, 6 : 6 + num_categories], category.to(outputs.device))
+    colour_loss = F.cross_entropy(outputs[:, 6 + num_categories :], colour.to(outputs.device))
+    loss = 10.0 * box_loss + category_loss + colour_loss
+    return loss, {"align": loss.item(), "align_box_mse": box_loss.item(), "align_category_ce": category_loss.item(),
+                  "align_colour_ce": colour_loss.item()}

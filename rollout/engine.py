@@ -38,9 +38,10 @@ class SamplingConfig:
 class RolloutBatch:
     """P prompts x G samples from one policy version; row p * G + g is the g-th sample of prompt `uids[p]`.
 
-    `logprobs` are the sampled tokens' log-probs under the raw (temperature 1, no top-p) model, the quantity the
-    learner recomputes; `texts` are the responses decoded with the policy tokenizer (special tokens skipped), the
-    strings whose character spans the rewards report. `seconds` is the wall time that produced the batch."""
+    `logprobs` are the sampled tokens' log-probs under softmax(logits / temperature), before top-p (greedy decoding:
+    temperature 1), the quantity the learner recomputes with the same temperature; `texts` are the responses decoded
+    with the policy tokenizer (special tokens skipped), the strings whose character spans the rewards report.
+    `seconds` is the wall time that produced the batch."""
 
     version: int
     uids: list[str]

@@ -11,8 +11,8 @@ from rollout.engine import RolloutBatch, SamplingConfig, check_one_uid_per_promp
 
 
 class HFEngine:
-    """Samples through `PointVLM.generate` (raw log-probs recorded while sampling) and loads published weights
-    straight into the policy it was given, which it puts in eval mode (no dropout while sampling)."""
+    """Samples through `PointVLM.generate` (log-probs at the sampling temperature recorded while sampling) and loads
+    published weights straight into the policy it was given, which it puts in eval mode (no dropout while sampling)."""
 
     def __init__(self, policy: PointVLM, version: int = 0):
         self.policy = policy.eval()

@@ -4,8 +4,11 @@ vLLM loads the plain Hugging Face folder `policy_dir/llm`; the torch PointVLM (e
 the token embedding table) turns each prompt into one unpadded (L, hidden) tensor, passed as
 `{"prompt_embeds": tensor}` to an `LLM(enable_prompt_embeds=True)`
 (https://docs.vllm.ai/en/stable/features/prompt_embeds/). Needs vLLM >= 0.11 (`pip install 'pointrl[gpu]'`):
-its V1 engine takes prompt embeddings and returns raw log-probs (`logprobs_mode="raw_logprobs"`, before
-temperature and top-p), the same quantity as `PointVLM.logprobs`. vllm is imported only when an engine is built.
+its V1 engine takes prompt embeddings, and with `logprobs_mode="processed_logprobs"` it reports the sampled tokens'
+log-probs after its logits processing, i.e. of softmax(logits / temperature), the same quantity as
+`PointVLM.logprobs(..., temperature)` and the HF engine's (vLLM's default, raw log-probs, is temperature 1 and would
+make the PPO ratio's denominator another policy than the one that sampled). Processed log-probs are also after
+top-p, which RL configs refuse below 1. vllm is imported only when an engine is built.
 """
 
 from __future__ import annotations
@@ -64,7 +67,7 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
         self.policy = (policy if policy is not None else PointVLM.from_pretrained(policy_dir)).eval()
         self.llm = vllm.LLM(model=str(Path(policy_dir) / "llm"), enable_prompt_embeds=True,
-                            dtype=self.policy.config.llm_dtype, **llm_options)
+                            dtype=self.policy.config.llm_dtype, logprobs_mode="processed_logprobs", **llm_options)
         self._sampling_params = vllm.SamplingParams
         self._version = version
 
@@ -84,7 +87,7 @@ class VLLMEngine:
             top_p=sampling.top_p if sampling.do_sample else 1.0,
             max_tokens=sampling.max_new_tokens,
             seed=sampling.seed,
-            logprobs=0,  # only the sampled token's log-prob
+            logprobs=0,  # only the sampled token's log-prob (post-temperature: logprobs_mode above)
             stop_token_ids=self.policy.stop_ids,
             detokenize=False,  # texts are decoded below exactly as the HF engine decodes them
         )

@@ -8,7 +8,8 @@ import pytest
 from data3d.benchmark import VIEWS, generate_sample, split_indices, write_benchmark
 from data3d.questions import AXES, extents
 from data3d.shapes import CATEGORIES, PALETTE
-from data3d.store import BenchmarkDataset
+from data3d.settings import DataSettings, dataset_settings
+from data3d.store import BenchmarkDataset, read_meta
 from rewards.camera import project
 
 BACKGROUND = np.array([250, 250, 250])
@@ -29,7 +30,7 @@ def test_points_are_a_unit_sphere_cloud_inside_their_box(samples):
         assert ((xyz >= box[:3]) & (xyz <= box[3:])).all() and (box[3:] - box[:3] >= 0.1).all()
         assert ((box >= -1) & (box <= 1)).all()
         kpts = s.targets.kpts3d
-        assert kpts.shape == (16, 3) and np.isin(kpts[:, 0], xyz[:, 0]).all()  # keypoints are points of the cloud
+        assert kpts.shape == (DataSettings().num_kpts, 3) and np.isin(kpts[:, 0], xyz[:, 0]).all()  # keypoints are points of the cloud
 
 
 def test_camera_image_and_2d_targets(samples):
@@ -49,7 +50,7 @@ def test_camera_image_and_2d_targets(samples):
         if (drawn[2:] - drawn[:2] >= 8).all():
             assert np.array_equal(box, drawn)  # the tight box of the rendered object
         kpts = s.targets.kpts2d
-        assert kpts.shape == (16, 2) and ((kpts > box[:2]) & (kpts < box[2:])).all()
+        assert kpts.shape == (DataSettings().num_kpts, 2) and ((kpts > box[:2]) & (kpts < box[2:])).all()
         assert (image[kpts[:, 1].astype(int), kpts[:, 0].astype(int)] != BACKGROUND).any(axis=-1).all()
 
 
@@ -109,16 +110,34 @@ def _tree(root):
 
 
 def test_write_benchmark_is_byte_identical_for_a_seed(tmp_path):
-    kwargs = dict(test_fraction=0.25, num_points=128, image_size=48, progress=False, shard_size=5)
+    settings = DataSettings(num_points=128, image_size=48, num_kpts=3, bins=50)
+    kwargs = dict(test_fraction=0.25, settings=settings, progress=False, shard_size=5)
     summary = write_benchmark(tmp_path / "a", 12, 5, **kwargs)
-    write_benchmark(tmp_path / "b", 12, 5, **kwargs)
+    write_benchmark(tmp_path / "b", 12, 5, **kwargs, workers=2)  # the same bytes from two generator processes
     assert _tree(tmp_path / "a") == _tree(tmp_path / "b")
+    assert dataset_settings(read_meta(tmp_path / "a")) == settings
     assert summary["counts"] == {"train": 9, "test": 3} and sum(summary["categories"].values()) == 12
     test = BenchmarkDataset(tmp_path / "a", "test")
-    again = generate_sample(5, 1, num_points=128, image_size=48)
+    again = generate_sample(5, 1, num_points=128, image_size=48, num_kpts=3)
     assert test[1].uid == again.uid and np.array_equal(test[1].image, again.image)
     assert [s.uid for s in BenchmarkDataset(tmp_path / "a", "train")] == [f"synth-5-{i:07d}" for i in range(3, 12)]
     with pytest.raises(FileExistsError, match="not empty"):
         write_benchmark(tmp_path / "a", 12, 5, **kwargs)
     write_benchmark(tmp_path / "a", 4, 6, **kwargs, overwrite=True)
     assert len(BenchmarkDataset(tmp_path / "a", "train")) == 3
+
+
+def test_relevance_questions_need_the_geometry():
+    asked = [generate_sample(8, i, num_points=128, image_size=32, relevance=1.0) for i in range(40)]
+    assert {s.question_type for s in asked} == {"match"}
+    answers = [s.targets.answers[0] for s in asked]
+    assert answers.count("yes") >= 10 and answers.count("no") >= 5
+    for s in asked:
+        candidate = s.instruction.removeprefix("Does this description fit this object: ").removesuffix("?")
+        assert (candidate == s.targets.description) == (s.targets.answers == ["yes"])
+        # a negative shares the colour and category: only the geometric tail tells it apart
+        assert candidate.split()[:3] == s.targets.description.split()[:3]
+    plain = generate_sample(8, 3, num_points=128, image_size=32)
+    assert generate_sample(8, 3, num_points=128, image_size=32, relevance=0.0).instruction == plain.instruction
+    with pytest.raises(ValueError, match="relevance"):
+        generate_sample(8, 3, relevance=1.5)

@@ -10,6 +10,7 @@ import trimesh
 
 from data3d.loaders import iter_modelnet40, iter_objaverse, iter_shapenet, read_pointllm_npy
 from data3d.primitives import sample_surface
+from data3d.settings import DataSettings
 from data3d.store import BenchmarkDataset, write_dataset
 
 SMALL = dict(num_points=256, image_size=64)
@@ -19,7 +20,7 @@ def assert_valid(sample):
     t, xyz = sample.targets, sample.points[:, :3]
     assert sample.points.shape == (256, 6) and sample.points.dtype == np.float32
     assert np.linalg.norm(xyz, axis=1).max() == pytest.approx(1.0, abs=1e-6)
-    assert ((xyz >= t.bbox3d[:3]) & (xyz <= t.bbox3d[3:])).all() and t.kpts3d.shape == (16, 3)
+    assert ((xyz >= t.bbox3d[:3]) & (xyz <= t.bbox3d[3:])).all() and t.kpts3d.shape == (DataSettings().num_kpts, 3)
     assert ((t.kpts2d > t.bbox2d[:2]) & (t.kpts2d < t.bbox2d[2:])).all() and (t.bbox2d[2:] - t.bbox2d[:2] >= 8).all()
     assert sample.image.shape == (64, 64, 3) and (sample.image != 250).any()
 

@@ -86,32 +86,46 @@ def rows_as_set(x: torch.Tensor) -> set[tuple]:
     return {tuple(r) for r in x.tolist()}
 
 
-def test_mask_groups_removes_whole_groups():
+def test_mask_groups_removes_whole_groups_of_the_nearest_fps_centre():
     points = cloud(n=256)
-    out = mask_groups(points, 0.5, num_groups=16, group_size=16, generator=torch.Generator().manual_seed(1))
+    out = mask_groups(points, 0.5, num_groups=16, generator=torch.Generator().manual_seed(1))
     assert out.shape == points.shape
     for b in range(2):
         survivors = rows_as_set(out[b])
         originals = [tuple(r) for r in points[b].tolist()]
         assert survivors <= set(originals)  # only original points, nothing invented
-        centres = points[b : b + 1, farthest_point_sample(points[b : b + 1], 16)[0], :3]
-        groups = knn(centres, points[b : b + 1], 16)[0].tolist()
-        emptied = [g for g in groups if not {originals[i] for i in g} & survivors]
-        assert len(emptied) >= 8  # round(0.5 * 16) masked groups (a kept group may be covered by them)
-        removed = {originals[i] for g in emptied for i in g}
-        assert survivors == set(originals) - removed
+        xyz = points[b, :, :3].double().numpy()
+        centres = xyz[reference_fps(xyz, 16)]
+        owner = ((xyz[:, None] - centres[None]) ** 2).sum(-1).argmin(1)  # every point in its nearest centre's group
+        groups = [{originals[i] for i in np.flatnonzero(owner == g)} for g in range(16)]
+        removed = [g for g in groups if not g & survivors]
+        assert all(g <= survivors for g in groups if g & survivors)  # a group goes whole or not at all
+        assert survivors == set(originals) - set().union(*removed)
+        gone = sum(map(len, removed))
+        assert abs(gone - 0.5 * 256) <= max(map(len, groups)) / 2  # the closest whole-group count to the ratio
+
+
+@pytest.mark.parametrize("n", [1024, 8192])
+@pytest.mark.parametrize("ratio", [0.25, 0.5, 0.6])
+def test_mask_ratio_is_the_fraction_of_points_removed_at_any_cloud_size(n, ratio):
+    points = cloud(batch=2, n=n, seed=n)
+    out = mask_groups(points, ratio, num_groups=32, generator=torch.Generator().manual_seed(0))
+    for b in range(2):
+        removed = 1 - len(rows_as_set(out[b])) / n
+        assert abs(removed - ratio) < 0.04, (b, removed)  # whole groups of about n / 32 points each
 
 
 def test_mask_groups_is_reproducible_and_identity_at_ratio_zero():
     points = cloud(n=128)
-    kwargs = dict(num_groups=8, group_size=16)
+    kwargs = dict(num_groups=8)
     a = mask_groups(points, 0.25, generator=torch.Generator().manual_seed(3), **kwargs)
     b = mask_groups(points, 0.25, generator=torch.Generator().manual_seed(3), **kwargs)
     c = mask_groups(points, 0.25, generator=torch.Generator().manual_seed(4), **kwargs)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert torch.equal(mask_groups(points, 0.0, generator=torch.Generator(), **kwargs), points)
-    with pytest.raises(ValueError, match="ratio"):
-        mask_groups(points, 1.5, generator=torch.Generator(), **kwargs)
+    for bad in (1.0, 1.5):  # removing every point leaves nothing to refill from
+        with pytest.raises(ValueError, match="ratio"):
+            mask_groups(points, bad, generator=torch.Generator(), **kwargs)
 
 
 def test_gaussian_noise_moves_xyz_only():

@@ -99,11 +99,21 @@ def test_generate_samples_distinct_continuations_whose_logprobs_the_learner_repr
     assert torch.equal(out.response_ids, again.response_ids)
 
 
-def test_warped_sampling_still_reports_raw_logprobs(policy, inputs):
+def test_top_p_sampling_reports_the_untruncated_tempered_logprobs(policy, inputs):
     out = policy.generate(inputs, num_return_sequences=2, temperature=0.7, top_p=0.9, max_new_tokens=12, seed=1)
     with torch.no_grad():
-        relearned = policy.logprobs(inputs.repeat_interleave(2), out.response_ids, out.response_mask)
+        relearned = policy.logprobs(inputs.repeat_interleave(2), out.response_ids, out.response_mask, temperature=0.7)
     assert torch.allclose(out.logprobs, relearned, atol=1e-4)
+
+
+def test_sampling_logprobs_are_those_of_the_tempered_distribution(policy, inputs):
+    # the PPO ratio's denominator must be the policy that sampled: log-softmax(logits / T), as TRL and verl compute it
+    out = policy.generate(inputs, num_return_sequences=2, temperature=0.5, max_new_tokens=12, seed=1)
+    rows, ids, mask = inputs.repeat_interleave(2), out.response_ids, out.response_mask
+    with torch.no_grad():
+        tempered, raw = policy.logprobs(rows, ids, mask, temperature=0.5), policy.logprobs(rows, ids, mask)
+    assert torch.allclose(out.logprobs, tempered, atol=1e-5)
+    assert (out.logprobs - raw).abs().max() > 0.1
 
 
 def test_greedy_generation_repeats_within_a_group(policy, inputs):

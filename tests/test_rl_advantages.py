@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import math
 import statistics
 
@@ -66,7 +67,7 @@ def test_background_is_format_plus_answer_plus_weighted_rpc():
     fmt = torch.tensor([[1.0, 1.0, 0.0]])
     answer = torch.tensor([[1.0, 0.0, 0.0]])
     rpc = torch.tensor([[0.9, 0.1, 0.5]])
-    out = background_rewards_advantage(fmt, answer, rpc, torch.ones(1, 3, dtype=torch.bool))
+    out = background_rewards_advantage(fmt, answer, rpc, torch.ones(1, 3, dtype=torch.bool), 0.15)
     expected = [b + 0.15 * r for b, r in zip(standardized([2, 1, 0]), standardized([0.9, 0.1, 0.5]))]
     assert torch.allclose(out[0], torch.tensor(expected))
     no_rpc = background_rewards_advantage(fmt, answer, rpc, torch.ones(1, 3, dtype=torch.bool), rpc_weight=0.0)
@@ -122,7 +123,7 @@ def test_routed_advantages_end_to_end_with_a_missing_sample():
     masks = {name: torch.zeros(6, tokens, dtype=torch.bool) for name in ROUTED_FIELDS}
     for row in range(6):
         masks["bbox3d"][row, 1] = masks["kpts2d"][row, 3] = True
-    out = routed_advantages(rewards, valid, masks, response_mask)
+    out = routed_advantages(rewards, valid, masks, response_mask, 0.15)
 
     bbox3d = standardized([0.9, 0.1, 0.5])
     background0 = [b + 0.15 * r for b, r in zip(standardized([1, 0, 1]), standardized([0.8, 0, 0]))]
@@ -140,17 +141,48 @@ def test_routed_advantages_end_to_end_with_a_missing_sample():
     assert torch.equal(out[5], torch.zeros(tokens))  # the missing sample
 
 
-def test_field_weights_scale_only_their_field():
+def test_routed_weights_scale_only_their_field():
     rewards = {name: torch.tensor([[0.0, 1.0]]) for name in ("format", "answer", "rpc", *ROUTED_FIELDS)}
     valid = torch.ones(1, 2, dtype=torch.bool)
     masks = {name: torch.zeros(2, 4, dtype=torch.bool) for name in ROUTED_FIELDS}
     masks["bbox2d"][:, 0] = masks["bbox3d"][:, 1] = True
-    plain = routed_advantages(rewards, valid, masks, torch.ones(2, 4))
-    weighted = routed_advantages(rewards, valid, masks, torch.ones(2, 4), field_weights={"bbox3d": 2.0})
+    plain = routed_advantages(rewards, valid, masks, torch.ones(2, 4), 0.15)
+    weighted = routed_advantages(rewards, valid, masks, torch.ones(2, 4), 0.15, routed_weights={"bbox3d": 2.0})
     assert torch.equal(weighted[:, 1], 2 * plain[:, 1])
     assert torch.equal(weighted[:, [0, 2, 3]], plain[:, [0, 2, 3]])
     with pytest.raises(ValueError, match=r"lacks \['kpts3d'\]"):
-        routed_advantages(rewards, valid, {k: v for k, v in masks.items() if k != "kpts3d"}, torch.ones(2, 4))
+        routed_advantages(rewards, valid, {k: v for k, v in masks.items() if k != "kpts3d"}, torch.ones(2, 4), 0.15)
+
+
+def test_fields_left_out_of_routing_join_the_background():
+    # only kpts2d differs within the group; routing bbox3d alone, kpts2d's reward must still reach the tokens
+    rewards = {name: torch.zeros(1, 3) for name in ("format", "answer", "rpc", *ROUTED_FIELDS)}
+    rewards["kpts2d"] = torch.tensor([[1.0, 0.0, 0.5]])
+    masks = {"bbox3d": torch.zeros(3, 4, dtype=torch.bool)}
+    masks["bbox3d"][:, 1] = True
+    out = routed_advantages(rewards, torch.ones(1, 3, dtype=torch.bool), masks, torch.ones(3, 4), 0.15,
+                            routed_fields=("bbox3d",))
+    expected = standardized([1.0, 0.0, 0.5])
+    for g in range(3):
+        assert out[g, [0, 2, 3]].tolist() == pytest.approx([expected[g]] * 3, rel=1e-5)
+        assert out[g, 1].item() == 0.0  # bbox3d is flat
+
+
+def test_a_routed_answer_leaves_the_background():
+    rewards = {name: torch.zeros(1, 2) for name in ("format", "answer", "rpc", *ROUTED_FIELDS)}
+    rewards["answer"] = torch.tensor([[1.0, 0.0]])
+    masks = {name: torch.zeros(2, 3, dtype=torch.bool) for name in ("answer", *ROUTED_FIELDS)}
+    masks["answer"][:, 0] = True
+    out = routed_advantages(rewards, torch.ones(1, 2, dtype=torch.bool), masks, torch.ones(2, 3), 0.15,
+                            routed_fields=("answer", *ROUTED_FIELDS))
+    assert out[:, 0].tolist() == pytest.approx(standardized([1.0, 0.0]), rel=1e-5)
+    assert torch.equal(out[:, 1:], torch.zeros(2, 2))  # each reward reaches the tokens once
+
+
+def test_lambda_has_no_default_here():
+    # algo.rpc_weight is its one home: these functions must be given it
+    for function in (routed_advantages, background_rewards_advantage):
+        assert inspect.signature(function).parameters["rpc_weight"].default is inspect.Parameter.empty
 
 
 def test_broadcast_gives_every_response_token_the_standardized_weighted_sum():

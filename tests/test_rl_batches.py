@@ -7,7 +7,7 @@ from data3d import generate_sample, target_text
 from policies.tiny import build_tiny_tokenizer
 from rewards import score_batch
 from rl.batches import policy_gradient_batch, reward_table, score_rollouts
-from rl.config import run_quant
+from rl.config import run_quant, scalar_reward_weights
 from rl.config_loading import load_config
 from rl.reward_client import make_reward_fn
 from rollout.engine import RolloutBatch
@@ -52,7 +52,7 @@ def test_missing_samples_get_zero_advantage_and_leave_the_statistics(tokenizer, 
     results = score_rollouts(rollout, [sample], make_reward_fn("local"), run_quant(load_config()))
     results[3] = None  # the reward service lost this one
     batch, metrics = policy_gradient_batch(0, rollout, [sample], results, tokenizer, load_config().algo,
-                                           load_config().reward.field_weights)
+                                           scalar_reward_weights(load_config()))
     assert metrics["reward/missing"] == 1.0
     assert (batch.advantages[3] == 0).all()
     table, valid = reward_table(results, 1, 4)
@@ -69,13 +69,31 @@ def test_routed_advantage_differs_only_on_the_shifted_field(tokenizer, group):
     results = score_batch([{"text": t, "target": sample.targets.to_reward_target(), "camera": sample.camera.to_dict()}
                            for t in texts[:2]])
     cfg = load_config()
-    routed, _ = policy_gradient_batch(0, rollout, pair, results, tokenizer, cfg.algo, cfg.reward.field_weights)
+    routed, _ = policy_gradient_batch(0, rollout, pair, results, tokenizer, cfg.algo, scalar_reward_weights(cfg))
     broadcast, _ = policy_gradient_batch(0, rollout, pair, results, tokenizer, load_config(overrides=["algo.name=grpo"]).algo,
-                                         cfg.reward.field_weights)
+                                         scalar_reward_weights(cfg))
     shifted = routed.advantages[1][rollout.response_mask[1].bool()]
     assert shifted.min() < 0 and (shifted == 0).any()  # negative on bbox3d (and rpc's background share), 0 elsewhere
     flat = broadcast.advantages[1][rollout.response_mask[1].bool()]
     assert torch.allclose(flat, flat[0].expand_as(flat))  # broadcast: one value on every token
+
+
+def test_routed_grpo_weighs_fields_by_algo_routed_field_weights_only(tokenizer, group):
+    sample, texts = group
+    rollout = rollout_of(tokenizer, texts[:2], 1)
+    results = score_batch([{"text": t, "target": sample.targets.to_reward_target(), "camera": sample.camera.to_dict()}
+                           for t in texts[:2]])
+
+    def advantages(*overrides):
+        cfg = load_config(overrides=list(overrides))
+        batch, _ = policy_gradient_batch(0, rollout, [sample], results, tokenizer, cfg.algo, scalar_reward_weights(cfg))
+        return batch.advantages
+
+    plain = advantages()
+    assert torch.equal(advantages("reward.field_weights.bbox3d=0"), plain)  # broadcast's weights do not reach routing
+    doubled = advantages("algo.routed_field_weights.bbox3d=2")
+    changed = doubled != plain
+    assert changed.any() and torch.equal(doubled[changed], 2 * plain[changed])  # the bbox3d tokens, and only those
 
 
 def test_shards_keep_groups_whole(tokenizer, group):
@@ -84,7 +102,7 @@ def test_shards_keep_groups_whole(tokenizer, group):
     rollout = rollout_of(tokenizer, texts * 2, 2)
     results = score_rollouts(rollout, samples, make_reward_fn("local"), run_quant(load_config()))
     cfg = load_config()
-    batch, _ = policy_gradient_batch(0, rollout, samples, results, tokenizer, cfg.algo, cfg.reward.field_weights)
+    batch, _ = policy_gradient_batch(0, rollout, samples, results, tokenizer, cfg.algo, scalar_reward_weights(cfg))
     second = batch.shard(1, 2)
     assert second.samples == [samples[1]] and second.response_texts == texts
     assert torch.equal(second.advantages, batch.advantages[4:])

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from rl.config import ALGORITHMS, CONFIG_DIR, LLM_DTYPES, LLM_MODES, Config, ConfigError
+from rewards import REWARDS
+from rl.config import (ALGORITHMS, CONFIG_DIR, LLM_DTYPES, LLM_MODES, ROUTABLE_FIELDS, Config, ConfigError,
+                       scalar_reward_weights)
 from rl.config_loading import config_from_dict, config_to_dict, load_config, parse_cli, save_config
 
 SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -60,7 +62,7 @@ def test_overrides_of_each_kind():
         "learner.weight_decay=1",  # an int widens to float
         "reward.url=http://127.0.0.1:8000",  # text with a colon
         "algo.routed_fields=[bbox3d,kpts3d]",  # list
-        "reward.field_weights.rpc=0.3",  # one key of a dict, the others kept
+        "reward.field_weights.bbox3d=0.3",  # one key of a dict, the others kept
         "run.name=my run",  # text with a space
         "data.use_images=false",  # bool
         "policy.init=null",  # None
@@ -69,7 +71,7 @@ def test_overrides_of_each_kind():
     assert cfg.rollout.group_size == 8 and cfg.algo.clip_eps_high == 0.28
     assert cfg.learner.lr == 1e-4 and type(cfg.learner.weight_decay) is float and cfg.learner.weight_decay == 1.0
     assert cfg.reward.url == "http://127.0.0.1:8000" and cfg.algo.routed_fields == ["bbox3d", "kpts3d"]
-    assert cfg.reward.field_weights == {**Config().reward.field_weights, "rpc": 0.3}
+    assert cfg.reward.field_weights == {**Config().reward.field_weights, "bbox3d": 0.3}
     assert (cfg.run.name, cfg.data.use_images, cfg.policy.init, cfg.run.ray_address) == ("my run", False, None, "auto")
 
 
@@ -83,7 +85,7 @@ def test_unknown_keys_name_the_source_and_suggest_the_nearest():
         "unknown key 'learner.lrr' in override 'learner.lrr=1e-4' (did you mean 'learner.lr'?)")
     assert "unknown key 'lerner' in override 'lerner.lr=1' (did you mean 'learner'?)" in error_of(["lerner.lr=1"])
     message = error_of(["reward.field_weights.iou=1"])
-    assert "unknown key 'reward.field_weights.iou'" in message and "rpc" in message
+    assert "unknown key 'reward.field_weights.iou'" in message and "bbox3d" in message
 
 
 def test_unknown_key_in_a_file_names_the_file(tmp_path):
@@ -102,7 +104,7 @@ def test_unknown_key_in_a_file_names_the_file(tmp_path):
     ("data.use_images=1", "data.use_images: expected bool, got int 1"),
     ("learner.betas=[0.9, x]", "learner.betas[1]: expected float, got str 'x'"),
     ("learner.betas=0.9", "learner.betas: expected list[float], got float 0.9"),
-    ("reward.field_weights.rpc=high", "reward.field_weights.rpc: expected float, got str 'high'"),
+    ("reward.field_weights.format=high", "reward.field_weights.format: expected float, got str 'high'"),
     ("reward.field_weights=3", "reward.field_weights: expected dict[str, float], got int 3"),
     ("algo.clip_eps_high=wide", "algo.clip_eps_high: expected float | None, got str 'wide'"),
 ])
@@ -121,9 +123,10 @@ def test_wrong_types(override, expected):
     ("run.steps=0", "run.steps: expected > 0, got 0"),
     ("learner.lr=-1e-5", "learner.lr: expected > 0, got -1e-05"),
     ("rollout.top_p=1.5", "rollout.top_p: expected in (0, 1], got 1.5"),
-    ("spa.mask_ratio=-0.1", "spa.mask_ratio: expected in [0, 1], got -0.1"),
+    ("spa.mask_ratio=1", "spa.mask_ratio: expected in [0, 1), got 1.0"),
     ("learner.betas=[0.9, 1.0]", "learner.betas[1]: expected in [0, 1), got 1.0"),
-    ("reward.field_weights.rpc=-1", "reward.field_weights.rpc: expected >= 0, got -1.0"),
+    ("reward.field_weights.format=-1", "reward.field_weights.format: expected >= 0, got -1.0"),
+    ("algo.routed_field_weights.kpts3d=-1", "algo.routed_field_weights.kpts3d: expected >= 0, got -1.0"),
     ("reward.bins=1", "reward.bins: expected 0 or >= 2, got 1"),
     ("run.num_cpus=0", "run.num_cpus: expected > 0, got 0.0"),
     ("learner.betas=[0.9]", "learner.betas: expected two values (beta1, beta2), got [0.9]"),
@@ -131,6 +134,29 @@ def test_wrong_types(override, expected):
 ])
 def test_bad_choices_and_ranges(override, expected):
     assert error_of([override]) == f"{expected} (from override {override!r})"
+
+
+@pytest.mark.parametrize("algo", ["grca", "grpo", "dpo"])
+def test_rl_refuses_top_p_below_one(algo):
+    message = error_of([f"algo.name={algo}", "rollout.top_p=0.9"])
+    assert message.startswith(f"rollout.top_p: is 0.9 with algo.name={algo}: top-p < 1 is not supported for RL")
+    assert "truncated distribution" in message and message.endswith("(from override 'rollout.top_p=0.9')")
+    assert load_config("sft.yaml", ["rollout.top_p=0.9"]).rollout.top_p == 0.9  # plain generation may truncate
+
+
+def test_lambda_has_one_home():
+    message = error_of(["reward.field_weights.rpc=0.3"])
+    assert message.startswith("reward.field_weights.rpc in override 'reward.field_weights.rpc=0.3': "
+                              "set algo.rpc_weight")
+    cfg = load_config("grpo.yaml", ["algo.rpc_weight=0.4", "reward.field_weights.format=2"])
+    assert "rpc" not in cfg.reward.field_weights
+    assert scalar_reward_weights(cfg) == {**dict.fromkeys(REWARDS, 1.0), "format": 2.0, "rpc": 0.4}
+
+
+def test_routed_fields_have_their_own_weights():
+    cfg = load_config("grca.yaml", ["algo.routed_field_weights.bbox3d=2"])
+    assert cfg.algo.routed_field_weights == {**dict.fromkeys(ROUTABLE_FIELDS, 1.0), "bbox3d": 2.0}
+    assert cfg.reward.field_weights == Config().reward.field_weights
 
 
 def test_a_bad_value_in_a_file_names_the_file(tmp_path):
@@ -156,11 +182,11 @@ def test_extends_chain_merges_nested_mappings(tmp_path):
     (tmp_path / "bases").mkdir()
     (tmp_path / "bases" / "root.yaml").write_text("learner:\n  lr: 1e-3\n  epochs: 3\nrun:\n  name: root\n")
     (tmp_path / "bases" / "middle.yaml").write_text("extends: root.yaml\nlearner:\n  lr: 2e-3\n"
-                                                    "reward:\n  field_weights:\n    rpc: 0.5\n")
+                                                    "reward:\n  field_weights:\n    answer: 0.5\n")
     (tmp_path / "leaf.yaml").write_text("extends: bases/middle.yaml\nrollout:\n  group_size: 6\n")
     cfg = load_config(tmp_path / "leaf.yaml", ["reward.field_weights.format=2"])
     assert (cfg.learner.lr, cfg.learner.epochs, cfg.run.name, cfg.rollout.group_size) == (2e-3, 3, "root", 6)
-    assert cfg.reward.field_weights == {**Config().reward.field_weights, "rpc": 0.5, "format": 2.0}
+    assert cfg.reward.field_weights == {**Config().reward.field_weights, "answer": 0.5, "format": 2.0}
     assert cfg.learner.betas == Config().learner.betas  # untouched keys of a merged section keep their defaults
 
 
@@ -175,7 +201,7 @@ def test_extends_cycles_and_missing_bases_fail(tmp_path):
 
 def test_save_then_load_gives_an_equal_config(tmp_path):
     overrides = ["learner.lr=3e-6", "algo.clip_eps_high=0.28", "run.name=a: b", "reward.url=http://h", "data.dir=/d",
-                 "algo.routed_fields=[kpts3d]", "reward.field_weights.rpc=0.333", "rollout.temperature=0.7",
+                 "algo.routed_fields=[kpts3d]", "reward.field_weights.kpts3d=0.333", "rollout.temperature=0.7",
                  "run.seed=7", "checkpoint.resume=false"]
     cfg = load_config("demo.yaml", overrides)
     save_config(cfg, tmp_path / "run" / "config.yaml")

@@ -7,8 +7,9 @@ import random
 import pytest
 
 from data3d import generate_sample, target_text, write_benchmark
+from data3d.settings import DataSettings, save_settings
 from rl.batches import corrupt
-from rl.evaluate import METRICS, TEXT_METRICS, evaluate, format_table, swapped_clouds
+from rl.evaluate import METRICS, TEXT_METRICS, evaluate, format_comparison, format_table, swapped_clouds
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +39,27 @@ def test_the_oracle_scores_perfectly_and_relies_on_nothing(samples):
         assert report[metric] >= 0.95, metric
     assert report["bleu"] == pytest.approx(1.0) and report["rougeL"] == pytest.approx(1.0)
     # its answers come from the targets, not the cloud: masking or swapping the cloud changes nothing
-    assert all(gap == 0.0 for gap in report["reliance"]["gap_masked"].values())
-    assert all(gap == 0.0 for gap in report["reliance"]["gap_swapped"].values())
+    for condition in (report["reliance"], report["reliance"]["image_blanked"]):
+        assert all(gap == 0.0 for gap in condition["gap_masked"].values())
+        assert all(gap == 0.0 for gap in condition["gap_swapped"].values())
+
+
+def test_the_gap_with_the_image_blanked_tells_the_cloud_from_the_picture(samples):
+    clean_clouds = {s.uid: s.points.tobytes() for s in samples}
+
+    def reads_the_cloud(batch):
+        return [target_text(s) if s.points.tobytes() == clean_clouds[s.uid] else "no idea" for s in batch]
+
+    def reads_the_image(batch):
+        return [target_text(s) if s.image.any() else "no idea" for s in batch]
+
+    cloud = evaluate(reads_the_cloud, samples)["reliance"]
+    for condition in (cloud, cloud["image_blanked"]):  # the same gap whether or not the picture is there
+        assert condition["gap_masked"]["iou3d"] > 0.9 and condition["gap_swapped"]["iou3d"] > 0.9
+    picture = evaluate(reads_the_image, samples)["reliance"]
+    assert picture["gap_masked"]["iou3d"] == 0.0  # the cloud is never read...
+    assert picture["image_blanked"]["clean"]["iou3d"] == 0.0  # ...and without the picture nothing is right
+    assert picture["image_blanked"]["gap_masked"]["iou3d"] == 0.0
 
 
 def test_noise_scores_near_zero(samples):
@@ -53,10 +73,20 @@ def test_report_keys_and_ranges(samples):
     report = evaluate(oracle, samples)
     for metric in (*METRICS, *TEXT_METRICS):
         assert 0.0 <= report[metric] <= 1.0
-    assert set(report["reliance"]) >= {"masked", "swapped"}
+    assert set(report["reliance"]) >= {"masked", "swapped", "gap_masked", "gap_swapped", "image_blanked"}
+    assert set(report["reliance"]["image_blanked"]) == {"clean", "masked", "swapped", "gap_masked", "gap_swapped"}
     assert set(METRICS) <= set(report["reliance"]["masked"])
-    table = format_table(report)
-    assert "3D-masked" in table and "cloud swapped" in table and "iou3d" in table
+    assert set(METRICS) <= set(report["reliance"]["image_blanked"]["swapped"])
+    *table, by_question = format_table(report).splitlines()[1:]
+    rows = [line.split("  ")[0] for line in table]
+    assert rows == ["clean", "3D-masked", "cloud swapped", "image blanked", "blank, 3D-masked", "blank, swapped"]
+    kinds = {s.question_type for s in samples}
+    assert set(report["answer_by_question"]) == kinds and all(f"{k} 1.000" in by_question for k in kinds)
+    assert sum(v["n"] for v in report["answer_by_question"].values()) == len(samples)
+    header, sft, final = format_comparison({"sft": report, "grca": {**report, "reliance": None}}).splitlines()
+    assert "iou3d gap, blank" in header and sft.split()[0] == "sft" and final.split()[0] == "grca"
+    # the oracle reads its targets, not the cloud: swapping the cloud takes nothing away
+    assert sft.split()[-4:] == ["0.000"] * 4 and final.split()[-4:] == ["-"] * 4
 
 
 def test_corrupted_clouds_change_the_points_not_the_targets(samples):
@@ -77,12 +107,29 @@ def test_pointrl_eval_on_a_tiny_policy_and_dataset(tmp_path):
     from policies.tiny import build_tiny_policy
     from rl.cli import main
 
-    write_benchmark(tmp_path / "data", 6, seed=1, test_fraction=0.5, num_points=256, image_size=32, progress=False)
+    settings = DataSettings(num_points=256, image_size=32, num_kpts=2, bins=50)
+    write_benchmark(tmp_path / "data", 6, seed=1, test_fraction=0.5, settings=settings, relevance=0.5, progress=False)
     build_tiny_policy(out_dir=tmp_path / "policy")
+    save_settings(tmp_path / "policy", settings)
     out = tmp_path / "eval.json"
     main(["eval", "--policy", str(tmp_path / "policy"), "--data", str(tmp_path / "data"), "--out", str(out),
           "--max-new-tokens", "12", "--batch-size", "3"])
     report = json.loads(out.read_text())
     assert set(METRICS) <= set(report) and report["n"] == 3
     assert all(0.0 <= report[m] <= 1.0 for m in METRICS)
-    assert report["meta"]["split"] == "test" and {"masked", "swapped"} <= set(report["reliance"])
+    assert report["meta"]["split"] == "test" and {"masked", "swapped", "image_blanked"} <= set(report["reliance"])
+    assert report["meta"]["settings"] == settings.to_dict()
+
+
+def test_pointrl_eval_refuses_data_written_with_other_settings(tmp_path):
+    from policies.tiny import build_tiny_policy
+    from rl.cli import main
+
+    write_benchmark(tmp_path / "data", 2, seed=1, test_fraction=0.5, progress=False,
+                    settings=DataSettings(num_points=256, image_size=32, num_kpts=16, bins=50))
+    build_tiny_policy(out_dir=tmp_path / "policy")
+    save_settings(tmp_path / "policy", DataSettings(num_points=256, image_size=32, num_kpts=4, bins=50))
+    with pytest.raises(SystemExit, match="num_kpts 4 vs 16") as refused:
+        main(["eval", "--policy", str(tmp_path / "policy"), "--data", str(tmp_path / "data"), "--out",
+              str(tmp_path / "eval.json")])
+    assert "--num-kpts 4" in str(refused.value) and not (tmp_path / "eval.json").exists()

@@ -50,7 +50,7 @@ def test_policy_inputs_carry_the_prompt_text_clouds_and_images(policy, samples):
 
     continuous = policy_inputs(policy, samples[:1], quant=Quant(bins=0))
     assert prompt_text(samples[0], Quant(bins=0)) in policy.tokenizer.decode(continuous.input_ids[0])
-    assert "Coordinates are numbers" in prompt_text(samples[0], Quant(bins=0))
+    assert "2D in pixels" in prompt_text(samples[0], Quant(bins=0))
 
 
 def test_policy_inputs_rows_without_an_image_get_none(policy, samples):
