@@ -8,7 +8,7 @@ from policies.inputs import Generation, PointVLMConfig, PolicyInputs
 from policies.point_encoder import PointBertEncoder, PointEncoderConfig
 from policies.point_ops import drop_points, farthest_point_sample, gaussian_noise, group_points, knn, mask_groups
 from policies.tiny import build_tiny_policy, build_tiny_tokenizer, tiny_config
-from policies.vlm import SPECIAL_TOKENS, PointVLM
+from policies.vlm import SPECIAL_TOKENS, PointVLM, load_tokenizer
 
 __all__ = [
     "Generation",
@@ -27,6 +27,7 @@ __all__ = [
     "group_points",
     "knn",
     "load_point_checkpoint",
+    "load_tokenizer",
     "load_vision_tower",
     "mask_groups",
     "read_state_dict",

@@ -283,7 +283,7 @@ class PointVLM(nn.Module):
     def from_pretrained(cls, directory: str | Path, **overrides) -> "PointVLM":
         """Load a saved policy; `overrides` replace saved config fields (e.g. llm_mode="lora" to train an adapter
         on a saved full model: saved LLM weights are always merged, so any mode can start from them)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
         directory = Path(directory)
         for name in ("pointvlm.json", "vision.safetensors", "llm/config.json"):
@@ -291,7 +291,7 @@ class PointVLM(nn.Module):
                 raise FileNotFoundError(f"{directory / name}: missing; not a PointVLM directory")
         saved = json.loads((directory / "pointvlm.json").read_text())
         config = PointVLMConfig.from_dict({**saved, **overrides})
-        tokenizer = AutoTokenizer.from_pretrained(directory / "llm")
+        tokenizer = load_tokenizer(directory / "llm")
         llm = AutoModelForCausalLM.from_pretrained(directory / "llm", dtype=LLM_DTYPES[config.llm_dtype])
         tower = None
         if config.image is not None and config.image.kind == "hf":
@@ -316,9 +316,9 @@ class PointVLM(nn.Module):
     ) -> "PointVLM":
         """A fresh policy from a local HF causal LM directory (+ an optional Point-BERT / PointLLM / ULIP
         checkpoint for the point encoder, and PointLLM's projector when its shapes fit)."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoModelForCausalLM
 
-        tokenizer = AutoTokenizer.from_pretrained(llm_dir)
+        tokenizer = load_tokenizer(llm_dir)
         llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=LLM_DTYPES[config.llm_dtype])
         tower = None
         if config.image is not None and config.image.kind == "hf":
@@ -330,6 +330,18 @@ class PointVLM(nn.Module):
         if point_checkpoint is not None:
             load_point_checkpoint(point_checkpoint, model.point_encoder, model.point_proj)
         return model
+
+
+def load_tokenizer(directory: str | Path):
+    """The tokenizer of an HF model folder exactly as its `tokenizer.json` describes it. AutoTokenizer in
+    transformers 5 rebuilds a known model type's pre-tokenizer (Qwen2's splits every digit) over the file's, so a
+    tokenizer that was trained with another one would read differently after a save and a load."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    directory = Path(directory)
+    if (directory / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(directory)
+    return AutoTokenizer.from_pretrained(directory)  # a slow-only tokenizer (sentencepiece model, vocab files)
 
 
 def _place(embeds: torch.Tensor, slots: torch.Tensor, features: torch.Tensor, what: str) -> torch.Tensor:

@@ -72,8 +72,7 @@ class Controller:
 
     def __init__(self, config: dict, policy_dir: str, run_dir: str):
         import torch
-        from transformers import AutoTokenizer
-
+        from policies import load_tokenizer
         from rl.config_loading import config_from_dict
         from rl.reward_client import make_reward_fn
         from rollout.worker import make_rollout_workers
@@ -89,7 +88,7 @@ class Controller:
                         if self.rollouts else [])
         self.reward_fn = (make_reward_fn(cfg.reward.mode, cfg.reward.url, cfg.reward.timeout_s, cfg.reward.replicas,
                                          cfg.reward.cpus_per_replica) if self.rollouts else None)
-        self.tokenizer = AutoTokenizer.from_pretrained(Path(policy_dir) / "llm")
+        self.tokenizer = load_tokenizer(Path(policy_dir) / "llm")
         self.log = MetricsLog(run_dir, cfg.run.name, cfg.run.steps)
         self.version, self.step_batch, self.step_metrics, self.step_started = 0, None, {}, time.perf_counter()
         self.held_out: list[Sample] | None = None  # made on the first periodic evaluation, then reused

@@ -56,3 +56,13 @@ def test_saved_tiny_policy_is_a_plain_hf_folder(tmp_path):
     tok = AutoTokenizer.from_pretrained(tmp_path / "llm")
     assert type(llm).__name__ == "Qwen2ForCausalLM" and llm.config.vocab_size == len(tok)
     assert tok.chat_template and tok.eos_token == "<|im_end|>"
+
+
+def test_a_reloaded_policy_tokenizes_exactly_as_the_one_that_was_saved(tmp_path):
+    from policies import PointVLM, load_tokenizer
+
+    built = build_tiny_policy(out_dir=tmp_path, seed=0)
+    text = '{"answer":"chair","bbox2d":[11,23,53,45],"kpts3d":[[407,999,0]]}'
+    expected = built.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert PointVLM.from_pretrained(tmp_path).tokenizer(text, add_special_tokens=False)["input_ids"] == expected
+    assert load_tokenizer(tmp_path / "llm")(text, add_special_tokens=False)["input_ids"] == expected

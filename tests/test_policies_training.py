@@ -112,3 +112,31 @@ def test_tiny_policy_overfits_eight_samples_by_reading_their_clouds():
     print(f"overfit: loss {first:.3f} -> {loss.item():.4f} in {step} steps, {time.monotonic() - start:.1f} s")
     assert loss.item() < first / 10 and fitted, (step, loss.item())
     assert policy.generate(inputs, do_sample=False, max_new_tokens=12).texts == targets
+
+
+def test_an_alignment_head_added_to_a_saved_policy_trains_and_round_trips(tmp_path):
+    from policies import PointVLM
+    from rl.batches import ALIGN_CATEGORIES
+    from rl.config import ALIGN_DIMS
+    from rl.losses import cloud_alignment_loss
+
+    build_tiny_policy(out_dir=tmp_path / "plain", seed=0)
+    policy = PointVLM.from_pretrained(tmp_path / "plain", align_dims=ALIGN_DIMS, train_point_encoder=True)
+    inputs, _ = batch(policy)
+    box = inputs.points[:, :, :3].amin(1).repeat(1, 2)  # any function of the cloud will do
+    box[:, 3:] = inputs.points[:, :, :3].amax(1)
+    category, colour = torch.arange(4), torch.arange(4) % 3
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=3e-3)
+    losses = []
+    for _ in range(60):
+        loss, _ = cloud_alignment_loss(policy.align_logits(inputs), box, category, colour, len(ALIGN_CATEGORIES))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0] / 5, (losses[0], losses[-1])
+    policy.save_pretrained(tmp_path / "aligned")
+    again = PointVLM.from_pretrained(tmp_path / "aligned")
+    assert again.config.align_dims == ALIGN_DIMS
+    assert torch.equal(again.align_logits(inputs), policy.align_logits(inputs))

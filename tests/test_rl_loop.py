@@ -7,6 +7,7 @@ import pytest
 import ray
 from ray import serve
 
+from data3d.settings import DataSettings, load_settings
 from policies import PointVLM
 from policies.tiny import build_tiny_policy
 from rl.config_loading import load_config
@@ -126,6 +127,11 @@ def test_main_warms_up_with_sft_then_trains_and_evaluates(cluster, tmp_path):
         assert {"iou2d", "iou3d", "kpa2d", "kpa3d", "rpc", "answer_acc", "parse_rate"} <= set(report)
     assert (tmp_path / "full" / "policy" / "pointvlm.json").is_file()
     assert (tmp_path / "full" / "sft" / "metrics.jsonl").is_file()
+    # both policies record the data they read, for `pointrl eval`; the warm-up trained the cloud-alignment head
+    for stage in ("sft/policy", "policy"):
+        assert load_settings(tmp_path / "full" / stage) == DataSettings(num_points=256, image_size=32, num_kpts=1)
+    sft_log = [json.loads(line) for line in (tmp_path / "full" / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert all(row["loss/align"] > 0 for row in sft_log)
 
 
 def test_bad_config_fails_before_anything_starts(tmp_path, capsys):

@@ -9,6 +9,7 @@ import torch
 
 from rl.losses import (
     clipped_surrogate_loss,
+    cloud_alignment_loss,
     dpo_loss,
     dpo_pairs_from_groups,
     k3_kl,
@@ -197,3 +198,17 @@ def test_dpo_pairs_take_the_best_and_worst_valid_sample_of_each_group():
     assert dpo_pairs_from_groups(totals, valid) == [(1, 2), (8, 9)]  # ties: the first; invalid 9.0 and 0.0 ignored
     with pytest.raises(ValueError, match="prompts, group"):
         dpo_pairs_from_groups(totals, valid[:2])
+
+
+def test_cloud_alignment_loss_is_zero_when_box_category_and_colour_are_right():
+    box = torch.tensor([[-0.5, -0.2, -0.1, 0.5, 0.2, 0.1]])
+    right = torch.cat([box, torch.tensor([[0.0, 50.0, 0.0]]), torch.tensor([[50.0, 0.0]])], dim=1)
+    loss, info = cloud_alignment_loss(right, box, torch.tensor([1]), torch.tensor([0]), num_categories=3)
+    assert loss.item() < 1e-6 and info["align_box_mse"] == 0.0
+    wrong = right.clone()
+    wrong[0, :6] += 0.1  # box off by 0.1 everywhere: 10 x MSE = 0.1
+    loss, info = cloud_alignment_loss(wrong, box, torch.tensor([2]), torch.tensor([1]), num_categories=3)
+    assert info["align_box_mse"] == pytest.approx(0.01, rel=1e-4) and info["align_category_ce"] == pytest.approx(50.0)
+    assert loss.item() == pytest.approx(0.1 + 50.0 + 50.0, rel=1e-4)
+    with pytest.raises(ValueError, match="do not fit"):
+        cloud_alignment_loss(right[:, :9], box, torch.tensor([1]), torch.tensor([0]), num_categories=3)
