@@ -17,6 +17,7 @@ from data3d.shapes import CATEGORIES, COLOUR_SYNONYMS, NUMBER_WORDS, Shape
 CLEAR_MARGIN = 1.15  # the larger extent must exceed the other by 15 %
 NUM_OPTIONS = 4
 AXES = (("x", "width"), ("y", "height"), ("z", "depth"))
+RELEVANCE_DRAWS = 8  # other instances tried for a description that differs from the object's own
 
 
 def category_question(category: str, choices: Sequence[str], rng: np.random.Generator):
@@ -64,11 +65,14 @@ def taller_question(bbox3d: np.ndarray):
 def relevance_question(rng: np.random.Generator, shape: Shape):
     """3D relevance discrimination ("Does your 3D encoder really work?"): does a description fit this cloud? Half the
     time it is the object's own; otherwise the same colour and category with the geometric tail of another random
-    instance, so the words alone cannot tell and only the geometry can (the answer is yes if the tails coincide)."""
+    instance, so the words alone cannot tell and only the geometry can (yes if RELEVANCE_DRAWS draws all coincide)."""
     candidate = shape.description
     if rng.random() < 0.5:
-        _, _, features = CATEGORIES[shape.category][0](rng)
-        candidate = dataclasses.replace(shape, features=features).description
+        for _ in range(RELEVANCE_DRAWS):  # some categories vary little: redraw until the tail differs
+            _, _, features = CATEGORIES[shape.category][0](rng)
+            if features != shape.features:
+                candidate = dataclasses.replace(shape, features=features).description
+                break
     answer = "yes" if candidate == shape.description else "no"
     return "match", f"Does this description fit this object: {candidate}?", [answer]
 
