@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from data3d import CATEGORIES, Sample, reward_sample, target_text
-from data3d.shapes import COLOUR_NAMES
+from data3d import Sample, reward_sample, target_text
 from policies.point_ops import drop_points, gaussian_noise, mask_groups
 from rewards import REWARDS, Quant
 from rl.advantages import advantage_stats, broadcast_advantages, routed_advantages
+from rl.config import ALIGN_CATEGORIES, ALIGN_COLOURS
 from rl.losses import dpo_pairs_from_groups
 from rl.token_spans import batch_field_masks
 from rollout.engine import RolloutBatch, split_evenly
@@ -169,17 +169,14 @@ def target_batch(step: int, version: int, samples: list[Sample], quant=None, cor
                       response_texts=[target_text(s, quant) for s in samples], corrupted=corrupted)
 
 
-ALIGN_CATEGORIES = tuple(sorted(CATEGORIES))  # the head's layout is rl.config.ALIGN_DIMS: box, category, colour
-
-
 def alignment_targets(samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What each cloud decides, for `rl.losses.cloud_alignment_loss`: box (B, 6), category (B,), colour (B,).
     A sample of an unknown category or colour (a real-data loader's) is refused: the head cannot learn it."""
     for s in samples:
-        if s.targets.category not in ALIGN_CATEGORIES or s.targets.attributes.get("colour") not in COLOUR_NAMES:
+        if s.targets.category not in ALIGN_CATEGORIES or s.targets.attributes.get("colour") not in ALIGN_COLOURS:
             raise ValueError(f"sample {s.uid!r}: cloud alignment needs a category of {ALIGN_CATEGORIES} and a colour "
-                             f"of {COLOUR_NAMES}; set sft.align_weight=0 for this data")
+                             f"of {ALIGN_COLOURS}; set sft.align_weight=0 for this data")
     box = torch.tensor(np.stack([s.targets.bbox3d for s in samples]), dtype=torch.float32)
     category = torch.tensor([ALIGN_CATEGORIES.index(s.targets.category) for s in samples])
-    colour = torch.tensor([COLOUR_NAMES.index(s.targets.attributes["colour"]) for s in samples])
+    colour = torch.tensor([ALIGN_COLOURS.index(s.targets.attributes["colour"]) for s in samples])
     return box, category, colour

@@ -23,8 +23,8 @@ import torch.distributed as dist
 from torch.optim.lr_scheduler import LambdaLR
 
 from policies import PointVLM
-from rl.batches import ALIGN_CATEGORIES, LearnBatch, alignment_targets
-from rl.config import policy_overrides, run_quant
+from rl.batches import LearnBatch, alignment_targets
+from rl.config import ALIGN_CATEGORIES, policy_overrides, run_quant
 from rl.config_loading import config_from_dict
 from rl.losses import (clipped_surrogate_loss, cloud_alignment_loss, dpo_loss, kl_penalty, masked_sample_sum, nll_loss,
                        spa_loss)
