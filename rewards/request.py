@@ -6,6 +6,7 @@ Unknown keys are rejected so that a typo (`num_kpt2d`) is an error rather than a
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -15,14 +16,19 @@ from typing import Annotated
 import msgspec
 import numpy as np
 
-from rewards.schema import DEFAULT_BINS, DEFAULT_BOUNDS3D, Quant
+from rewards.schema import BINS_RULE, DEFAULT_BINS, DEFAULT_BOUNDS3D, Quant
 
 Row3 = tuple[float, float, float]
 Matrix3 = tuple[Row3, Row3, Row3]
 Box2D = tuple[float, float, float, float]
 Box3D = tuple[float, float, float, float, float, float]
 PositiveSize = Annotated[float, msgspec.Meta(gt=0)]
-KeypointCount = Annotated[int, msgspec.Meta(ge=1)]
+# A documented ceiling keeps a count inside int64 (the batch arrays), so a huge one is a 422, never an OverflowError.
+MAX_KEYPOINTS = 1_000_000
+KeypointCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_KEYPOINTS)]
+# Quant.__post_init__ is the one check of bins; the schema states the same rule (JSON Schema can say "not 1").
+Bins = Annotated[int, msgspec.Meta(ge=0, description=f"quantization bins: {BINS_RULE}",
+                                   extra_json_schema={"not": {"const": 1}})]
 
 
 # gc=False: request structs never form cycles, and untracked objects keep a big batch from slowing every GC pass.
@@ -55,7 +61,7 @@ class SampleSpec(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 
 class QuantSpec(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    bins: Annotated[int, msgspec.Meta(ge=0)] = DEFAULT_BINS
+    bins: Bins = DEFAULT_BINS
     bounds3d: tuple[Row3, Row3] = DEFAULT_BOUNDS3D
 
 
@@ -124,10 +130,29 @@ def _named(exc: msgspec.ValidationError | msgspec.DecodeError) -> RequestError:
 _ANSWER_STRIP = " .,;:!?\"'()[]"
 
 
-@lru_cache(maxsize=65536)  # a GRPO group repeats its target G times, and policies repeat their answers
+_CACHED_CHARS = 256  # answers are short; caching long ones let unique 1 MiB answers grow the server without bound
+
+
+def _normalize(answer: str) -> str:
+    return " ".join(answer.lower().split()).strip(_ANSWER_STRIP)
+
+
+# A GRPO group repeats its target G times and policies repeat their answers; short strings bound the cache's memory.
+_normalize_short = lru_cache(maxsize=8192)(_normalize)
+
+
 def normalize_answer(answer: str) -> str:
     """Lowercase, collapse whitespace runs, strip surrounding whitespace and .,;:!?"'()[] (the answer contract)."""
-    return " ".join(answer.lower().split()).strip(_ANSWER_STRIP)
+    return _normalize_short(answer) if len(answer) <= _CACHED_CHARS else _normalize(answer)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean_text(text: str) -> str:
+    """A lone surrogate (valid JSON, not valid Unicode) becomes U+FFFD: one code point for one, so spans keep their
+    offsets, and the text scores like any other instead of failing to encode. ASCII text skips the scan."""
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
 
 
 def _first_bad_row(name: str, values: np.ndarray, bad: np.ndarray) -> None:
@@ -157,7 +182,7 @@ def to_batch(request: RewardRequest) -> Batch:
     quant = _quant(request.quant)
     samples = request.samples
     batch = Batch(
-        texts=[s.text for s in samples],
+        texts=[clean_text(s.text) for s in samples],
         answers=[frozenset(map(normalize_answer, [s.target.answer] if isinstance(s.target.answer, str) else s.target.answer)) for s in samples],
         bbox2d=_stack([s.target.bbox2d for s in samples], (4,)),
         bbox3d=_stack([s.target.bbox3d for s in samples], (6,)),
@@ -183,11 +208,38 @@ def to_batch(request: RewardRequest) -> Batch:
     return batch
 
 
+# `"\ud800"` is valid JSON (RFC 8259's grammar) but msgspec refuses a lone surrogate escape ("truncated").
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")  # json.loads would take NaN/Infinity, which msgspec calls malformed
+
+
+def _decode_with_surrogates(body: bytes) -> RewardRequest:
+    """The rare slow path: the stdlib decoder keeps lone surrogates as code points (cleaned in `to_batch`), then the
+    same typed conversion (and field-named errors) as the fast path."""
+    obj = json.loads(body, parse_constant=_reject_constant)
+    try:
+        return msgspec.convert(obj, type=RewardRequest)
+    except msgspec.ValidationError as exc:
+        raise _named(exc) from None
+
+
 def decode_request(body: bytes) -> RewardRequest:
     """An HTTP body -> RewardRequest, or RequestError naming the field."""
     try:
         return msgspec.json.decode(body, type=RewardRequest)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except msgspec.ValidationError as exc:
+        raise _named(exc) from None
+    except msgspec.DecodeError as exc:
+        if _SURROGATE_ESCAPE.search(body):
+            try:
+                return _decode_with_surrogates(body)
+            except RequestError:
+                raise
+            except ValueError:  # not JSON after all (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+                pass
         raise _named(exc) from None
 
 

@@ -26,6 +26,7 @@ FIELDS: tuple[str, ...] = ModelOutput.__struct_fields__
 FIELD_TYPES: dict[str, object] = get_type_hints(ModelOutput, include_extras=True)
 
 DEFAULT_BINS = 1000
+BINS_RULE = "0 (continuous) or an integer >= 2"
 DEFAULT_BOUNDS3D: tuple[tuple[float, float, float], tuple[float, float, float]] = ((-1.0, -1.0, -1.0), (1.0, 1.0, 1.0))
 
 
@@ -38,7 +39,7 @@ class Quant:
 
     def __post_init__(self) -> None:
         if isinstance(self.bins, bool) or not isinstance(self.bins, int) or self.bins < 0 or self.bins == 1:
-            raise ValueError(f"quant.bins: expected 0 (continuous) or an integer >= 2, got {self.bins!r}")
+            raise ValueError(f"quant.bins: expected {BINS_RULE}, got {self.bins!r}")
         lo, hi = np.asarray(self.bounds3d, dtype=np.float64)
         if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (lo < hi).all()):
             raise ValueError(f"quant.bounds3d: expected [[lo x,y,z],[hi x,y,z]] finite with lo < hi, got {self.bounds3d!r}")

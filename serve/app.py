@@ -31,6 +31,28 @@ class ServiceLimits:
     max_samples: int = 4096
 
 
+def resolve_token(token: str | None) -> str | None:
+    """`token`, else $POINTRL_REWARDS_TOKEN, else None (no auth). An empty one is a ValueError: it would silently turn
+    auth off for an operator who meant to turn it on (an unset variable expanding to '')."""
+    source = "--token"
+    if token is None:
+        token, source = os.environ.get(TOKEN_ENV), f"${TOKEN_ENV}"
+    if token is not None and not token.strip():
+        raise ValueError(f"{source}: the bearer token is empty; give a non-empty token, or leave it unset for no auth")
+    return token
+
+
+def _check_json(request: Request) -> None:
+    # No Content-Type is taken as JSON (plain clients, `httpx content=`); a declared other type is a client mistake
+    # (curl -d sends a form), better named than reported as a JSON syntax error.
+    declared = request.headers.get("content-type")
+    if declared is None:
+        return
+    media = declared.split(";", 1)[0].strip().lower()
+    if media != "application/json" and not media.endswith("+json"):
+        raise HTTPException(415, f"content-type: expected application/json, got {declared!r}")
+
+
 def _openapi_components() -> tuple[dict, dict, dict]:
     (request_schema, response_schema), components = msgspec.json.schema_components(
         [RewardRequest, RewardResponse], ref_template="#/components/schemas/{name}"
@@ -80,7 +102,7 @@ def score_json(body: bytes, limits: ServiceLimits = ServiceLimits()) -> bytes:
 
 def create_app(token: str | None = None, limits: ServiceLimits = ServiceLimits()) -> FastAPI:
     """The reward service. `token` (default: $POINTRL_REWARDS_TOKEN) guards `/v1/rewards` with a bearer token."""
-    token = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    token = resolve_token(token)
     request_schema, response_schema, components = _openapi_components()
     app = FastAPI(
         title="pointrl reward service",
@@ -104,11 +126,13 @@ def create_app(token: str | None = None, limits: ServiceLimits = ServiceLimits()
                                   "content": {"application/json": {"schema": response_schema}}},
                           "401": {"description": "missing or wrong bearer token"},
                           "413": {"description": "body or batch over the limits"},
+                          "415": {"description": "a Content-Type other than application/json"},
                           "422": {"description": "a defect in the request, named by field"}},
         },
     )
     async def rewards(request: Request) -> Response:
         _check_token(request, token)
+        _check_json(request)
         body = await _read_body(request, limits.max_body_bytes)
         return Response(await run_in_threadpool(score_json, body, limits), media_type="application/json")
 

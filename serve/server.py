@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import httpx
 
-from serve.app import TOKEN_ENV, ServiceLimits, create_app
+from serve.app import TOKEN_ENV, ServiceLimits, create_app, resolve_token
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -92,7 +92,11 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) -> None:
     args = args or build_parser().parse_args(argv)
-    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+    try:
+        token = resolve_token(args.token)
+    except ValueError as exc:  # one line and the usage-error status, before anything starts
+        print(f"pointrl serve-rewards: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     limits = ServiceLimits(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_samples=args.max_samples)
     if args.ray:
         run_ray_serve(args.host, args.port, token, limits, args.replicas)

@@ -94,3 +94,33 @@ def test_openapi_docs_and_debug_view(url):
     page = httpx.get(f"{url}/").text
     assert "debug view" in page and "v1/rewards" in page
     assert httpx.get(f"{url}/example").json() == EXAMPLE
+
+
+def test_huge_keypoint_count_is_422_naming_the_field(url):
+    target = {**EXAMPLE["samples"][0]["target"], "num_kpts2d": 2**63}
+    response = httpx.post(f"{url}/v1/rewards", json={"samples": [{**EXAMPLE["samples"][0], "target": target}]})
+    assert response.status_code == 422
+    assert response.json()["detail"].startswith("samples[0].target.num_kpts2d")
+
+
+def test_lone_surrogate_in_text_is_scored_like_in_process(url):
+    sample = EXAMPLE["samples"][0]
+    body = json.dumps({"samples": [{**sample, "text": "\ud800" + sample["text"]}]})  # ensure_ascii: a raw \ud800 escape
+    assert "\\ud800" in body
+    response = httpx.post(f"{url}/v1/rewards", content=body.encode(), headers={"content-type": "application/json"})
+    assert response.status_code == 200, response.text
+    assert response.json()["results"] == score_batch([{**sample, "text": "\ud800" + sample["text"]}])
+
+
+def test_openapi_states_the_bins_constraint(url):
+    bins = httpx.get(f"{url}/openapi.json").json()["components"]["schemas"]["QuantSpec"]["properties"]["bins"]
+    assert bins["minimum"] == 0 and bins["not"] == {"const": 1} and ">= 2" in bins["description"]
+
+
+def test_non_json_content_type_is_415(url):
+    body = json.dumps(EXAMPLE).encode()
+    for ctype in ("text/plain", "application/x-www-form-urlencoded"):
+        response = httpx.post(f"{url}/v1/rewards", content=body, headers={"content-type": ctype})
+        assert response.status_code == 415 and "content-type" in response.json()["detail"]
+    ok = httpx.post(f"{url}/v1/rewards", content=body, headers={"content-type": "application/json; charset=utf-8"})
+    assert ok.status_code == 200
