@@ -19,8 +19,8 @@ SETTINGS_FILE = "data_settings.json"
 
 @dataclass(frozen=True)
 class DataSettings:
-    """Four keypoints and 64 bins keep an answer near 140 tokens, which a small model on 2 CPUs can learn to write;
-    64 bins are 1/32 of the unit sphere's radius in 3D and 2 pixels of a 128-pixel image in 2D."""
+    """Four keypoints and 64 bins keep an answer near 105 tokens of the tiny tokenizer, which a small model on 2 CPUs
+    can learn to write; 64 bins are 1/32 of the unit sphere's radius in 3D and 2 pixels of a 128-pixel image in 2D."""
 
     num_points: int = 1024
     image_size: int = 128

@@ -20,6 +20,7 @@ from torch import nn
 from policies.checkpoints import load_into, load_point_checkpoint
 from policies.fusion import GeometryGuidedFusion, make_projector
 from policies.generation import SampledLogprobs, sampling_processors, stop_mask
+from policies.hf_llm import apply_llm_mode, load_tokenizer, merged_lora_state
 from policies.image_encoder import (
     HFImageEncoder,
     PatchImageEncoder,
@@ -72,7 +73,7 @@ class PointVLM(nn.Module):
                 self.image_encoder = PatchImageEncoder(config.image)
             self.fusion = GeometryGuidedFusion(config.point.width, config.image.width, config.fusion_heads)
             self.image_proj = make_projector(config.image.width, config.image_proj_hidden, hidden)
-        self.llm = _apply_llm_mode(llm, config)
+        self.llm = apply_llm_mode(llm, config)
         self._set_trainable()
 
     def _set_trainable(self) -> None:
@@ -158,6 +159,11 @@ class PointVLM(nn.Module):
 
     def embed(self, inputs: PolicyInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs_embeds (B, L, hidden), attention_mask (B, L)) with the visual features at the placeholders."""
+        embeds, mask, _ = self._embed(inputs)
+        return embeds, mask
+
+    def _embed(self, inputs: PolicyInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`embed`, plus the projected point tokens (B, G+1, hidden) it placed."""
         inputs = inputs.to(self.device)
         embeds = self.llm.get_input_embeddings()(inputs.input_ids)
         point_features, image_features = self.visual_features(inputs)
@@ -166,21 +172,26 @@ class PointVLM(nn.Module):
             embeds = _place(embeds, inputs.input_ids == self.token_ids[IMAGE_PATCH], image_features, "image")
         elif (inputs.input_ids == self.token_ids[IMAGE_PATCH]).any():
             raise ValueError("prompts hold <image_patch> placeholders but the inputs carry no images")
-        return embeds, inputs.attention_mask
+        return embeds, inputs.attention_mask, point_features
 
     def align_logits(self, inputs: PolicyInputs) -> torch.Tensor:
         """The cloud-alignment head's outputs (B, align_dims) from the mean projected point token."""
+        point_features, _ = self.visual_features(inputs.to(self.device))
+        return self._align(point_features)
+
+    def _align(self, point_features: torch.Tensor) -> torch.Tensor:
         if self.align_head is None:
             raise ValueError("this policy has no alignment head (PointVLMConfig.align_dims is 0)")
-        point_features, _ = self.visual_features(inputs.to(self.device))
         return self.align_head(point_features.mean(dim=1))
 
     def logprobs(
-        self, inputs: PolicyInputs, response_ids: torch.Tensor, response_mask: torch.Tensor, temperature: float = 1.0
-    ) -> torch.Tensor:
+        self, inputs: PolicyInputs, response_ids: torch.Tensor, response_mask: torch.Tensor, temperature: float = 1.0,
+        align: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probs (B, T) of the responses after the prompts under softmax(logits / temperature), 0 where
-        masked. Give RL the sampling temperature, so that these are the log-probs of the policy that sampled."""
-        embeds, mask = self.embed(inputs)
+        masked. Give RL the sampling temperature, so that these are the log-probs of the policy that sampled. With
+        `align`, also `align_logits` from the same point-encoder pass."""
+        embeds, mask, point_features = self._embed(inputs)
         response_ids, response_mask = response_ids.to(self.device), response_mask.to(self.device).long()
         if response_ids.shape[0] != embeds.shape[0] or response_ids.shape != response_mask.shape:
             raise ValueError(
@@ -200,7 +211,8 @@ class PointVLM(nn.Module):
             use_cache=False,
         ).logits[:, :-1].float() / temperature
         picked = logits.gather(-1, response_ids[..., None]).squeeze(-1)
-        return (picked - logits.logsumexp(-1)) * response_mask
+        logprobs = (picked - logits.logsumexp(-1)) * response_mask
+        return (logprobs, self._align(point_features)) if align else logprobs
 
     @torch.no_grad()
     def generate(
@@ -332,18 +344,6 @@ class PointVLM(nn.Module):
         return model
 
 
-def load_tokenizer(directory: str | Path):
-    """The tokenizer of an HF model folder exactly as its `tokenizer.json` describes it. AutoTokenizer in
-    transformers 5 rebuilds a known model type's pre-tokenizer (Qwen2's splits every digit) over the file's, so a
-    tokenizer that was trained with another one would read differently after a save and a load."""
-    from transformers import AutoTokenizer, PreTrainedTokenizerFast
-
-    directory = Path(directory)
-    if (directory / "tokenizer.json").is_file():
-        return PreTrainedTokenizerFast.from_pretrained(directory)
-    return AutoTokenizer.from_pretrained(directory)  # a slow-only tokenizer (sentencepiece model, vocab files)
-
-
 def _place(embeds: torch.Tensor, slots: torch.Tensor, features: torch.Tensor, what: str) -> torch.Tensor:
     """Write features (R, n, hidden) over the n placeholder slots of each row that has any, in order."""
     counts = slots.sum(dim=1)
@@ -371,32 +371,3 @@ def _reset_generation_config(llm: nn.Module, tokenizer, stop_ids: list[int]) -> 
     llm.generation_config = GenerationConfig(
         bos_token_id=tokenizer.bos_token_id, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id
     )
-
-
-def _apply_llm_mode(llm: nn.Module, config: PointVLMConfig) -> nn.Module:
-    if config.llm_mode == "lora":
-        from peft import LoraConfig, get_peft_model
-
-        lora = LoraConfig(
-            r=config.lora_r,
-            lora_alpha=config.lora_alpha,
-            lora_dropout=config.lora_dropout,
-            target_modules=list(config.lora_target_modules),
-            task_type="CAUSAL_LM",
-        )
-        return get_peft_model(llm, lora)
-    llm.requires_grad_(config.llm_mode == "full")
-    return llm
-
-
-def merged_lora_state(base: nn.Module) -> dict[str, torch.Tensor]:
-    """The plain-model state dict of a LoRA-injected model with W + scale * B A merged into each weight."""
-    from peft.tuners.lora import LoraLayer
-
-    state = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if ".lora_" not in k}
-    for name, module in base.named_modules():
-        if isinstance(module, LoraLayer):
-            weight = module.get_base_layer().weight
-            delta = sum(module.get_delta_weight(adapter) for adapter in module.active_adapters)
-            state[f"{name}.weight"] = (weight + delta).to(weight.dtype).detach()
-    return state

@@ -42,9 +42,8 @@ class ResponseScorer(torch.nn.Module):
 
     def forward(self, inputs, response_ids: torch.Tensor, response_mask: torch.Tensor, temperature: float = 1.0,
                 align: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Response log-probs; with `align`, also the cloud-alignment head's outputs (in the same forward)."""
-        logprobs = self.policy.logprobs(inputs, response_ids, response_mask, temperature)
-        return (logprobs, self.policy.align_logits(inputs)) if align else logprobs
+        """Response log-probs; with `align`, also the cloud-alignment head's outputs (from the same encoder pass)."""
+        return self.policy.logprobs(inputs, response_ids, response_mask, temperature, align)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from policies import PointVLM, PolicyInputs
-from policies.vlm import merged_lora_state
+from policies.hf_llm import merged_lora_state
 from rollout.engine import RolloutBatch, SamplingConfig, check_one_uid_per_prompt, check_version_order
 
 INSTALL_HINT = "the vllm rollout backend needs vLLM (>= 0.11): pip install 'pointrl[gpu]'"

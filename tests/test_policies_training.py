@@ -135,6 +135,10 @@ def test_an_alignment_head_added_to_a_saved_policy_trains_and_round_trips(tmp_pa
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0] / 5, (losses[0], losses[-1])
+    # the learner takes the head's outputs from the log-prob pass: the same numbers, one point-encoder pass
+    responses = policy.tokenize_responses(["{}"] * 4)
+    logprobs, outputs = policy.logprobs(inputs, *responses, align=True)
+    assert logprobs.shape == responses[0].shape and torch.equal(outputs, policy.align_logits(inputs))
     policy.save_pretrained(tmp_path / "aligned")
     again = PointVLM.from_pretrained(tmp_path / "aligned")
     assert again.config.align_dims == ALIGN_DIMS

@@ -1,0 +1,53 @@
+"""The Hugging Face LLM side of a policy: its tokenizer loaded exactly as saved, LoRA applied per the policy's
+config, and LoRA merged back into plain weights for export (a saved folder and vLLM's weight sync)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from policies.inputs import PointVLMConfig
+
+
+def load_tokenizer(directory: str | Path):
+    """The tokenizer of an HF model folder exactly as its `tokenizer.json` describes it. AutoTokenizer in
+    transformers 5 rebuilds a known model type's pre-tokenizer (Qwen2's splits every digit) over the file's, so a
+    tokenizer that was trained with another one would read differently after a save and a load."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    directory = Path(directory)
+    if (directory / "tokenizer.json").is_file():
+        return PreTrainedTokenizerFast.from_pretrained(directory)
+    return AutoTokenizer.from_pretrained(directory)  # a slow-only tokenizer (sentencepiece model, vocab files)
+
+
+def apply_llm_mode(llm: nn.Module, config: PointVLMConfig) -> nn.Module:
+    """The LLM as the policy trains it: LoRA adapters injected, or all its weights trainable or frozen."""
+    if config.llm_mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=config.lora_r,
+            lora_alpha=config.lora_alpha,
+            lora_dropout=config.lora_dropout,
+            target_modules=list(config.lora_target_modules),
+            task_type="CAUSAL_LM",
+        )
+        return get_peft_model(llm, lora)
+    llm.requires_grad_(config.llm_mode == "full")
+    return llm
+
+
+def merged_lora_state(base: nn.Module) -> dict[str, torch.Tensor]:
+    """The plain-model state dict of a LoRA-injected model with W + scale * B A merged into each weight."""
+    from peft.tuners.lora import LoraLayer
+
+    state = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if ".lora_" not in k}
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer):
+            weight = module.get_base_layer().weight
+            delta = sum(module.get_delta_weight(adapter) for adapter in module.active_adapters)
+            state[f"{name}.weight"] = (weight + delta).to(weight.dtype).detach()
+    return state
