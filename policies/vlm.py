@@ -186,11 +186,13 @@ class PointVLM(nn.Module):
 
     def logprobs(
         self, inputs: PolicyInputs, response_ids: torch.Tensor, response_mask: torch.Tensor, temperature: float = 1.0,
-        align: bool = False,
+        align: bool = False, chunk: int = 0,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probs (B, T) of the responses after the prompts under softmax(logits / temperature), 0 where
         masked. Give RL the sampling temperature, so that these are the log-probs of the policy that sampled. With
-        `align`, also `align_logits` from the same point-encoder pass."""
+        `align`, also `align_logits` from the same point-encoder pass. `chunk` > 0 scores that many response tokens
+        at a time from the LLM's last hidden states (`chunked_token_logprobs`): the same values without a float32
+        (B, T, vocabulary) logits tensor."""
         embeds, mask, point_features = self._embed(inputs)
         response_ids, response_mask = response_ids.to(self.device), response_mask.to(self.device).long()
         if response_ids.shape[0] != embeds.shape[0] or response_ids.shape != response_mask.shape:
@@ -203,15 +205,19 @@ class PointVLM(nn.Module):
         # the position ids transformers' generate uses for left-padded prompts, so both passes agree
         position_ids = (full_mask.cumsum(-1) - 1).masked_fill(full_mask == 0, 0)
         steps = response_ids.shape[1]
-        logits = self.llm(
-            inputs_embeds=torch.cat([embeds, response_embeds], dim=1),
-            attention_mask=full_mask,
-            position_ids=position_ids,
-            logits_to_keep=steps + 1,
-            use_cache=False,
-        ).logits[:, :-1].float() / temperature
-        picked = logits.gather(-1, response_ids[..., None]).squeeze(-1)
-        logprobs = (picked - logits.logsumexp(-1)) * response_mask
+        llm_inputs = {"inputs_embeds": torch.cat([embeds, response_embeds], dim=1), "attention_mask": full_mask,
+                      "position_ids": position_ids, "use_cache": False}
+        if chunk:
+            if getattr(self.llm.config, "final_logit_softcapping", None) or hasattr(self.llm.config, "logit_scale"):
+                raise ValueError("chunked log-probs apply the output layer alone, but this LLM's forward also scales "
+                                 "or caps its logits; set learner.logprob_chunk=0")
+            hidden = self.llm.get_decoder()(**llm_inputs).last_hidden_state[:, -(steps + 1) : -1]
+            logprobs = chunked_token_logprobs(hidden, self.llm.get_output_embeddings(), response_ids, temperature,
+                                              chunk)
+        else:
+            logits = self.llm(**llm_inputs, logits_to_keep=steps + 1).logits[:, :-1].float() / temperature
+            logprobs = logits.gather(-1, response_ids[..., None]).squeeze(-1) - logits.logsumexp(-1)
+        logprobs = logprobs * response_mask
         return (logprobs, self._align(point_features)) if align else logprobs
 
     @torch.no_grad()
@@ -342,6 +348,24 @@ class PointVLM(nn.Module):
         if point_checkpoint is not None:
             load_point_checkpoint(point_checkpoint, model.point_encoder, model.point_proj)
         return model
+
+
+def chunked_token_logprobs(hidden: torch.Tensor, head: nn.Module, ids: torch.Tensor, temperature: float,
+                           chunk: int) -> torch.Tensor:
+    """log softmax(head(hidden) / temperature) at `ids` (B, T), `chunk` positions at a time. With gradients each
+    chunk runs under activation checkpointing, so its float32 logits are recomputed in backward rather than kept:
+    at most (B, chunk, vocabulary) of them exist at once, forward or backward."""
+    from torch.utils.checkpoint import checkpoint
+
+    def score(h: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        logits = head(h).float() / temperature
+        return logits.gather(-1, i[..., None]).squeeze(-1) - logits.logsumexp(-1)
+
+    parts = []
+    for start in range(0, ids.shape[1], chunk):
+        h, i = hidden[:, start : start + chunk], ids[:, start : start + chunk]
+        parts.append(checkpoint(score, h, i, use_reentrant=False) if torch.is_grad_enabled() else score(h, i))
+    return torch.cat(parts, dim=1)
 
 
 def _place(embeds: torch.Tensor, slots: torch.Tensor, features: torch.Tensor, what: str) -> torch.Tensor:

@@ -94,18 +94,41 @@ class DataConfig:
 
 
 @dataclass
+class VllmConfig:
+    """options of the vLLM engine (rollout.backend vllm), passed to vllm.LLM by rollout/vllm_engine.py"""
+
+    dtype: str = setting("auto", "weight dtype vLLM serves; auto: policy.dtype, so that rollout and learner "
+                                 "log-probs agree", choices=("auto", *LLM_DTYPES))
+    gpu_memory_utilization: float = setting(0.9, "share of the GPU memory one engine may take (vLLM's CPU build: "
+                                                 "of the host memory)", "in (0, 1]")
+    kv_cache_gib: float | None = setting(None, "KV-cache size in GiB; null: what gpu_memory_utilization leaves "
+                                               "(set it on a small CPU machine)", "> 0")
+    tensor_parallel_size: int = setting(1, "GPUs each engine shards the LLM over", "> 0")
+    max_model_len: int | None = setting(None, "longest prompt + response in tokens; null: the model's", "> 0")
+    enable_sleep_mode: bool = setting(False, "let the engine free its GPU memory while a colocated learner trains "
+                                             "(GPU builds only)")
+    enforce_eager: bool = setting(False, "no torch.compile or CUDA graphs: the engine starts faster and decodes "
+                                         "slower")
+
+
+@dataclass
 class RolloutConfig:
     """the Ray actors that sample G outputs per prompt"""
 
     backend: str = setting("hf", "generation engine", choices=("hf", "vllm"))
     num_workers: int = setting(2, "rollout worker actors", "> 0")
     cpus_per_worker: float = setting(0.5, "CPUs reserved per rollout worker (fractions share a core)", ">= 0")
+    gpus_per_worker: float = setting(0.0, "GPUs reserved per rollout worker (fractions share a GPU; with "
+                                          "placement.mode=colocated, its share of the GPU it shares with one learner "
+                                          "worker, in (0.5, 1))", ">= 0")
     group_size: int = setting(4, "G: sampled outputs per prompt", ">= 2")
     prompts_per_step: int = setting(4, "prompts per step (a step scores prompts_per_step * G outputs)", "> 0")
     temperature: float = setting(1.0, "sampling temperature", "> 0")
     top_p: float = setting(1.0, "nucleus sampling probability mass", "in (0, 1]")
     max_new_tokens: int = setting(320, "generated tokens per output at most", "> 0")
     max_staleness: int = setting(0, "policy versions a rollout may lag the learner (0: strictly on-policy)", ">= 0")
+    vllm: VllmConfig = field(default_factory=VllmConfig, metadata={"doc": "vLLM engine options", "check": None,
+                                                                   "choices": None})
 
 
 @dataclass
@@ -144,8 +167,18 @@ class AlgoConfig:
 class LearnerConfig:
     """the Ray Train learner and its optimizer"""
 
-    num_workers: int = setting(1, "Ray Train workers (DDP over gloo on CPU)", "> 0")
+    num_workers: int = setting(1, "Ray Train workers (gloo on CPU, NCCL on GPUs)", "> 0")
     cpus_per_worker: float = setting(1.0, "CPUs reserved per learner worker", ">= 0")
+    use_gpu: bool = setting(False, "one GPU per learner worker (colocated: the part of it the rollout worker leaves); "
+                                   "a cluster without enough GPUs is refused at start")
+    strategy: str = setting("ddp", "ddp: a full replica per worker; fsdp2: parameters, gradients and optimizer state "
+                                   "sharded (fully_shard per LLM decoder layer, then the policy)",
+                            choices=("ddp", "fsdp2"))
+    activation_checkpointing: bool = setting(False, "recompute each LLM decoder layer in backward instead of keeping "
+                                                    "its activations (less memory, about a third more compute)")
+    logprob_chunk: int = setting(0, "response tokens per chunk of the log-softmax over the vocabulary, each chunk "
+                                    "recomputed in backward (0: all at once, a float32 rows x tokens x vocabulary "
+                                    "tensor)", ">= 0")
     lr: float = setting(1e-5, "peak AdamW learning rate", "> 0")
     weight_decay: float = setting(0.0, "AdamW weight decay", ">= 0")
     betas: list[float] = setting([0.9, 0.999], "AdamW (beta1, beta2)", "in [0, 1)")
@@ -156,6 +189,22 @@ class LearnerConfig:
     grad_accum: int = setting(1, "micro-batches accumulated per optimizer step", "> 0")
     micro_batch_size: int = setting(8, "samples per forward/backward on each learner worker", "> 0")
     epochs: int = setting(1, "optimization epochs over one rollout batch", "> 0")
+
+
+@dataclass
+class PlacementConfig:
+    """where learner and rollout workers run (rl/placement.py plans it from the Ray cluster's resources)"""
+
+    mode: str = setting("disaggregated", "disaggregated: learner and rollout workers on separate GPUs; colocated: "
+                                         "each GPU holds one learner and one rollout worker (vLLM sleeps while the "
+                                         "learner trains)", choices=("colocated", "disaggregated"))
+    rollout_strategy: str = setting("PACK", "Ray placement-group strategy of the rollout workers",
+                                    choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+    learner_strategy: str = setting("PACK", "Ray placement-group strategy of the learner workers (disaggregated; "
+                                            "colocated puts each on its rollout worker's node)",
+                                    choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
+    wait_s: float = setting(0.0, "seconds to wait for the cluster to show what the plan needs (an autoscaling "
+                                 "cluster adds nodes); 0: refuse at once", ">= 0")
 
 
 @dataclass
@@ -226,6 +275,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     spa: SpaConfig = field(default_factory=SpaConfig)

@@ -211,7 +211,9 @@ def describe(cfg: Config) -> str:
             notes = [item.metadata["doc"]]
             notes += [f"one of {', '.join(item.metadata['choices'])}"] if item.metadata["choices"] else []
             notes += [item.metadata["check"]] if item.metadata["check"] else []
-            value = json.dumps(getattr(part, item.name), separators=(",", ":"))  # one column; also valid YAML
+            value = getattr(part, item.name)
+            value = dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value  # a nested section
+            value = json.dumps(value, separators=(",", ":"))  # one column; also valid YAML
             lines.append(f"  {item.name:<17} {kind:<17} {value:<12} {'; '.join(notes)}")
     return "\n".join(lines)
 

@@ -2,6 +2,9 @@
 -> metrics) while the learner runs under Ray Train, and `main` chains the stages of a run (SFT warm-up, the algorithm,
 evaluation). Every entry script `rl/train_*.py` is `main` with its default YAML.
 
+Placement (`rl/placement.py`) is planned from the cluster before a stage starts: the rollout workers' placement
+group is reserved first, then Ray Train's learner workers take theirs (colocated: the rest of each rollout GPU).
+
 Run directory (`run.dir`): config.yaml, metrics.jsonl, tensorboard/, learner/ (Ray Train checkpoints), policy/ (the
 final policy, a `pointrl eval --policy` directory), eval_final.json, and for a warm-started run sft/ and eval_sft.json.
 """
@@ -20,9 +23,11 @@ from data3d import BenchmarkDataset, Sample, generate_sample, read_meta
 from data3d.settings import DataSettings, dataset_settings, save_settings
 from rl.batches import (LearnBatch, corrupt, file_pairs_batch, policy_gradient_batch, preference_batch, read_pairs_file,
                         score_rollouts, target_batch)
-from rl.config import ROLLOUT_ALGORITHMS, Config, data_settings, policy_overrides, run_quant, scalar_reward_weights
+from rl.config import Config, ConfigError, data_settings, policy_overrides, run_quant, scalar_reward_weights
 from rl.config_loading import config_to_dict, parse_cli, save_config
 from rl.metrics import MetricsLog
+from rl.placement import (PlacementError, check_config, learner_scaling, plan_on_cluster, reserve_rollout_group,
+                          uses_rollouts)
 
 NAMESPACE = "pointrl"
 
@@ -70,7 +75,7 @@ class Controller:
     """The single controller of one stage: owns the data, the rollout workers and the reward client; builds each
     step's batch once (the first learner rank to ask triggers it), syncs weights, records metrics."""
 
-    def __init__(self, config: dict, policy_dir: str, run_dir: str):
+    def __init__(self, config: dict, policy_dir: str, run_dir: str, rollout_group=None):
         import torch
         from policies import load_tokenizer
         from rl.config_loading import config_from_dict
@@ -82,16 +87,23 @@ class Controller:
         self.data = TrainingSet(cfg, "train", cfg.data.train_size)
         self.quant = run_quant(cfg)
         self.pairs = read_pairs_file(cfg.dpo.pairs_file) if cfg.algo.name == "dpo" and cfg.dpo.pairs_file else None
-        self.rollouts = cfg.algo.name in ROLLOUT_ALGORITHMS and self.pairs is None
+        self.rollouts = uses_rollouts(cfg)
         self.workers = (make_rollout_workers(cfg.rollout.num_workers, policy_dir, cfg.rollout.cpus_per_worker,
-                                             cfg.rollout.backend, policy_overrides=policy_overrides(cfg))
+                                             cfg.rollout.backend, gpus_per_worker=cfg.rollout.gpus_per_worker,
+                                             policy_overrides=policy_overrides(cfg), placement_group=rollout_group,
+                                             engine_options=vllm_options(cfg))
                         if self.rollouts else [])
+        # colocated vLLM gives the GPU memory back while the learner trains on the same GPU
+        self.sleeps = bool(self.workers) and cfg.placement.mode == "colocated" and cfg.rollout.backend == "vllm"
         self.reward_fn = (make_reward_fn(cfg.reward.mode, cfg.reward.url, cfg.reward.timeout_s, cfg.reward.replicas,
                                          cfg.reward.cpus_per_replica) if self.rollouts else None)
         self.tokenizer = load_tokenizer(Path(policy_dir) / "llm")
         self.log = MetricsLog(run_dir, cfg.run.name, cfg.run.steps)
         self.version, self.step_batch, self.step_metrics, self.step_started = 0, None, {}, time.perf_counter()
         self.held_out: list[Sample] | None = None  # made on the first periodic evaluation, then reused
+
+    def ready(self) -> bool:
+        return True
 
     def publish(self, version: int, state: dict) -> float:
         """Push the learner's trainable weights to every rollout worker as `version`; returns the seconds it took."""
@@ -120,9 +132,14 @@ class Controller:
                                     noise_std=cfg.spa.noise_std, drop_ratio=cfg.spa.drop_ratio)
             return target_batch(step, self.version, samples, self.quant, corrupted), {}
         sampling = SamplingConfig(n=cfg.rollout.group_size, temperature=cfg.rollout.temperature, top_p=cfg.rollout.top_p,
-                                  max_new_tokens=cfg.rollout.max_new_tokens, seed=cfg.run.seed * 100_003 + step)
+                                  max_new_tokens=cfg.rollout.max_new_tokens,
+                                  # one stream per sampled output of the run: prompt p of step k draws from
+                                  # seed + (k * prompts + p) * G onwards (rollout.worker.generate_on_workers)
+                                  seed=cfg.run.seed * 100_003 + step * cfg.rollout.prompts_per_step * cfg.rollout.group_size)
         began = time.perf_counter()
         rollout = generate_on_workers(self.workers, samples, sampling, self.quant, cfg.data.use_images)
+        if self.sleeps:
+            call_engines(self.workers, "sleep")  # until finish_step: the learner has the GPU
         rolled = time.perf_counter()
         results = score_rollouts(rollout, samples, self.reward_fn, self.quant)
         scored = time.perf_counter()
@@ -163,6 +180,8 @@ class Controller:
 
     def finish_step(self, step: int, learner_stats: dict[str, float], state: dict) -> None:
         """After the update: publish version step + 1 to the rollout workers, then record the step's metrics."""
+        if self.sleeps:
+            call_engines(self.workers, "wake_up")  # weights can only be loaded into an engine that is awake
         sync = self.publish(step + 1, state)
         metrics = {**self.step_metrics, **learner_stats, "time/sync": sync,
                    "time/step": time.perf_counter() - self.step_started}
@@ -170,6 +189,46 @@ class Controller:
             metrics.update(self.evaluate())
         echo = (step + 1) % self.cfg.run.log_every == 0 or step + 1 == self.cfg.run.steps
         self.log.log(step, metrics, echo=echo)
+
+
+def vllm_options(cfg: Config) -> dict | None:
+    """The vLLM engine's options (`rollout.vllm`); colocated, the engine must be able to sleep."""
+    if cfg.rollout.backend != "vllm":
+        return None
+    return {**dataclasses.asdict(cfg.rollout.vllm),
+            **({"enable_sleep_mode": True} if cfg.placement.mode == "colocated" else {})}
+
+
+ENGINE_SLEEP = ("sleep", "wake_up")  # what a colocated vLLM engine must offer (rollout/vllm_engine.py)
+
+
+def check_engine_sleep(engine_class: type) -> None:
+    """Colocated with vLLM, the controller puts each engine to sleep after its rollouts and wakes it before the
+    weight sync; refuse at start an engine that cannot."""
+    missing = [name for name in ENGINE_SLEEP if not callable(getattr(engine_class, name, None))]
+    if missing:
+        raise ConfigError(f"placement.mode: colocated with rollout.backend=vllm needs {engine_class.__name__}."
+                          f"{'() and .'.join(missing)}() (the engine frees its GPU memory while the learner trains "
+                          "on the same GPU); use placement.mode=disaggregated")
+
+
+def _call_engine(worker, name: str) -> None:
+    # runs inside a RolloutWorker actor, through Ray's __ray_call__ (the actor instance comes first)
+    getattr(worker.engine, name)()
+
+
+def call_engines(workers: list, name: str) -> None:
+    """`engine.<name>()` on every rollout worker's engine, concurrently."""
+    ray.get([worker.__ray_call__.remote(_call_engine, name) for worker in workers])
+
+
+def check_run(cfg: Config) -> None:
+    """What a run's config cannot do whatever the cluster: one ConfigError line, before anything starts."""
+    check_config(cfg)
+    if cfg.placement.mode == "colocated" and cfg.rollout.backend == "vllm" and uses_rollouts(cfg):
+        from rollout.vllm_engine import VLLMEngine  # imports vllm only when an engine is built
+
+        check_engine_sleep(VLLMEngine)
 
 
 def init_ray(cfg: Config) -> None:
@@ -189,11 +248,14 @@ def init_ray(cfg: Config) -> None:
 
 def run_stage(cfg: Config, policy_dir: Path, run_dir: Path) -> Path:
     """Train one algorithm from `policy_dir` for `run.steps` steps; returns the final policy directory."""
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, RunConfig
     from ray.train.torch import TorchTrainer
+    from ray.util.placement_group import remove_placement_group
 
     from rl.learner import learner_loop
 
+    check_run(cfg)
+    plan = plan_on_cluster(cfg, uses_rollouts(cfg))  # a cluster that cannot hold the stage is refused in one line
     # actors run in their own working directories: hand them absolute paths
     policy_dir, run_dir = Path(policy_dir).resolve(), Path(run_dir).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -202,21 +264,27 @@ def run_stage(cfg: Config, policy_dir: Path, run_dir: Path) -> Path:
                               "or choose another run.dir")
     save_config(cfg, run_dir / "config.yaml")
     name = f"controller-{run_dir.as_posix().replace('/', '-')}"
-    controller = Controller.options(name=name).remote(config_to_dict(cfg), str(policy_dir), str(run_dir))
+    # reserved before Ray Train asks for the learners' resources: colocated, they take the rest of these GPUs
+    rollout_group = reserve_rollout_group(plan)
+    controller = Controller.options(name=name).remote(config_to_dict(cfg), str(policy_dir), str(run_dir),
+                                                      rollout_group)
     final_dir = run_dir / "policy"
-    trainer = TorchTrainer(
-        learner_loop,
-        train_loop_config={"config": config_to_dict(cfg), "controller": name, "policy_dir": str(policy_dir),
-                           "final_dir": str(final_dir)},
-        scaling_config=ScalingConfig(num_workers=cfg.learner.num_workers, use_gpu=False,
-                                     resources_per_worker={"CPU": cfg.learner.cpus_per_worker}),
-        run_config=RunConfig(name="learner", storage_path=str(run_dir),
-                             checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep)),
-    )
     try:
+        if plan.colocated:  # vLLM sizes its memory at start from a GPU it expects to have to itself
+            ray.get(controller.ready.remote())
+        trainer = TorchTrainer(
+            learner_loop,
+            train_loop_config={"config": config_to_dict(cfg), "controller": name, "policy_dir": str(policy_dir),
+                               "final_dir": str(final_dir)},
+            scaling_config=learner_scaling(cfg, plan, rollout_group),
+            run_config=RunConfig(name="learner", storage_path=str(run_dir),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep)),
+        )
         trainer.fit()
     finally:
         ray.kill(controller)
+        if rollout_group is not None:
+            remove_placement_group(rollout_group)
     save_settings(final_dir, run_data_settings(cfg))
     return final_dir
 
@@ -261,16 +329,11 @@ def evaluate_policy(cfg: Config, policy_dir: Path, out: Path) -> dict:
     return report
 
 
-def main(default_config: str, argv: list[str] | None = None) -> dict:
-    """Parse `[--config PATH] [key=value ...]`, run the stages, evaluate, print SFT vs final side by side."""
-    import sys
-
-    from rl.evaluate import format_comparison, format_table
+def run_stages(cfg: Config, run_dir: Path) -> dict:
+    """The SFT warm-up (when policy.init is unset and the algorithm is not SFT), then the algorithm, each evaluated;
+    returns the reports by stage."""
     from policies.tiny import build_tiny_policy
 
-    cfg = parse_cli(sys.argv[1:] if argv is None else argv, default_config)
-    run_dir = Path(cfg.run.dir)
-    init_ray(cfg)
     reports = {}
     policy_dir = Path(cfg.policy.init) if cfg.policy.init else None
     if policy_dir is None:
@@ -283,11 +346,34 @@ def main(default_config: str, argv: list[str] | None = None) -> dict:
             reports["sft"] = evaluate_policy(cfg, policy_dir, run_dir / "eval_sft.json")
     final_dir = run_stage(cfg, policy_dir, run_dir)
     reports["final"] = evaluate_policy(cfg, final_dir, run_dir / "eval_final.json")
+    return reports
+
+
+def main(default_config: str, argv: list[str] | None = None) -> dict:
+    """Parse `[--config PATH] [key=value ...]`, run the stages, evaluate, print SFT vs final side by side."""
+    import sys
+
+    from rl.evaluate import format_comparison, format_table
+
+    cfg = parse_cli(sys.argv[1:] if argv is None else argv, default_config)
+    try:
+        check_run(cfg)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    run_dir = Path(cfg.run.dir)
+    init_ray(cfg)
+    try:
+        plan_on_cluster(cfg, uses_rollouts(cfg))  # before anything is built; run_stage checks each stage again
+        reports = run_stages(cfg, run_dir)
+    except PlacementError as exc:
+        print(f"placement error: {exc}", file=sys.stderr)
+        sys.exit(2)
     for stage, report in reports.items():
         meta = report["meta"]
         print(f"\nheld-out evaluation, {stage} policy ({meta['samples']} objects, {meta['held_out']}):\n"
               f"{format_table(report)}")
     if "sft" in reports:
         print(f"\nSFT start vs {cfg.algo.name} (gap = clean minus cloud swapped):\n{format_comparison(reports)}")
-    print(f"\nrun directory: {run_dir}  (final policy: {final_dir})")
+    print(f"\nrun directory: {run_dir}  (final policy: {run_dir / 'policy'})")
     return reports

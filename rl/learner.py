@@ -1,10 +1,11 @@
-"""The learner: the loop each Ray Train worker runs (DDP over gloo on CPU, NCCL on GPUs).
+"""The learner: the loop each Ray Train worker runs (DDP or FSDP2, over gloo on CPU and NCCL on GPUs).
 
 Each step it takes its shard of the controller's batch, recomputes the old log-probs, runs `learner.epochs` passes of
 micro-batches (AdamW, gradient accumulation and clipping), steps the LR schedule, and rank 0 hands the new trainable
 weights to the controller, which pushes them to the rollout workers as the next version. Every `checkpoint.every`
-steps rank 0 writes policy + optimizer + step through `ray.train.report`; a restarted run resumes from the latest.
-`learn_step` is one step of one rank without Ray, so tests run it in process.
+steps a checkpoint goes through `ray.train.report`: DDP's rank 0 writes policy + optimizer + step; with FSDP2
+(`rl/sharding.py`) every rank writes its shards (DCP) and the final policy is gathered whole for the export. A
+restarted run resumes from the latest. `learn_step` is one step of one rank without Ray, so tests run it in process.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import math
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import ray
@@ -28,22 +30,25 @@ from rl.config import ALIGN_CATEGORIES, policy_overrides, run_quant
 from rl.config_loading import config_from_dict
 from rl.losses import (clipped_surrogate_loss, cloud_alignment_loss, dpo_loss, kl_penalty, masked_sample_sum, nll_loss,
                        spa_loss)
+from rl.sharding import (clip_gradients, enable_activation_checkpointing, full_state, load_sharded, published_state,
+                         save_sharded, shard_policy)
 from rollout.batching import policy_inputs
 
 NEEDS_REFERENCE = ("dpo",)
 
 
 class ResponseScorer(torch.nn.Module):
-    """DDP synchronizes gradients of what flows through `forward`; for a policy that is its response log-probs."""
+    """DDP synchronizes gradients of what flows through `forward`; for a policy that is its response log-probs
+    (`chunk`: learner.logprob_chunk)."""
 
-    def __init__(self, policy: PointVLM):
+    def __init__(self, policy: PointVLM, chunk: int = 0):
         super().__init__()
-        self.policy = policy
+        self.policy, self.chunk = policy, chunk
 
     def forward(self, inputs, response_ids: torch.Tensor, response_mask: torch.Tensor, temperature: float = 1.0,
                 align: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Response log-probs; with `align`, also the cloud-alignment head's outputs (from the same encoder pass)."""
-        return self.policy.logprobs(inputs, response_ids, response_mask, temperature, align)
+        return self.policy.logprobs(inputs, response_ids, response_mask, temperature, align, self.chunk)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -89,7 +94,7 @@ class Accumulator:
         (loss / window).backward()
         self.done += 1
         if self.done == start + window:
-            self.grad_norms.append(float(torch.nn.utils.clip_grad_norm_(self.params, self.grad_clip)))
+            self.grad_norms.append(clip_gradients(self.params, self.grad_clip))
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
 
@@ -104,22 +109,28 @@ def micro_batches(rows: int, size: int) -> list[list[int]]:
 
 
 def sequence_logprobs(policy: PointVLM, inputs, ids: torch.Tensor, mask: torch.Tensor, size: int,
-                      temperature: float = 1.0) -> torch.Tensor:
+                      temperature: float = 1.0, chunk: int = 0) -> torch.Tensor:
     """Per-token log-probs of every row without gradients, in micro-batches."""
     with torch.no_grad():
-        return torch.cat([policy.logprobs(inputs.select(rows), ids[rows], mask[rows], temperature)
+        return torch.cat([policy.logprobs(inputs.select(rows), ids[rows], mask[rows], temperature, chunk=chunk)
                           for rows in micro_batches(len(ids), size)])
+
+
+def on_device(device: torch.device, *tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
+    """The batch's tensors where the policy computes (the controller sends them on the CPU)."""
+    return [None if t is None else t.to(device) for t in tensors]
 
 
 def policy_gradient_update(scorer, policy, reference, batch: LearnBatch, cfg, accumulator: Accumulator) -> dict:
     """GRCA / GRPO (GRCA eqs. 15-16): clipped surrogate over token advantages, several epochs over the batch."""
     inputs = policy_inputs(policy, batch.samples, run_quant(cfg), cfg.data.use_images).repeat_interleave(batch.group_size)
-    ids, mask, advantages = batch.response_ids, batch.response_mask, batch.advantages
+    ids, mask, advantages, rollout_logprobs = on_device(policy.device, batch.response_ids, batch.response_mask,
+                                                        batch.advantages, batch.rollout_logprobs)
     # every log-prob at the sampling temperature, so that the ratio's denominator is the policy that sampled
-    temperature, size = cfg.rollout.temperature, cfg.learner.micro_batch_size
-    old = sequence_logprobs(policy, inputs, ids, mask, size, temperature)
-    ref = sequence_logprobs(reference, inputs, ids, mask, size, temperature) if reference else None
-    stats, losses = {"onpolicy/max_abs_logprob_diff": float(((old - batch.rollout_logprobs).abs() * mask).max())}, []
+    temperature, size, chunk = cfg.rollout.temperature, cfg.learner.micro_batch_size, cfg.learner.logprob_chunk
+    old = sequence_logprobs(policy, inputs, ids, mask, size, temperature, chunk)
+    ref = sequence_logprobs(reference, inputs, ids, mask, size, temperature, chunk) if reference else None
+    stats, losses = {"onpolicy/max_abs_logprob_diff": float(((old - rollout_logprobs).abs() * mask).max())}, []
     for _ in range(cfg.learner.epochs):
         chunks = micro_batches(len(ids), size)
         accumulator.epoch(len(chunks))
@@ -138,12 +149,12 @@ def policy_gradient_update(scorer, policy, reference, batch: LearnBatch, cfg, ac
 def target_update(scorer, policy, reference, batch: LearnBatch, cfg, accumulator: Accumulator) -> dict:
     """SFT (NLL on the serialized targets, GRCA eq. 5, plus the cloud-alignment loss when sft.align_weight > 0) or
     SPA (clean vs corrupted cloud, SPA eqs. 3-6)."""
-    ids, mask = policy.tokenize_responses(batch.response_texts)
+    ids, mask = on_device(policy.device, *policy.tokenize_responses(batch.response_texts))
     clouds = batch.samples + (batch.corrupted or [])
     inputs = policy_inputs(policy, clouds, run_quant(cfg), cfg.data.use_images)
     n, losses = len(batch.samples), []
     align = cfg.algo.name == "sft" and cfg.sft.align_weight > 0
-    align_targets = alignment_targets(batch.samples) if align else None
+    align_targets = on_device(policy.device, *alignment_targets(batch.samples)) if align else None
     for _ in range(cfg.learner.epochs):
         chunks = micro_batches(n, cfg.learner.micro_batch_size)
         accumulator.epoch(len(chunks))
@@ -174,8 +185,9 @@ def preference_update(scorer, policy, reference, batch: LearnBatch, cfg, accumul
                          else policy.tokenize_responses(batch.response_texts))
     chosen, rejected = [a for a, _ in batch.pairs], [b for _, b in batch.pairs]
     rows = chosen + rejected or [0]
-    ids, mask = all_ids[rows], all_mask[rows]
-    ref = sequence_logprobs(reference, inputs.select(rows), ids, mask, cfg.learner.micro_batch_size)
+    ids, mask = on_device(policy.device, all_ids[rows], all_mask[rows])
+    ref = sequence_logprobs(reference, inputs.select(rows), ids, mask, cfg.learner.micro_batch_size,
+                            chunk=cfg.learner.logprob_chunk)
     losses = []
     for _ in range(cfg.learner.epochs):
         accumulator.epoch(1)
@@ -210,7 +222,7 @@ def learn_step(scorer, policy: PointVLM, reference, batch: LearnBatch, cfg, accu
     reaches the optimizer: AdamW would still move the weights on its stale momentum and weight decay."""
     lr = scheduler.get_last_lr()[0]
     accumulator.grad_norms.clear()
-    skipped = _sum_over_ranks(learning_rows(batch, cfg.algo.name), world) == 0
+    skipped = _sum_over_ranks(learning_rows(batch, cfg.algo.name), world, policy.device) == 0
     stats = {}
     if not skipped:
         policy.train()
@@ -221,10 +233,10 @@ def learn_step(scorer, policy: PointVLM, reference, batch: LearnBatch, cfg, accu
             "learner/skipped": float(skipped)}
 
 
-def _sum_over_ranks(count: int, world: int) -> int:
+def _sum_over_ranks(count: int, world: int, device: torch.device) -> int:
     if world == 1:
         return count
-    total = torch.tensor([count], dtype=torch.int64)
+    total = torch.tensor([count], dtype=torch.int64, device=device)  # NCCL reduces only GPU tensors
     dist.all_reduce(total)
     return int(total)
 
@@ -237,11 +249,11 @@ def load_reference(cfg, policy_dir) -> PointVLM | None:
     return PointVLM.from_pretrained(policy_dir, llm_dtype=policy_overrides(cfg)["llm_dtype"]).eval()
 
 
-def _mean_over_ranks(stats: dict[str, float], world: int) -> dict[str, float]:
+def _mean_over_ranks(stats: dict[str, float], world: int, device: torch.device) -> dict[str, float]:
     if world == 1:
         return stats
     keys = sorted(stats)
-    values = torch.tensor([stats[k] for k in keys], dtype=torch.float64)
+    values = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=device)
     dist.all_reduce(values)
     return dict(zip(keys, (values / world).tolist()))
 
@@ -252,6 +264,81 @@ def _save_checkpoint(policy: PointVLM, optimizer, scheduler, state: dict, direct
     (directory / "state.json").write_text(json.dumps(state))
 
 
+def _restore(cfg, loop_config: dict, world: int):
+    """The policy (sharded under FSDP2), its scorer, optimizer, LR schedule and progress: from the newest checkpoint
+    when there is one, else from the stage's initial policy."""
+    device, sharded = ray.train.torch.get_device(), cfg.learner.strategy == "fsdp2"
+    checkpoint = ray.train.get_checkpoint()
+    with (checkpoint.as_directory() if checkpoint else tempfile.TemporaryDirectory()) as resume_dir:
+        resume_dir, resumed = Path(resume_dir), checkpoint is not None
+        state = json.loads((resume_dir / "state.json").read_text()) if resumed else {"step": 0}
+        if resumed and not (resume_dir / ("shards" if sharded else "policy")).is_dir():
+            raise RuntimeError(f"{checkpoint.path}: not a checkpoint of learner.strategy={cfg.learner.strategy}; "
+                               "resume with the strategy that wrote it")
+        # a DDP checkpoint holds the whole policy; an FSDP2 one its shards, read over the stage's initial policy
+        policy_dir = resume_dir / "policy" if resumed and not sharded else loop_config["policy_dir"]
+        policy = PointVLM.from_pretrained(policy_dir, **policy_overrides(cfg))
+        if cfg.learner.activation_checkpointing:
+            enable_activation_checkpointing(policy)
+        if sharded:
+            shard_policy(policy, device, world, mixed_precision=device.type == "cuda")
+            scorer = ResponseScorer(policy, cfg.learner.logprob_chunk)
+        else:
+            scorer = ray.train.torch.prepare_model(ResponseScorer(policy, cfg.learner.logprob_chunk),
+                                                   parallel_strategy_kwargs={"find_unused_parameters": True})
+        trainable = [p for p in policy.parameters() if p.requires_grad]
+        optimizer, scheduler = make_optimizer(trainable, cfg)
+        if resumed:
+            saved = torch.load(resume_dir / ("schedule.pt" if sharded else "optimizer.pt"), weights_only=True)
+            if sharded:
+                load_sharded(policy, optimizer, resume_dir / "shards")
+            else:
+                optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+    return policy, scorer, optimizer, scheduler, trainable, state
+
+
+def _publish(policy: PointVLM, rank: int, world: int, sharded: bool, send) -> None:
+    """Rank 0 hands the whole trainable tensors (on the CPU) to the controller through `send(ref)`; under FSDP2
+    every rank takes part in gathering them. Every rank returns once the workers hold them, so that none asks for
+    the next batch before its rollouts can use the new version."""
+    weights = published_state(policy) if sharded or rank == 0 else None
+    if rank == 0:
+        ray.get(send(ray.put(weights)))
+    if world > 1:
+        dist.barrier()
+
+
+def _checkpoint(policy: PointVLM, optimizer, scheduler, progress: dict, stats: dict, rank: int, sharded: bool) -> None:
+    """DDP: rank 0 writes the whole policy, optimizer and progress. FSDP2: every rank writes its shards of policy and
+    optimizer (DCP), rank 0 the schedule and progress; Ray Train puts every rank's files in one checkpoint."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        if sharded:
+            save_sharded(policy, optimizer, tmp / "shards")
+            if rank == 0:
+                torch.save({"scheduler": scheduler.state_dict()}, tmp / "schedule.pt")
+                (tmp / "state.json").write_text(json.dumps(progress))
+        elif rank == 0:
+            _save_checkpoint(policy, optimizer, scheduler, progress, tmp)
+        written = sharded or rank == 0
+        ray.train.report({"step": progress["step"], **stats},
+                         checkpoint=ray.train.Checkpoint.from_directory(tmp) if written else None)
+
+
+def _export(policy: PointVLM, cfg, loop_config: dict, rank: int, sharded: bool) -> None:
+    """The final policy directory, written by rank 0; under FSDP2 the state is first gathered whole (every rank)
+    and loaded into an unsharded copy of the stage's initial policy."""
+    if sharded:
+        state = full_state(policy)
+        if rank == 0:
+            export = PointVLM.from_pretrained(loop_config["policy_dir"], **policy_overrides(cfg))
+            export.load_state_dict(state)
+            export.save_pretrained(loop_config["final_dir"])
+    elif rank == 0:
+        policy.save_pretrained(loop_config["final_dir"])
+
+
 def learner_loop(loop_config: dict) -> None:
     """Ray Train's train_loop_per_worker. loop_config: config (dict), controller (actor name), policy_dir, final_dir."""
     cfg = config_from_dict(loop_config["config"])
@@ -259,24 +346,14 @@ def learner_loop(loop_config: dict) -> None:
     rank, world = context.get_world_rank(), context.get_world_size()
     controller = ray.get_actor(loop_config["controller"])
     torch.manual_seed(cfg.run.seed + rank)
-    checkpoint = ray.train.get_checkpoint()
-    with (checkpoint.as_directory() if checkpoint else tempfile.TemporaryDirectory()) as resume_dir:
-        resumed = checkpoint is not None
-        state = json.loads((Path(resume_dir) / "state.json").read_text()) if resumed else {"step": 0}
-        policy_dir = Path(resume_dir) / "policy" if resumed else loop_config["policy_dir"]
-        policy = PointVLM.from_pretrained(policy_dir, **policy_overrides(cfg))
-        optimizer_state = torch.load(Path(resume_dir) / "optimizer.pt", weights_only=True) if resumed else None
+    sharded = cfg.learner.strategy == "fsdp2"
+    policy, scorer, optimizer, scheduler, trainable, state = _restore(cfg, loop_config, world)
     reference = load_reference(cfg, loop_config["policy_dir"])
-    scorer = ray.train.torch.prepare_model(ResponseScorer(policy), parallel_strategy_kwargs={"find_unused_parameters": True})
-    trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer, scheduler = make_optimizer(trainable, cfg)
-    if optimizer_state:
-        optimizer.load_state_dict(optimizer_state["optimizer"])
-        scheduler.load_state_dict(optimizer_state["scheduler"])
+    if reference is not None:
+        reference.to(policy.device)
     accumulator = Accumulator(optimizer, trainable, cfg.learner.grad_accum, cfg.learner.grad_clip)
     start, skipped_steps = state["step"], state.get("skipped_steps", 0)
-    if rank == 0:
-        ray.get(controller.publish.remote(start, ray.put(policy.trainable_state_dict())))
+    _publish(policy, rank, world, sharded, partial(controller.publish.remote, start))
     for step in range(start, cfg.run.steps):
         batch: LearnBatch = ray.get(controller.next_batch.remote(step, rank, world))
         began = time.perf_counter()
@@ -288,17 +365,11 @@ def learner_loop(loop_config: dict) -> None:
         skipped_steps += int(stats["learner/skipped"])
         stats.update({"learner/skipped_steps": float(skipped_steps), "learner/version_lag": float(lag),
                       "time/learn": time.perf_counter() - began})
-        stats = _mean_over_ranks(stats, world)
-        if rank == 0:
-            ray.get(controller.finish_step.remote(step, stats, ray.put(policy.trainable_state_dict())))
-        last = step + 1 == cfg.run.steps
-        if (step + 1) % cfg.checkpoint.every == 0 or last:
-            with tempfile.TemporaryDirectory() as tmp:
-                if rank == 0:
-                    _save_checkpoint(policy, optimizer, scheduler, {"step": step + 1, "skipped_steps": skipped_steps},
-                                     Path(tmp))
-                ray.train.report({"step": step + 1, **stats}, checkpoint=ray.train.Checkpoint.from_directory(tmp) if rank == 0 else None)
+        stats = _mean_over_ranks(stats, world, policy.device)
+        _publish(policy, rank, world, sharded, partial(controller.finish_step.remote, step, stats))
+        if (step + 1) % cfg.checkpoint.every == 0 or step + 1 == cfg.run.steps:
+            _checkpoint(policy, optimizer, scheduler, {"step": step + 1, "skipped_steps": skipped_steps}, stats, rank,
+                        sharded)
         if world > 1:
             dist.barrier()
-    if rank == 0:
-        policy.save_pretrained(loop_config["final_dir"])
+    _export(policy, cfg, loop_config, rank, sharded)

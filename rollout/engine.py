@@ -29,8 +29,9 @@ class SamplingConfig:
         if self.n < 1 or self.max_new_tokens < 1:
             raise ValueError(f"SamplingConfig: need n >= 1 and max_new_tokens >= 1, got n={self.n}, "
                              f"max_new_tokens={self.max_new_tokens}")
-        if self.temperature <= 0 or not 0 < self.top_p <= 1:
-            raise ValueError(f"SamplingConfig: need temperature > 0 and 0 < top_p <= 1, got "
+        # vLLM refuses temperatures above 2 (SamplingParams); refusing them here keeps both backends alike
+        if not 0 < self.temperature <= 2 or not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingConfig: need 0 < temperature <= 2 and 0 < top_p <= 1, got "
                              f"temperature={self.temperature}, top_p={self.top_p}")
 
 

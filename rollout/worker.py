@@ -23,7 +23,8 @@ BACKENDS = ("hf", "vllm")
 
 
 def make_engine(backend: str, policy: PointVLM, policy_dir: str | Path, version: int = 0, **options) -> RolloutEngine:
-    """The `backend` engine over `policy` (loaded from `policy_dir`); `options` go to the vLLM engine only."""
+    """The `backend` engine over `policy` (loaded from `policy_dir`); `options` go to the vLLM engine only: the
+    fields of `rl.config.VllmConfig` (`dataclasses.asdict(cfg.rollout.vllm)`), an unknown one refused by name."""
     if backend == "hf":
         if options:
             raise ValueError(f"the hf rollout backend takes no engine options, got {sorted(options)}")
@@ -79,17 +80,23 @@ class RolloutWorker:
 
 def make_rollout_workers(n: int, policy_dir: str | Path, cpus_per_worker: float = 0.5, backend: str = "hf",
                          torch_threads: int = 1, version: int = 0, gpus_per_worker: float = 0.0,
-                         policy_overrides: dict | None = None, engine_options: dict | None = None) -> list:
+                         policy_overrides: dict | None = None, engine_options: dict | None = None,
+                         placement_group=None) -> list:
     """n `RolloutWorker` actors on the running Ray cluster, each loaded from `policy_dir` (with `policy_overrides`)
     at `version`; returns once all are up, so that a bad directory or a missing backend fails here rather than at
-    the first rollout."""
+    the first rollout. With a reserved `placement_group` (rl.placement), worker i runs in its bundle i."""
     if n < 1:
         raise ValueError(f"make_rollout_workers: need n >= 1 workers, got {n}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown rollout backend {backend!r}: choose one of {BACKENDS}")
-    actor = ray.remote(RolloutWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker)
-    workers = [actor.remote(str(policy_dir), backend, torch_threads, version, policy_overrides, engine_options)
-               for _ in range(n)]
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    actor = ray.remote(RolloutWorker)
+    workers = [actor.options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
+                             scheduling_strategy=None if placement_group is None else
+                             PlacementGroupSchedulingStrategy(placement_group, placement_group_bundle_index=i))
+               .remote(str(policy_dir), backend, torch_threads, version, policy_overrides, engine_options)
+               for i in range(n)]
     ray.get([w.ping.remote() for w in workers])
     return workers
 
@@ -102,10 +109,12 @@ def gather(refs: list) -> RolloutBatch:
 def generate_on_workers(workers: list, samples: list[Sample], sampling: SamplingConfig, quant=None,
                         use_images: bool = True) -> RolloutBatch:
     """`samples` split evenly over `workers`, generated concurrently and gathered back in order. A seeded
-    `sampling` gives shard i the seed `seed + i`, so that shards draw independent streams."""
-    refs = []
-    for i, (worker, shard) in enumerate(zip(workers, split_evenly(samples, len(workers)))):
+    `sampling` gives a shard whose first prompt is prompt p the seed `seed + p * n`: an engine that seeds prompt j of
+    its shard with `seed + j * n` (vLLM) then gives every prompt the same stream whatever the number of workers."""
+    refs, first = [], 0
+    for worker, shard in zip(workers, split_evenly(samples, len(workers))):
         if shard:
-            seed = None if sampling.seed is None else sampling.seed + i
+            seed = None if sampling.seed is None else sampling.seed + first * sampling.n
             refs.append(worker.generate.remote(shard, replace(sampling, seed=seed), quant, use_images))
+        first += len(shard)
     return gather(refs)

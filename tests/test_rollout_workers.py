@@ -55,10 +55,12 @@ def test_workers_share_two_cpus_and_generate_their_shards_in_order(cluster, samp
     batch = generate_on_workers(workers, samples, SAMPLING)
     assert batch.uids == [s.uid for s in samples] and batch.response_ids.shape[0] == 5 * SAMPLING.n
     assert batch.version == versions(workers)[0] and len(batch.texts) == 15
-    # each shard is what its worker samples on its own with the shard's seed, so the gather kept the order
+    # each shard is what its worker samples on its own with the shard's seed (seed + first prompt * n), so the
+    # gather kept the order
     shards = split_evenly(samples, 2)
-    own = ray.get([w.generate.remote(s, replace(SAMPLING, seed=SAMPLING.seed + i), None, True)
-                   for i, (w, s) in enumerate(zip(workers, shards))])
+    firsts = [0, len(shards[0])]
+    own = ray.get([w.generate.remote(s, replace(SAMPLING, seed=SAMPLING.seed + first * SAMPLING.n), None, True)
+                   for first, w, s in zip(firsts, workers, shards)])
     assert batch.texts == own[0].texts + own[1].texts
     rows, width = own[0].response_ids.shape
     assert torch.equal(batch.response_ids[:rows, :width], own[0].response_ids)

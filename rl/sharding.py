@@ -1,0 +1,113 @@
+"""FSDP2 for the learner (`learner.strategy=fsdp2`): the policy sharded per LLM decoder layer and then as a whole, its
+gradients clipped over the shards, its weights gathered whole for the rollout workers and the final export, and
+sharded checkpoints that every rank writes. Plus the options that either strategy can use: activation checkpointing,
+and the whole-tensor CPU copy of the trainable weights that the controller publishes.
+
+torch 2.13 APIs used: `torch.distributed.fsdp.fully_shard`, `register_fsdp_forward_method`, `MixedPrecisionPolicy`;
+`torch.distributed.checkpoint.save/load` (DCP) with `torch.distributed.checkpoint.state_dict.get_state_dict`,
+`set_state_dict` and `get_model_state_dict(options=StateDictOptions(full_state_dict=True, cpu_offload=True))`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def decoder_layers(llm: nn.Module) -> list[nn.Module]:
+    """The LLM's repeated blocks: the modules of the classes its `_no_split_modules` names (Qwen2DecoderLayer, ...),
+    the unit that transformers itself never splits across devices."""
+    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+    names = set(getattr(base, "_no_split_modules", None) or ())
+    layers = [module for module in base.modules() if type(module).__name__ in names]
+    if not layers:
+        raise ValueError(f"{type(base).__name__}: no decoder layers to shard (_no_split_modules: {sorted(names)})")
+    return layers
+
+
+def shard_policy(policy: nn.Module, device: torch.device, world: int, mixed_precision: bool = False) -> None:
+    """FSDP2 in place: each LLM decoder layer its own group (gathered only while it runs), then the policy root
+    (encoders, projectors, embeddings, head). `mixed_precision` (GPU): the decoder layers compute in bfloat16 and
+    reduce gradients in float32; the encoders keep float32, as in the rollout workers."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    policy.to(device)
+    mesh = init_device_mesh(device.type, (world,))
+    layer_precision = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+                       if mixed_precision else MixedPrecisionPolicy())
+    for layer in decoder_layers(policy.llm):
+        fully_shard(layer, mesh=mesh, mp_policy=layer_precision)
+    fully_shard(policy, mesh=mesh)
+    # the learner scores with policy.logprobs, not forward: FSDP2's hooks (gather the root's shards before, reshard
+    # and reduce gradients after) run only around the methods registered here; without it the step differs
+    register_fsdp_forward_method(policy, "logprobs")
+
+
+def enable_activation_checkpointing(policy: nn.Module) -> None:
+    """Each LLM decoder layer recomputed in backward (transformers' own checkpointing, non-reentrant, so that it
+    composes with DDP and FSDP2 and needs no input that requires grad)."""
+    llm = policy.llm.get_base_model() if hasattr(policy.llm, "get_base_model") else policy.llm
+    llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+
+
+def clip_gradients(params: list[nn.Parameter], max_norm: float) -> float:
+    """`clip_grad_norm_` that also takes FSDP2's sharded gradients: the total norm is made whole (over every rank's
+    shard) before it scales the gradients and is returned."""
+    from torch.distributed.tensor import DTensor
+
+    grads = [p.grad for p in params if p.grad is not None]
+    total = torch.nn.utils.get_total_norm(grads)
+    if isinstance(total, DTensor):
+        total = total.full_tensor()
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return float(total)
+
+
+def published_state(policy: nn.Module) -> dict[str, torch.Tensor]:
+    """The trainable tensors whole and on the CPU (what the rollout workers load). With FSDP2 each is gathered from
+    the shards, a collective: every rank calls this, in the same order."""
+    from torch.distributed.tensor import DTensor
+
+    state = {}
+    for name, param in policy.named_parameters():
+        if param.requires_grad:
+            tensor = param.detach()
+            state[name] = (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).cpu()
+    return state
+
+
+def save_sharded(policy: nn.Module, optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    """Every rank writes its shards of the policy and the optimizer state (DCP); rank 0 also writes the metadata.
+    Ray Train gathers each rank's files into one checkpoint directory."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optimizer_state = get_state_dict(policy, optimizer)
+    dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(directory))
+
+
+def load_sharded(policy: nn.Module, optimizer: torch.optim.Optimizer, directory: Path) -> None:
+    """`save_sharded` read back, each rank reading the pieces of its own shards (any world size)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+    from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+    model_state, optimizer_state = get_state_dict(policy, optimizer)
+    dcp.load({"model": model_state}, checkpoint_id=str(directory))
+    # AdamW keeps no state for a parameter that never had a gradient (the alignment head in RL), while a fresh
+    # optimizer's state dict has zeros for every one (which is what AdamW starts from): those may be missing
+    dcp.load({"optimizer": optimizer_state}, checkpoint_id=str(directory),
+             planner=DefaultLoadPlanner(allow_partial_load=True))
+    set_state_dict(policy, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
+
+
+def full_state(policy: nn.Module) -> dict[str, torch.Tensor]:
+    """The whole policy state on rank 0's CPU (other ranks get an empty dict); every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))

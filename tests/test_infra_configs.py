@@ -1,0 +1,138 @@
+"""The cluster configs in infra/, read as `ray up`, KubeRay and `ray job submit` would read them: Ray's own autoscaler
+schema, the entrypoint's script, config file and keys, the run's placement plan against the declared GPUs, /dev/shm
+in memory, shutdown after the job, and the packages each node installs. (Parsed here; not run on a cluster.)"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+import ray
+import yaml
+
+from rl.config_loading import load_config
+from rl.placement import plan_placement, uses_rollouts
+
+ROOT = Path(__file__).resolve().parents[1]
+INFRA = ROOT / "infra"
+GPUS_OF = {"p4d.24xlarge": 8, "p4de.24xlarge": 8, "p5.48xlarge": 8}  # 8 x A100, 8 x A100 80 GB, 8 x H100
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((INFRA / name).read_text())
+
+
+def run_config(command: str):
+    """The Config an entrypoint `python rl/train_*.py --config FILE key=value ...` runs, after checking that the
+    script and the config file are in the repository."""
+    words = shlex.split(command)
+    assert words[0] == "python" and (ROOT / words[1]).is_file(), words[:2]
+    assert words[2] == "--config" and (ROOT / words[3]).is_file(), words[2:4]
+    return load_config(ROOT / words[3], words[4:])
+
+
+@pytest.fixture(scope="module")
+def cluster_yaml():
+    return load("cluster.yaml")
+
+
+def test_the_ray_up_config_passes_rays_autoscaler_schema(cluster_yaml):
+    import jsonschema
+
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    jsonschema.validate(cluster_yaml, schema)
+    assert cluster_yaml["head_node_type"] in cluster_yaml["available_node_types"]
+
+
+def test_the_ray_up_cluster_has_a100_and_h100_workers_that_declare_their_gpus(cluster_yaml):
+    types = cluster_yaml["available_node_types"]
+    head = types[cluster_yaml["head_node_type"]]
+    assert head["resources"].get("GPU", 0) == 0
+    workers = {name: t for name, t in types.items() if name != cluster_yaml["head_node_type"]}
+    instances = {t["node_config"]["InstanceType"] for t in workers.values()}
+    assert {"p4d.24xlarge", "p5.48xlarge"} <= instances  # A100 and H100
+    for t in workers.values():
+        assert t["resources"]["GPU"] == GPUS_OF[t["node_config"]["InstanceType"]]
+        assert t["min_workers"] <= t["max_workers"] <= cluster_yaml["max_workers"]
+    assert sum(t["min_workers"] for t in workers.values()) >= 1  # GPUs are there once `ray up` returns
+    # Ray in the image is the Ray the project is tested with
+    assert cluster_yaml["docker"]["image"].startswith(f"rayproject/ray:{ray.__version__}-py311-gpu")
+
+
+def test_every_node_installs_the_project_with_its_gpu_extra_and_the_torch_pin(cluster_yaml):
+    setup = " && ".join(cluster_yaml["setup_commands"])
+    assert "torch==2.13.0" in setup and "pointrl[gpu]" in setup
+    pinned = [d for d in __import__("tomllib").loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+              if d.startswith("torch")]
+    assert pinned == ["torch==2.13.0"]  # the pin the setup commands repeat
+    mount, source = next(iter(cluster_yaml["file_mounts"].items()))
+    assert source == "." and f"-e '{mount}[gpu]'" in setup  # this checkout, installed where it is mounted
+    head = " ".join(cluster_yaml["head_start_ray_commands"])
+    assert "--dashboard-host=0.0.0.0" in head and "--metrics-export-port" in head
+
+
+@pytest.fixture(scope="module")
+def rayjob():
+    return load("rayjob.yaml")
+
+
+def pod_specs(job: dict) -> list[dict]:
+    spec = job["spec"]["rayClusterSpec"]
+    return [spec["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"] for g in spec["workerGroupSpecs"]]
+
+
+def test_the_rayjob_runs_train_grca_with_a_config_that_loads(rayjob):
+    assert rayjob["apiVersion"] == "ray.io/v1" and rayjob["kind"] == "RayJob"
+    cfg = run_config(rayjob["spec"]["entrypoint"])  # unknown keys or bad values would raise here
+    assert rayjob["spec"]["entrypoint"].split()[1] == "rl/train_grca.py" and cfg.algo.name == "grca"
+    assert cfg.learner.use_gpu and cfg.run.dir.startswith("/mnt/pointrl")  # on the volume every node mounts
+    runtime = yaml.safe_load(rayjob["spec"]["runtimeEnvYAML"])
+    assert runtime["working_dir"].endswith("/pointrl")
+
+
+def test_the_rayjob_worker_group_holds_the_runs_placement_plan(rayjob):
+    cfg = run_config(rayjob["spec"]["entrypoint"])
+    nodes = []
+    for group in rayjob["spec"]["rayClusterSpec"]["workerGroupSpecs"]:
+        container = group["template"]["spec"]["containers"][0]
+        limits, requests = container["resources"]["limits"], container["resources"]["requests"]
+        assert limits["nvidia.com/gpu"] == requests["nvidia.com/gpu"]  # Kubernetes allots GPUs only whole
+        gpus = int(limits["nvidia.com/gpu"])
+        assert int(group["rayStartParams"].get("num-gpus", gpus)) == gpus
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        nodes += [{"CPU": float(limits["cpu"]), "GPU": gpus}] * group["replicas"]
+    plan = plan_placement(cfg, nodes, uses_rollouts(cfg))  # raises when the GPUs or CPUs do not suffice
+    assert plan.total("GPU") == sum(n["GPU"] for n in nodes)  # and it uses every GPU it asks for
+
+
+def test_the_rayjob_puts_dev_shm_in_memory_and_ends_with_its_job(rayjob):
+    for pod in pod_specs(rayjob):
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for c in pod["containers"] for m in c["volumeMounts"]}
+        assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+        assert mounts["/mnt/pointrl"] == "data"
+    assert rayjob["spec"]["shutdownAfterJobFinishes"] is True
+    assert rayjob["spec"]["rayClusterSpec"]["rayVersion"] == ray.__version__
+    images = {c["image"] for pod in pod_specs(rayjob) for c in pod["containers"]}
+    assert len(images) == 1  # the submitter, the head and the workers run one build
+
+
+def test_the_runtime_env_is_one_ray_accepts():
+    from ray.runtime_env import RuntimeEnv
+
+    env = load("runtime_env.yaml")
+    RuntimeEnv(**env)  # Ray's own validation of the fields
+    assert env["working_dir"] == "." and "pip" not in env  # code travels; packages are already on the nodes
+    assert {".git", ".venv", "runs"} <= set(env["excludes"])
+    assert all(isinstance(v, str) for v in env["env_vars"].values())
+
+
+def test_the_readme_walks_from_ray_up_to_the_dashboard():
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## On a GPU cluster"):]
+    section = section[: section.index("\n## ", 1)]
+    for step in ("ray up infra/cluster.yaml", "ray job submit", "--runtime-env infra/runtime_env.yaml",
+                 "python rl/train_grca.py", "8265", "kubectl apply -f infra/rayjob.yaml", "not run on a cluster"):
+        assert step in section, step
