@@ -4,7 +4,9 @@ Sample `index` of seed `seed` draws everything (category, proportions, colours, 
 `np.random.default_rng([seed, index])`, so it depends on nothing else and a set is identical for a seed. The camera
 is category-adaptive (VIEWS): cars from the side, monitors and bookshelves from the front, tables from above, so
 no view is meaningless. Geometry and targets follow `data3d.annotate`; questions follow `data3d.questions`.
-The first round(n * test_fraction) indices form the test split, the rest the train split.
+The first round(n * test_fraction) indices form the test split, the rest the train split. The manifest is written
+shard by shard (`data3d.store`), so a killed `write_benchmark` can be resumed: it regenerates from the first index
+that no finished shard holds, and, each sample depending only on (seed, index), ends with the same bytes.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from data3d.annotate import ViewRange, annotate, mesh_surface, timed
 from data3d.questions import ask, relevance_question
 from data3d.settings import DataSettings
 from data3d.shapes import CATEGORIES, build_shape
-from data3d.store import SHARD_SIZE, write_dataset
+from data3d.store import SHARD_SIZE, DatasetError, read_meta, write_dataset
 from data3d.types import Sample, Targets
 from rewards.schema import Quant
 
@@ -95,37 +97,61 @@ def _generate(job: tuple[int, int, DataSettings, float]) -> Sample:
                            num_kpts=settings.num_kpts, relevance=relevance)
 
 
+def _remaining(out_dir, config: dict, splits: dict[str, range]) -> dict[str, range]:
+    """For `resume`: the indices of each split that no finished shard of `out_dir` holds yet."""
+    meta = read_meta(out_dir, partial_ok=True)
+    started = meta.get("config", {})
+    differences = [f"{key} {started.get(key)!r} vs {value!r}" for key, value in config.items()
+                   if started.get(key) != value]
+    if differences:
+        raise DatasetError(f"{out_dir} was started with other settings, so it cannot be resumed with these (written "
+                           f"vs asked: {', '.join(differences)})")
+    done = {split: meta["splits"].get(split, {"count": 0})["count"] for split in splits}
+    return {split: indices[done[split]:] for split, indices in splits.items()}
+
+
 def write_benchmark(out_dir, n: int, seed: int, *, test_fraction: float = 0.1, settings: DataSettings = DEFAULTS,
                     relevance: float = 0.0, workers: int = 1, progress: bool = True, shard_size: int = SHARD_SIZE,
-                    overwrite: bool = False) -> dict:
+                    overwrite: bool = False, resume: bool = False) -> dict:
     """Generate n samples into `out_dir` (the `data3d.store` format) with a progress bar, on `workers` processes
-    (each sample depends only on (seed, index), so the set is the same for any count); returns a summary."""
+    (each sample depends only on (seed, index), so the set is the same for any count); returns a summary.
+    `resume` finishes an interrupted run of the same arguments (summary["resumed_from"]: the samples it found)."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if seed < 0 or not 0.0 <= relevance <= 1.0:
+        raise ValueError(f"need seed >= 0 and 0 <= relevance <= 1, got seed={seed}, relevance={relevance}")
     splits = split_indices(n, test_fraction)
     config = {"generator": "data3d.benchmark", "seed": seed, "n": n, "test_fraction": test_fraction,
               "num_points": settings.num_points, "image_size": settings.image_size, "num_kpts": settings.num_kpts,
               "relevance": relevance, "categories": list(CATEGORIES)}
+    planned = {split: len(indices) for split, indices in splits.items()}
+    todo = _remaining(out_dir, config, splits) if resume else splits
+    resumed_from = n - sum(map(len, todo.values()))
     categories: Counter = Counter()
-    bar = tqdm(total=n, desc="synth", unit="sample", disable=not progress)
+    bar = tqdm(total=n, initial=resumed_from, desc="synth", unit="sample", disable=not progress)
     pool = multiprocessing.get_context("spawn").Pool(workers) if workers > 1 else None
 
     def samples(indices: range) -> Iterator[Sample]:
-        jobs = [(seed, index, settings, relevance) for index in indices]
-        for sample in pool.imap(_generate, jobs, chunksize=8) if pool else map(_generate, jobs):
-            categories[sample.targets.category] += 1
-            bar.update(1)
-            yield sample
+        # In blocks: a list of every job (or Pool.imap, which queues its whole input) is n tuples in memory up front.
+        block = 64 * workers
+        for lo in range(0, len(indices), block):
+            jobs = [(seed, index, settings, relevance) for index in indices[lo : lo + block]]
+            for sample in pool.imap(_generate, jobs, chunksize=8) if pool else map(_generate, jobs):
+                categories[sample.targets.category] += 1
+                bar.update(1)
+                yield sample
 
     start = time.perf_counter()
     try:
-        meta = write_dataset(out_dir, {split: samples(indices) for split, indices in splits.items()}, config=config,
-                             quant=settings.quant(), shard_size=shard_size, overwrite=overwrite)
+        meta = write_dataset(out_dir, {split: samples(indices) for split, indices in todo.items()}, config=config,
+                             quant=settings.quant(), shard_size=shard_size, overwrite=overwrite, planned=planned,
+                             resume=resume)
     finally:
         bar.close()
         if pool:
             pool.terminate()
     seconds = time.perf_counter() - start
+    made = n - resumed_from
     return {"out_dir": str(out_dir), "counts": {split: info["count"] for split, info in meta["splits"].items()},
-            "seconds": round(seconds, 3), "samples_per_s": round(n / max(seconds, 1e-9), 2),
-            "categories": dict(sorted(categories.items()))}
+            "seconds": round(seconds, 3), "samples_per_s": round(made / max(seconds, 1e-9), 2),
+            "categories": dict(sorted(categories.items())), "resumed_from": resumed_from}

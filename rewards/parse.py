@@ -40,7 +40,25 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
+class _Malformed(ValueError):
+    """The object's own structure is not JSON (raised by `_walk_object`; the scanners raise JSONDecodeError)."""
+
+
+def _int_or_infinity(digits: str) -> int | float:
+    """JSON sets no limit on a number's length; Python's int() does (sys.get_int_max_str_digits, 4300 by default, a
+    guard against quadratic conversion). An integer past it is read as the float() of its digits, +-infinity (what
+    every integer of over 309 digits is as a float, and what 1e999 already decodes to), so it is a defect of the field
+    that holds it (not a finite coordinate, not a string), not of the whole object."""
+    try:
+        return int(digits)
+    except ValueError:
+        return float(digits)
+
+
 _scan_value = json.JSONDecoder(parse_constant=_reject_constant).scan_once
+# A Python parse_int costs a call per integer (a third of the general reader's time), so it is only used to read
+# again a text on which int() refused a number.
+_scan_value_long_ints = json.JSONDecoder(parse_constant=_reject_constant, parse_int=_int_or_infinity).scan_once
 _scan_string = json.decoder.scanstring
 
 # Possessive quantifiers (*+): these classes never need to give characters back, and not tracking that halves the cost.
@@ -111,7 +129,7 @@ def _skip_whitespace(text: str, i: int) -> int:
     return i
 
 
-def _walk_object(text: str, start: int) -> tuple[list[tuple[str, object, int, int]], int]:
+def _walk_object(text: str, start: int, scan_value=_scan_value) -> tuple[list[tuple[str, object, int, int]], int]:
     """Members (key, value, value_start, value_end) of the object opening at `start`, and the index after its `}`."""
     members = []
     i = _skip_whitespace(text, start + 1)
@@ -119,32 +137,61 @@ def _walk_object(text: str, start: int) -> tuple[list[tuple[str, object, int, in
         return members, i + 1
     while True:
         if text[i] != '"':
-            raise ValueError(f"expected a key string at char {i}")
+            raise _Malformed(f"expected a key string at char {i}")
         key, i = _scan_string(text, i + 1, True)
         i = _skip_whitespace(text, i)
         if text[i] != ":":
-            raise ValueError(f"expected ':' at char {i}")
+            raise _Malformed(f"expected ':' at char {i}")
         value_start = _skip_whitespace(text, i + 1)
         try:
-            value, i = _scan_value(text, value_start)
+            value, i = scan_value(text, value_start)
         except StopIteration as stop:
-            raise ValueError(f"expected a value at char {stop.value}") from None
+            raise _Malformed(f"expected a value at char {stop.value}") from None
         members.append((key, value, value_start, i))
         i = _skip_whitespace(text, i)
         if text[i] == "}":
             return members, i + 1
         if text[i] != ",":
-            raise ValueError(f"expected ',' or '}}' at char {i}")
+            raise _Malformed(f"expected ',' or '}}' at char {i}")
         i = _skip_whitespace(text, i + 1)
+
+
+def _without_surrogates(value: object) -> object:
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, list):
+        return [_without_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {_without_surrogates(k): _without_surrogates(v) for k, v in value.items()}
+    return value
+
+
+def _convert(value: object, name: str) -> object:
+    """The field's typed value, or msgspec.ValidationError. A `"\\ud800"` escape in the model's JSON decodes to a lone
+    surrogate, which msgspec cannot encode when it meets a string where the field wants numbers: that string is the
+    defect, so it is converted again without surrogates to get the ordinary "Expected ..., got `str`" error."""
+    try:
+        return msgspec.convert(value, FIELD_TYPES[name])
+    except UnicodeEncodeError:
+        return msgspec.convert(_without_surrogates(value), FIELD_TYPES[name])
 
 
 def _describe(exc: msgspec.ValidationError) -> str:
     return str(exc).replace("`$`", "the value").replace("`$", "`value")
 
 
+def _walk(text: str, start: int) -> tuple[list[tuple[str, object, int, int]], int]:
+    try:
+        return _walk_object(text, start)
+    except (json.JSONDecodeError, _Malformed):
+        raise
+    except ValueError:  # int() refused a number's length (or NaN/Infinity, which fails again the same way)
+        return _walk_object(text, start, _scan_value_long_ints)
+
+
 def _parse_general(text: str, start: int) -> ParsedOutput:
     try:
-        members, end = _walk_object(text, start)
+        members, end = _walk(text, start)
     except IndexError:
         return ParsedOutput(reasons=[f"no JSON object: the object starting at char {start} is truncated"])
     except json.JSONDecodeError as exc:
@@ -168,7 +215,7 @@ def _parse_general(text: str, start: int) -> ParsedOutput:
         else:
             value, span = values[name]
             try:
-                out.fields[name] = (msgspec.convert(value, FIELD_TYPES[name]), span)
+                out.fields[name] = (_convert(value, name), span)
             except msgspec.ValidationError as exc:
                 out.reasons.append(f"{name}: {_describe(exc)}")
     return out

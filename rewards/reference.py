@@ -107,7 +107,7 @@ def parse_object(text: str) -> tuple[int, int, list[tuple[str, object, tuple[int
         return dict(pairs)
 
     try:
-        json.loads(text[start:end], object_pairs_hook=keep_pairs, parse_constant=reject_constant)
+        json.loads(text[start:end], object_pairs_hook=keep_pairs, parse_constant=reject_constant, parse_int=parse_int)
     except (ValueError, RecursionError) as err:
         return f"no JSON object: the object at chars {start}..{end} is not valid JSON ({err})"
     # The decoder finishes nested objects first, so the top-level object's pairs arrive last.
@@ -119,6 +119,15 @@ def parse_object(text: str) -> tuple[int, int, list[tuple[str, object, tuple[int
 
 def reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not standard JSON")
+
+
+def parse_int(digits: str) -> int | float:
+    """An integer too long for int() (over sys.get_int_max_str_digits digits) is valid JSON: it reads as float(digits),
+    +-infinity, which no coordinate field accepts, so only the field holding it fails."""
+    try:
+        return int(digits)
+    except ValueError:
+        return float(digits)
 
 
 def scan_object(text: str, start: int) -> tuple[int, list[tuple[int, int]]] | None:

@@ -29,6 +29,15 @@ KeypointCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_KEYPOINTS)]
 # Quant.__post_init__ is the one check of bins; the schema states the same rule (JSON Schema can say "not 1").
 Bins = Annotated[int, msgspec.Meta(ge=0, description=f"quantization bins: {BINS_RULE}",
                                    extra_json_schema={"not": {"const": 1}})]
+# The cost of scoring is linear in the characters of model text: a text that is all keypoints (`[1,2],`, six
+# characters each) becomes ~35 bytes of Python objects per character while it is parsed. Two bounds cap that work:
+# one text (a real answer is a few hundred characters to a few KB; 64 Ki holds at most ~10,900 keypoints) and the
+# texts of one request together (4 Mi: 4096 samples of 1 KiB; ~145 MiB of parse objects at worst). Over HTTP the
+# first is a 422 naming the sample, the second a 413; in process both are RequestErrors.
+MAX_TEXT_CHARS = 65_536
+MAX_REQUEST_CHARS = 4 * 1024 * 1024
+Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT_CHARS,
+                                   description=f"the model's output, at most {MAX_TEXT_CHARS} characters")]
 
 
 # gc=False: request structs never form cycles, and untracked objects keep a big batch from slowing every GC pass.
@@ -36,6 +45,10 @@ Bins = Annotated[int, msgspec.Meta(ge=0, description=f"quantization bins: {BINS_
 
 class RequestError(ValueError):
     """A defect in the request itself (not in the model's text); the message names the field."""
+
+
+class RequestTooLarge(RequestError):
+    """A request over a per-request cost limit (HTTP 413): valid, but to be split into smaller batches."""
 
 
 class CameraSpec(msgspec.Struct, forbid_unknown_fields=True, gc=False):
@@ -55,7 +68,7 @@ class TargetSpec(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 
 class SampleSpec(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    text: str
+    text: Text
     target: TargetSpec
     camera: CameraSpec
 
@@ -66,7 +79,8 @@ class QuantSpec(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 
 class RewardRequest(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    samples: list[SampleSpec]
+    samples: Annotated[list[SampleSpec], msgspec.Meta(
+        description=f"the outputs to score; their texts together at most {MAX_REQUEST_CHARS} characters")]
     quant: QuantSpec | None = None
 
 
@@ -177,8 +191,17 @@ def _quant(spec: QuantSpec | None) -> Quant:
         raise RequestError(str(exc)) from None
 
 
+def check_cost(request: RewardRequest) -> None:
+    """Refuse a request whose texts together exceed MAX_REQUEST_CHARS (each text's own bound is in its type)."""
+    total = sum(len(sample.text) for sample in request.samples)
+    if total > MAX_REQUEST_CHARS:
+        raise RequestTooLarge(f"samples[*].text: {total} characters of text exceed the limit of {MAX_REQUEST_CHARS} "
+                              f"per request; split the batch")
+
+
 def to_batch(request: RewardRequest) -> Batch:
-    """Stack a decoded request into arrays, checking what the types cannot (finiteness, the form of K)."""
+    """Stack a decoded request into arrays, checking what the types cannot (finiteness, the form of K, the cost)."""
+    check_cost(request)
     quant = _quant(request.quant)
     samples = request.samples
     batch = Batch(
@@ -238,7 +261,7 @@ def decode_request(body: bytes) -> RewardRequest:
                 return _decode_with_surrogates(body)
             except RequestError:
                 raise
-            except ValueError:  # not JSON after all (UnicodeDecodeError and JSONDecodeError are ValueErrors)
+            except (ValueError, RecursionError):  # not JSON after all, or nested past the stdlib decoder's depth
                 pass
         raise _named(exc) from None
 

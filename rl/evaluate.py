@@ -31,6 +31,7 @@ METRICS = ("iou2d", "iou3d", "kpa2d", "kpa3d", "rpc", "answer_acc", "parse_rate"
 REWARD_OF_METRIC = {"iou2d": "bbox2d", "iou3d": "bbox3d", "kpa2d": "kpts2d", "kpa3d": "kpts3d", "rpc": "rpc",
                     "answer_acc": "answer", "format_rate": "format"}
 TEXT_METRICS = ("bleu", "rougeL")
+SUITES = ("geometry", "3dcqa", "all")  # `pointrl eval --suite`: the JSON fields, 3DCQA (rl/evaluate_cqa.py) or both
 _NOTHING_PARSED = "no JSON object"
 
 
@@ -170,8 +171,11 @@ def write_report(report: dict, out: str | Path) -> None:
 
 def run_eval(policy_dir: str, data_dir: str, out: str, split: str = "test", limit: int | None = None,
              batch_size: int = 8, max_new_tokens: int = 320, greedy: bool = True, reliance: bool = True,
-             use_images: bool = True) -> dict:
-    """`pointrl eval`: load a policy directory and a dataset split, evaluate, print the table, write the JSON."""
+             use_images: bool = True, suite: str = "geometry") -> dict:
+    """`pointrl eval`: load a policy directory and a dataset split, evaluate (`suite`: one of SUITES), print the
+    tables, write the JSON (the 3DCQA suite under its key "3dcqa")."""
+    if suite not in SUITES:
+        raise ValueError(f"suite: expected one of {', '.join(SUITES)}, got {suite!r}")
     from policies import PointVLM
 
     for path, what in ((policy_dir, "policy"), (data_dir, "dataset")):
@@ -187,10 +191,19 @@ def run_eval(policy_dir: str, data_dir: str, out: str, split: str = "test", limi
     quant = settings.quant()
     samples = [dataset[i] for i in range(min(len(dataset), limit or len(dataset)))]
     policy = PointVLM.from_pretrained(policy_dir).eval()
-    answerer = policy_answerer(policy, batch_size, max_new_tokens, greedy, use_images, quant=quant)
-    report = evaluate(answerer, samples, quant, reliance=reliance)
-    report["meta"] = {"policy": str(policy_dir), "data": str(data_dir), "split": split, "settings": settings.to_dict()}
+    report = {}
+    if suite in ("geometry", "all"):
+        answerer = policy_answerer(policy, batch_size, max_new_tokens, greedy, use_images, quant=quant)
+        report = evaluate(answerer, samples, quant, reliance=reliance)
+        print(format_table(report))
+    if suite in ("3dcqa", "all"):
+        from rl.evaluate_cqa import CQA_MAX_NEW_TOKENS, evaluate_cqa, format_cqa
+
+        answerer = policy_answerer(policy, batch_size, CQA_MAX_NEW_TOKENS, greedy, use_images, quant=quant)
+        report["3dcqa"] = evaluate_cqa(answerer, samples)
+        print(format_cqa(report["3dcqa"]))
+    report["meta"] = {"policy": str(policy_dir), "data": str(data_dir), "split": split, "suite": suite,
+                      "settings": settings.to_dict()}
     write_report(report, out)
-    print(format_table(report))
     print(f"wrote {out} ({len(samples)} samples of {data_dir}:{split})")
     return report

@@ -1,7 +1,10 @@
 """The reward service as a FastAPI app: `POST /v1/rewards`, `GET /health`, a visual debug view at `/`, OpenAPI at `/docs`.
 
 Bodies are decoded by msgspec straight into the typed request (no pydantic pass), scored by `rewards.score_request`
-in a worker thread (so `/health` answers while a big batch is scored), and bounded in bytes and samples.
+in a worker thread (so `/health` answers while a big batch is scored), and bounded: in bytes, samples and characters
+of text per request (the work of one request), in requests scored at once (the work of all of them: the issue's 16
+concurrent 5 MiB bodies were parsed side by side into 2.2 GiB), and in the time a body may take to arrive
+(`serve.deadline`).
 """
 
 from __future__ import annotations
@@ -11,13 +14,15 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 
+import anyio
+import anyio.to_thread
 import msgspec
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, Response
-from starlette.concurrency import run_in_threadpool
 
 from rewards import REWARDS, RequestError, RewardRequest, score_request
-from rewards.request import RewardResponse, decode_request
+from rewards.request import MAX_REQUEST_CHARS, MAX_TEXT_CHARS, RequestTooLarge, RewardResponse, decode_request
+from serve.deadline import BodyDeadline
 
 TOKEN_ENV = "POINTRL_REWARDS_TOKEN"
 VERSION = "1"
@@ -25,10 +30,20 @@ VERSION = "1"
 
 @dataclass(frozen=True)
 class ServiceLimits:
-    """What one request may carry; larger bodies or batches get a 413 naming the limit."""
+    """What one request may carry (larger bodies or batches get a 413 naming the limit), how many requests are decoded
+    and scored at once (the rest wait their turn), and how long a request's headers, then its body, may take to
+    arrive (then the connection is closed; for a body after a 408). The bounds on text are the contract's own
+    (`rewards.request.MAX_TEXT_CHARS`, `MAX_REQUEST_CHARS`)."""
 
-    max_body_bytes: int = 32 * 1024 * 1024
+    max_body_bytes: int = 16 * 1024 * 1024  # 4096 samples with 1 KiB texts are ~9 MB of JSON
     max_samples: int = 4096
+    max_concurrent: int = 2  # scoring holds the GIL: more threads add memory, not throughput
+    body_timeout_s: float = 30.0  # 16 MiB at 0.5 MiB/s
+
+    def __post_init__(self) -> None:
+        for name in ("max_body_bytes", "max_samples", "max_concurrent", "body_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"service limits: {name} must be positive, got {getattr(self, name)!r}")
 
 
 def resolve_token(token: str | None) -> str | None:
@@ -60,17 +75,16 @@ def _openapi_components() -> tuple[dict, dict, dict]:
     return request_schema, response_schema, components
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int) -> bytearray:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise HTTPException(413, f"request body: {declared} bytes exceed the limit of {limit} bytes")
-    chunks, size = [], 0
+    body = bytearray()  # one growing buffer: a list of chunks joined at the end holds the body twice
     async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
+        if len(body) + len(chunk) > limit:
             raise HTTPException(413, f"request body: more than the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+        body += chunk
+    return body
 
 
 def _check_token(request: Request, token: str | None) -> None:
@@ -81,7 +95,7 @@ def _check_token(request: Request, token: str | None) -> None:
         raise HTTPException(401, "authorization: expected 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"})
 
 
-def _decode(body: bytes, limits: ServiceLimits) -> RewardRequest:
+def _decode(body: bytes | bytearray, limits: ServiceLimits) -> RewardRequest:
     try:
         parsed = decode_request(body)
     except RequestError as exc:
@@ -91,10 +105,12 @@ def _decode(body: bytes, limits: ServiceLimits) -> RewardRequest:
     return parsed
 
 
-def score_json(body: bytes, limits: ServiceLimits = ServiceLimits()) -> bytes:
+def score_json(body: bytes | bytearray, limits: ServiceLimits = ServiceLimits()) -> bytes:
     """Body bytes -> response bytes: decoding, limits and scoring, without the transport (run in a worker thread)."""
     try:
         results = score_request(_decode(body, limits))
+    except RequestTooLarge as exc:
+        raise HTTPException(413, str(exc)) from None
     except RequestError as exc:
         raise HTTPException(422, str(exc)) from None
     return msgspec.json.encode({"results": results})
@@ -108,14 +124,21 @@ def create_app(token: str | None = None, limits: ServiceLimits = ServiceLimits()
         title="pointrl reward service",
         version=VERSION,
         description="Field rewards (format, answer, IoU 2D/3D, keypoint containment, reprojection consistency) and "
-        "character spans for Point-VLM JSON outputs. Limits: "
-        f"{limits.max_body_bytes} bytes and {limits.max_samples} samples per request.",
+        "character spans for Point-VLM JSON outputs. Limits per request: "
+        f"{limits.max_body_bytes} bytes, {limits.max_samples} samples, {MAX_TEXT_CHARS} characters per text and "
+        f"{MAX_REQUEST_CHARS} characters of text in all (413 above, 422 for one text); the body must arrive within "
+        f"{limits.body_timeout_s:g} s (408).",
     )
+    app.add_middleware(BodyDeadline, timeout_s=limits.body_timeout_s)
+    # Made on first use, in the process that serves: Ray Serve pickles the app, and a limiter does not pickle.
+    scoring: list[anyio.CapacityLimiter] = []
 
     @app.get("/health")
     def health() -> dict:
         return {"status": "ok", "version": VERSION, "rewards": list(REWARDS), "auth": bool(token),
-                "max_body_bytes": limits.max_body_bytes, "max_samples": limits.max_samples}
+                "max_body_bytes": limits.max_body_bytes, "max_samples": limits.max_samples,
+                "max_text_chars": MAX_TEXT_CHARS, "max_request_chars": MAX_REQUEST_CHARS,
+                "max_concurrent": limits.max_concurrent, "body_timeout_s": limits.body_timeout_s}
 
     @app.post(
         "/v1/rewards",
@@ -125,16 +148,21 @@ def create_app(token: str | None = None, limits: ServiceLimits = ServiceLimits()
             "responses": {"200": {"description": "one result per sample, in request order",
                                   "content": {"application/json": {"schema": response_schema}}},
                           "401": {"description": "missing or wrong bearer token"},
-                          "413": {"description": "body or batch over the limits"},
+                          "408": {"description": "the body did not arrive within the body timeout"},
+                          "413": {"description": "body, samples or total characters of text over the limits"},
                           "415": {"description": "a Content-Type other than application/json"},
-                          "422": {"description": "a defect in the request, named by field"}},
+                          "422": {"description": "a defect in the request, named by field (also a text over "
+                                                 f"{MAX_TEXT_CHARS} characters)"}},
         },
     )
     async def rewards(request: Request) -> Response:
         _check_token(request, token)
         _check_json(request)
         body = await _read_body(request, limits.max_body_bytes)
-        return Response(await run_in_threadpool(score_json, body, limits), media_type="application/json")
+        if not scoring:
+            scoring.append(anyio.CapacityLimiter(limits.max_concurrent))
+        scored = await anyio.to_thread.run_sync(score_json, body, limits, limiter=scoring[0])
+        return Response(scored, media_type="application/json")
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     def debug_view() -> str:
