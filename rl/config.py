@@ -23,6 +23,7 @@ LLM_DTYPES = ("float32", "bfloat16", "float16")  # likewise policies.inputs.LLM_
 ALIGN_CATEGORIES = tuple(sorted(CATEGORIES))  # the cloud-alignment head's outputs: the box (6), these, then colours
 ALIGN_COLOURS = COLOUR_NAMES
 ALIGN_DIMS = 6 + len(ALIGN_CATEGORIES) + len(ALIGN_COLOURS)
+SYNC_TRANSPORTS = ("ray", "nccl", "ipc")  # rollout.weight_sync.TRANSPORTS, kept here to stay torch-free
 ROUTABLE_FIELDS = tuple(name for name in FIELDS if name in REWARDS)  # output fields with both a span and a reward
 MOVED_KEYS = {"reward.field_weights.rpc": "algo.rpc_weight"}  # a value with one home: the key to set instead
 DATA_DEFAULTS = DataSettings()  # `pointrl synth`'s defaults, so that a trained policy reads what synth writes
@@ -34,6 +35,7 @@ CHECKS = {
     "in [0, 1]": lambda v: 0 <= v <= 1,
     "in (0, 1]": lambda v: 0 < v <= 1,
     "in [0, 1)": lambda v: 0 <= v < 1,
+    "ray (nccl and ipc need GPUs and vLLM's weight-transfer API: not built yet)": lambda v: v == "ray",
 }
 
 
@@ -208,6 +210,17 @@ class PlacementConfig:
 
 
 @dataclass
+class SyncConfig:
+    """how the learner's weights reach the rollout workers after each step (rollout/weight_sync.py)"""
+
+    transport: str = setting("ray", "ray: the learner puts the tensors into the object store, each worker fetches "
+                             "them", "ray (nccl and ipc need GPUs and vLLM's weight-transfer API: not built yet)",
+                             SYNC_TRANSPORTS)
+    bucket_mb: float = setting(0.0, "object-store buckets of at most this many MiB per version (0: one object)",
+                               ">= 0")
+
+
+@dataclass
 class CheckpointConfig:
     """checkpoints through Ray Train"""
 
@@ -276,6 +289,7 @@ class Config:
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     learner: LearnerConfig = field(default_factory=LearnerConfig)
     placement: PlacementConfig = field(default_factory=PlacementConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     spa: SpaConfig = field(default_factory=SpaConfig)

@@ -105,12 +105,12 @@ class Controller:
     def ready(self) -> bool:
         return True
 
-    def publish(self, version: int, state: dict) -> float:
-        """Push the learner's trainable weights to every rollout worker as `version`; returns the seconds it took."""
+    def publish(self, version: int, weights) -> float:
+        """Every rollout worker fetches the learner's weights (a Published: refs, unread here) as `version`."""
+        from rollout.weight_sync import relay
+
         began = time.perf_counter()
-        loaded = ray.get([worker.load_weights.remote(version, state) for worker in self.workers])
-        if any(v != version for v in loaded):
-            raise RuntimeError(f"weight sync: workers report versions {loaded}, expected {version}")
+        relay(self.workers, version, weights)
         self.version = version
         return time.perf_counter() - began
 
@@ -178,11 +178,11 @@ class Controller:
         by_question = {f"eval/answer_{kind}": v["accuracy"] for kind, v in report.pop("answer_by_question").items()}
         return {**{f"eval/{k}": v for k, v in report.items()}, **by_question}
 
-    def finish_step(self, step: int, learner_stats: dict[str, float], state: dict) -> None:
+    def finish_step(self, step: int, learner_stats: dict[str, float], weights) -> None:
         """After the update: publish version step + 1 to the rollout workers, then record the step's metrics."""
         if self.sleeps:
             call_engines(self.workers, "wake_up")  # weights can only be loaded into an engine that is awake
-        sync = self.publish(step + 1, state)
+        sync = self.publish(step + 1, weights)
         metrics = {**self.step_metrics, **learner_stats, "time/sync": sync,
                    "time/step": time.perf_counter() - self.step_started}
         if self.cfg.eval.every and (step + 1) % self.cfg.eval.every == 0 and self.workers:

@@ -33,6 +33,7 @@ from rl.losses import (clipped_surrogate_loss, cloud_alignment_loss, dpo_loss, k
 from rl.sharding import (clip_gradients, enable_activation_checkpointing, full_state, load_sharded, published_state,
                          save_sharded, shard_policy)
 from rollout.batching import policy_inputs
+from rollout.weight_sync import WeightSync
 
 NEEDS_REFERENCE = ("dpo",)
 
@@ -298,13 +299,13 @@ def _restore(cfg, loop_config: dict, world: int):
     return policy, scorer, optimizer, scheduler, trainable, state
 
 
-def _publish(policy: PointVLM, rank: int, world: int, sharded: bool, send) -> None:
-    """Rank 0 hands the whole trainable tensors (on the CPU) to the controller through `send(ref)`; under FSDP2
-    every rank takes part in gathering them. Every rank returns once the workers hold them, so that none asks for
-    the next batch before its rollouts can use the new version."""
+def _publish(policy: PointVLM, rank: int, world: int, sharded: bool, sync: WeightSync, send) -> None:
+    """Rank 0 puts the whole trainable tensors (on the CPU) into the object store and hands the controller their
+    refs through `send(published)`; under FSDP2 every rank takes part in gathering them. Every rank returns once the
+    workers hold them, so that none asks for the next batch before its rollouts can use the new version."""
     weights = published_state(policy) if sharded or rank == 0 else None
     if rank == 0:
-        ray.get(send(ray.put(weights)))
+        ray.get(send(sync.put(weights)))
     if world > 1:
         dist.barrier()
 
@@ -353,7 +354,8 @@ def learner_loop(loop_config: dict) -> None:
         reference.to(policy.device)
     accumulator = Accumulator(optimizer, trainable, cfg.learner.grad_accum, cfg.learner.grad_clip)
     start, skipped_steps = state["step"], state.get("skipped_steps", 0)
-    _publish(policy, rank, world, sharded, partial(controller.publish.remote, start))
+    publish = partial(_publish, policy, rank, world, sharded, WeightSync(cfg.sync.transport, cfg.sync.bucket_mb))
+    publish(partial(controller.publish.remote, start))
     for step in range(start, cfg.run.steps):
         batch: LearnBatch = ray.get(controller.next_batch.remote(step, rank, world))
         began = time.perf_counter()
@@ -366,7 +368,7 @@ def learner_loop(loop_config: dict) -> None:
         stats.update({"learner/skipped_steps": float(skipped_steps), "learner/version_lag": float(lag),
                       "time/learn": time.perf_counter() - began})
         stats = _mean_over_ranks(stats, world, policy.device)
-        _publish(policy, rank, world, sharded, partial(controller.finish_step.remote, step, stats))
+        publish(partial(controller.finish_step.remote, step, stats))
         if (step + 1) % cfg.checkpoint.every == 0 or step + 1 == cfg.run.steps:
             _checkpoint(policy, optimizer, scheduler, {"step": step + 1, "skipped_steps": skipped_steps}, stats, rank,
                         sharded)

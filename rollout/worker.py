@@ -1,8 +1,8 @@
 """Rollout workers: Ray actors that each hold a PointVLM loaded from a policy directory and an engine over it.
 
-Workers take fractional CPUs (several share a 2-CPU machine), receive versioned trainable weights from the
-learner through the Ray object store, and tag every batch with the version that produced it. The driver shards
-prompts over them with `generate_on_workers`.
+Workers take fractional CPUs (several share a 2-CPU machine), fetch the versioned trainable weights that the
+learner put into the Ray object store themselves (rollout/weight_sync.py), and tag every batch with the version that
+produced it. The driver shards prompts over them with `generate_on_workers`.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from policies import PointVLM
 from rollout.batching import policy_inputs
 from rollout.engine import RolloutBatch, RolloutEngine, SamplingConfig, concat_batches, split_evenly
 from rollout.hf_engine import HFEngine
+from rollout.weight_sync import Published, load_published
 
 BACKENDS = ("hf", "vllm")
 
@@ -60,11 +61,11 @@ class RolloutWorker:
         inputs = policy_inputs(self.policy, samples, quant, use_images)
         return self.engine.generate(inputs, [s.uid for s in samples], sampling).cpu()
 
-    def load_weights(self, version: int, state: dict[str, torch.Tensor]) -> int:
-        """Install the trainable tensors published as `version` (a Ray ObjectRef argument arrives resolved);
-        a version older than the loaded one is refused. Returns the version now loaded."""
-        self.engine.load_weights(state, version)
-        return self.engine.version
+    def load_weights(self, version: int, weights: Published | dict[str, torch.Tensor]) -> int:
+        """Install the trainable tensors published as `version`: a `Published` is fetched here, by this worker,
+        from the object store (rollout.weight_sync); a version older than the loaded one is refused before any
+        fetch. Returns the version now loaded."""
+        return load_published(self.engine, version, weights)
 
     def logprobs(self, samples: list[Sample], response_ids: torch.Tensor, response_mask: torch.Tensor, quant=None,
                  use_images: bool = True) -> torch.Tensor:
