@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 test: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow and not vllm" -p no:cacheprovider
 
 demo: install

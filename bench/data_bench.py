@@ -35,8 +35,10 @@ def main() -> None:
     generate_sample(args.seed, 0, num_points=args.num_points, image_size=args.image_size)  # warm-up: imports, caches
     timings: dict[str, float] = {}
     start = time.perf_counter()
-    samples = [generate_sample(args.seed, i, num_points=args.num_points, image_size=args.image_size, timings=timings)
-               for i in range(args.n)]
+    samples = [
+        generate_sample(args.seed, i, num_points=args.num_points, image_size=args.image_size, timings=timings)
+        for i in range(args.n)
+    ]
     generate_s = time.perf_counter() - start
 
     with tempfile.TemporaryDirectory() as tmp:

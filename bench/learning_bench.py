@@ -28,13 +28,17 @@ def main(overrides: list[str]) -> None:
     init_ray(base)
     init = root / "init_policy"
     if not (init / "pointvlm.json").exists():
-        build_tiny_policy(out_dir=init, seed=base.run.seed, hidden_size=base.policy.hidden_size,
-                          num_layers=base.policy.num_layers)
+        build_tiny_policy(
+            out_dir=init, seed=base.run.seed, hidden_size=base.policy.hidden_size, num_layers=base.policy.num_layers
+        )
     sft = run_stage(warmup_config(base), init, root / "sft")
     reports = {"sft": evaluate_policy(base, sft, root / "eval_sft.json")}
     for algo in ("grca", "grpo"):
-        cfg = dataclasses.replace(base, algo=dataclasses.replace(base.algo, name=algo),
-                                  run=dataclasses.replace(base.run, name=algo, dir=str(root / algo)))
+        cfg = dataclasses.replace(
+            base,
+            algo=dataclasses.replace(base.algo, name=algo),
+            run=dataclasses.replace(base.run, name=algo, dir=str(root / algo)),
+        )
         final = run_stage(cfg, sft, root / algo)
         reports[algo] = evaluate_policy(cfg, final, root / algo / "eval_final.json")
     print(f"\nheld-out metrics ({reports['sft']['meta']['samples']} objects), ratio to the SFT start in brackets:")
@@ -42,7 +46,9 @@ def main(overrides: list[str]) -> None:
     for name, report in reports.items():
         cells = "".join(f"{report[m]:8.3f} [{report[m] / max(reports['sft'][m], 1e-9):4.2f}x]" for m in METRICS)
         print(f"{name:8}{cells}")
-    (root / "summary.json").write_text(json.dumps({k: {m: r[m] for m in METRICS} for k, r in reports.items()}, indent=1))
+    (root / "summary.json").write_text(
+        json.dumps({k: {m: r[m] for m in METRICS} for k, r in reports.items()}, indent=1)
+    )
 
 
 if __name__ == "__main__":

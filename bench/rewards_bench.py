@@ -27,8 +27,13 @@ WORDS = "a small wooden chair with four legs and a tall curved back painted red"
 def _camera(rng: random.Random) -> dict:
     yaw = rng.uniform(-math.pi, math.pi)
     c, s = math.cos(yaw), math.sin(yaw)
-    return {"K": [[160.0, 0.0, 64.0], [0.0, 160.0, 64.0], [0.0, 0.0, 1.0]], "R": [[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]],
-            "t": [0.0, 0.0, 4.0], "width": 128, "height": 128}
+    return {
+        "K": [[160.0, 0.0, 64.0], [0.0, 160.0, 64.0], [0.0, 0.0, 1.0]],
+        "R": [[c, 0.0, s], [0.0, 1.0, 0.0], [-s, 0.0, c]],
+        "t": [0.0, 0.0, 4.0],
+        "width": 128,
+        "height": 128,
+    }
 
 
 def realistic_sample(rng: random.Random, bins: int = 1000) -> dict:
@@ -58,7 +63,13 @@ def realistic_sample(rng: random.Random, bins: int = 1000) -> dict:
         text = "```json\n" + text + "\n```"
     elif roll < 0.10:
         text = text.replace('"kpts3d"', '"kpts3d_"')
-    target = {"answer": ["chair", "a chair"], "bbox2d": box2d.tolist(), "bbox3d": box3d.tolist(), "num_kpts2d": 16, "num_kpts3d": 16}
+    target = {
+        "answer": ["chair", "a chair"],
+        "bbox2d": box2d.tolist(),
+        "bbox3d": box3d.tolist(),
+        "num_kpts2d": 16,
+        "num_kpts3d": 16,
+    }
     return {"text": text, "target": target, "camera": _camera(rng)}
 
 
@@ -94,7 +105,8 @@ def bench_in_process(batch: int, repeats: int) -> None:
 
 def _close(a: list[dict], b: list[dict]) -> bool:
     return all(
-        x["spans"] == y["spans"] and all(abs(x["rewards"][k] - y["rewards"][k]) < 1e-9 for k in y["rewards"]) for x, y in zip(a, b)
+        x["spans"] == y["spans"] and all(abs(x["rewards"][k] - y["rewards"][k]) < 1e-9 for k in y["rewards"])
+        for x, y in zip(a, b)
     )
 
 
@@ -104,16 +116,22 @@ def bench_http(requests: int, clients: int) -> None:
     with running_server() as url:
         with httpx.Client(base_url=url, timeout=30) as client:
             for _ in range(5):
-                client.post("/v1/rewards", content=body, headers={"content-type": "application/json"}).raise_for_status()
+                client.post(
+                    "/v1/rewards", content=body, headers={"content-type": "application/json"}
+                ).raise_for_status()
             latencies = []
             for _ in range(requests):
                 start = time.perf_counter()
-                client.post("/v1/rewards", content=body, headers={"content-type": "application/json"}).raise_for_status()
+                client.post(
+                    "/v1/rewards", content=body, headers={"content-type": "application/json"}
+                ).raise_for_status()
                 latencies.append(time.perf_counter() - start)
         q = statistics.quantiles(latencies, n=100)
         print(f"HTTP on loopback, 64-sample batches, {requests} sequential requests:")
         print(f"  latency p50 {q[49] * 1e3:.2f} ms   p99 {q[98] * 1e3:.2f} ms")
-        print(f"  in-process time for the same batch: {best_seconds(lambda: score_batch(json.loads(body)['samples']), 5) * 1e3:.2f} ms")
+        print(
+            f"  in-process time for the same batch: {best_seconds(lambda: score_batch(json.loads(body)['samples']), 5) * 1e3:.2f} ms"
+        )
 
         done, errors = [], []
 
@@ -131,8 +149,10 @@ def bench_http(requests: int, clients: int) -> None:
         for t in threads:
             t.join()
         elapsed = time.perf_counter() - start
-        print(f"  throughput with {clients} concurrent clients: {len(done) / elapsed:.1f} requests/s = "
-              f"{64 * len(done) / elapsed:,.0f} samples/s ({len(errors)} errors)")
+        print(
+            f"  throughput with {clients} concurrent clients: {len(done) / elapsed:.1f} requests/s = "
+            f"{64 * len(done) / elapsed:,.0f} samples/s ({len(errors)} errors)"
+        )
 
 
 def main() -> None:

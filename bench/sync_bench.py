@@ -23,7 +23,7 @@ from policies import PointVLM
 from policies.tiny import build_tiny_policy
 from rl.config import policy_overrides
 from rl.config_loading import config_to_dict, load_config
-from rl.driver import Controller
+from rl.controller import Controller
 from rollout.weight_sync import WeightSync
 
 
@@ -33,8 +33,10 @@ def _get_blob(worker, wrapped: list) -> int:
 
 
 def start(policy_dir: Path, run_dir: Path, extra: list[str]):
-    cfg = load_config("grca.yaml", ["reward.mode=local", "rollout.num_workers=2", "rollout.cpus_per_worker=0.5",
-                                    f"run.dir={run_dir}", *extra])
+    cfg = load_config(
+        "grca.yaml",
+        ["reward.mode=local", "rollout.num_workers=2", "rollout.cpus_per_worker=0.5", f"run.dir={run_dir}", *extra],
+    )
     controller = Controller.remote(config_to_dict(cfg), str(policy_dir), str(run_dir))
     workers = ray.get(controller.__ray_call__.remote(lambda c: c.workers))
     learner = PointVLM.from_pretrained(policy_dir, **policy_overrides(cfg))
@@ -70,8 +72,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         policy_dir, tmp = Path(tmp) / "policy", Path(tmp)
-        params = sum(p.numel() for p in build_tiny_policy(out_dir=policy_dir, hidden_size=args.hidden,
-                                                          num_layers=args.layers).parameters())
+        params = sum(
+            p.numel()
+            for p in build_tiny_policy(out_dir=policy_dir, hidden_size=args.hidden, num_layers=args.layers).parameters()
+        )
         ray.init(num_cpus=2, include_dashboard=False, namespace="pointrl", log_to_driver=False)
         _, controller, workers, state = start(policy_dir, tmp / "full", [f"sync.bucket_mb={args.bucket_mb}"])
         sync = WeightSync("ray", args.bucket_mb)
@@ -87,8 +91,9 @@ def main() -> None:
         ray.kill(controller)
         del state
 
-        cfg, controller, workers, lora = start(policy_dir, tmp / "lora",
-                                               ["policy.llm_mode=lora", f"policy.lora_r={args.lora_r}"])
+        cfg, controller, workers, lora = start(
+            policy_dir, tmp / "lora", ["policy.llm_mode=lora", f"policy.lora_r={args.lora_r}"]
+        )
         lora_bytes = sum(t.nbytes for t in lora.values())
         time_sync(controller, sync, lora, 1)
         lora_syncs = [time_sync(controller, sync, lora, v)[0] for v in range(2, 2 + args.repeats)]
@@ -98,15 +103,23 @@ def main() -> None:
     sync_s, store_s, put_s, lora_s = map(statistics.median, (syncs, stores, puts, lora_syncs))
     ratio = statistics.median(s / b for s, b in zip(syncs, stores))  # per pair: the machine is shared and noisy
     buckets = f"buckets of {args.bucket_mb:g} MiB" if args.bucket_mb else "one object"
-    print(f"weight sync, policy of {params / 1e6:.1f}M parameters (hidden {args.hidden}, {args.layers} layers), "
-          f"2 rollout workers, local Ray on 2 CPUs, median of {args.repeats}")
-    print(f"  full sync       {nbytes / 2**20:8.1f} MiB  {sync_s:6.3f} s   (put {put_s:.3f} s, {buckets}; "
-          f"workers fetch + install {sync_s - put_s:.3f} s)")
+    print(
+        f"weight sync, policy of {params / 1e6:.1f}M parameters (hidden {args.hidden}, {args.layers} layers), "
+        f"2 rollout workers, local Ray on 2 CPUs, median of {args.repeats}"
+    )
+    print(
+        f"  full sync       {nbytes / 2**20:8.1f} MiB  {sync_s:6.3f} s   (put {put_s:.3f} s, {buckets}; "
+        f"workers fetch + install {sync_s - put_s:.3f} s)"
+    )
     print(f"  object store    {nbytes / 2**20:8.1f} MiB  {store_s:6.3f} s   (ray.put of one blob + 2 workers ray.get)")
-    print(f"  LoRA-only sync  {lora_bytes / 2**20:8.1f} MiB  {lora_s:6.3f} s   (r={cfg.policy.lora_r}: adapters + "
-          f"vision, {len(lora)} tensors)")
-    print(f"  ratio           full sync / object store = {ratio:.2f}x (median of paired runs; goal <= 1.5x); "
-          f"LoRA-only is {sync_s / lora_s:.1f}x faster than the full sync")
+    print(
+        f"  LoRA-only sync  {lora_bytes / 2**20:8.1f} MiB  {lora_s:6.3f} s   (r={cfg.policy.lora_r}: adapters + "
+        f"vision, {len(lora)} tensors)"
+    )
+    print(
+        f"  ratio           full sync / object store = {ratio:.2f}x (median of paired runs; goal <= 1.5x); "
+        f"LoRA-only is {sync_s / lora_s:.1f}x faster than the full sync"
+    )
 
 
 if __name__ == "__main__":

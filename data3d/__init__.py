@@ -10,7 +10,24 @@ from data3d.store import BenchmarkDataset, read_meta, write_dataset
 from data3d.types import Camera, Sample, Targets
 
 __all__ = [
-    "CATEGORIES", "VIEWS", "BenchmarkDataset", "Camera", "Sample", "Targets", "build_shape", "generate_sample",
-    "iter_modelnet40", "iter_objaverse", "iter_shapenet", "modelnet_sample", "prompt_text", "read_meta",
-    "reward_sample", "shapenet_sample", "target_fields", "target_text", "write_benchmark", "write_dataset",
+    "CATEGORIES",
+    "VIEWS",
+    "BenchmarkDataset",
+    "Camera",
+    "Sample",
+    "Targets",
+    "build_shape",
+    "generate_sample",
+    "iter_modelnet40",
+    "iter_objaverse",
+    "iter_shapenet",
+    "modelnet_sample",
+    "prompt_text",
+    "read_meta",
+    "reward_sample",
+    "shapenet_sample",
+    "target_fields",
+    "target_text",
+    "write_benchmark",
+    "write_dataset",
 ]

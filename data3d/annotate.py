@@ -75,8 +75,9 @@ def timed(timings: dict | None, stage: str):
         timings[stage] = timings.get(stage, 0.0) + time.perf_counter() - start
 
 
-def mesh_surface(vertices: np.ndarray, faces: np.ndarray, face_rgb: np.ndarray, count: int,
-                 rng: np.random.Generator) -> Surface:
+def mesh_surface(
+    vertices: np.ndarray, faces: np.ndarray, face_rgb: np.ndarray, count: int, rng: np.random.Generator
+) -> Surface:
     """`count` area-uniform samples of a triangle mesh with their face colours and normals."""
     xyz, normals, face = sample_surface(vertices, faces, count, rng)
     return Surface(xyz, np.asarray(face_rgb, dtype=np.float64)[face], normals)
@@ -140,9 +141,17 @@ def draw_view(view: ViewRange, rng: np.random.Generator) -> dict:
     }
 
 
-def annotate(surface: Surface, rng: np.random.Generator, *, num_points: int, image_size: int,
-             view: ViewRange = DEFAULT_VIEW, pool_size: int | None = None, num_kpts: int = NUM_KPTS,
-             timings: dict | None = None) -> Geometry:
+def annotate(
+    surface: Surface,
+    rng: np.random.Generator,
+    *,
+    num_points: int,
+    image_size: int,
+    view: ViewRange = DEFAULT_VIEW,
+    pool_size: int | None = None,
+    num_kpts: int = NUM_KPTS,
+    timings: dict | None = None,
+) -> Geometry:
     """The whole geometry of one sample from its surface samples (stages timed into `timings`)."""
     with timed(timings, "points"):
         points, moved = thin_cloud(surface, num_points, pool_size)

@@ -25,16 +25,23 @@ from data3d.settings import DataSettings
 from data3d.shapes import CATEGORIES, build_shape
 from data3d.store import SHARD_SIZE, DatasetError, read_meta, write_dataset
 from data3d.types import Sample, Targets
-from rewards.schema import Quant
 
 FRONT, SIDES, ALL = ((-60.0, 60.0),), ((40.0, 140.0), (-140.0, -40.0)), ((-180.0, 180.0),)
 VIEWS: dict[str, ViewRange] = {  # azimuth 0 = the object's front (+z), elevation in degrees above the ground
-    "chair": ViewRange((10, 40), ((-130, 130),)), "table": ViewRange((20, 50), ALL),
-    "mug": ViewRange((15, 45), ALL), "lamp": ViewRange((5, 35), ALL), "bottle": ViewRange((5, 30), ALL),
-    "bed": ViewRange((20, 50), ((-140, 140),)), "sofa": ViewRange((10, 40), ((-110, 110),)),
-    "bookshelf": ViewRange((5, 30), FRONT), "bench": ViewRange((10, 40), ((-120, 120),)),
-    "monitor": ViewRange((0, 30), ((-70, 70),)), "car": ViewRange((5, 35), SIDES),
-    "airplane": ViewRange((15, 60), ALL), "stool": ViewRange((10, 40), ALL), "bowl": ViewRange((20, 55), ALL),
+    "chair": ViewRange((10, 40), ((-130, 130),)),
+    "table": ViewRange((20, 50), ALL),
+    "mug": ViewRange((15, 45), ALL),
+    "lamp": ViewRange((5, 35), ALL),
+    "bottle": ViewRange((5, 30), ALL),
+    "bed": ViewRange((20, 50), ((-140, 140),)),
+    "sofa": ViewRange((10, 40), ((-110, 110),)),
+    "bookshelf": ViewRange((5, 30), FRONT),
+    "bench": ViewRange((10, 40), ((-120, 120),)),
+    "monitor": ViewRange((0, 30), ((-70, 70),)),
+    "car": ViewRange((5, 35), SIDES),
+    "airplane": ViewRange((15, 60), ALL),
+    "stool": ViewRange((10, 40), ALL),
+    "bowl": ViewRange((20, 55), ALL),
 }
 POOL_FACTOR = 2  # surface samples per final point fed to farthest-point thinning
 DEFAULTS = DataSettings()
@@ -46,10 +53,17 @@ def sample_rng(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, index])
 
 
-def generate_sample(seed: int, index: int, *, num_points: int = DEFAULTS.num_points,
-                    image_size: int = DEFAULTS.image_size, num_kpts: int = DEFAULTS.num_kpts,
-                    categories: tuple[str, ...] = tuple(CATEGORIES), relevance: float = 0.0,
-                    timings: dict | None = None) -> Sample:
+def generate_sample(
+    seed: int,
+    index: int,
+    *,
+    num_points: int = DEFAULTS.num_points,
+    image_size: int = DEFAULTS.image_size,
+    num_kpts: int = DEFAULTS.num_kpts,
+    categories: tuple[str, ...] = tuple(CATEGORIES),
+    relevance: float = 0.0,
+    timings: dict | None = None,
+) -> Sample:
     """Sample `index` of the benchmark with seed `seed`; `timings`, if given, accumulates seconds per stage
     (shape, points, render, targets). A share `relevance` of the samples is asked the relevance-discrimination
     question (`data3d.questions.relevance_question`) instead of one drawn by `ask`; at 0 the stream of random
@@ -66,21 +80,50 @@ def generate_sample(seed: int, index: int, *, num_points: int = DEFAULTS.num_poi
     with timed(timings, "points"):
         count = max(image_size**2, POOL_FACTOR * num_points)  # about one sample per pixel for the renderer
         surface = mesh_surface(shape.mesh.vertices, shape.mesh.faces, shape.face_rgb, count, rng)
-    geometry = annotate(surface, rng, num_points=num_points, image_size=image_size, view=VIEWS[category],
-                        pool_size=POOL_FACTOR * num_points, num_kpts=num_kpts, timings=timings)
+    geometry = annotate(
+        surface,
+        rng,
+        num_points=num_points,
+        image_size=image_size,
+        view=VIEWS[category],
+        pool_size=POOL_FACTOR * num_points,
+        num_kpts=num_kpts,
+        timings=timings,
+    )
     with timed(timings, "targets"):
         if relevance and rng.random() < relevance:
             question_type, instruction, answers = relevance_question(rng, shape)
         else:
-            question_type, instruction, answers = ask(rng, category, tuple(CATEGORIES), geometry.bbox3d, shape.colour,
-                                                      shape.counts)
-        attributes = {"colour": shape.colour, "size_class": shape.size_class, "part_count": shape.part_count,
-                      "counts": shape.counts, "view": geometry.view, "source": "synthetic"}
-        targets = Targets(bbox2d=geometry.bbox2d, bbox3d=geometry.bbox3d, kpts3d=geometry.kpts3d,
-                          kpts2d=geometry.kpts2d, answers=answers, category=category,
-                          description=shape.description, attributes=attributes)
-    return Sample(uid=f"synth-{seed}-{index:07d}", points=geometry.points, instruction=instruction, targets=targets,
-                  image=geometry.image, camera=geometry.camera, question_type=question_type)
+            question_type, instruction, answers = ask(
+                rng, category, tuple(CATEGORIES), geometry.bbox3d, shape.colour, shape.counts
+            )
+        attributes = {
+            "colour": shape.colour,
+            "size_class": shape.size_class,
+            "part_count": shape.part_count,
+            "counts": shape.counts,
+            "view": geometry.view,
+            "source": "synthetic",
+        }
+        targets = Targets(
+            bbox2d=geometry.bbox2d,
+            bbox3d=geometry.bbox3d,
+            kpts3d=geometry.kpts3d,
+            kpts2d=geometry.kpts2d,
+            answers=answers,
+            category=category,
+            description=shape.description,
+            attributes=attributes,
+        )
+    return Sample(
+        uid=f"synth-{seed}-{index:07d}",
+        points=geometry.points,
+        instruction=instruction,
+        targets=targets,
+        image=geometry.image,
+        camera=geometry.camera,
+        question_type=question_type,
+    )
 
 
 def split_indices(n: int, test_fraction: float) -> dict[str, range]:
@@ -93,26 +136,46 @@ def split_indices(n: int, test_fraction: float) -> dict[str, range]:
 
 def _generate(job: tuple[int, int, DataSettings, float]) -> Sample:
     seed, index, settings, relevance = job
-    return generate_sample(seed, index, num_points=settings.num_points, image_size=settings.image_size,
-                           num_kpts=settings.num_kpts, relevance=relevance)
+    return generate_sample(
+        seed,
+        index,
+        num_points=settings.num_points,
+        image_size=settings.image_size,
+        num_kpts=settings.num_kpts,
+        relevance=relevance,
+    )
 
 
 def _remaining(out_dir, config: dict, splits: dict[str, range]) -> dict[str, range]:
     """For `resume`: the indices of each split that no finished shard of `out_dir` holds yet."""
     meta = read_meta(out_dir, partial_ok=True)
     started = meta.get("config", {})
-    differences = [f"{key} {started.get(key)!r} vs {value!r}" for key, value in config.items()
-                   if started.get(key) != value]
+    differences = [
+        f"{key} {started.get(key)!r} vs {value!r}" for key, value in config.items() if started.get(key) != value
+    ]
     if differences:
-        raise DatasetError(f"{out_dir} was started with other settings, so it cannot be resumed with these (written "
-                           f"vs asked: {', '.join(differences)})")
+        raise DatasetError(
+            f"{out_dir} was started with other settings, so it cannot be resumed with these (written "
+            f"vs asked: {', '.join(differences)})"
+        )
     done = {split: meta["splits"].get(split, {"count": 0})["count"] for split in splits}
-    return {split: indices[done[split]:] for split, indices in splits.items()}
+    return {split: indices[done[split] :] for split, indices in splits.items()}
 
 
-def write_benchmark(out_dir, n: int, seed: int, *, test_fraction: float = 0.1, settings: DataSettings = DEFAULTS,
-                    relevance: float = 0.0, workers: int = 1, progress: bool = True, shard_size: int = SHARD_SIZE,
-                    overwrite: bool = False, resume: bool = False) -> dict:
+def write_benchmark(
+    out_dir,
+    n: int,
+    seed: int,
+    *,
+    test_fraction: float = 0.1,
+    settings: DataSettings = DEFAULTS,
+    relevance: float = 0.0,
+    workers: int = 1,
+    progress: bool = True,
+    shard_size: int = SHARD_SIZE,
+    overwrite: bool = False,
+    resume: bool = False,
+) -> dict:
     """Generate n samples into `out_dir` (the `data3d.store` format) with a progress bar, on `workers` processes
     (each sample depends only on (seed, index), so the set is the same for any count); returns a summary.
     `resume` finishes an interrupted run of the same arguments (summary["resumed_from"]: the samples it found)."""
@@ -121,9 +184,17 @@ def write_benchmark(out_dir, n: int, seed: int, *, test_fraction: float = 0.1, s
     if seed < 0 or not 0.0 <= relevance <= 1.0:
         raise ValueError(f"need seed >= 0 and 0 <= relevance <= 1, got seed={seed}, relevance={relevance}")
     splits = split_indices(n, test_fraction)
-    config = {"generator": "data3d.benchmark", "seed": seed, "n": n, "test_fraction": test_fraction,
-              "num_points": settings.num_points, "image_size": settings.image_size, "num_kpts": settings.num_kpts,
-              "relevance": relevance, "categories": list(CATEGORIES)}
+    config = {
+        "generator": "data3d.benchmark",
+        "seed": seed,
+        "n": n,
+        "test_fraction": test_fraction,
+        "num_points": settings.num_points,
+        "image_size": settings.image_size,
+        "num_kpts": settings.num_kpts,
+        "relevance": relevance,
+        "categories": list(CATEGORIES),
+    }
     planned = {split: len(indices) for split, indices in splits.items()}
     todo = _remaining(out_dir, config, splits) if resume else splits
     resumed_from = n - sum(map(len, todo.values()))
@@ -143,15 +214,27 @@ def write_benchmark(out_dir, n: int, seed: int, *, test_fraction: float = 0.1, s
 
     start = time.perf_counter()
     try:
-        meta = write_dataset(out_dir, {split: samples(indices) for split, indices in todo.items()}, config=config,
-                             quant=settings.quant(), shard_size=shard_size, overwrite=overwrite, planned=planned,
-                             resume=resume)
+        meta = write_dataset(
+            out_dir,
+            {split: samples(indices) for split, indices in todo.items()},
+            config=config,
+            quant=settings.quant(),
+            shard_size=shard_size,
+            overwrite=overwrite,
+            planned=planned,
+            resume=resume,
+        )
     finally:
         bar.close()
         if pool:
             pool.terminate()
     seconds = time.perf_counter() - start
     made = n - resumed_from
-    return {"out_dir": str(out_dir), "counts": {split: info["count"] for split, info in meta["splits"].items()},
-            "seconds": round(seconds, 3), "samples_per_s": round(made / max(seconds, 1e-9), 2),
-            "categories": dict(sorted(categories.items())), "resumed_from": resumed_from}
+    return {
+        "out_dir": str(out_dir),
+        "counts": {split: info["count"] for split, info in meta["splits"].items()},
+        "seconds": round(seconds, 3),
+        "samples_per_s": round(made / max(seconds, 1e-9), 2),
+        "categories": dict(sorted(categories.items())),
+        "resumed_from": resumed_from,
+    }

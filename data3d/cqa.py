@@ -48,15 +48,17 @@ class ChoiceQuestion:
         """`sample` (cloud, image, geometry targets) asked this question; the right letter and its option's text
         are the accepted answers."""
         targets = dataclasses.replace(sample.targets, answers=[LETTERS[self.correct], self.options[self.correct]])
-        return dataclasses.replace(sample, instruction=self.instruction, targets=targets,
-                                   question_type=f"3dcqa-{self.ability}")
+        return dataclasses.replace(
+            sample, instruction=self.instruction, targets=targets, question_type=f"3dcqa-{self.ability}"
+        )
 
 
 def _question(uid: str, ability: str, stem: str, right: str, wrong: list[str], rng: np.random.Generator):
     options = [right, *wrong]
     order = rng.permutation(len(options))
-    return ChoiceQuestion(f"{uid}/{ability}", ability, stem, tuple(options[i] for i in order),
-                          int(np.flatnonzero(order == 0)[0]))
+    return ChoiceQuestion(
+        f"{uid}/{ability}", ability, stem, tuple(options[i] for i in order), int(np.flatnonzero(order == 0)[0])
+    )
 
 
 def _pick(rng: np.random.Generator, pool: list[str], count: int = NUM_OPTIONS - 1) -> list[str] | None:
@@ -68,7 +70,7 @@ def _features(sample: Sample) -> str:
     t = sample.targets
     colour = t.attributes.get("colour", "")
     head = f"{article(colour)} {colour} {t.category}"
-    return t.description[len(head):].strip() if t.description.startswith(head) else ""
+    return t.description[len(head) :].strip() if t.description.startswith(head) else ""
 
 
 def colour_question(sample: Sample, rng: np.random.Generator) -> ChoiceQuestion | None:
@@ -96,8 +98,9 @@ def size_question(sample: Sample, rng: np.random.Generator) -> ChoiceQuestion | 
     if size[first] < CLEAR_MARGIN * size[second]:
         return None
     wrong = [option for i, option in enumerate(EXTENT_OPTIONS) if i != first]
-    return _question(sample.uid, "size", "Along which extent is this object largest?", EXTENT_OPTIONS[first], wrong,
-                     rng)
+    return _question(
+        sample.uid, "size", "Along which extent is this object largest?", EXTENT_OPTIONS[first], wrong, rng
+    )
 
 
 def category_question(sample: Sample, rng: np.random.Generator) -> ChoiceQuestion | None:
@@ -122,8 +125,13 @@ def count_question(sample: Sample, rng: np.random.Generator) -> ChoiceQuestion |
     return wrong and _question(sample.uid, "count", f"How many {noun} does this object have?", str(n), wrong, rng)
 
 
-ASK = {"colour": colour_question, "shape": shape_question, "size": size_question, "category": category_question,
-       "count": count_question}
+ASK = {
+    "colour": colour_question,
+    "shape": shape_question,
+    "size": size_question,
+    "category": category_question,
+    "count": count_question,
+}
 
 
 def choice_questions(sample: Sample, seed: int = 0) -> list[ChoiceQuestion]:

@@ -32,23 +32,103 @@ from data3d.types import Sample, Targets
 
 GREY = (0.6, 0.6, 0.6)
 SHAPENET_SYNSETS: dict[str, str] = {
-    "02691156": "airplane", "02747177": "trash bin", "02773838": "bag", "02801938": "basket", "02808440": "bathtub",
-    "02818832": "bed", "02828884": "bench", "02843684": "birdhouse", "02871439": "bookshelf", "02876657": "bottle",
-    "02880940": "bowl", "02924116": "bus", "02933112": "cabinet", "02942699": "camera", "02946921": "can",
-    "02954340": "cap", "02958343": "car", "02992529": "cellphone", "03001627": "chair", "03046257": "clock",
-    "03085013": "keyboard", "03207941": "dishwasher", "03211117": "monitor", "03261776": "earphone", "03325088": "faucet",
-    "03337140": "file cabinet", "03467517": "guitar", "03513137": "helmet", "03593526": "jar", "03624134": "knife",
-    "03636649": "lamp", "03642806": "laptop", "03691459": "loudspeaker", "03710193": "mailbox", "03759954": "microphone",
-    "03761084": "microwave", "03790512": "motorbike", "03797390": "mug", "03928116": "piano", "03938244": "pillow",
-    "03948459": "pistol", "03991062": "flowerpot", "04004475": "printer", "04074963": "remote control", "04090263": "rifle",
-    "04099429": "rocket", "04225987": "skateboard", "04256520": "sofa", "04330267": "stove", "04379243": "table",
-    "04401088": "telephone", "04460130": "tower", "04468005": "train", "04530566": "watercraft", "04554684": "washer",
+    "02691156": "airplane",
+    "02747177": "trash bin",
+    "02773838": "bag",
+    "02801938": "basket",
+    "02808440": "bathtub",
+    "02818832": "bed",
+    "02828884": "bench",
+    "02843684": "birdhouse",
+    "02871439": "bookshelf",
+    "02876657": "bottle",
+    "02880940": "bowl",
+    "02924116": "bus",
+    "02933112": "cabinet",
+    "02942699": "camera",
+    "02946921": "can",
+    "02954340": "cap",
+    "02958343": "car",
+    "02992529": "cellphone",
+    "03001627": "chair",
+    "03046257": "clock",
+    "03085013": "keyboard",
+    "03207941": "dishwasher",
+    "03211117": "monitor",
+    "03261776": "earphone",
+    "03325088": "faucet",
+    "03337140": "file cabinet",
+    "03467517": "guitar",
+    "03513137": "helmet",
+    "03593526": "jar",
+    "03624134": "knife",
+    "03636649": "lamp",
+    "03642806": "laptop",
+    "03691459": "loudspeaker",
+    "03710193": "mailbox",
+    "03759954": "microphone",
+    "03761084": "microwave",
+    "03790512": "motorbike",
+    "03797390": "mug",
+    "03928116": "piano",
+    "03938244": "pillow",
+    "03948459": "pistol",
+    "03991062": "flowerpot",
+    "04004475": "printer",
+    "04074963": "remote control",
+    "04090263": "rifle",
+    "04099429": "rocket",
+    "04225987": "skateboard",
+    "04256520": "sofa",
+    "04330267": "stove",
+    "04379243": "table",
+    "04401088": "telephone",
+    "04460130": "tower",
+    "04468005": "train",
+    "04530566": "watercraft",
+    "04554684": "washer",
 }
 MODELNET40_CLASSES: tuple[str, ...] = (
-    "airplane", "bathtub", "bed", "bench", "bookshelf", "bottle", "bowl", "car", "chair", "cone", "cup", "curtain", "desk",
-    "door", "dresser", "flower_pot", "glass_box", "guitar", "keyboard", "lamp", "laptop", "mantel", "monitor",
-    "night_stand", "person", "piano", "plant", "radio", "range_hood", "sink", "sofa", "stairs", "stool", "table", "tent",
-    "toilet", "tv_stand", "vase", "wardrobe", "xbox",
+    "airplane",
+    "bathtub",
+    "bed",
+    "bench",
+    "bookshelf",
+    "bottle",
+    "bowl",
+    "car",
+    "chair",
+    "cone",
+    "cup",
+    "curtain",
+    "desk",
+    "door",
+    "dresser",
+    "flower_pot",
+    "glass_box",
+    "guitar",
+    "keyboard",
+    "lamp",
+    "laptop",
+    "mantel",
+    "monitor",
+    "night_stand",
+    "person",
+    "piano",
+    "plant",
+    "radio",
+    "range_hood",
+    "sink",
+    "sofa",
+    "stairs",
+    "stool",
+    "table",
+    "tent",
+    "toilet",
+    "tv_stand",
+    "vase",
+    "wardrobe",
+    "xbox",
 )
 
 
@@ -56,19 +136,44 @@ def _rng(seed: int, uid: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(uid.encode())])
 
 
-def _sample(path: Path, uid: str, surface: Surface, rng: np.random.Generator, question: tuple, category: str,
-            description: str, *, num_points: int, image_size: int, pool_size: int | None = None) -> Sample:
+def _sample(
+    path: Path,
+    uid: str,
+    surface: Surface,
+    rng: np.random.Generator,
+    question: tuple,
+    category: str,
+    description: str,
+    *,
+    num_points: int,
+    image_size: int,
+    pool_size: int | None = None,
+) -> Sample:
     """The sample of one file's surface; a failure names the file."""
     try:
         geometry = annotate(surface, rng, num_points=num_points, image_size=image_size, pool_size=pool_size)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
     question_type, instruction, answers = question
-    targets = Targets(bbox2d=geometry.bbox2d, bbox3d=geometry.bbox3d, kpts3d=geometry.kpts3d, kpts2d=geometry.kpts2d,
-                      answers=answers, category=category, description=description,
-                      attributes={"source": uid.split("-", 1)[0], "view": geometry.view})
-    return Sample(uid=uid, points=geometry.points, instruction=instruction, targets=targets, image=geometry.image,
-                  camera=geometry.camera, question_type=question_type)
+    targets = Targets(
+        bbox2d=geometry.bbox2d,
+        bbox3d=geometry.bbox3d,
+        kpts3d=geometry.kpts3d,
+        kpts2d=geometry.kpts2d,
+        answers=answers,
+        category=category,
+        description=description,
+        attributes={"source": uid.split("-", 1)[0], "view": geometry.view},
+    )
+    return Sample(
+        uid=uid,
+        points=geometry.points,
+        instruction=instruction,
+        targets=targets,
+        image=geometry.image,
+        camera=geometry.camera,
+        question_type=question_type,
+    )
 
 
 def _face_rgb(mesh) -> np.ndarray:
@@ -111,8 +216,9 @@ def read_mesh(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return vertices, faces, np.concatenate([_face_rgb(m) for m in meshes])
 
 
-def shapenet_sample(path, category: str, uid: str, *, seed: int = 0, num_points: int = 1024,
-                    image_size: int = 128) -> Sample:
+def shapenet_sample(
+    path, category: str, uid: str, *, seed: int = 0, num_points: int = 1024, image_size: int = 128
+) -> Sample:
     """One ShapeNet model file as a sample."""
     vertices, faces, face_rgb = read_mesh(path)
     rng = _rng(seed, uid)
@@ -121,12 +227,29 @@ def shapenet_sample(path, category: str, uid: str, *, seed: int = 0, num_points:
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
     question = category_question(category, SHAPENET_SYNSETS.values(), rng)
-    return _sample(path, uid, surface, rng, question, category, f"{article(category)} {category}",
-                   num_points=num_points, image_size=image_size, pool_size=POOL_FACTOR * num_points)
+    return _sample(
+        path,
+        uid,
+        surface,
+        rng,
+        question,
+        category,
+        f"{article(category)} {category}",
+        num_points=num_points,
+        image_size=image_size,
+        pool_size=POOL_FACTOR * num_points,
+    )
 
 
-def iter_shapenet(root, *, synsets: list[str] | None = None, limit: int | None = None, seed: int = 0,
-                  num_points: int = 1024, image_size: int = 128) -> Iterator[Sample]:
+def iter_shapenet(
+    root,
+    *,
+    synsets: list[str] | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    num_points: int = 1024,
+    image_size: int = 128,
+) -> Iterator[Sample]:
     """ShapeNetCore v2 models under `root` in sorted order (optionally only some synsets, at most `limit`)."""
     root = Path(root)
     if not root.is_dir():
@@ -137,8 +260,14 @@ def iter_shapenet(root, *, synsets: list[str] | None = None, limit: int | None =
         paths = [p for p in paths if p.parts[-4] in wanted]
     for path in paths[:limit]:
         synset, model_id = path.parts[-4], path.parts[-3]
-        yield shapenet_sample(path, SHAPENET_SYNSETS.get(synset, synset), f"shapenet-{synset}-{model_id}",
-                              seed=seed, num_points=num_points, image_size=image_size)
+        yield shapenet_sample(
+            path,
+            SHAPENET_SYNSETS.get(synset, synset),
+            f"shapenet-{synset}-{model_id}",
+            seed=seed,
+            num_points=num_points,
+            image_size=image_size,
+        )
 
 
 def read_modelnet_txt(path) -> np.ndarray:
@@ -165,12 +294,28 @@ def modelnet_sample(path, *, seed: int = 0, num_points: int = 1024, image_size: 
     surface = Surface(rows[:, :3], np.broadcast_to(np.asarray(GREY), (len(rows), 3)), normals)
     rng = _rng(seed, uid)
     question = category_question(category, [c.replace("_", " ") for c in MODELNET40_CLASSES], rng)
-    return _sample(path, uid, surface, rng, question, category, f"{article(category)} {category}",
-                   num_points=num_points, image_size=image_size)
+    return _sample(
+        path,
+        uid,
+        surface,
+        rng,
+        question,
+        category,
+        f"{article(category)} {category}",
+        num_points=num_points,
+        image_size=image_size,
+    )
 
 
-def iter_modelnet40(root, *, split: str | None = None, limit: int | None = None, seed: int = 0,
-                    num_points: int = 1024, image_size: int = 128) -> Iterator[Sample]:
+def iter_modelnet40(
+    root,
+    *,
+    split: str | None = None,
+    limit: int | None = None,
+    seed: int = 0,
+    num_points: int = 1024,
+    image_size: int = 128,
+) -> Iterator[Sample]:
     """ModelNet40 files under `root`: those listed in `modelnet40_<split>.txt`, or every `<class>/*.txt` if no split."""
     root = Path(root)
     if not root.is_dir():
@@ -226,13 +371,23 @@ def read_pointllm_npy(path) -> tuple[np.ndarray, np.ndarray]:
     return cloud[:, :3].astype(np.float64), rgb / 255.0 if rgb.max() > 1.0 else rgb
 
 
-def iter_objaverse(root, conversations, *, limit: int | None = None, seed: int = 0, num_points: int = 1024,
-                   image_size: int = 128) -> Iterator[Sample]:
+def iter_objaverse(
+    root, conversations, *, limit: int | None = None, seed: int = 0, num_points: int = 1024, image_size: int = 128
+) -> Iterator[Sample]:
     """PointLLM Objaverse samples: one per conversation entry, its cloud read from `<root>/<uid>_8192.npy`."""
     root = Path(root)
     for object_id, instruction, answer in read_conversations(conversations)[:limit]:
         path = root / f"{object_id}_8192.npy"
         xyz, rgb = read_pointllm_npy(path)
         uid = f"objaverse-{object_id}"
-        yield _sample(path, uid, Surface(xyz, rgb), _rng(seed, uid), ("open", instruction, [answer]), "", answer,
-                      num_points=num_points, image_size=image_size)
+        yield _sample(
+            path,
+            uid,
+            Surface(xyz, rgb),
+            _rng(seed, uid),
+            ("open", instruction, [answer]),
+            "",
+            answer,
+            num_points=num_points,
+            image_size=image_size,
+        )

@@ -24,7 +24,9 @@ def category_question(category: str, choices: Sequence[str], rng: np.random.Gene
     """Multiple choice over NUM_OPTIONS categories (the true one and distractors from `choices`), lettered A-D."""
     distractors = sorted({c for c in choices if c != category})
     if len(distractors) < NUM_OPTIONS - 1:
-        raise ValueError(f"category question for {category!r}: need {NUM_OPTIONS - 1} other categories, got {distractors}")
+        raise ValueError(
+            f"category question for {category!r}: need {NUM_OPTIONS - 1} other categories, got {distractors}"
+        )
     options = [category] + [distractors[i] for i in rng.choice(len(distractors), NUM_OPTIONS - 1, replace=False)]
     options = [options[i] for i in rng.permutation(NUM_OPTIONS)]
     letter = "ABCD"[options.index(category)]
@@ -77,8 +79,14 @@ def relevance_question(rng: np.random.Generator, shape: Shape):
     return "match", f"Does this description fit this object: {candidate}?", [answer]
 
 
-def ask(rng: np.random.Generator, category: str, choices: Sequence[str], bbox3d: np.ndarray,
-        colour: str | None = None, counts: dict[str, int] | None = None):
+def ask(
+    rng: np.random.Generator,
+    category: str,
+    choices: Sequence[str],
+    bbox3d: np.ndarray,
+    colour: str | None = None,
+    counts: dict[str, int] | None = None,
+):
     """One question drawn uniformly from those this object can answer clearly."""
     candidates = [category_question(category, choices, rng), longest_axis_question(bbox3d), taller_question(bbox3d)]
     if colour is not None:

@@ -117,8 +117,14 @@ def zbuffer(pixels: np.ndarray, depth: np.ndarray, width: int, height: int) -> t
     return nearest_depth.reshape(height, width), nearest.reshape(height, width)
 
 
-def render(xyz: np.ndarray, rgb: np.ndarray, normals: np.ndarray | None, camera: Camera,
-           background=BACKGROUND, radius: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def render(
+    xyz: np.ndarray,
+    rgb: np.ndarray,
+    normals: np.ndarray | None,
+    camera: Camera,
+    background=BACKGROUND,
+    radius: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Splat coloured samples through `camera` -> (image (H, W, 3) uint8, object mask (H, W) bool).
 
     Each pixel of the mask (the sample hits, closed with `radius`) takes the colour of the nearest sample drawn

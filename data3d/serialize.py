@@ -65,9 +65,11 @@ def prompt_text(sample: Sample, quant: Quant | None = None) -> str:
         bounds = ", ".join(f"{axis} in [{a:g}, {b:g}]" for axis, a, b in zip("xyz", lo, hi))
         units = f"integer bins 0-{quant.bins - 1}: 2D over the image, 3D over {bounds}"
     # short on purpose: every prompt carries this line, and on a small model its tokens are a large part of a step
-    return (f"{sample.instruction}\n"
-            f"Answer in JSON: {FIELDS[0]}, {FIELDS[1]}, bbox2d [x1, y1, x2, y2], bbox3d [xmin, ymin, zmin, xmax, "
-            f"ymax, zmax], kpts2d {len(t.kpts2d)} [u, v] and kpts3d {len(t.kpts3d)} [x, y, z]. Coordinates: {units}.")
+    return (
+        f"{sample.instruction}\n"
+        f"Answer in JSON: {FIELDS[0]}, {FIELDS[1]}, bbox2d [x1, y1, x2, y2], bbox3d [xmin, ymin, zmin, xmax, "
+        f"ymax, zmax], kpts2d {len(t.kpts2d)} [u, v] and kpts3d {len(t.kpts3d)} [x, y, z]. Coordinates: {units}."
+    )
 
 
 def reward_sample(sample: Sample, text: str) -> dict:

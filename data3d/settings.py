@@ -45,15 +45,22 @@ class DataSettings:
 
     def differences(self, other: DataSettings) -> list[str]:
         """`name self vs other` for every setting that differs."""
-        return [f"{f.name} {getattr(self, f.name)} vs {getattr(other, f.name)}" for f in fields(self)
-                if getattr(self, f.name) != getattr(other, f.name)]
+        return [
+            f"{f.name} {getattr(self, f.name)} vs {getattr(other, f.name)}"
+            for f in fields(self)
+            if getattr(self, f.name) != getattr(other, f.name)
+        ]
 
 
 def dataset_settings(meta: dict) -> DataSettings:
     """The settings a `pointrl synth` dataset was written with (its meta.json's config and quant)."""
     config = meta.get("config", {})
-    return DataSettings(num_points=config["num_points"], image_size=config["image_size"],
-                        num_kpts=config["num_kpts"], bins=meta["quant"]["bins"])
+    return DataSettings(
+        num_points=config["num_points"],
+        image_size=config["image_size"],
+        num_kpts=config["num_kpts"],
+        bins=meta["quant"]["bins"],
+    )
 
 
 def save_settings(policy_dir: str | Path, settings: DataSettings) -> None:
@@ -70,7 +77,9 @@ def check_compatible(policy: DataSettings, data: DataSettings, policy_dir, data_
     """Refuse to score a policy on data written with other settings, naming both."""
     differences = policy.differences(data)
     if differences:
-        raise ValueError(f"{data_dir} was written with other data settings than {policy_dir} was trained on "
-                         f"(policy vs data: {', '.join(differences)}); regenerate it with `pointrl synth "
-                         f"--num-points {policy.num_points} --image-size {policy.image_size} --num-kpts "
-                         f"{policy.num_kpts} --bins {policy.bins}`")
+        raise ValueError(
+            f"{data_dir} was written with other data settings than {policy_dir} was trained on "
+            f"(policy vs data: {', '.join(differences)}); regenerate it with `pointrl synth "
+            f"--num-points {policy.num_points} --image-size {policy.image_size} --num-kpts "
+            f"{policy.num_kpts} --bins {policy.bins}`"
+        )

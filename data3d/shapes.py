@@ -13,7 +13,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from data3d.primitives import (
-    Mesh, box, cylinder, ellipsoid, face_areas, lathe, merge, placed, rotation, torus_arc,
+    Mesh,
+    box,
+    cylinder,
+    ellipsoid,
+    face_areas,
+    lathe,
+    merge,
+    placed,
+    rotation,
+    torus_arc,
 )
 
 PALETTE: dict[str, tuple[float, float, float]] = {
@@ -72,14 +81,18 @@ def _legs(half_x: float, half_z: float, height: float, side: float, label: int) 
 def chair(rng):
     u = rng.uniform
     w, d, seat_y, back_h, leg = u(0.40, 0.55), u(0.40, 0.52), u(0.40, 0.48), u(0.30, 0.60), u(0.03, 0.05)
-    parts = [box((w, 0.05, d), (0, seat_y - 0.025, 0), MAIN),
-             box((w, back_h, 0.04), (0, seat_y + back_h / 2, -d / 2 + 0.02), MAIN)]
+    parts = [
+        box((w, 0.05, d), (0, seat_y - 0.025, 0), MAIN),
+        box((w, back_h, 0.04), (0, seat_y + back_h / 2, -d / 2 + 0.02), MAIN),
+    ]
     parts += _legs(w / 2 - leg / 2, d / 2 - leg / 2, seat_y - 0.05, leg, ACCENT)
     features = f"with four legs and a {'tall' if back_h > 0.45 else 'low'} back"
     if rng.random() < 0.35:
         for sx in (-1, 1):
-            parts += [box((0.05, 0.04, d * 0.8), (sx * (w / 2 + 0.025), seat_y + 0.22, 0), ACCENT),
-                      box((0.04, 0.22, 0.04), (sx * (w / 2 + 0.025), seat_y + 0.11, d * 0.35), ACCENT)]
+            parts += [
+                box((0.05, 0.04, d * 0.8), (sx * (w / 2 + 0.025), seat_y + 0.22, 0), ACCENT),
+                box((0.04, 0.22, 0.04), (sx * (w / 2 + 0.025), seat_y + 0.11, d * 0.35), ACCENT),
+            ]
         features += " and armrests"
     return parts, {"legs": 4}, features
 
@@ -88,8 +101,11 @@ def table(rng):
     h, top_t = rng.uniform(0.68, 0.78), rng.uniform(0.03, 0.06)
     if rng.random() < 0.35:
         r = rng.uniform(0.40, 0.60)
-        parts = [placed(cylinder(r, top_t, MAIN, segments=24), (0, h - top_t, 0)),
-                 cylinder(0.05, h - top_t, ACCENT), cylinder(r * 0.5, 0.04, ACCENT, segments=24)]
+        parts = [
+            placed(cylinder(r, top_t, MAIN, segments=24), (0, h - top_t, 0)),
+            cylinder(0.05, h - top_t, ACCENT),
+            cylinder(r * 0.5, 0.04, ACCENT, segments=24),
+        ]
         return parts, {"legs": 1}, "with a round top on one central leg"
     w, d, leg = rng.uniform(0.9, 1.8), rng.uniform(0.6, 1.0), rng.uniform(0.04, 0.07)
     parts = [box((w, top_t, d), (0, h - top_t / 2, 0), MAIN)] + _legs(w / 2 - leg, d / 2 - leg, h - top_t, leg, ACCENT)
@@ -111,8 +127,11 @@ def lamp(rng):
     base_r, pole_h, shade_r, shade_h = u(0.08, 0.14), u(0.30, 0.60), u(0.12, 0.20), u(0.15, 0.25)
     conical = rng.random() < 0.6
     top_r = shade_r * (rng.uniform(0.45, 0.75) if conical else 0.97)
-    parts = [cylinder(base_r, 0.03, ACCENT), placed(cylinder(0.012, pole_h, ACCENT, segments=8), (0, 0.03, 0)),
-             placed(lathe([(shade_r, 0), (top_r, shade_h)], 24, MAIN), (0, 0.03 + pole_h - shade_h * 0.6, 0))]
+    parts = [
+        cylinder(base_r, 0.03, ACCENT),
+        placed(cylinder(0.012, pole_h, ACCENT, segments=8), (0, 0.03, 0)),
+        placed(lathe([(shade_r, 0), (top_r, shade_h)], 24, MAIN), (0, 0.03 + pole_h - shade_h * 0.6, 0)),
+    ]
     return parts, {}, f"with a {'conical' if conical else 'cylindrical'} shade"
 
 
@@ -129,9 +148,11 @@ def bed(rng):
     u = rng.uniform
     w, length, frame_h, head_h = u(0.9, 1.8), u(1.9, 2.1), u(0.25, 0.35), u(0.5, 0.9)
     top = 0.1 + frame_h
-    parts = [box((w, frame_h, length), (0, 0.1 + frame_h / 2, 0), ACCENT),
-             box((w * 0.96, 0.2, length * 0.95), (0, top + 0.1, 0.01), MAIN),
-             box((w, head_h + frame_h, 0.06), (0, 0.1 + (head_h + frame_h) / 2, -length / 2 - 0.03), ACCENT)]
+    parts = [
+        box((w, frame_h, length), (0, 0.1 + frame_h / 2, 0), ACCENT),
+        box((w * 0.96, 0.2, length * 0.95), (0, top + 0.1, 0.01), MAIN),
+        box((w, head_h + frame_h, 0.06), (0, 0.1 + (head_h + frame_h) / 2, -length / 2 - 0.03), ACCENT),
+    ]
     parts += _legs(w / 2 - 0.04, length / 2 - 0.04, 0.1, 0.06, ACCENT)
     pillows = 2 if w > 1.2 and rng.random() < 0.7 else 1
     for k in range(pillows):
@@ -148,11 +169,15 @@ def sofa(rng):
     u = rng.uniform
     seats, seat_w, d, arm_w, back_h = int(rng.integers(2, 4)), u(0.5, 0.65), u(0.8, 0.95), u(0.1, 0.2), u(0.4, 0.5)
     w, base_top = seats * seat_w + 2 * arm_w, 0.08 + 0.25
-    parts = [box((w, 0.25, d), (0, 0.08 + 0.125, 0), MAIN),
-             box((w, back_h, 0.18), (0, base_top + back_h / 2, -d / 2 + 0.09), MAIN)]
+    parts = [
+        box((w, 0.25, d), (0, 0.08 + 0.125, 0), MAIN),
+        box((w, back_h, 0.18), (0, base_top + back_h / 2, -d / 2 + 0.09), MAIN),
+    ]
     parts += [box((arm_w, 0.25, d), (sx * (w - arm_w) / 2, base_top + 0.125, 0), MAIN) for sx in (-1, 1)]
-    parts += [box((seat_w * 0.97, 0.12, d - 0.2), ((k - (seats - 1) / 2) * seat_w, base_top + 0.06, 0.1), MAIN)
-              for k in range(seats)]
+    parts += [
+        box((seat_w * 0.97, 0.12, d - 0.2), ((k - (seats - 1) / 2) * seat_w, base_top + 0.06, 0.1), MAIN)
+        for k in range(seats)
+    ]
     parts += _legs(w / 2 - 0.05, d / 2 - 0.05, 0.08, 0.05, ACCENT)
     return parts, {"seat cushions": seats}, f"with {_count(seats, 'seat cushion')} and armrests"
 
@@ -170,8 +195,11 @@ def bench(rng):
     length, d, h = rng.uniform(1.0, 1.8), rng.uniform(0.30, 0.45), rng.uniform(0.40, 0.48)
     legs = 6 if length > 1.4 else 4
     parts = [box((length, 0.05, d), (0, h - 0.025, 0), MAIN)]
-    parts += [box((0.05, h - 0.05, 0.05), (x, (h - 0.05) / 2, z * (d / 2 - 0.04)), ACCENT)
-              for x in np.linspace(-length / 2 + 0.05, length / 2 - 0.05, legs // 2) for z in (-1, 1)]
+    parts += [
+        box((0.05, h - 0.05, 0.05), (x, (h - 0.05) / 2, z * (d / 2 - 0.04)), ACCENT)
+        for x in np.linspace(-length / 2 + 0.05, length / 2 - 0.05, legs // 2)
+        for z in (-1, 1)
+    ]
     features = f"with {_count(legs, 'leg')}"
     if rng.random() < 0.5:
         back_h = rng.uniform(0.25, 0.40)
@@ -186,10 +214,12 @@ def monitor(rng):
     h = w * aspect
     centre_y = 0.02 + neck_h + h / 2
     # the screen is a slab standing 2 cm proud of the casing: a flat face closer to the casing would z-fight with it
-    parts = [box((w, h, depth), (0, centre_y, 0), MAIN),
-             box((w * 0.94, h * 0.9, 0.02), (0, centre_y, depth / 2 + 0.01), DARK),
-             box((0.05, neck_h + h / 2, 0.03), (0, 0.02 + (neck_h + h / 2) / 2, -depth / 2 - 0.015), ACCENT),
-             box((w * 0.4, 0.02, 0.22), (0, 0.01, -0.03), ACCENT)]
+    parts = [
+        box((w, h, depth), (0, centre_y, 0), MAIN),
+        box((w * 0.94, h * 0.9, 0.02), (0, centre_y, depth / 2 + 0.01), DARK),
+        box((0.05, neck_h + h / 2, 0.03), (0, 0.02 + (neck_h + h / 2) / 2, -depth / 2 - 0.015), ACCENT),
+        box((w * 0.4, 0.02, 0.22), (0, 0.01, -0.03), ACCENT),
+    ]
     return parts, {}, f"with a {'widescreen' if aspect < 0.58 else 'square'} display on a stand"
 
 
@@ -198,8 +228,10 @@ def car(rng):
     length = u(3.8, 4.8)
     w, cabin_l = length * u(0.40, 0.46), length * u(0.45, 0.55)
     body_h, cabin_h, wheel_r = u(0.45, 0.60), u(0.40, 0.55), u(0.30, 0.36)
-    parts = [box((w, body_h, length), (0, 0.18 + body_h / 2, 0), MAIN),
-             box((w * 0.9, cabin_h, cabin_l), (0, 0.18 + body_h + cabin_h / 2, -length * 0.08), MAIN)]
+    parts = [
+        box((w, body_h, length), (0, 0.18 + body_h / 2, 0), MAIN),
+        box((w * 0.9, cabin_h, cabin_l), (0, 0.18 + body_h + cabin_h / 2, -length * 0.08), MAIN),
+    ]
     wheel = placed(cylinder(wheel_r, 0.22, DARK), (0, -0.11, 0), rotation("z", 90))
     parts += [placed(wheel, (x, wheel_r, z)) for x, z in _corners(w / 2 - 0.08, length * 0.32)]
     hood = "long" if cabin_l < length * 0.5 else "short"
@@ -210,8 +242,14 @@ def airplane(rng):
     u = rng.uniform
     length, sweep = u(3.0, 4.0), u(10, 35)
     radius, span, chord = length * u(0.05, 0.07), length * u(0.8, 1.1), length * u(0.12, 0.20)
-    profile = [(0, 0), (radius * 0.3, 0.03 * length), (radius, 0.2 * length), (radius, 0.85 * length),
-               (radius * 0.3, length), (0, length)]
+    profile = [
+        (0, 0),
+        (radius * 0.3, 0.03 * length),
+        (radius, 0.2 * length),
+        (radius, 0.85 * length),
+        (radius * 0.3, length),
+        (0, length),
+    ]
     parts = [placed(lathe(profile, 16, MAIN), (0, 0, length / 2), rotation("x", -90))]  # lathe y axis -> -z: nose at +z
     thick = radius * 0.25
     for side in (1, -1):
@@ -253,10 +291,20 @@ def bowl(rng):
 
 
 CATEGORIES: dict[str, tuple] = {  # name -> (builder, size class)
-    "chair": (chair, "medium"), "table": (table, "medium"), "mug": (mug, "small"), "lamp": (lamp, "medium"),
-    "bottle": (bottle, "small"), "bed": (bed, "large"), "sofa": (sofa, "large"), "bookshelf": (bookshelf, "large"),
-    "bench": (bench, "medium"), "monitor": (monitor, "medium"), "car": (car, "large"), "airplane": (airplane, "large"),
-    "stool": (stool, "medium"), "bowl": (bowl, "small"),
+    "chair": (chair, "medium"),
+    "table": (table, "medium"),
+    "mug": (mug, "small"),
+    "lamp": (lamp, "medium"),
+    "bottle": (bottle, "small"),
+    "bed": (bed, "large"),
+    "sofa": (sofa, "large"),
+    "bookshelf": (bookshelf, "large"),
+    "bench": (bench, "medium"),
+    "monitor": (monitor, "medium"),
+    "car": (car, "large"),
+    "airplane": (airplane, "large"),
+    "stool": (stool, "medium"),
+    "bowl": (bowl, "small"),
 }
 
 

@@ -39,13 +39,28 @@ from rewards.schema import Quant
 FORMAT, VERSION = "pointrl-data3d", 1
 SHARD_SIZE = 256
 ARRAYS: dict[str, np.dtype] = {
-    "points": np.dtype(np.float32), "image": np.dtype(np.uint8), "K": np.dtype(np.float64), "R": np.dtype(np.float64),
-    "t": np.dtype(np.float64), "bbox2d": np.dtype(np.float64), "bbox3d": np.dtype(np.float64),
-    "kpts2d": np.dtype(np.float64), "kpts3d": np.dtype(np.float64),
+    "points": np.dtype(np.float32),
+    "image": np.dtype(np.uint8),
+    "K": np.dtype(np.float64),
+    "R": np.dtype(np.float64),
+    "t": np.dtype(np.float64),
+    "bbox2d": np.dtype(np.float64),
+    "bbox3d": np.dtype(np.float64),
+    "kpts2d": np.dtype(np.float64),
+    "kpts3d": np.dtype(np.float64),
 }
 EXACT_DTYPES = ("points", "image")  # stored as given; a cast would change the values
-RECORD_KEYS = ("uid", "instruction", "question_type", "answers", "category", "description", "attributes", "width",
-               "height")
+RECORD_KEYS = (
+    "uid",
+    "instruction",
+    "question_type",
+    "answers",
+    "category",
+    "description",
+    "attributes",
+    "width",
+    "height",
+)
 
 
 class DatasetError(ValueError):
@@ -57,8 +72,17 @@ def _arrays_of(sample: Sample) -> dict[str, np.ndarray]:
     if sample.image is None or sample.camera is None:
         raise ValueError(f"sample {sample.uid!r}: the store needs an image and a camera")
     t, c = sample.targets, sample.camera
-    values = {"points": sample.points, "image": sample.image, "K": c.K, "R": c.R, "t": c.t, "bbox2d": t.bbox2d,
-              "bbox3d": t.bbox3d, "kpts2d": t.kpts2d, "kpts3d": t.kpts3d}
+    values = {
+        "points": sample.points,
+        "image": sample.image,
+        "K": c.K,
+        "R": c.R,
+        "t": c.t,
+        "bbox2d": t.bbox2d,
+        "bbox3d": t.bbox3d,
+        "kpts2d": t.kpts2d,
+        "kpts3d": t.kpts3d,
+    }
     for name in EXACT_DTYPES:
         if np.asarray(values[name]).dtype != ARRAYS[name]:
             got = np.asarray(values[name]).dtype
@@ -68,9 +92,17 @@ def _arrays_of(sample: Sample) -> dict[str, np.ndarray]:
 
 def _record_of(sample: Sample) -> dict:
     t = sample.targets
-    return {"uid": sample.uid, "instruction": sample.instruction, "question_type": sample.question_type,
-            "answers": list(t.answers), "category": t.category, "description": t.description,
-            "attributes": t.attributes, "width": sample.camera.width, "height": sample.camera.height}
+    return {
+        "uid": sample.uid,
+        "instruction": sample.instruction,
+        "question_type": sample.question_type,
+        "answers": list(t.answers),
+        "category": t.category,
+        "description": t.description,
+        "attributes": t.attributes,
+        "width": sample.camera.width,
+        "height": sample.camera.height,
+    }
 
 
 def sample_nbytes(sample: Sample) -> int:
@@ -84,8 +116,10 @@ def _write_shard(split_dir: Path, name: str, samples: list[Sample]) -> dict:
     for sample, a in zip(samples, arrays):
         for key, value in a.items():
             if value.shape != arrays[0][key].shape:
-                raise ValueError(f"sample {sample.uid!r}: {key} has shape {value.shape}, "
-                                 f"the shard's first sample {arrays[0][key].shape}")
+                raise ValueError(
+                    f"sample {sample.uid!r}: {key} has shape {value.shape}, "
+                    f"the shard's first sample {arrays[0][key].shape}"
+                )
     tmp = split_dir / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -136,9 +170,17 @@ def _drop_unlisted_shards(root: Path, meta: dict) -> None:
                     path.unlink()
 
 
-def write_dataset(root, splits: dict[str, Iterable[Sample]], *, config: dict, quant: Quant = Quant(),
-                  shard_size: int = SHARD_SIZE, overwrite: bool = False, planned: dict[str, int] | None = None,
-                  resume: bool = False) -> dict:
+def write_dataset(
+    root,
+    splits: dict[str, Iterable[Sample]],
+    *,
+    config: dict,
+    quant: Quant = Quant(),
+    shard_size: int = SHARD_SIZE,
+    overwrite: bool = False,
+    planned: dict[str, int] | None = None,
+    resume: bool = False,
+) -> dict:
     """Write each split's samples (consumed lazily, one shard in memory), updating meta.json after every shard;
     returns the meta. `planned` (split -> count) is recorded so that a partial dataset can say how far it got.
     `overwrite` replaces meta.json and the named splits of an existing directory and leaves anything else alone.
@@ -153,8 +195,10 @@ def write_dataset(root, splits: dict[str, Iterable[Sample]], *, config: dict, qu
     if resume:
         meta = read_meta(root, partial_ok=True)
         if meta.get("config") != config or meta.get("quant") != new_quant:
-            raise DatasetError(f"{root / 'meta.json'}: started with config {meta.get('config')} and quant "
-                               f"{meta.get('quant')}, so it cannot be resumed with {config} and {new_quant}")
+            raise DatasetError(
+                f"{root / 'meta.json'}: started with config {meta.get('config')} and quant "
+                f"{meta.get('quant')}, so it cannot be resumed with {config} and {new_quant}"
+            )
         _drop_unlisted_shards(root, meta)
         meta["complete"] = False
     else:
@@ -166,8 +210,14 @@ def write_dataset(root, splits: dict[str, Iterable[Sample]], *, config: dict, qu
             for split in splits:
                 shutil.rmtree(root / split, ignore_errors=True)
         root.mkdir(parents=True, exist_ok=True)
-        meta = {"format": FORMAT, "version": VERSION, "config": config, "quant": new_quant, "complete": False,
-                "splits": {split: {"count": 0, "shards": []} for split in splits}}
+        meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "config": config,
+            "quant": new_quant,
+            "complete": False,
+            "splits": {split: {"count": 0, "shards": []} for split in splits},
+        }
         if planned is not None:
             meta["planned"] = dict(planned)
     _write_meta(root, meta)  # at once: a run killed before its first shard is already marked partial
@@ -197,15 +247,20 @@ def _check_manifest(path: Path, meta: dict) -> None:
     for split, entry in splits.items():
         shards = entry.get("shards") if isinstance(entry, dict) else None
         if not isinstance(shards, list) or not all(
-            isinstance(s, dict) and isinstance(s.get("name"), str) and isinstance(s.get("count"), int)
-            and s["count"] >= 0 for s in shards
+            isinstance(s, dict)
+            and isinstance(s.get("name"), str)
+            and isinstance(s.get("count"), int)
+            and s["count"] >= 0
+            for s in shards
         ):
-            raise DatasetError(f"{path}: split {split!r} needs 'shards': a list of {{name, count}}, "
-                               f"got {shards!r:.200}")
+            raise DatasetError(
+                f"{path}: split {split!r} needs 'shards': a list of {{name, count}}, got {shards!r:.200}"
+            )
         total = sum(s["count"] for s in shards)
         if entry.get("count") != total:
-            raise DatasetError(f"{path}: split {split!r} says {entry.get('count')!r} samples but its "
-                               f"{len(shards)} shards list {total}")
+            raise DatasetError(
+                f"{path}: split {split!r} says {entry.get('count')!r} samples but its {len(shards)} shards list {total}"
+            )
 
 
 def read_meta(root, *, partial_ok: bool = False) -> dict:
@@ -213,8 +268,12 @@ def read_meta(root, *, partial_ok: bool = False) -> dict:
     dataset (a writer that was killed, or is still running) is a DatasetError unless `partial_ok`."""
     path = Path(root) / "meta.json"
     meta = read_json(path, "not found: not a pointrl dataset, or its writing did not finish")
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("version"), int) \
-            or meta["version"] > VERSION:
+    if (
+        not isinstance(meta, dict)
+        or meta.get("format") != FORMAT
+        or not isinstance(meta.get("version"), int)
+        or meta["version"] > VERSION
+    ):
         got = (meta.get("format"), meta.get("version")) if isinstance(meta, dict) else (type(meta).__name__, None)
         raise ValueError(f"{path}: expected format {FORMAT!r} version <= {VERSION}, got {got[0]!r} version {got[1]!r}")
     _check_manifest(path, meta)
@@ -222,8 +281,10 @@ def read_meta(root, *, partial_ok: bool = False) -> dict:
         done = sum(entry["count"] for entry in meta["splits"].values())
         planned = meta.get("planned")
         of = f" of {sum(planned.values())}" if isinstance(planned, dict) else ""
-        raise DatasetError(f"{path}: a partial dataset, {done}{of} samples written; its writer stopped (or is still "
-                           f"running). If it was `pointrl synth`, the same command with --resume finishes it")
+        raise DatasetError(
+            f"{path}: a partial dataset, {done}{of} samples written; its writer stopped (or is still "
+            f"running). If it was `pointrl synth`, the same command with --resume finishes it"
+        )
     return meta
 
 
@@ -246,8 +307,10 @@ class BenchmarkDataset:
 
     def _where(self, k: int, index: int) -> str:
         first = int(self._ends[k - 1]) if k else 0
-        return (f"sample {index} of {self.root} [{self.split}] (shard {self.shards[k]['name']} holds samples "
-                f"{first}..{int(self._ends[k]) - 1})")
+        return (
+            f"sample {index} of {self.root} [{self.split}] (shard {self.shards[k]['name']} holds samples "
+            f"{first}..{int(self._ends[k]) - 1})"
+        )
 
     def _shard(self, k: int, index: int) -> tuple[dict, list[dict]]:
         """Shard k, mapped and checked against the manifest; `index` is the sample asked for (named in errors)."""
@@ -268,8 +331,10 @@ class BenchmarkDataset:
                     raise DatasetError(f"{path} holds {held} samples, meta.json says {count}; {self._where(k, index)}")
             records = self._records(directory / "samples.jsonl", first, k, index)
             if len(records) != count:
-                raise DatasetError(f"{directory / 'samples.jsonl'} holds {len(records)} samples, meta.json says "
-                                   f"{count}; {self._where(k, index)}")
+                raise DatasetError(
+                    f"{directory / 'samples.jsonl'} holds {len(records)} samples, meta.json says "
+                    f"{count}; {self._where(k, index)}"
+                )
             self._loaded = (k, arrays, records)
         return self._loaded[1], self._loaded[2]
 
@@ -291,12 +356,26 @@ class BenchmarkDataset:
 
     def _sample(self, arrays: dict, record: dict, row: int) -> Sample:
         a = {key: np.array(value[row]) for key, value in arrays.items()}
-        targets = Targets(bbox2d=a["bbox2d"], bbox3d=a["bbox3d"], kpts3d=a["kpts3d"], kpts2d=a["kpts2d"],
-                          answers=record["answers"], category=record["category"], description=record["description"],
-                          attributes=record["attributes"])
+        targets = Targets(
+            bbox2d=a["bbox2d"],
+            bbox3d=a["bbox3d"],
+            kpts3d=a["kpts3d"],
+            kpts2d=a["kpts2d"],
+            answers=record["answers"],
+            category=record["category"],
+            description=record["description"],
+            attributes=record["attributes"],
+        )
         camera = Camera(K=a["K"], R=a["R"], t=a["t"], width=record["width"], height=record["height"])
-        return Sample(uid=record["uid"], points=a["points"], instruction=record["instruction"], targets=targets,
-                      image=a["image"], camera=camera, question_type=record["question_type"])
+        return Sample(
+            uid=record["uid"],
+            points=a["points"],
+            instruction=record["instruction"],
+            targets=targets,
+            image=a["image"],
+            camera=camera,
+            question_type=record["question_type"],
+        )
 
     def __getitem__(self, index: int) -> Sample:
         n = len(self)

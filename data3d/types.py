@@ -19,7 +19,13 @@ class Camera:
 
     def to_dict(self) -> dict:
         """The reward contract's `camera` object."""
-        return {"K": self.K.tolist(), "R": self.R.tolist(), "t": self.t.tolist(), "width": self.width, "height": self.height}
+        return {
+            "K": self.K.tolist(),
+            "R": self.R.tolist(),
+            "t": self.t.tolist(),
+            "width": self.width,
+            "height": self.height,
+        }
 
 
 @dataclass

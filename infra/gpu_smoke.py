@@ -41,8 +41,13 @@ LOGPROB_TOL = {"float32": {"max": 1e-3, "mean": 1e-4}, "bfloat16": {"max": 0.5, 
 # fp32 parameters after one AdamW step (which moves them by ~FSDP_LR), and log-probs after it; eps 1e-6 so that a
 # near-zero gradient's update is not a +-lr coin flip under CUDA's non-deterministic atomics
 FSDP_LR, FSDP_EPS, FSDP_TOL, FSDP_LOGPROB_TOL = 1e-3, 1e-6, 1e-5, 1e-4
-MEDIUM = {"hidden_size": 1024, "num_hidden_layers": 16, "num_attention_heads": 16, "num_key_value_heads": 8,
-          "intermediate_size": 2816}
+MEDIUM = {
+    "hidden_size": 1024,
+    "num_hidden_layers": 16,
+    "num_attention_heads": 16,
+    "num_key_value_heads": 8,
+    "intermediate_size": 2816,
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -68,9 +73,15 @@ def build_policy(size: str, dtype: str, device, seed: int = 0):
     if size == "tiny":
         return build_tiny_policy(seed=seed, config=tiny_config(llm_dtype=dtype)).to(device)
     tokenizer = build_tiny_tokenizer()
-    llm_config = Qwen2Config(vocab_size=len(tokenizer), max_position_embeddings=4096, tie_word_embeddings=True,
-                             bos_token_id=None, eos_token_id=tokenizer.eos_token_id,
-                             pad_token_id=tokenizer.pad_token_id, **MEDIUM)
+    llm_config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **MEDIUM,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         policy = PointVLM(PointVLMConfig(llm_dtype=dtype), Qwen2ForCausalLM(llm_config), tokenizer)
@@ -87,8 +98,9 @@ def make_inputs(policy, count: int, seed: int = 0):
     from rewards.schema import Quant
 
     num_points = 16 * policy.config.point.num_groups  # tiny: 512, medium: 8192 (PointLLM's cloud size)
-    samples = [generate_sample(seed, i, num_points=num_points, image_size=policy.config.image.image_size)
-               for i in range(count)]
+    samples = [
+        generate_sample(seed, i, num_points=num_points, image_size=policy.config.image.image_size) for i in range(count)
+    ]
     points = torch.from_numpy(np.stack([np.asarray(s.points, dtype=np.float32) for s in samples]))
     images = [torch.from_numpy(np.array(s.image)) for s in samples]
     return policy.prepare([prompt_text(s, Quant()) for s in samples], points, images)
@@ -143,11 +155,19 @@ def check_logprobs(ctx, size: str, dtype: str) -> dict:
     mask = out.response_mask.to(again.device).bool()
     delta = (again.float() - out.logprobs.to(again.device).float())[mask].abs()
     tol = LOGPROB_TOL[dtype]
-    result = {"model": size, "llm_dtype": dtype, "rows": len(out.response_ids),
-              "prompt_tokens": inputs.input_ids.shape[1], "response_tokens": int(mask.sum()),
-              "max_abs_delta": delta.max().item(), "mean_abs_delta": delta.mean().item(),
-              "mean_logprob": again[mask].mean().item(), "tolerance": tol,
-              "generate_s": generated - start, "logprobs_s": done - generated}
+    result = {
+        "model": size,
+        "llm_dtype": dtype,
+        "rows": len(out.response_ids),
+        "prompt_tokens": inputs.input_ids.shape[1],
+        "response_tokens": int(mask.sum()),
+        "max_abs_delta": delta.max().item(),
+        "mean_abs_delta": delta.mean().item(),
+        "mean_logprob": again[mask].mean().item(),
+        "tolerance": tol,
+        "generate_s": generated - start,
+        "logprobs_s": done - generated,
+    }
     result["ok"] = result["max_abs_delta"] < tol["max"] and result["mean_abs_delta"] < tol["mean"]
     return result
 
@@ -195,10 +215,22 @@ def check_fsdp2(ctx) -> dict:
     finally:
         dist.destroy_process_group()
     ok = param_delta < FSDP_TOL and logprob_delta < FSDP_LOGPROB_TOL and moved > 10 * FSDP_TOL and dtensors > 0
-    return {"ok": ok, "backend": backend, "model": "tiny", "dtype": "float32", "lr": FSDP_LR, "eps": FSDP_EPS,
-            "tolerance": FSDP_TOL, "logprob_tolerance": FSDP_LOGPROB_TOL, "dtensor_params": dtensors,
-            "loss_plain": losses[0], "loss_sharded": losses[1], "param_max_abs_delta": param_delta,
-            "param_max_abs_step": moved, "logprob_max_abs_delta_after_step": logprob_delta}
+    return {
+        "ok": ok,
+        "backend": backend,
+        "model": "tiny",
+        "dtype": "float32",
+        "lr": FSDP_LR,
+        "eps": FSDP_EPS,
+        "tolerance": FSDP_TOL,
+        "logprob_tolerance": FSDP_LOGPROB_TOL,
+        "dtensor_params": dtensors,
+        "loss_plain": losses[0],
+        "loss_sharded": losses[1],
+        "param_max_abs_delta": param_delta,
+        "param_max_abs_step": moved,
+        "logprob_max_abs_delta_after_step": logprob_delta,
+    }
 
 
 def check_learner(ctx) -> dict:
@@ -218,19 +250,29 @@ def check_learner(ctx) -> dict:
         losses.append(train_step(policy, optimizer, *batch))
         seconds.append(synced_time(ctx.device) - start)
     gib = 2**30
-    return {"ok": all(map(math.isfinite, losses)), "model": size, "llm_dtype": dtype,
-            "rows": len(batch[0]), "prompt_tokens": batch[0].input_ids.shape[1], "response_tokens": batch[1].shape[1],
-            "trainable_params": sum(p.numel() for p in trainable), "losses": losses, "warmup_step_s": seconds[0],
-            "step_s_median": statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0],
-            "peak_allocated_gib": torch.cuda.max_memory_allocated(ctx.device) / gib if cuda else None,
-            "peak_reserved_gib": torch.cuda.max_memory_reserved(ctx.device) / gib if cuda else None}
+    return {
+        "ok": all(map(math.isfinite, losses)),
+        "model": size,
+        "llm_dtype": dtype,
+        "rows": len(batch[0]),
+        "prompt_tokens": batch[0].input_ids.shape[1],
+        "response_tokens": batch[1].shape[1],
+        "trainable_params": sum(p.numel() for p in trainable),
+        "losses": losses,
+        "warmup_step_s": seconds[0],
+        "step_s_median": statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0],
+        "peak_allocated_gib": torch.cuda.max_memory_allocated(ctx.device) / gib if cuda else None,
+        "peak_reserved_gib": torch.cuda.max_memory_reserved(ctx.device) / gib if cuda else None,
+    }
 
 
 def sections(cpu: bool) -> list:
     tiny = [("logprobs_tiny_fp32", partial(check_logprobs, size="tiny", dtype="float32"))]
     if not cpu:
-        tiny += [("logprobs_tiny_bf16", partial(check_logprobs, size="tiny", dtype="bfloat16")),
-                 ("logprobs_medium_bf16", partial(check_logprobs, size="medium", dtype="bfloat16"))]
+        tiny += [
+            ("logprobs_tiny_bf16", partial(check_logprobs, size="tiny", dtype="bfloat16")),
+            ("logprobs_medium_bf16", partial(check_logprobs, size="medium", dtype="bfloat16")),
+        ]
     return [("imports", check_imports), *tiny, ("fsdp2", check_fsdp2), ("learner", check_learner)]
 
 
@@ -253,10 +295,18 @@ def environment(ctx) -> dict:
     import torch
 
     cuda = ctx.device.type == "cuda"
-    env = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "mode": "cuda" if cuda else "cpu", "G": G, "max_new_tokens": ctx.max_new_tokens,
-           "prompts": ctx.prompts, "learner_prompts": ctx.learner_prompts, "medium_llm": MEDIUM,
-           "device": torch.cuda.get_device_name(ctx.device) if cuda else f"cpu ({platform.machine()})"}
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "mode": "cuda" if cuda else "cpu",
+        "G": G,
+        "max_new_tokens": ctx.max_new_tokens,
+        "prompts": ctx.prompts,
+        "learner_prompts": ctx.learner_prompts,
+        "medium_llm": MEDIUM,
+        "device": torch.cuda.get_device_name(ctx.device) if cuda else f"cpu ({platform.machine()})",
+    }
     try:
         import transformers
 
@@ -279,8 +329,10 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     if not ctx.cpu and not torch.cuda.is_available():
-        print(f"gpu_smoke: no CUDA device (torch {torch.__version__}, cuda available: False); "
-              "run this on a GPU machine", file=sys.stderr)
+        print(
+            f"gpu_smoke: no CUDA device (torch {torch.__version__}, cuda available: False); run this on a GPU machine",
+            file=sys.stderr,
+        )
         return 2
     ctx.device = torch.device("cpu") if ctx.cpu else torch.device("cuda", 0)
     if ctx.device.type == "cuda":
@@ -294,8 +346,10 @@ def main(argv: list[str] | None = None) -> int:
         report["ok"] = all(r["ok"] for r in report["sections"].values())
         report["seconds"] = time.perf_counter() - started
         (ctx.outdir / "gpu_smoke.json").write_text(json.dumps(report, indent=2))
-    print(f"gpu_smoke: {'all sections passed' if report['ok'] else 'FAILED'} in {report['seconds']:.1f} s "
-          f"({report['environment']['device']}); {ctx.outdir / 'gpu_smoke.json'}")
+    print(
+        f"gpu_smoke: {'all sections passed' if report['ok'] else 'FAILED'} in {report['seconds']:.1f} s "
+        f"({report['environment']['device']}); {ctx.outdir / 'gpu_smoke.json'}"
+    )
     return 0 if report["ok"] else 1
 
 

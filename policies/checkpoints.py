@@ -91,7 +91,7 @@ def detect_layout(keys: list[str] | set[str]) -> tuple[str, str]:
 
 
 def _strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    out = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    out = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
     return {k: v for k, v in out.items() if not k.startswith(TRAINING_HEADS)}
 
 

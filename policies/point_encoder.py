@@ -149,4 +149,3 @@ class PointBertEncoder(nn.Module):
         x = torch.cat([self.cls_token.expand(batch, -1, -1), tokens], dim=1)
         pos = torch.cat([self.cls_pos.expand(batch, -1, -1), self.pos_embed(centers)], dim=1)
         return self.norm(self.blocks(x, pos)), centers
-

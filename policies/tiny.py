@@ -55,9 +55,11 @@ def _corpus() -> list[str]:
         for i, (c, k) in enumerate(pairs)
     ]
     lines += [" ".join(str(n) for n in range(1000))] * 8  # whole numbers up to 999 become one token each
-    lines += ["Answer in JSON: answer, description, bbox2d [x1, y1, x2, y2], bbox3d [xmin, ymin, zmin, xmax, ymax, "
-              "zmax], kpts2d 4 [u, v] and kpts3d 4 [x, y, z]. Coordinates: integer bins 0-63: 2D over the image, 3D "
-              "over x in [-1, 1], y in [-1, 1], z in [-1, 1]."] * 20
+    lines += [
+        "Answer in JSON: answer, description, bbox2d [x1, y1, x2, y2], bbox3d [xmin, ymin, zmin, xmax, ymax, "
+        "zmax], kpts2d 4 [u, v] and kpts3d 4 [x, y, z]. Coordinates: integer bins 0-63: 2D over the image, 3D "
+        "over x in [-1, 1], y in [-1, 1], z in [-1, 1]."
+    ] * 20
     lines += [" ".join(f'"{key}":' for key in SCHEMA_KEYS), "{ } [ ] ( ) , . : ; ? ! ' \" - _ / + = < > | \n"]
     return lines
 
@@ -107,8 +109,11 @@ def tiny_config(**overrides) -> PointVLMConfig:
 
 
 def build_tiny_policy(
-    out_dir: str | Path | None = None, seed: int = 0, config: PointVLMConfig | None = None,
-    hidden_size: int = 64, num_layers: int = 2,
+    out_dir: str | Path | None = None,
+    seed: int = 0,
+    config: PointVLMConfig | None = None,
+    hidden_size: int = 64,
+    num_layers: int = 2,
 ) -> PointVLM:
     """The tiny policy (hidden 64, 2 layers, 4 heads by default), deterministic for `seed`; saved to `out_dir` if
     given. The caller's global torch RNG state is left as it was."""

@@ -185,8 +185,13 @@ class PointVLM(nn.Module):
         return self.align_head(point_features.mean(dim=1))
 
     def logprobs(
-        self, inputs: PolicyInputs, response_ids: torch.Tensor, response_mask: torch.Tensor, temperature: float = 1.0,
-        align: bool = False, chunk: int = 0,
+        self,
+        inputs: PolicyInputs,
+        response_ids: torch.Tensor,
+        response_mask: torch.Tensor,
+        temperature: float = 1.0,
+        align: bool = False,
+        chunk: int = 0,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probs (B, T) of the responses after the prompts under softmax(logits / temperature), 0 where
         masked. Give RL the sampling temperature, so that these are the log-probs of the policy that sampled. With
@@ -205,15 +210,22 @@ class PointVLM(nn.Module):
         # the position ids transformers' generate uses for left-padded prompts, so both passes agree
         position_ids = (full_mask.cumsum(-1) - 1).masked_fill(full_mask == 0, 0)
         steps = response_ids.shape[1]
-        llm_inputs = {"inputs_embeds": torch.cat([embeds, response_embeds], dim=1), "attention_mask": full_mask,
-                      "position_ids": position_ids, "use_cache": False}
+        llm_inputs = {
+            "inputs_embeds": torch.cat([embeds, response_embeds], dim=1),
+            "attention_mask": full_mask,
+            "position_ids": position_ids,
+            "use_cache": False,
+        }
         if chunk:
             if getattr(self.llm.config, "final_logit_softcapping", None) or hasattr(self.llm.config, "logit_scale"):
-                raise ValueError("chunked log-probs apply the output layer alone, but this LLM's forward also scales "
-                                 "or caps its logits; set learner.logprob_chunk=0")
+                raise ValueError(
+                    "chunked log-probs apply the output layer alone, but this LLM's forward also scales "
+                    "or caps its logits; set learner.logprob_chunk=0"
+                )
             hidden = self.llm.get_decoder()(**llm_inputs).last_hidden_state[:, -(steps + 1) : -1]
-            logprobs = chunked_token_logprobs(hidden, self.llm.get_output_embeddings(), response_ids, temperature,
-                                              chunk)
+            logprobs = chunked_token_logprobs(
+                hidden, self.llm.get_output_embeddings(), response_ids, temperature, chunk
+            )
         else:
             logits = self.llm(**llm_inputs, logits_to_keep=steps + 1).logits[:, :-1].float() / temperature
             logprobs = logits.gather(-1, response_ids[..., None]).squeeze(-1) - logits.logsumexp(-1)
@@ -350,8 +362,9 @@ class PointVLM(nn.Module):
         return model
 
 
-def chunked_token_logprobs(hidden: torch.Tensor, head: nn.Module, ids: torch.Tensor, temperature: float,
-                           chunk: int) -> torch.Tensor:
+def chunked_token_logprobs(
+    hidden: torch.Tensor, head: nn.Module, ids: torch.Tensor, temperature: float, chunk: int
+) -> torch.Tensor:
     """log softmax(head(hidden) / temperature) at `ids` (B, T), `chunk` positions at a time. With gradients each
     chunk runs under activation checkpointing, so its float32 logits are recomputed in backward rather than kept:
     at most (B, chunk, vocabulary) of them exist at once, forward or backward."""

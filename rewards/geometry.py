@@ -24,7 +24,9 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """
     d = a.shape[-1] // 2
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        inter = np.clip(np.minimum(a[..., d:], b[..., d:]) - np.maximum(a[..., :d], b[..., :d]), 0.0, None).prod(axis=-1)
+        inter = np.clip(np.minimum(a[..., d:], b[..., d:]) - np.maximum(a[..., :d], b[..., :d]), 0.0, None).prod(
+            axis=-1
+        )
         union = (a[..., d:] - a[..., :d]).prod(axis=-1) + (b[..., d:] - b[..., :d]).prod(axis=-1) - inter
         iou = np.clip(inter / union, 0.0, 1.0)
     return np.where(is_inverted(a) | is_inverted(b) | ~(union > 0), 0.0, iou)

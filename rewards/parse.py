@@ -66,8 +66,14 @@ _WS = r"[ \t\n\r]*+"
 _STRING = r'("[^"\\]*+(?:\\.[^"\\]*+)*+")'
 _FLAT_ARRAY = r'(\[[^\[\]{}"]*+\])'
 _NESTED_ARRAY = r'(\[[^\[\]{}"]*+(?:\[[^\[\]{}"]*+\][^\[\]{}"]*+)*+\])'
-_VALUE_PATTERNS = {"answer": _STRING, "description": _STRING, "bbox2d": _FLAT_ARRAY, "bbox3d": _FLAT_ARRAY,
-                   "kpts2d": _NESTED_ARRAY, "kpts3d": _NESTED_ARRAY}
+_VALUE_PATTERNS = {
+    "answer": _STRING,
+    "description": _STRING,
+    "bbox2d": _FLAT_ARRAY,
+    "bbox3d": _FLAT_ARRAY,
+    "kpts2d": _NESTED_ARRAY,
+    "kpts3d": _NESTED_ARRAY,
+}
 _CANONICAL = re.compile(
     r"\{" + _WS + (_WS + "," + _WS).join(f'"{name}"{_WS}:{_WS}{_VALUE_PATTERNS[name]}' for name in FIELDS) + _WS + r"\}"
 )
@@ -196,7 +202,9 @@ def _parse_general(text: str, start: int) -> ParsedOutput:
         return ParsedOutput(reasons=[f"no JSON object: the object starting at char {start} is truncated"])
     except json.JSONDecodeError as exc:
         if exc.pos >= len(text) or exc.msg.startswith("Unterminated"):
-            return ParsedOutput(reasons=[f"no JSON object: the object starting at char {start} is truncated ({exc.msg})"])
+            return ParsedOutput(
+                reasons=[f"no JSON object: the object starting at char {start} is truncated ({exc.msg})"]
+            )
         return ParsedOutput(reasons=[f"no JSON object: invalid JSON in the object starting at char {start} ({exc})"])
     except ValueError as exc:
         return ParsedOutput(reasons=[f"no JSON object: invalid JSON in the object starting at char {start} ({exc})"])

@@ -27,8 +27,9 @@ PositiveSize = Annotated[float, msgspec.Meta(gt=0)]
 MAX_KEYPOINTS = 1_000_000
 KeypointCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_KEYPOINTS)]
 # Quant.__post_init__ is the one check of bins; the schema states the same rule (JSON Schema can say "not 1").
-Bins = Annotated[int, msgspec.Meta(ge=0, description=f"quantization bins: {BINS_RULE}",
-                                   extra_json_schema={"not": {"const": 1}})]
+Bins = Annotated[
+    int, msgspec.Meta(ge=0, description=f"quantization bins: {BINS_RULE}", extra_json_schema={"not": {"const": 1}})
+]
 # The cost of scoring is linear in the characters of model text: a text that is all keypoints (`[1,2],`, six
 # characters each) becomes ~35 bytes of Python objects per character while it is parsed. Two bounds cap that work:
 # one text (a real answer is a few hundred characters to a few KB; 64 Ki holds at most ~10,900 keypoints) and the
@@ -36,8 +37,9 @@ Bins = Annotated[int, msgspec.Meta(ge=0, description=f"quantization bins: {BINS_
 # first is a 422 naming the sample, the second a 413; in process both are RequestErrors.
 MAX_TEXT_CHARS = 65_536
 MAX_REQUEST_CHARS = 4 * 1024 * 1024
-Text = Annotated[str, msgspec.Meta(max_length=MAX_TEXT_CHARS,
-                                   description=f"the model's output, at most {MAX_TEXT_CHARS} characters")]
+Text = Annotated[
+    str, msgspec.Meta(max_length=MAX_TEXT_CHARS, description=f"the model's output, at most {MAX_TEXT_CHARS} characters")
+]
 
 
 # gc=False: request structs never form cycles, and untracked objects keep a big batch from slowing every GC pass.
@@ -79,8 +81,10 @@ class QuantSpec(msgspec.Struct, forbid_unknown_fields=True, gc=False):
 
 
 class RewardRequest(msgspec.Struct, forbid_unknown_fields=True, gc=False):
-    samples: Annotated[list[SampleSpec], msgspec.Meta(
-        description=f"the outputs to score; their texts together at most {MAX_REQUEST_CHARS} characters")]
+    samples: Annotated[
+        list[SampleSpec],
+        msgspec.Meta(description=f"the outputs to score; their texts together at most {MAX_REQUEST_CHARS} characters"),
+    ]
     quant: QuantSpec | None = None
 
 
@@ -195,8 +199,10 @@ def check_cost(request: RewardRequest) -> None:
     """Refuse a request whose texts together exceed MAX_REQUEST_CHARS (each text's own bound is in its type)."""
     total = sum(len(sample.text) for sample in request.samples)
     if total > MAX_REQUEST_CHARS:
-        raise RequestTooLarge(f"samples[*].text: {total} characters of text exceed the limit of {MAX_REQUEST_CHARS} "
-                              f"per request; split the batch")
+        raise RequestTooLarge(
+            f"samples[*].text: {total} characters of text exceed the limit of {MAX_REQUEST_CHARS} "
+            f"per request; split the batch"
+        )
 
 
 def to_batch(request: RewardRequest) -> Batch:
@@ -206,7 +212,10 @@ def to_batch(request: RewardRequest) -> Batch:
     samples = request.samples
     batch = Batch(
         texts=[clean_text(s.text) for s in samples],
-        answers=[frozenset(map(normalize_answer, [s.target.answer] if isinstance(s.target.answer, str) else s.target.answer)) for s in samples],
+        answers=[
+            frozenset(map(normalize_answer, [s.target.answer] if isinstance(s.target.answer, str) else s.target.answer))
+            for s in samples
+        ],
         bbox2d=_stack([s.target.bbox2d for s in samples], (4,)),
         bbox3d=_stack([s.target.bbox3d for s in samples], (6,)),
         num_kpts2d=np.array([s.target.num_kpts2d or 0 for s in samples], dtype=np.int64),
@@ -227,7 +236,9 @@ def to_batch(request: RewardRequest) -> Batch:
     # The last row [0, 0, 1] makes the projective divisor equal the camera depth z_c that the rpc contract tests.
     bad_k = np.flatnonzero((batch.K[:, 2] != (0.0, 0.0, 1.0)).any(axis=1))
     if len(bad_k):
-        raise RequestError(f"samples[{bad_k[0]}].camera.K: the last row must be [0, 0, 1], got {batch.K[bad_k[0]].tolist()}")
+        raise RequestError(
+            f"samples[{bad_k[0]}].camera.K: the last row must be [0, 0, 1], got {batch.K[bad_k[0]].tolist()}"
+        )
     return batch
 
 

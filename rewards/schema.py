@@ -42,7 +42,9 @@ class Quant:
             raise ValueError(f"quant.bins: expected {BINS_RULE}, got {self.bins!r}")
         lo, hi = np.asarray(self.bounds3d, dtype=np.float64)
         if not (np.isfinite(lo).all() and np.isfinite(hi).all() and (lo < hi).all()):
-            raise ValueError(f"quant.bounds3d: expected [[lo x,y,z],[hi x,y,z]] finite with lo < hi, got {self.bounds3d!r}")
+            raise ValueError(
+                f"quant.bounds3d: expected [[lo x,y,z],[hi x,y,z]] finite with lo < hi, got {self.bounds3d!r}"
+            )
 
     @property
     def continuous(self) -> bool:

@@ -34,7 +34,8 @@ class _Fields:
         slow = [parse_output(texts[i]) for i in slow_rows]
         self.rows = {name: fast.rows + [i for i, out in zip(slow_rows, slow) if name in out.fields] for name in FIELDS}
         self.values = {
-            name: list(map(attrgetter(name), fast.outputs)) + [out.fields[name][0] for out in slow if name in out.fields]
+            name: list(map(attrgetter(name), fast.outputs))
+            + [out.fields[name][0] for out in slow if name in out.fields]
             for name in FIELDS
         }
         self.spans: list[dict[str, list[int] | None]] = [None] * size
@@ -70,7 +71,9 @@ def _boxes(fields: _Fields, name: str, batch: Batch) -> np.ndarray:
     width = 4 if name == "bbox2d" else 6
     boxes = np.full((len(batch.texts), width), np.nan)
     rows = np.array(fields.rows[name], dtype=np.int64)
-    boxes[rows] = np.fromiter(chain.from_iterable(fields.values[name]), np.float64, len(rows) * width).reshape(-1, width)
+    boxes[rows] = np.fromiter(chain.from_iterable(fields.values[name]), np.float64, len(rows) * width).reshape(
+        -1, width
+    )
     bad = rows[~_coordinates_ok(boxes[rows], batch.quant.bins).all(axis=1)]
     fields.reject(name, bad, _range_message(batch.quant.bins))
     boxes[bad] = np.nan
@@ -168,7 +171,9 @@ def _score(request: RewardRequest) -> list[dict]:
     ]
 
 
-def _explain(fields: _Fields, valid: dict, pred2d: np.ndarray, pred3d: np.ndarray, batch: Batch, rpc_why: np.ndarray) -> None:
+def _explain(
+    fields: _Fields, valid: dict, pred2d: np.ndarray, pred3d: np.ndarray, batch: Batch, rpc_why: np.ndarray
+) -> None:
     """Add the reasons that are not parse failures: inverted boxes, text around the object, a failed rpc."""
     for name, predicted, target in (("bbox2d", pred2d, batch.bbox2d), ("bbox3d", pred3d, batch.bbox3d)):
         for i in np.flatnonzero(valid[name] & is_inverted(predicted)).tolist():
@@ -177,7 +182,9 @@ def _explain(fields: _Fields, valid: dict, pred2d: np.ndarray, pred3d: np.ndarra
             fields.reasons[i].append(f"{name}: the target box is inverted (min > max)")
     all_valid = np.logical_and.reduce([valid[name] for name in FIELDS])
     for i in np.flatnonzero(all_valid & ~fields.bare).tolist():
-        fields.reasons[i].append("format: text outside the JSON object (only whitespace or a ``` fence may surround it)")
+        fields.reasons[i].append(
+            "format: text outside the JSON object (only whitespace or a ``` fence may surround it)"
+        )
     for i in np.flatnonzero(fields.parsed & (rpc_why > 0)).tolist():
         fields.reasons[i].append(_RPC_WHY[int(rpc_why[i])])
 

@@ -44,23 +44,35 @@ class LearnBatch:
         g = self.group_size
         rows = [p * g + k for p in prompts for k in range(g)]
         first = prompts[0] * g if prompts else 0
-        take = (lambda t: t[rows] if t is not None else None)
+
+        def take(t):
+            return t[rows] if t is not None else None
+
         return dataclasses.replace(
             self,
             samples=[self.samples[p] for p in prompts],
-            response_ids=take(self.response_ids), response_mask=take(self.response_mask),
+            response_ids=take(self.response_ids),
+            response_mask=take(self.response_mask),
             response_texts=[self.response_texts[r] for r in rows] if self.response_texts else [],
-            advantages=take(self.advantages), valid=take(self.valid), rollout_logprobs=take(self.rollout_logprobs),
+            advantages=take(self.advantages),
+            valid=take(self.valid),
+            rollout_logprobs=take(self.rollout_logprobs),
             corrupted=[self.corrupted[p] for p in prompts] if self.corrupted else None,
             pairs=[(a - first, b - first) for a, b in self.pairs if a in rows and b in rows],
         )
 
 
-def reward_table(results: list[dict | None], num_prompts: int, group_size: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+def reward_table(
+    results: list[dict | None], num_prompts: int, group_size: int
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """Reward service results (None = missing) -> per-reward (P, G) tensors and the (P, G) mask of present ones."""
     valid = torch.tensor([r is not None for r in results]).view(num_prompts, group_size)
-    table = {name: torch.tensor([r["rewards"][name] if r else 0.0 for r in results], dtype=torch.float32).view(num_prompts, group_size)
-             for name in REWARDS}
+    table = {
+        name: torch.tensor([r["rewards"][name] if r else 0.0 for r in results], dtype=torch.float32).view(
+            num_prompts, group_size
+        )
+        for name in REWARDS
+    }
     return table, valid
 
 
@@ -79,8 +91,15 @@ def score_rollouts(rollout: RolloutBatch, samples: list[Sample], reward_fn, quan
     return reward_fn(requests, {"bins": quant.bins, "bounds3d": [list(b) for b in quant.bounds3d]})
 
 
-def policy_gradient_batch(step: int, rollout: RolloutBatch, samples: list[Sample], results: list[dict | None],
-                          tokenizer, algo, weights: dict[str, float]) -> tuple[LearnBatch, dict[str, float]]:
+def policy_gradient_batch(
+    step: int,
+    rollout: RolloutBatch,
+    samples: list[Sample],
+    results: list[dict | None],
+    tokenizer,
+    algo,
+    weights: dict[str, float],
+) -> tuple[LearnBatch, dict[str, float]]:
     """GRCA (routed, per-field) or GRPO (broadcast) advantages for a scored rollout, plus reward/advantage metrics.
     `weights` (`rl.config.scalar_reward_weights`) make broadcast GRPO's scalar; routing weighs by `algo`'s keys."""
     p, g = len(samples), rollout.group_size
@@ -88,32 +107,60 @@ def policy_gradient_batch(step: int, rollout: RolloutBatch, samples: list[Sample
     mask = rollout.response_mask.bool()
     if algo.name == "grca":
         spans = [r["spans"] if r else None for r in results]
-        field_masks = batch_field_masks(tokenizer, rollout.response_ids, rollout.response_mask, spans, algo.routed_fields)
-        advantages = routed_advantages(table, valid, field_masks, mask, algo.rpc_weight,
-                                       routed_fields=tuple(algo.routed_fields),
-                                       routed_weights={f: algo.routed_field_weights[f] for f in algo.routed_fields})
+        field_masks = batch_field_masks(
+            tokenizer, rollout.response_ids, rollout.response_mask, spans, algo.routed_fields
+        )
+        advantages = routed_advantages(
+            table,
+            valid,
+            field_masks,
+            mask,
+            algo.rpc_weight,
+            routed_fields=tuple(algo.routed_fields),
+            routed_weights={f: algo.routed_field_weights[f] for f in algo.routed_fields},
+        )
     else:
         advantages = broadcast_advantages(table, valid, weights, mask)
-    metrics = {**reward_metrics(table, valid), **{f"advantage/{k}": v for k, v in advantage_stats(advantages, mask).items()}}
-    batch = LearnBatch(step=step, version=rollout.version, samples=samples, group_size=g,
-                       response_ids=rollout.response_ids, response_mask=rollout.response_mask,
-                       response_texts=rollout.texts, advantages=advantages, valid=valid.reshape(-1),
-                       rollout_logprobs=rollout.logprobs)
+    metrics = {
+        **reward_metrics(table, valid),
+        **{f"advantage/{k}": v for k, v in advantage_stats(advantages, mask).items()},
+    }
+    batch = LearnBatch(
+        step=step,
+        version=rollout.version,
+        samples=samples,
+        group_size=g,
+        response_ids=rollout.response_ids,
+        response_mask=rollout.response_mask,
+        response_texts=rollout.texts,
+        advantages=advantages,
+        valid=valid.reshape(-1),
+        rollout_logprobs=rollout.logprobs,
+    )
     return batch, metrics
 
 
-def preference_batch(step: int, rollout: RolloutBatch, samples: list[Sample], results: list[dict | None],
-                     weights: dict[str, float]) -> tuple[LearnBatch, dict[str, float]]:
+def preference_batch(
+    step: int, rollout: RolloutBatch, samples: list[Sample], results: list[dict | None], weights: dict[str, float]
+) -> tuple[LearnBatch, dict[str, float]]:
     """DPO pairs from each group: the response with the highest weighted total reward (`weights`:
     `rl.config.scalar_reward_weights`) against the lowest."""
     p, g = len(samples), rollout.group_size
     table, valid = reward_table(results, p, g)
     total = sum(weights.get(name, 0.0) * values for name, values in table.items())
     pairs = dpo_pairs_from_groups(total, valid)
-    batch = LearnBatch(step=step, version=rollout.version, samples=samples, group_size=g,
-                       response_ids=rollout.response_ids, response_mask=rollout.response_mask,
-                       response_texts=rollout.texts, valid=valid.reshape(-1), rollout_logprobs=rollout.logprobs,
-                       pairs=pairs)
+    batch = LearnBatch(
+        step=step,
+        version=rollout.version,
+        samples=samples,
+        group_size=g,
+        response_ids=rollout.response_ids,
+        response_mask=rollout.response_mask,
+        response_texts=rollout.texts,
+        valid=valid.reshape(-1),
+        rollout_logprobs=rollout.logprobs,
+        pairs=pairs,
+    )
     return batch, {**reward_metrics(table, valid), "dpo/pairs": float(len(pairs))}
 
 
@@ -130,21 +177,37 @@ def read_pairs_file(path: str) -> list[tuple[str, str, str]]:
             row = json.loads(line)
             pairs.append((str(row["uid"]), str(row["chosen"]), str(row["rejected"])))
         except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise ValueError(f"{path}:{number}: expected {{\"uid\", \"chosen\", \"rejected\"}} ({exc})") from None
+            raise ValueError(f'{path}:{number}: expected {{"uid", "chosen", "rejected"}} ({exc})') from None
     if not pairs:
         raise ValueError(f"{path}: no preference pairs")
     return pairs
 
 
-def file_pairs_batch(step: int, version: int, samples: list[Sample], chosen: list[str], rejected: list[str]) -> LearnBatch:
+def file_pairs_batch(
+    step: int, version: int, samples: list[Sample], chosen: list[str], rejected: list[str]
+) -> LearnBatch:
     """DPO on given pairs: each prompt's chosen and rejected texts as a group of two (rows 2p and 2p + 1)."""
     texts = [text for pair in zip(chosen, rejected) for text in pair]
-    return LearnBatch(step=step, version=version, samples=samples, group_size=2, response_texts=texts,
-                      pairs=[(2 * p, 2 * p + 1) for p in range(len(samples))])
+    return LearnBatch(
+        step=step,
+        version=version,
+        samples=samples,
+        group_size=2,
+        response_texts=texts,
+        pairs=[(2 * p, 2 * p + 1) for p in range(len(samples))],
+    )
 
 
-def corrupt(samples: list[Sample], kind: str, seed: int, *, mask_ratio: float = 0.5, noise_std: float = 0.01,
-            drop_ratio: float = 0.5, num_groups: int = 32) -> list[Sample]:
+def corrupt(
+    samples: list[Sample],
+    kind: str,
+    seed: int,
+    *,
+    mask_ratio: float = 0.5,
+    noise_std: float = 0.01,
+    drop_ratio: float = 0.5,
+    num_groups: int = 32,
+) -> list[Sample]:
     """Each sample with its cloud corrupted the SPA way: 3D group masking (`mask_ratio` of the points removed in
     whole groups), Gaussian noise or random point drop."""
     generator = torch.Generator().manual_seed(seed)
@@ -163,10 +226,18 @@ def corrupt(samples: list[Sample], kind: str, seed: int, *, mask_ratio: float = 
     return out
 
 
-def target_batch(step: int, version: int, samples: list[Sample], quant=None, corrupted: list[Sample] | None = None) -> LearnBatch:
+def target_batch(
+    step: int, version: int, samples: list[Sample], quant=None, corrupted: list[Sample] | None = None
+) -> LearnBatch:
     """Teacher forcing on the dataset's serialized targets (SFT; SPA adds the corrupted clouds)."""
-    return LearnBatch(step=step, version=version, samples=samples, group_size=1,
-                      response_texts=[target_text(s, quant) for s in samples], corrupted=corrupted)
+    return LearnBatch(
+        step=step,
+        version=version,
+        samples=samples,
+        group_size=1,
+        response_texts=[target_text(s, quant) for s in samples],
+        corrupted=corrupted,
+    )
 
 
 def alignment_targets(samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -174,8 +245,10 @@ def alignment_targets(samples: list[Sample]) -> tuple[torch.Tensor, torch.Tensor
     A sample of an unknown category or colour (a real-data loader's) is refused: the head cannot learn it."""
     for s in samples:
         if s.targets.category not in ALIGN_CATEGORIES or s.targets.attributes.get("colour") not in ALIGN_COLOURS:
-            raise ValueError(f"sample {s.uid!r}: cloud alignment needs a category of {ALIGN_CATEGORIES} and a colour "
-                             f"of {ALIGN_COLOURS}; set sft.align_weight=0 for this data")
+            raise ValueError(
+                f"sample {s.uid!r}: cloud alignment needs a category of {ALIGN_CATEGORIES} and a colour "
+                f"of {ALIGN_COLOURS}; set sft.align_weight=0 for this data"
+            )
     box = torch.tensor(np.stack([s.targets.bbox3d for s in samples]), dtype=torch.float32)
     category = torch.tensor([ALIGN_CATEGORIES.index(s.targets.category) for s in samples])
     colour = torch.tensor([ALIGN_COLOURS.index(s.targets.attributes["colour"]) for s in samples])

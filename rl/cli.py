@@ -53,8 +53,10 @@ def _print_results(samples: list[dict], results: list[dict]) -> None:
         print(f"  field spans: {spans or 'none (nothing parsed)'}")
         for error in result["errors"]:
             print(f"  why: {error}")
-    print("\nRewards are in [0, 1]: format = schema obeyed; bbox = IoU with the target box; kpts = share of keypoints "
-          "inside the target box; rpc = IoU of the projected 3D box with the predicted 2D box.")
+    print(
+        "\nRewards are in [0, 1]: format = schema obeyed; bbox = IoU with the target box; kpts = share of keypoints "
+        "inside the target box; rpc = IoU of the projected 3D box with the predicted 2D box."
+    )
 
 
 def cmd_score(args: argparse.Namespace) -> None:
@@ -88,14 +90,16 @@ def _synth_argument_problem(args: argparse.Namespace) -> str | None:
     """What is wrong with `pointrl synth`'s arguments, checked before anything is generated or written."""
     from rewards.schema import BINS_RULE
 
-    checks = [(args.n >= 1, f"--n must be at least 1, got {args.n}"),
-              (0.0 <= args.test_fraction < 1.0, f"--test-fraction must be in [0, 1), got {args.test_fraction}"),
-              (args.seed >= 0, f"--seed must be >= 0, got {args.seed}"),
-              (args.workers >= 1, f"--workers must be at least 1, got {args.workers}"),
-              (args.shard_size >= 1, f"--shard-size must be at least 1, got {args.shard_size}"),
-              (0.0 <= args.relevance <= 1.0, f"--relevance must be in [0, 1], got {args.relevance}"),
-              (args.bins == 0 or args.bins >= 2, f"--bins must be {BINS_RULE}, got {args.bins}"),
-              (not (args.resume and args.overwrite), "--resume and --overwrite exclude each other")]
+    checks = [
+        (args.n >= 1, f"--n must be at least 1, got {args.n}"),
+        (0.0 <= args.test_fraction < 1.0, f"--test-fraction must be in [0, 1), got {args.test_fraction}"),
+        (args.seed >= 0, f"--seed must be >= 0, got {args.seed}"),
+        (args.workers >= 1, f"--workers must be at least 1, got {args.workers}"),
+        (args.shard_size >= 1, f"--shard-size must be at least 1, got {args.shard_size}"),
+        (0.0 <= args.relevance <= 1.0, f"--relevance must be in [0, 1], got {args.relevance}"),
+        (args.bins == 0 or args.bins >= 2, f"--bins must be {BINS_RULE}, got {args.bins}"),
+        (not (args.resume and args.overwrite), "--resume and --overwrite exclude each other"),
+    ]
     for name in ("num_points", "image_size", "num_kpts"):
         value = getattr(args, name)
         checks.append((value >= 1, f"--{name.replace('_', '-')} must be a positive integer, got {value}"))
@@ -105,8 +109,13 @@ def _synth_argument_problem(args: argparse.Namespace) -> str | None:
     elif args.resume and not (out / "meta.json").is_file():
         checks.append((False, f"--out {out}: nothing to resume (no meta.json); run without --resume"))
     elif out.is_dir() and any(out.iterdir()) and not (args.overwrite or args.resume):
-        checks.append((False, f"--out {out} is not empty: choose a new directory, pass --overwrite to replace it, "
-                              "or --resume to finish an interrupted run"))
+        checks.append(
+            (
+                False,
+                f"--out {out} is not empty: choose a new directory, pass --overwrite to replace it, "
+                "or --resume to finish an interrupted run",
+            )
+        )
     return next((message for ok, message in checks if not ok), None)
 
 
@@ -130,8 +139,14 @@ def _warn_if_large(args: argparse.Namespace, settings) -> None:
     from data3d.store import sample_nbytes
 
     start = time.perf_counter()
-    probe = generate_sample(args.seed, 0, num_points=settings.num_points, image_size=settings.image_size,
-                            num_kpts=settings.num_kpts, relevance=args.relevance)
+    probe = generate_sample(
+        args.seed,
+        0,
+        num_points=settings.num_points,
+        image_size=settings.image_size,
+        num_kpts=settings.num_kpts,
+        relevance=args.relevance,
+    )
     per_sample_s, per_sample_bytes = time.perf_counter() - start, sample_nbytes(probe)
     seconds, size = args.n * per_sample_s / args.workers, args.n * per_sample_bytes
     parent = next(p for p in [Path(args.out).absolute(), *Path(args.out).absolute().parents] if p.exists())
@@ -139,9 +154,13 @@ def _warn_if_large(args: argparse.Namespace, settings) -> None:
     if seconds < 3600 and size < free:
         return
     over = f", more than the {_human(free, _BYTES)} free" if size >= free else ""
-    print(f"pointrl synth: warning: {args.n} samples will take about {_human(seconds, _SECONDS)} on {args.workers} "
-          f"worker(s) ({per_sample_s:.3f} s each) and {_human(size, _BYTES)} of disk{over}; meta.json records every "
-          f"finished shard, so the run can be stopped and finished later with --resume", file=sys.stderr, flush=True)
+    print(
+        f"pointrl synth: warning: {args.n} samples will take about {_human(seconds, _SECONDS)} on {args.workers} "
+        f"worker(s) ({per_sample_s:.3f} s each) and {_human(size, _BYTES)} of disk{over}; meta.json records every "
+        f"finished shard, so the run can be stopped and finished later with --resume",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def cmd_synth(args: argparse.Namespace) -> None:
@@ -151,36 +170,61 @@ def cmd_synth(args: argparse.Namespace) -> None:
     from data3d import write_benchmark
     from data3d.settings import DataSettings
 
-    settings = DataSettings(num_points=args.num_points, image_size=args.image_size, num_kpts=args.num_kpts,
-                            bins=args.bins)
+    settings = DataSettings(
+        num_points=args.num_points, image_size=args.image_size, num_kpts=args.num_kpts, bins=args.bins
+    )
     try:
         if not args.resume:
             _warn_if_large(args, settings)
-        summary = write_benchmark(args.out, args.n, args.seed, test_fraction=args.test_fraction, settings=settings,
-                                  relevance=args.relevance, workers=args.workers, overwrite=args.overwrite,
-                                  shard_size=args.shard_size, resume=args.resume)
+        summary = write_benchmark(
+            args.out,
+            args.n,
+            args.seed,
+            test_fraction=args.test_fraction,
+            settings=settings,
+            relevance=args.relevance,
+            workers=args.workers,
+            overwrite=args.overwrite,
+            shard_size=args.shard_size,
+            resume=args.resume,
+        )
     except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as exc:  # DatasetError is a ValueError
         _usage_error("synth", str(exc))
     except KeyboardInterrupt:
-        print(f"\npointrl synth: interrupted; {args.out} is partial (its meta.json says how far it got): the same "
-              f"command with --resume finishes it", file=sys.stderr)
+        print(
+            f"\npointrl synth: interrupted; {args.out} is partial (its meta.json says how far it got): the same "
+            f"command with --resume finishes it",
+            file=sys.stderr,
+        )
         raise SystemExit(130) from None
     counts = ", ".join(f"{split} {count}" for split, count in summary["counts"].items())
     if args.resume and summary["resumed_from"] == args.n:
         print(f"{args.out} is already complete: {counts} samples")
         return
     resumed = f" (resumed after {summary['resumed_from']})" if args.resume else ""
-    print(f"wrote {args.out}: {counts} samples{resumed} in {summary['seconds']:.1f} s "
-          f"({summary['samples_per_s']:.1f} samples/s)")
+    print(
+        f"wrote {args.out}: {counts} samples{resumed} in {summary['seconds']:.1f} s "
+        f"({summary['samples_per_s']:.1f} samples/s)"
+    )
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
     from rl.evaluate import run_eval
 
     try:
-        run_eval(args.policy, args.data, args.out, args.split, args.limit, args.batch_size, args.max_new_tokens,
-                 greedy=not args.sample, reliance=not args.no_reliance, use_images=not args.no_images,
-                 suite=args.suite)
+        run_eval(
+            args.policy,
+            args.data,
+            args.out,
+            args.split,
+            args.limit,
+            args.batch_size,
+            args.max_new_tokens,
+            greedy=not args.sample,
+            reliance=not args.no_reliance,
+            use_images=not args.no_images,
+            suite=args.suite,
+        )
     except (FileNotFoundError, ValueError) as exc:
         sys.exit(str(exc))
 
@@ -202,8 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = commands.add_parser("score", help="score a reward request file and explain the result")
     score.add_argument("file", help="a JSON request body for POST /v1/rewards")
-    score.add_argument("--via", choices=["local", "http", "ray"], default="local",
-                       help="in process, over HTTP (starts a server unless --url), or through a Ray Serve handle")
+    score.add_argument(
+        "--via",
+        choices=["local", "http", "ray"],
+        default="local",
+        help="in process, over HTTP (starts a server unless --url), or through a Ray Serve handle",
+    )
     score.add_argument("--url", help="with --via http: an already running service")
     score.add_argument("--token", help="bearer token for --url")
     score.add_argument("--out", help="also write the results JSON here")
@@ -221,14 +269,22 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--image-size", type=int, default=defaults.image_size)
     synth.add_argument("--num-kpts", type=int, default=defaults.num_kpts, help="keypoints per target (2D and 3D)")
     synth.add_argument("--bins", type=int, default=defaults.bins, help="coordinate bins recorded as the quantization")
-    synth.add_argument("--relevance", type=float, default=0.0,
-                       help="share of samples asked whether a description fits the cloud (relevance discrimination)")
+    synth.add_argument(
+        "--relevance",
+        type=float,
+        default=0.0,
+        help="share of samples asked whether a description fits the cloud (relevance discrimination)",
+    )
     synth.add_argument("--workers", type=int, default=1, help="generator processes (the samples do not depend on it)")
-    synth.add_argument("--shard-size", type=int, default=256,
-                       help="samples per shard (the unit a resume restarts from)")
+    synth.add_argument(
+        "--shard-size", type=int, default=256, help="samples per shard (the unit a resume restarts from)"
+    )
     synth.add_argument("--overwrite", action="store_true", help="replace an existing dataset at --out")
-    synth.add_argument("--resume", action="store_true",
-                       help="finish an interrupted run: the same arguments, continuing after its last finished shard")
+    synth.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted run: the same arguments, continuing after its last finished shard",
+    )
     synth.set_defaults(run=cmd_synth)
 
     evaluate = commands.add_parser("eval", help="evaluate a policy directory on a dataset split")
@@ -242,9 +298,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     evaluate.add_argument("--no-reliance", action="store_true", help="skip the 3D-masked / swapped-cloud runs")
     evaluate.add_argument("--no-images", action="store_true", help="feed the point cloud only")
-    evaluate.add_argument("--suite", default="geometry",
-                          help="geometry: the JSON fields with the reliance gaps; 3dcqa: multiple-choice questions "
-                               "under every rotation of their options, clean and cloud swapped; all: both")
+    evaluate.add_argument(
+        "--suite",
+        default="geometry",
+        help="geometry: the JSON fields with the reliance gaps; 3dcqa: multiple-choice questions "
+        "under every rotation of their options, clean and cloud swapped; all: both",
+    )
     evaluate.set_defaults(run=cmd_eval)
     return parser
 

@@ -89,28 +89,37 @@ class DataConfig:
     num_points: int = setting(DATA_DEFAULTS.num_points, "points per cloud of generated samples", "> 0")
     image_size: int = setting(DATA_DEFAULTS.image_size, "side of the rendered image of generated samples", "> 0")
     use_images: bool = setting(True, "give the policy the rendered image as well as the points")
-    num_kpts: int = setting(DATA_DEFAULTS.num_kpts, "keypoints per target (kpts2d and kpts3d) of generated samples",
-                            "> 0")
-    relevance: float = setting(0.0, "share of generated samples asked whether a description fits the cloud "
-                                    "(3D relevance discrimination)", "in [0, 1]")
+    num_kpts: int = setting(
+        DATA_DEFAULTS.num_kpts, "keypoints per target (kpts2d and kpts3d) of generated samples", "> 0"
+    )
+    relevance: float = setting(
+        0.0,
+        "share of generated samples asked whether a description fits the cloud (3D relevance discrimination)",
+        "in [0, 1]",
+    )
 
 
 @dataclass
 class VllmConfig:
     """options of the vLLM engine (rollout.backend vllm), passed to vllm.LLM by rollout/vllm_engine.py"""
 
-    dtype: str = setting("auto", "weight dtype vLLM serves; auto: policy.dtype, so that rollout and learner "
-                                 "log-probs agree", choices=("auto", *LLM_DTYPES))
-    gpu_memory_utilization: float = setting(0.9, "share of the GPU memory one engine may take (vLLM's CPU build: "
-                                                 "of the host memory)", "in (0, 1]")
-    kv_cache_gib: float | None = setting(None, "KV-cache size in GiB; null: what gpu_memory_utilization leaves "
-                                               "(set it on a small CPU machine)", "> 0")
+    dtype: str = setting(
+        "auto",
+        "weight dtype vLLM serves; auto: policy.dtype, so that rollout and learner log-probs agree",
+        choices=("auto", *LLM_DTYPES),
+    )
+    gpu_memory_utilization: float = setting(
+        0.9, "share of the GPU memory one engine may take (vLLM's CPU build: of the host memory)", "in (0, 1]"
+    )
+    kv_cache_gib: float | None = setting(
+        None, "KV-cache size in GiB; null: what gpu_memory_utilization leaves (set it on a small CPU machine)", "> 0"
+    )
     tensor_parallel_size: int = setting(1, "GPUs each engine shards the LLM over", "> 0")
     max_model_len: int | None = setting(None, "longest prompt + response in tokens; null: the model's", "> 0")
-    enable_sleep_mode: bool = setting(False, "let the engine free its GPU memory while a colocated learner trains "
-                                             "(GPU builds only)")
-    enforce_eager: bool = setting(False, "no torch.compile or CUDA graphs: the engine starts faster and decodes "
-                                         "slower")
+    enable_sleep_mode: bool = setting(
+        False, "let the engine free its GPU memory while a colocated learner trains (GPU builds only)"
+    )
+    enforce_eager: bool = setting(False, "no torch.compile or CUDA graphs: the engine starts faster and decodes slower")
 
 
 @dataclass
@@ -120,17 +129,22 @@ class RolloutConfig:
     backend: str = setting("hf", "generation engine", choices=("hf", "vllm"))
     num_workers: int = setting(2, "rollout worker actors", "> 0")
     cpus_per_worker: float = setting(0.5, "CPUs reserved per rollout worker (fractions share a core)", ">= 0")
-    gpus_per_worker: float = setting(0.0, "GPUs reserved per rollout worker (fractions share a GPU; with "
-                                          "placement.mode=colocated, its share of the GPU it shares with one learner "
-                                          "worker, in (0.5, 1))", ">= 0")
+    gpus_per_worker: float = setting(
+        0.0,
+        "GPUs reserved per rollout worker (fractions share a GPU; with "
+        "placement.mode=colocated, its share of the GPU it shares with one learner "
+        "worker, in (0.5, 1))",
+        ">= 0",
+    )
     group_size: int = setting(4, "G: sampled outputs per prompt", ">= 2")
     prompts_per_step: int = setting(4, "prompts per step (a step scores prompts_per_step * G outputs)", "> 0")
     temperature: float = setting(1.0, "sampling temperature", "> 0")
     top_p: float = setting(1.0, "nucleus sampling probability mass", "in (0, 1]")
     max_new_tokens: int = setting(320, "generated tokens per output at most", "> 0")
     max_staleness: int = setting(0, "policy versions a rollout may lag the learner (0: strictly on-policy)", ">= 0")
-    vllm: VllmConfig = field(default_factory=VllmConfig, metadata={"doc": "vLLM engine options", "check": None,
-                                                                   "choices": None})
+    vllm: VllmConfig = field(
+        default_factory=VllmConfig, metadata={"doc": "vLLM engine options", "check": None, "choices": None}
+    )
 
 
 @dataclass
@@ -142,11 +156,14 @@ class RewardConfig:
     timeout_s: float = setting(30.0, "seconds a reward call may take before its samples count as missing", "> 0")
     replicas: int = setting(1, "replicas of the Ray Serve reward deployment", "> 0")
     cpus_per_replica: float = setting(0.25, "CPUs reserved per reward replica", ">= 0")
-    bins: int = setting(DATA_DEFAULTS.bins, "coordinate bins of the output schema (0: continuous coordinates)",
-                        "0 or >= 2")
-    field_weights: dict[str, float] = setting(dict.fromkeys((r for r in REWARDS if r != "rpc"), 1.0),
-                                              "weight of each reward in the one scalar of broadcast GRPO and DPO "
-                                              "(rpc's is algo.rpc_weight)", ">= 0")
+    bins: int = setting(
+        DATA_DEFAULTS.bins, "coordinate bins of the output schema (0: continuous coordinates)", "0 or >= 2"
+    )
+    field_weights: dict[str, float] = setting(
+        dict.fromkeys((r for r in REWARDS if r != "rpc"), 1.0),
+        "weight of each reward in the one scalar of broadcast GRPO and DPO (rpc's is algo.rpc_weight)",
+        ">= 0",
+    )
 
 
 @dataclass
@@ -154,12 +171,19 @@ class AlgoConfig:
     """the algorithm and its advantage and loss constants"""
 
     name: str = setting("grca", "routed GRPO, broadcast GRPO, SPA, DPO or SFT", choices=ALGORITHMS)
-    rpc_weight: float = setting(0.15, "lambda: weight of RPC in the background advantage (eq. 14) and in the scalar "
-                                      "reward of broadcast GRPO and DPO", ">= 0")
-    routed_fields: list[str] = setting(["bbox2d", "bbox3d", "kpts2d", "kpts3d"], "fields whose tokens get their own "
-                                       "advantage (eq. 10); the others join the background", choices=ROUTABLE_FIELDS)
-    routed_field_weights: dict[str, float] = setting(dict.fromkeys(ROUTABLE_FIELDS, 1.0),
-                                                     "scale of each routed field's advantage on its tokens", ">= 0")
+    rpc_weight: float = setting(
+        0.15,
+        "lambda: weight of RPC in the background advantage (eq. 14) and in the scalar reward of broadcast GRPO and DPO",
+        ">= 0",
+    )
+    routed_fields: list[str] = setting(
+        ["bbox2d", "bbox3d", "kpts2d", "kpts3d"],
+        "fields whose tokens get their own advantage (eq. 10); the others join the background",
+        choices=ROUTABLE_FIELDS,
+    )
+    routed_field_weights: dict[str, float] = setting(
+        dict.fromkeys(ROUTABLE_FIELDS, 1.0), "scale of each routed field's advantage on its tokens", ">= 0"
+    )
     clip_eps: float = setting(0.2, "epsilon of the clipped probability ratio (eq. 15)", "> 0")
     clip_eps_high: float | None = setting(None, "upper clip epsilon; null: clip_eps", "> 0")
     kl_beta: float = setting(0.0, "beta of the k3 KL to a frozen reference (0: no reference model)", ">= 0")
@@ -171,22 +195,36 @@ class LearnerConfig:
 
     num_workers: int = setting(1, "Ray Train workers (gloo on CPU, NCCL on GPUs)", "> 0")
     cpus_per_worker: float = setting(1.0, "CPUs reserved per learner worker", ">= 0")
-    use_gpu: bool = setting(False, "one GPU per learner worker (colocated: the part of it the rollout worker leaves); "
-                                   "a cluster without enough GPUs is refused at start")
-    strategy: str = setting("ddp", "ddp: a full replica per worker; fsdp2: parameters, gradients and optimizer state "
-                                   "sharded (fully_shard per LLM decoder layer, then the policy)",
-                            choices=("ddp", "fsdp2"))
-    activation_checkpointing: bool = setting(False, "recompute each LLM decoder layer in backward instead of keeping "
-                                                    "its activations (less memory, about a third more compute)")
-    logprob_chunk: int = setting(0, "response tokens per chunk of the log-softmax over the vocabulary, each chunk "
-                                    "recomputed in backward (0: all at once, a float32 rows x tokens x vocabulary "
-                                    "tensor)", ">= 0")
+    use_gpu: bool = setting(
+        False,
+        "one GPU per learner worker (colocated: the part of it the rollout worker leaves); "
+        "a cluster without enough GPUs is refused at start",
+    )
+    strategy: str = setting(
+        "ddp",
+        "ddp: a full replica per worker; fsdp2: parameters, gradients and optimizer state "
+        "sharded (fully_shard per LLM decoder layer, then the policy)",
+        choices=("ddp", "fsdp2"),
+    )
+    activation_checkpointing: bool = setting(
+        False,
+        "recompute each LLM decoder layer in backward instead of keeping "
+        "its activations (less memory, about a third more compute)",
+    )
+    logprob_chunk: int = setting(
+        0,
+        "response tokens per chunk of the log-softmax over the vocabulary, each chunk "
+        "recomputed in backward (0: all at once, a float32 rows x tokens x vocabulary "
+        "tensor)",
+        ">= 0",
+    )
     lr: float = setting(1e-5, "peak AdamW learning rate", "> 0")
     weight_decay: float = setting(0.0, "AdamW weight decay", ">= 0")
     betas: list[float] = setting([0.9, 0.999], "AdamW (beta1, beta2)", "in [0, 1)")
     warmup_steps: int = setting(0, "RL steps of linear LR warm-up (the LR moves once per RL step)", ">= 0")
-    schedule: str = setting("constant", "LR schedule over the RL steps after the warm-up",
-                            choices=("constant", "cosine", "linear"))
+    schedule: str = setting(
+        "constant", "LR schedule over the RL steps after the warm-up", choices=("constant", "cosine", "linear")
+    )
     grad_clip: float = setting(1.0, "largest global gradient norm", "> 0")
     grad_accum: int = setting(1, "micro-batches accumulated per optimizer step", "> 0")
     micro_batch_size: int = setting(8, "samples per forward/backward on each learner worker", "> 0")
@@ -197,27 +235,43 @@ class LearnerConfig:
 class PlacementConfig:
     """where learner and rollout workers run (rl/placement.py plans it from the Ray cluster's resources)"""
 
-    mode: str = setting("disaggregated", "disaggregated: learner and rollout workers on separate GPUs; colocated: "
-                                         "each GPU holds one learner and one rollout worker (vLLM sleeps while the "
-                                         "learner trains)", choices=("colocated", "disaggregated"))
-    rollout_strategy: str = setting("PACK", "Ray placement-group strategy of the rollout workers",
-                                    choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
-    learner_strategy: str = setting("PACK", "Ray placement-group strategy of the learner workers (disaggregated; "
-                                            "colocated puts each on its rollout worker's node)",
-                                    choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"))
-    wait_s: float = setting(0.0, "seconds to wait for the cluster to show what the plan needs (an autoscaling "
-                                 "cluster adds nodes); 0: refuse at once", ">= 0")
+    mode: str = setting(
+        "disaggregated",
+        "disaggregated: learner and rollout workers on separate GPUs; colocated: "
+        "each GPU holds one learner and one rollout worker (vLLM sleeps while the "
+        "learner trains)",
+        choices=("colocated", "disaggregated"),
+    )
+    rollout_strategy: str = setting(
+        "PACK",
+        "Ray placement-group strategy of the rollout workers",
+        choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+    )
+    learner_strategy: str = setting(
+        "PACK",
+        "Ray placement-group strategy of the learner workers (disaggregated; "
+        "colocated puts each on its rollout worker's node)",
+        choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+    )
+    wait_s: float = setting(
+        0.0,
+        "seconds to wait for the cluster to show what the plan needs (an autoscaling "
+        "cluster adds nodes); 0: refuse at once",
+        ">= 0",
+    )
 
 
 @dataclass
 class SyncConfig:
     """how the learner's weights reach the rollout workers after each step (rollout/weight_sync.py)"""
 
-    transport: str = setting("ray", "ray: the learner puts the tensors into the object store, each worker fetches "
-                             "them", "ray (nccl and ipc need GPUs and vLLM's weight-transfer API: not built yet)",
-                             SYNC_TRANSPORTS)
-    bucket_mb: float = setting(0.0, "object-store buckets of at most this many MiB per version (0: one object)",
-                               ">= 0")
+    transport: str = setting(
+        "ray",
+        "ray: the learner puts the tensors into the object store, each worker fetches them",
+        "ray (nccl and ipc need GPUs and vLLM's weight-transfer API: not built yet)",
+        SYNC_TRANSPORTS,
+    )
+    bucket_mb: float = setting(0.0, "object-store buckets of at most this many MiB per version (0: one object)", ">= 0")
 
 
 @dataclass
@@ -238,8 +292,10 @@ class EvalConfig:
     max_new_tokens: int = setting(320, "generated tokens per output at most", "> 0")
     batch_size: int = setting(32, "prompts generated together by the final evaluations", "> 0")
     split: str = setting("test", "dataset split evaluated when data.dir is set")
-    reliance: bool = setting(True, "also evaluate with the cloud 3D-masked and swapped, with the image and blanked "
-                                   "(the encoder-reliance gap)")
+    reliance: bool = setting(
+        True,
+        "also evaluate with the cloud 3D-masked and swapped, with the image and blanked (the encoder-reliance gap)",
+    )
 
 
 @dataclass
@@ -249,8 +305,9 @@ class SpaConfig:
     beta: float = setting(1.0, "beta scaling log P(y|x) - log P(y|x') (the paper's eq. 5 has none, i.e. 1)", "> 0")
     nll_weight: float = setting(1.0, "weight of the NLL anchor on the clean input (the paper gives no number)", ">= 0")
     corruption: str = setting("mask", "how x' is made (Table 2: mask is best)", choices=("mask", "gaussian", "drop"))
-    mask_ratio: float = setting(0.5, "share of the points removed, in whole groups around FPS centres (the paper: best "
-                                     "in 25-50%)", "in [0, 1)")
+    mask_ratio: float = setting(
+        0.5, "share of the points removed, in whole groups around FPS centres (the paper: best in 25-50%)", "in [0, 1)"
+    )
     noise_std: float = setting(0.01, "std of the Gaussian noise added to xyz", ">= 0")
     drop_ratio: float = setting(0.5, "share of points dropped", "in [0, 1]")
 
@@ -260,8 +317,9 @@ class DpoConfig:
     """DPO against a frozen reference"""
 
     beta: float = setting(0.1, "beta of the DPO loss", "> 0")
-    pairs_file: str | None = setting(None, 'JSONL of {"uid", "chosen", "rejected"}; null: each group\'s highest vs '
-                                           "lowest total reward")
+    pairs_file: str | None = setting(
+        None, 'JSONL of {"uid", "chosen", "rejected"}; null: each group\'s highest vs lowest total reward'
+    )
 
 
 @dataclass
@@ -273,8 +331,12 @@ class SftConfig:
     batch_size: int = setting(8, "samples per SFT step", "> 0")
     warmup_steps: int = setting(50, "steps of linear LR warm-up of the SFT warm-up stage", ">= 0")
     schedule: str = setting("cosine", "LR schedule of the SFT warm-up stage", choices=("constant", "cosine", "linear"))
-    align_weight: float = setting(1.0, "weight of the cloud-alignment loss (box, category and colour read from the "
-                                       "mean point token) beside the SFT loss; 0: off", ">= 0")
+    align_weight: float = setting(
+        1.0,
+        "weight of the cloud-alignment loss (box, category and colour read from the "
+        "mean point token) beside the SFT loss; 0: off",
+        ">= 0",
+    )
 
 
 @dataclass
@@ -300,8 +362,12 @@ class Config:
 def policy_overrides(cfg: Config) -> dict:
     """What the run changes in a loaded policy's config; learner and rollout workers apply the same, so that the
     trainable tensors the learner publishes are exactly the ones the workers hold."""
-    overrides = {"llm_mode": cfg.policy.llm_mode, "lora_r": cfg.policy.lora_r, "llm_dtype": cfg.policy.dtype,
-                 "train_point_encoder": cfg.policy.train_point_encoder}
+    overrides = {
+        "llm_mode": cfg.policy.llm_mode,
+        "lora_r": cfg.policy.lora_r,
+        "llm_dtype": cfg.policy.dtype,
+        "train_point_encoder": cfg.policy.train_point_encoder,
+    }
     if cfg.algo.name == "sft" and cfg.sft.align_weight > 0:
         overrides["align_dims"] = ALIGN_DIMS  # a policy saved without the head gets a fresh one
     return overrides

@@ -27,8 +27,9 @@ class _Loader(yaml.SafeLoader):
     """YAML 1.1 reads `1e-5` as a string; this loader reads it as the float everyone means."""
 
 
-_Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-                              list("-+.0123456789"))
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)[eE][-+]?\d+$"), list("-+.0123456789")
+)
 
 
 def config_to_dict(cfg: Config) -> dict:
@@ -192,10 +193,14 @@ def _validated(layers: list[tuple[Any, str]]) -> Config:
     if len(cfg.learner.betas) != 2:
         raise _fail("learner.betas", f"expected two values (beta1, beta2), got {cfg.learner.betas}", origins)
     if cfg.rollout.top_p < 1 and cfg.algo.name in ROLLOUT_ALGORITHMS:
-        raise _fail("rollout.top_p", f"is {cfg.rollout.top_p} with algo.name={cfg.algo.name}: top-p < 1 is not "
-                    "supported for RL, because the behaviour log-probs would be those of the truncated distribution, "
-                    "which the learner does not recompute (set rollout.top_p=1; rollout.temperature sharpens "
-                    "sampling)", origins)
+        raise _fail(
+            "rollout.top_p",
+            f"is {cfg.rollout.top_p} with algo.name={cfg.algo.name}: top-p < 1 is not "
+            "supported for RL, because the behaviour log-probs would be those of the truncated distribution, "
+            "which the learner does not recompute (set rollout.top_p=1; rollout.temperature sharpens "
+            "sampling)",
+            origins,
+        )
     return cfg
 
 
@@ -242,9 +247,11 @@ def parse_cli(argv: Sequence[str], default_config: str) -> Config:
         print(f"config error: {exc}", file=sys.stderr)
         sys.exit(2)
     if wants_help:
-        print(f"usage: {Path(sys.argv[0]).name} [--config PATH] [section.key=value ...]\n"
-              f"Values below: {config_path}{' + ' + ' '.join(overrides) if overrides else ''}. "
-              "An override's value is YAML: algo.routed_fields=[bbox3d,kpts3d], reward.url=null.")
+        print(
+            f"usage: {Path(sys.argv[0]).name} [--config PATH] [section.key=value ...]\n"
+            f"Values below: {config_path}{' + ' + ' '.join(overrides) if overrides else ''}. "
+            "An override's value is YAML: algo.routed_fields=[bbox3d,kpts3d], reward.url=null."
+        )
         print(describe(cfg))
         sys.exit(0)
     return cfg

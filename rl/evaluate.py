@@ -28,8 +28,15 @@ from rl.batches import corrupt
 Answerer = Callable[[list[Sample]], list[str]]
 
 METRICS = ("iou2d", "iou3d", "kpa2d", "kpa3d", "rpc", "answer_acc", "parse_rate")
-REWARD_OF_METRIC = {"iou2d": "bbox2d", "iou3d": "bbox3d", "kpa2d": "kpts2d", "kpa3d": "kpts3d", "rpc": "rpc",
-                    "answer_acc": "answer", "format_rate": "format"}
+REWARD_OF_METRIC = {
+    "iou2d": "bbox2d",
+    "iou3d": "bbox3d",
+    "kpa2d": "kpts2d",
+    "kpa3d": "kpts3d",
+    "rpc": "rpc",
+    "answer_acc": "answer",
+    "format_rate": "format",
+}
 TEXT_METRICS = ("bleu", "rougeL")
 SUITES = ("geometry", "3dcqa", "all")  # `pointrl eval --suite`: the JSON fields, 3DCQA (rl/evaluate_cqa.py) or both
 _NOTHING_PARSED = "no JSON object"
@@ -44,23 +51,33 @@ def text_metrics(hypotheses: list[str], references: list[str]) -> dict[str, floa
     scorer = rouge_scorer.RougeScorer(["rougeL"])
     rouge = [scorer.score(ref, hyp)["rougeL"].fmeasure for hyp, ref in zip(hypotheses, references)]
     bleu = sacrebleu.corpus_bleu(hypotheses, [references]).score / 100.0
-    return {"bleu": min(1.0, bleu),  # sacrebleu's percentage can overshoot 100 by an ulp
-            "rougeL": float(np.mean(rouge)) if rouge else 0.0}
+    return {
+        "bleu": min(1.0, bleu),  # sacrebleu's percentage can overshoot 100 by an ulp
+        "rougeL": float(np.mean(rouge)) if rouge else 0.0,
+    }
 
 
 def score_answers(samples: list[Sample], texts: list[str], quant: Quant | None = None) -> dict:
     """Mean field rewards under their metric names, the parse rate, the description's BLEU / ROUGE-L, and under
     `answer_by_question` the answer accuracy and count of each question type (`match` is relevance discrimination)."""
     quant = quant or Quant()
-    results = score_batch([reward_sample(s, t) for s, t in zip(samples, texts)], {"bins": quant.bins, "bounds3d": quant.bounds3d})
-    report = {metric: float(np.mean([r["rewards"][field] for r in results])) for metric, field in REWARD_OF_METRIC.items()}
-    report["parse_rate"] = float(np.mean([not (r["errors"] and r["errors"][0].startswith(_NOTHING_PARSED)) for r in results]))
+    results = score_batch(
+        [reward_sample(s, t) for s, t in zip(samples, texts)], {"bins": quant.bins, "bounds3d": quant.bounds3d}
+    )
+    report = {
+        metric: float(np.mean([r["rewards"][field] for r in results])) for metric, field in REWARD_OF_METRIC.items()
+    }
+    report["parse_rate"] = float(
+        np.mean([not (r["errors"] and r["errors"][0].startswith(_NOTHING_PARSED)) for r in results])
+    )
     hypotheses = [_description(t, r["spans"]["description"]) for t, r in zip(texts, results)]
     report.update(text_metrics(hypotheses, [s.targets.description for s in samples]))
     correct: dict[str, list[float]] = {}
     for sample, result in zip(samples, results):
         correct.setdefault(sample.question_type, []).append(result["rewards"]["answer"])
-    report["answer_by_question"] = {kind: {"accuracy": float(np.mean(v)), "n": len(v)} for kind, v in sorted(correct.items())}
+    report["answer_by_question"] = {
+        kind: {"accuracy": float(np.mean(v)), "n": len(v)} for kind, v in sorted(correct.items())
+    }
     return report
 
 
@@ -68,7 +85,11 @@ def swapped_clouds(samples: list[Sample]) -> list[Sample]:
     """Each sample with the point cloud of the next sample of another category (the next sample if all share one)."""
     swapped = []
     for i, sample in enumerate(samples):
-        others = [j for j in range(i + 1, i + len(samples)) if samples[j % len(samples)].targets.category != sample.targets.category]
+        others = [
+            j
+            for j in range(i + 1, i + len(samples))
+            if samples[j % len(samples)].targets.category != sample.targets.category
+        ]
         donor = samples[(others[0] if others else i + 1) % len(samples)]
         swapped.append(dataclasses.replace(sample, points=donor.points))
     return swapped
@@ -80,18 +101,28 @@ def blanked_images(samples: list[Sample]) -> list[Sample]:
     return [dataclasses.replace(s, image=None if s.image is None else np.zeros_like(s.image)) for s in samples]
 
 
-def _cloud_reliance(answer: Answerer, samples: list[Sample], clean: dict, quant: Quant | None, mask_ratio: float,
-                    seed: int) -> dict:
+def _cloud_reliance(
+    answer: Answerer, samples: list[Sample], clean: dict, quant: Quant | None, mask_ratio: float, seed: int
+) -> dict:
     """The metrics with each cloud 3D-masked and swapped, and their gaps to `clean` (scored on the same samples)."""
     masked = score_answers(samples, answer(corrupt(samples, "mask", seed, mask_ratio=mask_ratio)), quant)
     swapped = score_answers(samples, answer(swapped_clouds(samples)), quant)
-    return {"masked": masked, "swapped": swapped,
-            "gap_masked": {m: clean[m] - masked[m] for m in METRICS},
-            "gap_swapped": {m: clean[m] - swapped[m] for m in METRICS}}
+    return {
+        "masked": masked,
+        "swapped": swapped,
+        "gap_masked": {m: clean[m] - masked[m] for m in METRICS},
+        "gap_swapped": {m: clean[m] - swapped[m] for m in METRICS},
+    }
 
 
-def evaluate(answer: Answerer, samples: list[Sample], quant: Quant | None = None, reliance: bool = True,
-             mask_ratio: float = 0.6, seed: int = 0) -> dict:
+def evaluate(
+    answer: Answerer,
+    samples: list[Sample],
+    quant: Quant | None = None,
+    reliance: bool = True,
+    mask_ratio: float = 0.6,
+    seed: int = 0,
+) -> dict:
     """The report `pointrl eval` writes: METRICS, format_rate, TEXT_METRICS, n and (optionally) `reliance`: the
     3D-masked and cloud-swapped metrics and gaps with the image, and under `image_blanked` the same three conditions
     (clean, masked, swapped) with a blank image, whose gaps measure the cloud where the picture cannot stand in."""
@@ -102,15 +133,25 @@ def evaluate(answer: Answerer, samples: list[Sample], quant: Quant | None = None
         blank = blanked_images(samples)
         blank_clean = score_answers(samples, answer(blank), quant)
         report["reliance"] = {
-            **_cloud_reliance(answer, samples, report, quant, mask_ratio, seed), "mask_ratio": mask_ratio,
-            "image_blanked": {"clean": blank_clean,
-                              **_cloud_reliance(answer, blank, blank_clean, quant, mask_ratio, seed)},
+            **_cloud_reliance(answer, samples, report, quant, mask_ratio, seed),
+            "mask_ratio": mask_ratio,
+            "image_blanked": {
+                "clean": blank_clean,
+                **_cloud_reliance(answer, blank, blank_clean, quant, mask_ratio, seed),
+            },
         }
     return report
 
 
-def policy_answerer(policy, batch_size: int = 8, max_new_tokens: int = 320, greedy: bool = True,
-                    use_images: bool = True, progress: bool = True, quant: Quant | None = None) -> Answerer:
+def policy_answerer(
+    policy,
+    batch_size: int = 8,
+    max_new_tokens: int = 320,
+    greedy: bool = True,
+    use_images: bool = True,
+    progress: bool = True,
+    quant: Quant | None = None,
+) -> Answerer:
     """An answerer that runs a PointVLM (greedy by default) in batches, with a progress bar."""
     from tqdm import tqdm
 
@@ -135,24 +176,38 @@ def format_table(report: dict) -> str:
     rows = [("clean", report)]
     if "reliance" in report:
         blank = report["reliance"]["image_blanked"]
-        rows += [("3D-masked", report["reliance"]["masked"]), ("cloud swapped", report["reliance"]["swapped"]),
-                 ("image blanked", blank["clean"]), ("blank, 3D-masked", blank["masked"]),
-                 ("blank, swapped", blank["swapped"])]
+        rows += [
+            ("3D-masked", report["reliance"]["masked"]),
+            ("cloud swapped", report["reliance"]["swapped"]),
+            ("image blanked", blank["clean"]),
+            ("blank, 3D-masked", blank["masked"]),
+            ("blank, swapped", blank["swapped"]),
+        ]
     lines = [f"{'':18}" + "".join(f"{c:>11}" for c in columns)]
     lines += [f"{name:18}" + "".join(f"{values[c]:11.3f}" for c in columns) for name, values in rows]
     by_question = report.get("answer_by_question", {})
     swapped = report.get("reliance", {}).get("swapped", {}).get("answer_by_question", {})
-    lines.append("answer accuracy by question (clean / cloud swapped): " + ", ".join(
-        f"{kind} {v['accuracy']:.3f}" + (f" / {swapped[kind]['accuracy']:.3f}" if kind in swapped else "") + f" (n={v['n']})"
-        for kind, v in by_question.items()))
+    lines.append(
+        "answer accuracy by question (clean / cloud swapped): "
+        + ", ".join(
+            f"{kind} {v['accuracy']:.3f}"
+            + (f" / {swapped[kind]['accuracy']:.3f}" if kind in swapped else "")
+            + f" (n={v['n']})"
+            for kind, v in by_question.items()
+        )
+    )
     return "\n".join(lines)
 
 
 def format_comparison(reports: dict[str, dict]) -> str:
     """Policies side by side (one row each): the metrics, then what swapping the cloud takes away from IoU3D and the
     answer, with the image and with it blanked (the gaps that show the cloud is read)."""
-    gaps = (("iou3d gap", "iou3d", False), ("answer gap", "answer_acc", False),
-            ("iou3d gap, blank", "iou3d", True), ("answer gap, blank", "answer_acc", True))
+    gaps = (
+        ("iou3d gap", "iou3d", False),
+        ("answer gap", "answer_acc", False),
+        ("iou3d gap, blank", "iou3d", True),
+        ("answer gap, blank", "answer_acc", True),
+    )
     lines = [f"{'':10}" + "".join(f"{c:>11}" for c in METRICS) + "".join(f"{name:>19}" for name, _, _ in gaps)]
     for name, report in reports.items():
         reliance = report.get("reliance")
@@ -169,9 +224,19 @@ def write_report(report: dict, out: str | Path) -> None:
     Path(out).write_text(json.dumps(report, indent=1))
 
 
-def run_eval(policy_dir: str, data_dir: str, out: str, split: str = "test", limit: int | None = None,
-             batch_size: int = 8, max_new_tokens: int = 320, greedy: bool = True, reliance: bool = True,
-             use_images: bool = True, suite: str = "geometry") -> dict:
+def run_eval(
+    policy_dir: str,
+    data_dir: str,
+    out: str,
+    split: str = "test",
+    limit: int | None = None,
+    batch_size: int = 8,
+    max_new_tokens: int = 320,
+    greedy: bool = True,
+    reliance: bool = True,
+    use_images: bool = True,
+    suite: str = "geometry",
+) -> dict:
     """`pointrl eval`: load a policy directory and a dataset split, evaluate (`suite`: one of SUITES), print the
     tables, write the JSON (the 3DCQA suite under its key "3dcqa")."""
     if suite not in SUITES:
@@ -202,8 +267,13 @@ def run_eval(policy_dir: str, data_dir: str, out: str, split: str = "test", limi
         answerer = policy_answerer(policy, batch_size, CQA_MAX_NEW_TOKENS, greedy, use_images, quant=quant)
         report["3dcqa"] = evaluate_cqa(answerer, samples)
         print(format_cqa(report["3dcqa"]))
-    report["meta"] = {"policy": str(policy_dir), "data": str(data_dir), "split": split, "suite": suite,
-                      "settings": settings.to_dict()}
+    report["meta"] = {
+        "policy": str(policy_dir),
+        "data": str(data_dir),
+        "split": split,
+        "suite": suite,
+        "settings": settings.to_dict(),
+    }
     write_report(report, out)
     print(f"wrote {out} ({len(samples)} samples of {data_dir}:{split})")
     return report

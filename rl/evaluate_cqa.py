@@ -56,22 +56,33 @@ def ask_all(answer: Answerer, samples: list[Sample], seed: int = 0) -> list[tupl
     texts = answer([q.as_sample(sample) for q, sample, _ in asked])
     chosen = [chosen_option(answer_field(text), q) for (q, _, _), text in zip(asked, texts)]
     n = len(LETTERS)
-    return [(q, [(c - k) % n if c >= 0 else -1 for c, k in zip(chosen[i * n : (i + 1) * n], range(n))])
-            for i, (q, _) in enumerate(questions)]
+    return [
+        (q, [(c - k) % n if c >= 0 else -1 for c, k in zip(chosen[i * n : (i + 1) * n], range(n))])
+        for i, (q, _) in enumerate(questions)
+    ]
 
 
 def summarize(results: list[tuple[ChoiceQuestion, list[int]]]) -> dict:
     """Accuracy, circular accuracy, invalid rate and n by ability and overall; the position bias over all answers."""
+
     def stats(rows):
-        right = np.array([[c == q.correct for c in chosen] for q, chosen in rows], dtype=float).reshape(-1, len(LETTERS))
+        right = np.array([[c == q.correct for c in chosen] for q, chosen in rows], dtype=float).reshape(
+            -1, len(LETTERS)
+        )
         invalid = np.array([[c < 0 for c in chosen] for _, chosen in rows], dtype=float)
-        return {"accuracy": float(right.mean()) if rows else 0.0,
-                "circular_accuracy": float(right.all(1).mean()) if rows else 0.0,
-                "invalid": float(invalid.mean()) if rows else 0.0, "n": len(rows)}
+        return {
+            "accuracy": float(right.mean()) if rows else 0.0,
+            "circular_accuracy": float(right.all(1).mean()) if rows else 0.0,
+            "invalid": float(invalid.mean()) if rows else 0.0,
+            "n": len(rows),
+        }
 
     report = {"overall": stats(results)}
-    report["by_ability"] = {a: stats([r for r in results if r[0].ability == a]) for a in ABILITIES
-                            if any(r[0].ability == a for r in results)}
+    report["by_ability"] = {
+        a: stats([r for r in results if r[0].ability == a])
+        for a in ABILITIES
+        if any(r[0].ability == a for r in results)
+    }
     # where the chosen option sat when it was shown: option o under rotation k is at letter (o + k) mod n
     n = len(LETTERS)
     positions = [(c + k) % n for _, chosen in results for k, c in enumerate(chosen) if c >= 0]
@@ -83,8 +94,10 @@ def summarize(results: list[tuple[ChoiceQuestion, list[int]]]) -> dict:
 
 def evaluate_cqa(answer: Answerer, samples: list[Sample], seed: int = 0) -> dict:
     """The suite on `samples`, and again with each cloud swapped for another object's."""
-    return {"clean": summarize(ask_all(answer, samples, seed)),
-            "cloud_swapped": summarize(ask_all(answer, swapped_clouds(samples), seed))}
+    return {
+        "clean": summarize(ask_all(answer, samples, seed)),
+        "cloud_swapped": summarize(ask_all(answer, swapped_clouds(samples), seed)),
+    }
 
 
 def format_cqa(report: dict) -> str:
@@ -93,8 +106,10 @@ def format_cqa(report: dict) -> str:
     lines = [f"{'3DCQA':<10} {'n':>5} {'acc':>7} {'circular':>9} {'invalid':>8} {'acc swap':>9} {'circ swap':>10}"]
     rows = [(a, clean["by_ability"][a], swapped["by_ability"].get(a, {})) for a in clean["by_ability"]]
     for name, row, other in [*rows, ("overall", clean["overall"], swapped["overall"])]:
-        lines.append(f"{name:<10} {row['n']:>5} {row['accuracy']:>7.3f} {row['circular_accuracy']:>9.3f} "
-                     f"{row['invalid']:>8.3f} {other.get('accuracy', 0):>9.3f} {other.get('circular_accuracy', 0):>10.3f}")
+        lines.append(
+            f"{name:<10} {row['n']:>5} {row['accuracy']:>7.3f} {row['circular_accuracy']:>9.3f} "
+            f"{row['invalid']:>8.3f} {other.get('accuracy', 0):>9.3f} {other.get('circular_accuracy', 0):>10.3f}"
+        )
     shares = " ".join(f"{k} {v:.3f}" for k, v in clean["position_share"].items())
     lines.append(f"position share of valid answers (clean): {shares}; bias {clean['position_bias']:.3f}")
     return "\n".join(lines)

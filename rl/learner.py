@@ -28,10 +28,24 @@ from policies import PointVLM
 from rl.batches import LearnBatch, alignment_targets
 from rl.config import ALIGN_CATEGORIES, policy_overrides, run_quant
 from rl.config_loading import config_from_dict
-from rl.losses import (clipped_surrogate_loss, cloud_alignment_loss, dpo_loss, kl_penalty, masked_sample_sum, nll_loss,
-                       spa_loss)
-from rl.sharding import (clip_gradients, enable_activation_checkpointing, full_state, load_sharded, published_state,
-                         save_sharded, shard_policy)
+from rl.losses import (
+    clipped_surrogate_loss,
+    cloud_alignment_loss,
+    dpo_loss,
+    kl_penalty,
+    masked_sample_sum,
+    nll_loss,
+    spa_loss,
+)
+from rl.sharding import (
+    clip_gradients,
+    enable_activation_checkpointing,
+    full_state,
+    load_sharded,
+    published_state,
+    save_sharded,
+    shard_policy,
+)
 from rollout.batching import policy_inputs
 from rollout.weight_sync import WeightSync
 
@@ -46,8 +60,14 @@ class ResponseScorer(torch.nn.Module):
         super().__init__()
         self.policy, self.chunk = policy, chunk
 
-    def forward(self, inputs, response_ids: torch.Tensor, response_mask: torch.Tensor, temperature: float = 1.0,
-                align: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        inputs,
+        response_ids: torch.Tensor,
+        response_mask: torch.Tensor,
+        temperature: float = 1.0,
+        align: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Response log-probs; with `align`, also the cloud-alignment head's outputs (from the same encoder pass)."""
         return self.policy.logprobs(inputs, response_ids, response_mask, temperature, align, self.chunk)
 
@@ -109,12 +129,17 @@ def micro_batches(rows: int, size: int) -> list[list[int]]:
     return [list(range(start, min(start + size, rows))) for start in range(0, rows, size)]
 
 
-def sequence_logprobs(policy: PointVLM, inputs, ids: torch.Tensor, mask: torch.Tensor, size: int,
-                      temperature: float = 1.0, chunk: int = 0) -> torch.Tensor:
+def sequence_logprobs(
+    policy: PointVLM, inputs, ids: torch.Tensor, mask: torch.Tensor, size: int, temperature: float = 1.0, chunk: int = 0
+) -> torch.Tensor:
     """Per-token log-probs of every row without gradients, in micro-batches."""
     with torch.no_grad():
-        return torch.cat([policy.logprobs(inputs.select(rows), ids[rows], mask[rows], temperature, chunk=chunk)
-                          for rows in micro_batches(len(ids), size)])
+        return torch.cat(
+            [
+                policy.logprobs(inputs.select(rows), ids[rows], mask[rows], temperature, chunk=chunk)
+                for rows in micro_batches(len(ids), size)
+            ]
+        )
 
 
 def on_device(device: torch.device, *tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
@@ -124,9 +149,12 @@ def on_device(device: torch.device, *tensors: torch.Tensor | None) -> list[torch
 
 def policy_gradient_update(scorer, policy, reference, batch: LearnBatch, cfg, accumulator: Accumulator) -> dict:
     """GRCA / GRPO (GRCA eqs. 15-16): clipped surrogate over token advantages, several epochs over the batch."""
-    inputs = policy_inputs(policy, batch.samples, run_quant(cfg), cfg.data.use_images).repeat_interleave(batch.group_size)
-    ids, mask, advantages, rollout_logprobs = on_device(policy.device, batch.response_ids, batch.response_mask,
-                                                        batch.advantages, batch.rollout_logprobs)
+    inputs = policy_inputs(policy, batch.samples, run_quant(cfg), cfg.data.use_images).repeat_interleave(
+        batch.group_size
+    )
+    ids, mask, advantages, rollout_logprobs = on_device(
+        policy.device, batch.response_ids, batch.response_mask, batch.advantages, batch.rollout_logprobs
+    )
     # every log-prob at the sampling temperature, so that the ratio's denominator is the policy that sampled
     temperature, size, chunk = cfg.rollout.temperature, cfg.learner.micro_batch_size, cfg.learner.logprob_chunk
     old = sequence_logprobs(policy, inputs, ids, mask, size, temperature, chunk)
@@ -137,8 +165,9 @@ def policy_gradient_update(scorer, policy, reference, batch: LearnBatch, cfg, ac
         accumulator.epoch(len(chunks))
         for rows in chunks:
             logp = scorer(inputs.select(rows), ids[rows], mask[rows], temperature)
-            loss, info = clipped_surrogate_loss(logp, old[rows], advantages[rows], mask[rows], cfg.algo.clip_eps,
-                                                cfg.algo.clip_eps_high)
+            loss, info = clipped_surrogate_loss(
+                logp, old[rows], advantages[rows], mask[rows], cfg.algo.clip_eps, cfg.algo.clip_eps_high
+            )
             if ref is not None:
                 kl, kl_info = kl_penalty(logp, ref[rows], mask[rows], cfg.algo.kl_beta)
                 loss, info = loss + kl, {**info, **kl_info}
@@ -181,14 +210,20 @@ def target_update(scorer, policy, reference, batch: LearnBatch, cfg, accumulator
 
 def preference_update(scorer, policy, reference, batch: LearnBatch, cfg, accumulator: Accumulator) -> dict:
     """DPO against the frozen reference, all of this rank's pairs in one forward (so every rank runs one backward)."""
-    inputs = policy_inputs(policy, batch.samples, run_quant(cfg), cfg.data.use_images).repeat_interleave(batch.group_size)
-    all_ids, all_mask = ((batch.response_ids, batch.response_mask) if batch.response_ids is not None
-                         else policy.tokenize_responses(batch.response_texts))
+    inputs = policy_inputs(policy, batch.samples, run_quant(cfg), cfg.data.use_images).repeat_interleave(
+        batch.group_size
+    )
+    all_ids, all_mask = (
+        (batch.response_ids, batch.response_mask)
+        if batch.response_ids is not None
+        else policy.tokenize_responses(batch.response_texts)
+    )
     chosen, rejected = [a for a, _ in batch.pairs], [b for _, b in batch.pairs]
     rows = chosen + rejected or [0]
     ids, mask = on_device(policy.device, all_ids[rows], all_mask[rows])
-    ref = sequence_logprobs(reference, inputs.select(rows), ids, mask, cfg.learner.micro_batch_size,
-                            chunk=cfg.learner.logprob_chunk)
+    ref = sequence_logprobs(
+        reference, inputs.select(rows), ids, mask, cfg.learner.micro_batch_size, chunk=cfg.learner.logprob_chunk
+    )
     losses = []
     for _ in range(cfg.learner.epochs):
         accumulator.epoch(1)
@@ -203,8 +238,13 @@ def preference_update(scorer, policy, reference, batch: LearnBatch, cfg, accumul
     return loss_means(losses)
 
 
-UPDATES = {"grca": policy_gradient_update, "grpo": policy_gradient_update, "sft": target_update, "spa": target_update,
-           "dpo": preference_update}
+UPDATES = {
+    "grca": policy_gradient_update,
+    "grpo": policy_gradient_update,
+    "sft": target_update,
+    "spa": target_update,
+    "dpo": preference_update,
+}
 
 
 def learning_rows(batch: LearnBatch, algo: str) -> int:
@@ -214,8 +254,9 @@ def learning_rows(batch: LearnBatch, algo: str) -> int:
     return int(batch.valid.sum()) if batch.valid is not None else len(batch.samples)
 
 
-def learn_step(scorer, policy: PointVLM, reference, batch: LearnBatch, cfg, accumulator: Accumulator, scheduler,
-               world: int = 1) -> dict[str, float]:
+def learn_step(
+    scorer, policy: PointVLM, reference, batch: LearnBatch, cfg, accumulator: Accumulator, scheduler, world: int = 1
+) -> dict[str, float]:
     """One RL step of one rank: the algorithm's epochs over this rank's shard through `accumulator`, then the LR
     schedule's next step. Returns the loss statistics and `learner/*` (grad_norm, the lr this step used, skipped).
 
@@ -230,8 +271,12 @@ def learn_step(scorer, policy: PointVLM, reference, batch: LearnBatch, cfg, accu
         stats = UPDATES[cfg.algo.name](scorer, policy, reference, batch, cfg, accumulator)
         policy.eval()
     scheduler.step()
-    return {**stats, "learner/grad_norm": max(accumulator.grad_norms, default=0.0), "learner/lr": lr,
-            "learner/skipped": float(skipped)}
+    return {
+        **stats,
+        "learner/grad_norm": max(accumulator.grad_norms, default=0.0),
+        "learner/lr": lr,
+        "learner/skipped": float(skipped),
+    }
 
 
 def _sum_over_ranks(count: int, world: int, device: torch.device) -> int:
@@ -270,12 +315,14 @@ def _restore(cfg, loop_config: dict, world: int):
     when there is one, else from the stage's initial policy."""
     device, sharded = ray.train.torch.get_device(), cfg.learner.strategy == "fsdp2"
     checkpoint = ray.train.get_checkpoint()
-    with (checkpoint.as_directory() if checkpoint else tempfile.TemporaryDirectory()) as resume_dir:
+    with checkpoint.as_directory() if checkpoint else tempfile.TemporaryDirectory() as resume_dir:
         resume_dir, resumed = Path(resume_dir), checkpoint is not None
         state = json.loads((resume_dir / "state.json").read_text()) if resumed else {"step": 0}
         if resumed and not (resume_dir / ("shards" if sharded else "policy")).is_dir():
-            raise RuntimeError(f"{checkpoint.path}: not a checkpoint of learner.strategy={cfg.learner.strategy}; "
-                               "resume with the strategy that wrote it")
+            raise RuntimeError(
+                f"{checkpoint.path}: not a checkpoint of learner.strategy={cfg.learner.strategy}; "
+                "resume with the strategy that wrote it"
+            )
         # a DDP checkpoint holds the whole policy; an FSDP2 one its shards, read over the stage's initial policy
         policy_dir = resume_dir / "policy" if resumed and not sharded else loop_config["policy_dir"]
         policy = PointVLM.from_pretrained(policy_dir, **policy_overrides(cfg))
@@ -285,8 +332,10 @@ def _restore(cfg, loop_config: dict, world: int):
             shard_policy(policy, device, world, mixed_precision=device.type == "cuda")
             scorer = ResponseScorer(policy, cfg.learner.logprob_chunk)
         else:
-            scorer = ray.train.torch.prepare_model(ResponseScorer(policy, cfg.learner.logprob_chunk),
-                                                   parallel_strategy_kwargs={"find_unused_parameters": True})
+            scorer = ray.train.torch.prepare_model(
+                ResponseScorer(policy, cfg.learner.logprob_chunk),
+                parallel_strategy_kwargs={"find_unused_parameters": True},
+            )
         trainable = [p for p in policy.parameters() if p.requires_grad]
         optimizer, scheduler = make_optimizer(trainable, cfg)
         if resumed:
@@ -323,8 +372,10 @@ def _checkpoint(policy: PointVLM, optimizer, scheduler, progress: dict, stats: d
         elif rank == 0:
             _save_checkpoint(policy, optimizer, scheduler, progress, tmp)
         written = sharded or rank == 0
-        ray.train.report({"step": progress["step"], **stats},
-                         checkpoint=ray.train.Checkpoint.from_directory(tmp) if written else None)
+        ray.train.report(
+            {"step": progress["step"], **stats},
+            checkpoint=ray.train.Checkpoint.from_directory(tmp) if written else None,
+        )
 
 
 def _export(policy: PointVLM, cfg, loop_config: dict, rank: int, sharded: bool) -> None:
@@ -361,17 +412,25 @@ def learner_loop(loop_config: dict) -> None:
         began = time.perf_counter()
         lag = step - batch.version
         if lag > cfg.rollout.max_staleness:
-            raise RuntimeError(f"step {step}: rollout from policy version {batch.version} is {lag} versions stale "
-                               f"(rollout.max_staleness={cfg.rollout.max_staleness})")
+            raise RuntimeError(
+                f"step {step}: rollout from policy version {batch.version} is {lag} versions stale "
+                f"(rollout.max_staleness={cfg.rollout.max_staleness})"
+            )
         stats = learn_step(scorer, policy, reference, batch, cfg, accumulator, scheduler, world)
         skipped_steps += int(stats["learner/skipped"])
-        stats.update({"learner/skipped_steps": float(skipped_steps), "learner/version_lag": float(lag),
-                      "time/learn": time.perf_counter() - began})
+        stats.update(
+            {
+                "learner/skipped_steps": float(skipped_steps),
+                "learner/version_lag": float(lag),
+                "time/learn": time.perf_counter() - began,
+            }
+        )
         stats = _mean_over_ranks(stats, world, policy.device)
         publish(partial(controller.finish_step.remote, step, stats))
         if (step + 1) % cfg.checkpoint.every == 0 or step + 1 == cfg.run.steps:
-            _checkpoint(policy, optimizer, scheduler, {"step": step + 1, "skipped_steps": skipped_steps}, stats, rank,
-                        sharded)
+            _checkpoint(
+                policy, optimizer, scheduler, {"step": step + 1, "skipped_steps": skipped_steps}, stats, rank, sharded
+            )
         if world > 1:
             dist.barrier()
     _export(policy, cfg, loop_config, rank, sharded)

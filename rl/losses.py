@@ -182,11 +182,17 @@ def cloud_alignment_loss(
     """outputs (B, 6 + C + K) from `PointVLM.align_logits`: box (B, 6) in object units, category (B,) in [0, C),
     colour (B,) in [0, K)."""
     if outputs.shape[0] != box.shape[0] or outputs.shape[1] <= 6 + num_categories:
-        raise ValueError(f"alignment outputs {tuple(outputs.shape)} do not fit {box.shape[0]} samples of a box, "
-                         f"{num_categories} categories and at least one colour")
+        raise ValueError(
+            f"alignment outputs {tuple(outputs.shape)} do not fit {box.shape[0]} samples of a box, "
+            f"{num_categories} categories and at least one colour"
+        )
     box_loss = F.mse_loss(outputs[:, :6], box.to(outputs))
     category_loss = F.cross_entropy(outputs[:, 6 : 6 + num_categories], category.to(outputs.device))
     colour_loss = F.cross_entropy(outputs[:, 6 + num_categories :], colour.to(outputs.device))
     loss = 10.0 * box_loss + category_loss + colour_loss
-    return loss, {"align": loss.item(), "align_box_mse": box_loss.item(), "align_category_ce": category_loss.item(),
-                  "align_colour_ce": colour_loss.item()}
+    return loss, {
+        "align": loss.item(),
+        "align_box_mse": box_loss.item(),
+        "align_category_ce": category_loss.item(),
+        "align_colour_ce": colour_loss.item(),
+    }

@@ -48,8 +48,11 @@ class Plan:
         return dict(self.learner_bundles[0])
 
     def describe(self) -> str:
-        parts = [f"{name} {len(b)} x {_show(b[0])}" for name, b in (("learner", self.learner_bundles),
-                                                                  ("rollout", self.rollout_bundles)) if b]
+        parts = [
+            f"{name} {len(b)} x {_show(b[0])}"
+            for name, b in (("learner", self.learner_bundles), ("rollout", self.rollout_bundles))
+            if b
+        ]
         return f"{' + '.join(parts)} = {_count(self.total('GPU'), 'GPU')}, {_count(self.total('CPU'), 'CPU')}"
 
     def total(self, resource: str) -> float:
@@ -66,23 +69,33 @@ def check_config(cfg: Config) -> None:
     """The placement and sharding choices that cannot run whatever the cluster; raises ConfigError in one line."""
     share, colocated = cfg.rollout.gpus_per_worker, cfg.placement.mode == "colocated"
     if share > 1 and share != int(share):
-        raise ConfigError(f"rollout.gpus_per_worker: {share} is above 1, so it must be a whole number of GPUs "
-                          "(Ray shares a GPU only in fractions below 1)")
+        raise ConfigError(
+            f"rollout.gpus_per_worker: {share} is above 1, so it must be a whole number of GPUs "
+            "(Ray shares a GPU only in fractions below 1)"
+        )
     if colocated and not cfg.learner.use_gpu:
-        raise ConfigError("placement.mode: colocated shares GPUs between learner and rollout workers, so it needs "
-                          "learner.use_gpu=true")
+        raise ConfigError(
+            "placement.mode: colocated shares GPUs between learner and rollout workers, so it needs "
+            "learner.use_gpu=true"
+        )
     if colocated and not 0.5 < share < 1:
-        raise ConfigError(f"rollout.gpus_per_worker: {share} with placement.mode=colocated; it must be in (0.5, 1): "
-                          "the rollout worker's share of the GPU it shares with one learner worker, which takes the "
-                          "rest (a share above one half keeps two rollout workers off one GPU)")
+        raise ConfigError(
+            f"rollout.gpus_per_worker: {share} with placement.mode=colocated; it must be in (0.5, 1): "
+            "the rollout worker's share of the GPU it shares with one learner worker, which takes the "
+            "rest (a share above one half keeps two rollout workers off one GPU)"
+        )
     if colocated and uses_rollouts(cfg) and cfg.rollout.num_workers != cfg.learner.num_workers:
-        raise ConfigError(f"rollout.num_workers: {cfg.rollout.num_workers} with placement.mode=colocated and "
-                          f"learner.num_workers={cfg.learner.num_workers}; each GPU holds one of each, so they must be "
-                          "equal")
+        raise ConfigError(
+            f"rollout.num_workers: {cfg.rollout.num_workers} with placement.mode=colocated and "
+            f"learner.num_workers={cfg.learner.num_workers}; each GPU holds one of each, so they must be "
+            "equal"
+        )
     if cfg.learner.strategy == "fsdp2" and cfg.policy.llm_mode != "full":
-        raise ConfigError(f"learner.strategy: fsdp2 is built and tested for policy.llm_mode=full, not "
-                          f"{cfg.policy.llm_mode} (LoRA's merge for the export and the vLLM sync reads whole weights; "
-                          "a frozen LLM is untested); use learner.strategy=ddp")
+        raise ConfigError(
+            f"learner.strategy: fsdp2 is built and tested for policy.llm_mode=full, not "
+            f"{cfg.policy.llm_mode} (LoRA's merge for the export and the vLLM sync reads whole weights; "
+            "a frozen LLM is untested); use learner.strategy=ddp"
+        )
 
 
 def _bundle(cpus: float, gpus: float) -> dict[str, float]:
@@ -96,13 +109,21 @@ def make_plan(cfg: Config, rollouts: bool = True) -> Plan:
     learner, rollout, place = cfg.learner, cfg.rollout, cfg.placement
     colocated = place.mode == "colocated" and rollouts
     learner_gpu = (1.0 - rollout.gpus_per_worker if colocated else 1.0) if learner.use_gpu else 0.0
-    rollout_bundles = tuple(_bundle(rollout.cpus_per_worker, rollout.gpus_per_worker)
-                            for _ in range(rollout.num_workers if rollouts else 0))
+    rollout_bundles = tuple(
+        _bundle(rollout.cpus_per_worker, rollout.gpus_per_worker) for _ in range(rollout.num_workers if rollouts else 0)
+    )
     # Ray Train's resources_per_worker: the CPU entry stays even at 0 (without it Ray Train reserves 1 CPU)
-    learner_bundles = tuple({"CPU": float(learner.cpus_per_worker), **_bundle(0, learner_gpu)}
-                            for _ in range(learner.num_workers))
-    return Plan(place.mode if rollouts else "disaggregated", rollout_bundles, place.rollout_strategy, learner_bundles,
-                place.learner_strategy, colocated)
+    learner_bundles = tuple(
+        {"CPU": float(learner.cpus_per_worker), **_bundle(0, learner_gpu)} for _ in range(learner.num_workers)
+    )
+    return Plan(
+        place.mode if rollouts else "disaggregated",
+        rollout_bundles,
+        place.rollout_strategy,
+        learner_bundles,
+        place.learner_strategy,
+        colocated,
+    )
 
 
 class _Node:
@@ -181,14 +202,18 @@ def plan_placement(cfg: Config, nodes: list[dict[str, float]] | dict[str, float]
         problem = "the learner workers do not fit"
     if problem:
         have = {key: sum(n.get(key, 0.0) for n in nodes) for key in ("GPU", "CPU")}
-        shapes = ", ".join(sorted({f"{_count(n.get('GPU', 0), 'GPU')} + {_count(n.get('CPU', 0), 'CPU')}"
-                                   for n in nodes})) or "none"
+        shapes = (
+            ", ".join(sorted({f"{_count(n.get('GPU', 0), 'GPU')} + {_count(n.get('CPU', 0), 'CPU')}" for n in nodes}))
+            or "none"
+        )
         if have["GPU"] == 0 and plan.total("GPU") > 0:
             problem += " (Ray sees no GPU: start it on GPU machines, or set learner.use_gpu=false and "
             problem += "rollout.gpus_per_worker=0)"
-        raise PlacementError(f"placement ({plan.mode}): {plan.describe()} needed; the Ray cluster has "
-                             f"{_count(have['GPU'], 'GPU')}, {_count(have['CPU'], 'CPU')} on {len(nodes)} "
-                             f"node{'s' if len(nodes) != 1 else ''} ({shapes} per node): {problem}")
+        raise PlacementError(
+            f"placement ({plan.mode}): {plan.describe()} needed; the Ray cluster has "
+            f"{_count(have['GPU'], 'GPU')}, {_count(have['CPU'], 'CPU')} on {len(nodes)} "
+            f"node{'s' if len(nodes) != 1 else ''} ({shapes} per node): {problem}"
+        )
     return plan
 
 
@@ -224,8 +249,9 @@ def plan_on_cluster(cfg: Config, rollouts: bool = True) -> Plan:
             from ray.autoscaler.sdk import request_resources
 
             plan = make_plan(cfg, rollouts)
-            request_resources(bundles=[{k: v for k, v in b.items() if v > 0}
-                                       for b in plan.rollout_bundles + plan.learner_bundles])
+            request_resources(
+                bundles=[{k: v for k, v in b.items() if v > 0} for b in plan.rollout_bundles + plan.learner_bundles]
+            )
             asked = True
         time.sleep(min(5.0, max(0.0, deadline - time.monotonic())))
 
@@ -240,8 +266,10 @@ def reserve_rollout_group(plan: Plan, timeout_s: float = 60.0):
     group = placement_group(list(plan.rollout_bundles), strategy=plan.rollout_strategy)
     if not group.wait(timeout_s):
         remove_placement_group(group)
-        raise PlacementError(f"placement: the rollout workers' placement group ({plan.describe()}) was not ready "
-                             f"after {timeout_s:g} s (other jobs hold the resources?)")
+        raise PlacementError(
+            f"placement: the rollout workers' placement group ({plan.describe()}) was not ready "
+            f"after {timeout_s:g} s (other jobs hold the resources?)"
+        )
     return group
 
 
@@ -262,7 +290,10 @@ def learner_scaling(cfg: Config, plan: Plan, rollout_group=None):
         if rollout_group is None:
             raise PlacementError("placement: colocated learners need the rollout workers' placement group")
         selector = [{NODE_ID_LABEL: node} for node in bundle_nodes(rollout_group)]
-    return ScalingConfig(num_workers=cfg.learner.num_workers, use_gpu=cfg.learner.use_gpu,
-                         resources_per_worker=plan.learner_resources, placement_strategy=plan.learner_strategy,
-                         label_selector=selector)
-
+    return ScalingConfig(
+        num_workers=cfg.learner.num_workers,
+        use_gpu=cfg.learner.use_gpu,
+        resources_per_worker=plan.learner_resources,
+        placement_strategy=plan.learner_strategy,
+        label_selector=selector,
+    )

@@ -34,8 +34,9 @@ def serve_rewards(timeout_s: float, replicas: int = 1, cpus_per_replica: float =
     try:
         handle = serve.get_app_handle(APP_NAME)
     except Exception:  # noqa: BLE001 - Serve raises several kinds when the app or Serve itself is absent
-        handle = serve.run(reward_application(num_cpus=cpus_per_replica, max_replicas=replicas), name=APP_NAME,
-                           route_prefix=None)
+        handle = serve.run(
+            reward_application(num_cpus=cpus_per_replica, max_replicas=replicas), name=APP_NAME, route_prefix=None
+        )
 
     def call(samples: list[dict], quant: dict) -> list[dict | None]:
         try:
@@ -53,8 +54,12 @@ def http_rewards(url: str, timeout_s: float, token: str | None = None) -> Reward
 
     def call(samples: list[dict], quant: dict) -> list[dict | None]:
         try:
-            response = httpx.post(f"{url.rstrip('/')}/v1/rewards", json={"samples": samples, "quant": quant},
-                                  headers=headers, timeout=timeout_s)
+            response = httpx.post(
+                f"{url.rstrip('/')}/v1/rewards",
+                json={"samples": samples, "quant": quant},
+                headers=headers,
+                timeout=timeout_s,
+            )
             response.raise_for_status()
             return response.json()["results"]
         except (httpx.HTTPError, KeyError, ValueError) as exc:
@@ -63,8 +68,14 @@ def http_rewards(url: str, timeout_s: float, token: str | None = None) -> Reward
     return call
 
 
-def make_reward_fn(mode: str, url: str | None = None, timeout_s: float = 30.0, replicas: int = 1,
-                   cpus_per_replica: float = 0.25, token: str | None = None) -> RewardFn:
+def make_reward_fn(
+    mode: str,
+    url: str | None = None,
+    timeout_s: float = 30.0,
+    replicas: int = 1,
+    cpus_per_replica: float = 0.25,
+    token: str | None = None,
+) -> RewardFn:
     """The reward function for `reward.mode`: "serve" (a Ray Serve handle), "local" or "http" (needs `url`)."""
     if mode == "local":
         return local_rewards()

@@ -38,8 +38,11 @@ def shard_policy(policy: nn.Module, device: torch.device, world: int, mixed_prec
         torch.cuda.set_device(device)
     policy.to(device)
     mesh = init_device_mesh(device.type, (world,))
-    layer_precision = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-                       if mixed_precision else MixedPrecisionPolicy())
+    layer_precision = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if mixed_precision
+        else MixedPrecisionPolicy()
+    )
     for layer in decoder_layers(policy.llm):
         fully_shard(layer, mesh=mesh, mp_policy=layer_precision)
     fully_shard(policy, mesh=mesh)
@@ -101,8 +104,11 @@ def load_sharded(policy: nn.Module, optimizer: torch.optim.Optimizer, directory:
     dcp.load({"model": model_state}, checkpoint_id=str(directory))
     # AdamW keeps no state for a parameter that never had a gradient (the alignment head in RL), while a fresh
     # optimizer's state dict has zeros for every one (which is what AdamW starts from): those may be missing
-    dcp.load({"optimizer": optimizer_state}, checkpoint_id=str(directory),
-             planner=DefaultLoadPlanner(allow_partial_load=True))
+    dcp.load(
+        {"optimizer": optimizer_state},
+        checkpoint_id=str(directory),
+        planner=DefaultLoadPlanner(allow_partial_load=True),
+    )
     set_state_dict(policy, optimizer, model_state_dict=model_state, optim_state_dict=optimizer_state)
 
 

@@ -1,7 +1,7 @@
 """DPO against the frozen initial policy, pairs from each rollout group (highest vs lowest total reward).
 
-    python rl/train_dpo.py [--config PATH] [section.key=value ...]      (local Ray)
-    ray job submit --working-dir . -- python rl/train_dpo.py [...]     (a running cluster)
+python rl/train_dpo.py [--config PATH] [section.key=value ...]      (local Ray)
+ray job submit --working-dir . -- python rl/train_dpo.py [...]     (a running cluster)
 """
 
 import pathlib

@@ -1,7 +1,7 @@
 """Routed GRPO (GRCA): per-field rewards on their own tokens, RPC-shaped background. Without policy.init it first runs the SFT warm-up (GRCA Stage 1).
 
-    python rl/train_grca.py [--config PATH] [section.key=value ...]      (local Ray)
-    ray job submit --working-dir . -- python rl/train_grca.py [...]     (a running cluster)
+python rl/train_grca.py [--config PATH] [section.key=value ...]      (local Ray)
+ray job submit --working-dir . -- python rl/train_grca.py [...]     (a running cluster)
 """
 
 import pathlib

@@ -1,7 +1,7 @@
 """Broadcast GRPO, the baseline: one standardized scalar reward per sample on every token.
 
-    python rl/train_grpo.py [--config PATH] [section.key=value ...]      (local Ray)
-    ray job submit --working-dir . -- python rl/train_grpo.py [...]     (a running cluster)
+python rl/train_grpo.py [--config PATH] [section.key=value ...]      (local Ray)
+ray job submit --working-dir . -- python rl/train_grpo.py [...]     (a running cluster)
 """
 
 import pathlib

@@ -1,7 +1,7 @@
 """Supervised fine-tuning on the serialized targets (the warm-up the RL scripts run when no policy is given).
 
-    python rl/train_sft.py [--config PATH] [section.key=value ...]      (local Ray)
-    ray job submit --working-dir . -- python rl/train_sft.py [...]     (a running cluster)
+python rl/train_sft.py [--config PATH] [section.key=value ...]      (local Ray)
+ray job submit --working-dir . -- python rl/train_sft.py [...]     (a running cluster)
 """
 
 import pathlib

@@ -1,7 +1,7 @@
 """SPA: reference-free preference between the clean point cloud and a 3D-masked one, with an NLL anchor.
 
-    python rl/train_spa.py [--config PATH] [section.key=value ...]      (local Ray)
-    ray job submit --working-dir . -- python rl/train_spa.py [...]     (a running cluster)
+python rl/train_spa.py [--config PATH] [section.key=value ...]      (local Ray)
+ray job submit --working-dir . -- python rl/train_spa.py [...]     (a running cluster)
 """
 
 import pathlib

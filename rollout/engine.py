@@ -27,12 +27,16 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if self.n < 1 or self.max_new_tokens < 1:
-            raise ValueError(f"SamplingConfig: need n >= 1 and max_new_tokens >= 1, got n={self.n}, "
-                             f"max_new_tokens={self.max_new_tokens}")
+            raise ValueError(
+                f"SamplingConfig: need n >= 1 and max_new_tokens >= 1, got n={self.n}, "
+                f"max_new_tokens={self.max_new_tokens}"
+            )
         # vLLM refuses temperatures above 2 (SamplingParams); refusing them here keeps both backends alike
         if not 0 < self.temperature <= 2 or not 0 < self.top_p <= 1:
-            raise ValueError(f"SamplingConfig: need 0 < temperature <= 2 and 0 < top_p <= 1, got "
-                             f"temperature={self.temperature}, top_p={self.top_p}")
+            raise ValueError(
+                f"SamplingConfig: need 0 < temperature <= 2 and 0 < top_p <= 1, got "
+                f"temperature={self.temperature}, top_p={self.top_p}"
+            )
 
 
 @dataclass
@@ -68,11 +72,16 @@ class RolloutBatch:
 
     def cpu(self) -> RolloutBatch:
         """A copy whose tensors are detached, contiguous and on the CPU: what crosses the Ray object store."""
+
         def move(t: torch.Tensor) -> torch.Tensor:
             return t.detach().to("cpu").contiguous()
 
-        return replace(self, response_ids=move(self.response_ids), response_mask=move(self.response_mask),
-                       logprobs=move(self.logprobs).float())
+        return replace(
+            self,
+            response_ids=move(self.response_ids),
+            response_mask=move(self.response_mask),
+            logprobs=move(self.logprobs).float(),
+        )
 
 
 class RolloutEngine(Protocol):

@@ -74,8 +74,11 @@ def llm_weights(policy: PointVLM) -> list[tuple[str, torch.Tensor]]:
 
         base = policy.llm.get_base_model()
         merged = merged_lora_state(base)
-        return [(f"{name}.weight", merged[f"{name}.weight"])
-                for name, module in base.named_modules() if isinstance(module, LoraLayer)]
+        return [
+            (f"{name}.weight", merged[f"{name}.weight"])
+            for name, module in base.named_modules()
+            if isinstance(module, LoraLayer)
+        ]
     return [(name, p.detach()) for name, p in policy.llm.named_parameters() if p.requires_grad]
 
 
@@ -122,10 +125,20 @@ class VLLMEngine:
     `gpu_memory_utilization` is the share of host RAM the engine reserves; `kv_cache_gib` sizes the KV cache
     instead (and skips that reservation), which is what a small shared machine needs."""
 
-    def __init__(self, policy_dir: str | Path, policy: PointVLM | None = None, version: int = 0, *,
-                 dtype: str = "auto", gpu_memory_utilization: float = 0.9, kv_cache_gib: float | None = None,
-                 tensor_parallel_size: int = 1, max_model_len: int | None = None, enable_sleep_mode: bool = False,
-                 enforce_eager: bool = False):
+    def __init__(
+        self,
+        policy_dir: str | Path,
+        policy: PointVLM | None = None,
+        version: int = 0,
+        *,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.9,
+        kv_cache_gib: float | None = None,
+        tensor_parallel_size: int = 1,
+        max_model_len: int | None = None,
+        enable_sleep_mode: bool = False,
+        enforce_eager: bool = False,
+    ):
         vllm = import_vllm()
         if dtype not in DTYPES:
             raise ValueError(f"VLLMEngine: dtype must be one of {DTYPES}, got {dtype!r}")
@@ -223,8 +236,10 @@ class VLLMEngine:
 
         # on a GPU, sleeping without vLLM's sleep-mode allocator would free nothing
         if current_platform.is_sleep_mode_available() and not self.llm.model_config.enable_sleep_mode:
-            raise RuntimeError("VLLMEngine.sleep/wake_up: the engine was built without sleep mode; set "
-                               "rollout.vllm.enable_sleep_mode=true")
+            raise RuntimeError(
+                "VLLMEngine.sleep/wake_up: the engine was built without sleep mode; set "
+                "rollout.vllm.enable_sleep_mode=true"
+            )
 
     def close(self) -> None:
         """Stop vLLM's engine-core process now rather than when the engine is garbage collected."""

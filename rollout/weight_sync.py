@@ -48,8 +48,10 @@ class WeightSync:
         if transport not in TRANSPORTS:
             raise ValueError(f"sync.transport: expected one of {', '.join(TRANSPORTS)}, got {transport!r}")
         if transport not in BUILT:
-            raise ValueError(f"sync.transport={transport} needs GPUs (vLLM's weight-transfer API) and is not built "
-                             "yet; use sync.transport=ray")
+            raise ValueError(
+                f"sync.transport={transport} needs GPUs (vLLM's weight-transfer API) and is not built "
+                "yet; use sync.transport=ray"
+            )
         if bucket_mb < 0:
             raise ValueError(f"sync.bucket_mb: expected >= 0, got {bucket_mb}")
         self.transport, self.bucket_bytes = transport, int(bucket_mb * 2**20)
@@ -66,8 +68,11 @@ class WeightSync:
             size += entry[3].nbytes
         if current:
             buckets.append(current)
-        return Published(buckets=tuple(ray.put(bucket) for bucket in buckets), names=tuple(state),
-                         nbytes=sum(entry[3].nbytes for bucket in buckets for entry in bucket))
+        return Published(
+            buckets=tuple(ray.put(bucket) for bucket in buckets),
+            names=tuple(state),
+            nbytes=sum(entry[3].nbytes for bucket in buckets for entry in bucket),
+        )
 
 
 def _encode(name: str, tensor: torch.Tensor) -> tuple:
@@ -103,8 +108,9 @@ def relay(workers: list, version: int, weights: Published) -> None:
     """The controller's side: every worker fetches and installs `weights` as `version`; the controller only
     forwards the refs (a dict of tensors here would mean it deserialized them, and re-sent them once per worker)."""
     if not isinstance(weights, Published):
-        raise TypeError(f"weight sync: the controller relays a Published (object-store refs), got "
-                        f"{type(weights).__name__}")
+        raise TypeError(
+            f"weight sync: the controller relays a Published (object-store refs), got {type(weights).__name__}"
+        )
     loaded = ray.get([worker.load_weights.remote(version, weights) for worker in workers])
     if any(v != version for v in loaded):
         raise RuntimeError(f"weight sync: workers report versions {loaded}, expected {version}")

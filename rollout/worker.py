@@ -43,8 +43,15 @@ class RolloutWorker:
     e.g. the learner's llm_mode, so that the published trainable tensors fit. `torch_threads` caps torch's
     intra-op threads so that actors sharing CPUs do not oversubscribe them."""
 
-    def __init__(self, policy_dir: str, backend: str = "hf", torch_threads: int = 1, version: int = 0,
-                 policy_overrides: dict | None = None, engine_options: dict | None = None):
+    def __init__(
+        self,
+        policy_dir: str,
+        backend: str = "hf",
+        torch_threads: int = 1,
+        version: int = 0,
+        policy_overrides: dict | None = None,
+        engine_options: dict | None = None,
+    ):
         torch.set_num_threads(torch_threads)
         self.policy = PointVLM.from_pretrained(policy_dir, **(policy_overrides or {})).eval()
         self.engine = make_engine(backend, self.policy, policy_dir, version, **(engine_options or {}))
@@ -55,8 +62,9 @@ class RolloutWorker:
     def version(self) -> int:
         return self.engine.version
 
-    def generate(self, samples: list[Sample], sampling: SamplingConfig, quant=None,
-                 use_images: bool = True) -> RolloutBatch:
+    def generate(
+        self, samples: list[Sample], sampling: SamplingConfig, quant=None, use_images: bool = True
+    ) -> RolloutBatch:
         """`sampling.n` responses per sample (rows sample-major), tagged with this worker's current version."""
         inputs = policy_inputs(self.policy, samples, quant, use_images)
         return self.engine.generate(inputs, [s.uid for s in samples], sampling).cpu()
@@ -67,8 +75,14 @@ class RolloutWorker:
         fetch. Returns the version now loaded."""
         return load_published(self.engine, version, weights)
 
-    def logprobs(self, samples: list[Sample], response_ids: torch.Tensor, response_mask: torch.Tensor, quant=None,
-                 use_images: bool = True) -> torch.Tensor:
+    def logprobs(
+        self,
+        samples: list[Sample],
+        response_ids: torch.Tensor,
+        response_mask: torch.Tensor,
+        quant=None,
+        use_images: bool = True,
+    ) -> torch.Tensor:
         """This worker's raw log-probs (R, T) of responses to `samples`, R = len(samples) * G in the order of
         `generate` (the on-policy check compares them with the learner's)."""
         rows = response_ids.shape[0]
@@ -79,10 +93,18 @@ class RolloutWorker:
             return self.policy.logprobs(inputs, response_ids, response_mask).float().cpu()
 
 
-def make_rollout_workers(n: int, policy_dir: str | Path, cpus_per_worker: float = 0.5, backend: str = "hf",
-                         torch_threads: int = 1, version: int = 0, gpus_per_worker: float = 0.0,
-                         policy_overrides: dict | None = None, engine_options: dict | None = None,
-                         placement_group=None) -> list:
+def make_rollout_workers(
+    n: int,
+    policy_dir: str | Path,
+    cpus_per_worker: float = 0.5,
+    backend: str = "hf",
+    torch_threads: int = 1,
+    version: int = 0,
+    gpus_per_worker: float = 0.0,
+    policy_overrides: dict | None = None,
+    engine_options: dict | None = None,
+    placement_group=None,
+) -> list:
     """n `RolloutWorker` actors on the running Ray cluster, each loaded from `policy_dir` (with `policy_overrides`)
     at `version`; returns once all are up, so that a bad directory or a missing backend fails here rather than at
     the first rollout. With a reserved `placement_group` (rl.placement), worker i runs in its bundle i."""
@@ -93,11 +115,16 @@ def make_rollout_workers(n: int, policy_dir: str | Path, cpus_per_worker: float 
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     actor = ray.remote(RolloutWorker)
-    workers = [actor.options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
-                             scheduling_strategy=None if placement_group is None else
-                             PlacementGroupSchedulingStrategy(placement_group, placement_group_bundle_index=i))
-               .remote(str(policy_dir), backend, torch_threads, version, policy_overrides, engine_options)
-               for i in range(n)]
+    workers = [
+        actor.options(
+            num_cpus=cpus_per_worker,
+            num_gpus=gpus_per_worker,
+            scheduling_strategy=None
+            if placement_group is None
+            else PlacementGroupSchedulingStrategy(placement_group, placement_group_bundle_index=i),
+        ).remote(str(policy_dir), backend, torch_threads, version, policy_overrides, engine_options)
+        for i in range(n)
+    ]
     ray.get([w.ping.remote() for w in workers])
     return workers
 
@@ -107,8 +134,9 @@ def gather(refs: list) -> RolloutBatch:
     return concat_batches(ray.get(list(refs)))
 
 
-def generate_on_workers(workers: list, samples: list[Sample], sampling: SamplingConfig, quant=None,
-                        use_images: bool = True) -> RolloutBatch:
+def generate_on_workers(
+    workers: list, samples: list[Sample], sampling: SamplingConfig, quant=None, use_images: bool = True
+) -> RolloutBatch:
     """`samples` split evenly over `workers`, generated concurrently and gathered back in order. A seeded
     `sampling` gives a shard whose first prompt is prompt p the seed `seed + p * n`: an engine that seeds prompt j of
     its shard with `seed + j * n` (vLLM) then gives every prompt the same stream whatever the number of workers."""

@@ -92,7 +92,9 @@ def _check_token(request: Request, token: str | None) -> None:
         return
     given = request.headers.get("authorization", "")
     if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-        raise HTTPException(401, "authorization: expected 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"})
+        raise HTTPException(
+            401, "authorization: expected 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"}
+        )
 
 
 def _decode(body: bytes | bytearray, limits: ServiceLimits) -> RewardRequest:
@@ -101,7 +103,9 @@ def _decode(body: bytes | bytearray, limits: ServiceLimits) -> RewardRequest:
     except RequestError as exc:
         raise HTTPException(422, str(exc)) from None
     if len(parsed.samples) > limits.max_samples:
-        raise HTTPException(413, f"samples: {len(parsed.samples)} samples exceed the limit of {limits.max_samples} per request")
+        raise HTTPException(
+            413, f"samples: {len(parsed.samples)} samples exceed the limit of {limits.max_samples} per request"
+        )
     return parsed
 
 
@@ -135,24 +139,38 @@ def create_app(token: str | None = None, limits: ServiceLimits = ServiceLimits()
 
     @app.get("/health")
     def health() -> dict:
-        return {"status": "ok", "version": VERSION, "rewards": list(REWARDS), "auth": bool(token),
-                "max_body_bytes": limits.max_body_bytes, "max_samples": limits.max_samples,
-                "max_text_chars": MAX_TEXT_CHARS, "max_request_chars": MAX_REQUEST_CHARS,
-                "max_concurrent": limits.max_concurrent, "body_timeout_s": limits.body_timeout_s}
+        return {
+            "status": "ok",
+            "version": VERSION,
+            "rewards": list(REWARDS),
+            "auth": bool(token),
+            "max_body_bytes": limits.max_body_bytes,
+            "max_samples": limits.max_samples,
+            "max_text_chars": MAX_TEXT_CHARS,
+            "max_request_chars": MAX_REQUEST_CHARS,
+            "max_concurrent": limits.max_concurrent,
+            "body_timeout_s": limits.body_timeout_s,
+        }
 
     @app.post(
         "/v1/rewards",
         summary="Score a batch of model outputs",
         openapi_extra={
             "requestBody": {"required": True, "content": {"application/json": {"schema": request_schema}}},
-            "responses": {"200": {"description": "one result per sample, in request order",
-                                  "content": {"application/json": {"schema": response_schema}}},
-                          "401": {"description": "missing or wrong bearer token"},
-                          "408": {"description": "the body did not arrive within the body timeout"},
-                          "413": {"description": "body, samples or total characters of text over the limits"},
-                          "415": {"description": "a Content-Type other than application/json"},
-                          "422": {"description": "a defect in the request, named by field (also a text over "
-                                                 f"{MAX_TEXT_CHARS} characters)"}},
+            "responses": {
+                "200": {
+                    "description": "one result per sample, in request order",
+                    "content": {"application/json": {"schema": response_schema}},
+                },
+                "401": {"description": "missing or wrong bearer token"},
+                "408": {"description": "the body did not arrive within the body timeout"},
+                "413": {"description": "body, samples or total characters of text over the limits"},
+                "415": {"description": "a Content-Type other than application/json"},
+                "422": {
+                    "description": "a defect in the request, named by field (also a text over "
+                    f"{MAX_TEXT_CHARS} characters)"
+                },
+            },
         },
     )
     async def rewards(request: Request) -> Response:
@@ -170,7 +188,9 @@ def create_app(token: str | None = None, limits: ServiceLimits = ServiceLimits()
 
     @app.get("/example", include_in_schema=False)
     def example() -> Response:
-        return Response(resources.files("serve").joinpath("example_request.json").read_bytes(), media_type="application/json")
+        return Response(
+            resources.files("serve").joinpath("example_request.json").read_bytes(), media_type="application/json"
+        )
 
     default_openapi = app.openapi
 

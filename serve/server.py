@@ -43,11 +43,23 @@ def running_server(host: str = "127.0.0.1", port: int | None = None, extra_args:
 
 
 @contextlib.contextmanager
-def server_process(host: str = "127.0.0.1", port: int | None = None,
-                   extra_args: tuple[str, ...] = ()) -> Iterator[tuple[str, int]]:
+def server_process(
+    host: str = "127.0.0.1", port: int | None = None, extra_args: tuple[str, ...] = ()
+) -> Iterator[tuple[str, int]]:
     """`running_server` that also yields the server's pid (tests read its memory from /proc/<pid>/status)."""
     port = port or free_port(host)
-    command = [sys.executable, "-m", "serve", "--host", host, "--port", str(port), "--log-level", "warning", *extra_args]
+    command = [
+        sys.executable,
+        "-m",
+        "serve",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        *extra_args,
+    ]
     process = subprocess.Popen(command)
     url = f"http://{host}:{port}"
     try:
@@ -65,11 +77,18 @@ def server_process(host: str = "127.0.0.1", port: int | None = None,
 def run_uvicorn(host: str, port: int, token: str | None, limits: ServiceLimits, log_level: str) -> None:
     import uvicorn
 
-    print(f"pointrl reward service on http://{host}:{port}  (debug view /, API docs /docs, POST /v1/rewards)", flush=True)
+    print(
+        f"pointrl reward service on http://{host}:{port}  (debug view /, API docs /docs, POST /v1/rewards)", flush=True
+    )
     from serve.deadline import headers_deadline_protocol
 
-    uvicorn.run(create_app(token, limits), host=host, port=port, log_level=log_level,
-                http=headers_deadline_protocol(limits.body_timeout_s))
+    uvicorn.run(
+        create_app(token, limits),
+        host=host,
+        port=port,
+        log_level=log_level,
+        http=headers_deadline_protocol(limits.body_timeout_s),
+    )
 
 
 def run_ray_serve(host: str, port: int, token: str | None, limits: ServiceLimits, replicas: int) -> None:
@@ -92,18 +111,35 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser = parser or argparse.ArgumentParser(prog="pointrl serve-rewards", description="Run the reward service.")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--token", default=None, help=f"require 'Authorization: Bearer TOKEN' (default: ${TOKEN_ENV} if set)")
+    parser.add_argument(
+        "--token", default=None, help=f"require 'Authorization: Bearer TOKEN' (default: ${TOKEN_ENV} if set)"
+    )
     defaults = ServiceLimits()
-    parser.add_argument("--max-body-mb", type=float, default=defaults.max_body_bytes / 2**20,
-                        help="largest request body in MiB (413 above)")
-    parser.add_argument("--max-samples", type=int, default=defaults.max_samples,
-                        help="largest batch per request (413 above)")
-    parser.add_argument("--max-concurrent", type=int, default=defaults.max_concurrent,
-                        help="requests decoded and scored at once; the others wait (bounds the memory of all of them)")
-    parser.add_argument("--body-timeout-s", type=float, default=defaults.body_timeout_s,
-                        help="seconds a request's headers, then its body, may take to arrive (then the connection "
-                             "is closed, with a 408 for a body)")
-    parser.add_argument("--ray", action="store_true", help="deploy on Ray Serve (joins $RAY_ADDRESS or starts a local Ray)")
+    parser.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=defaults.max_body_bytes / 2**20,
+        help="largest request body in MiB (413 above)",
+    )
+    parser.add_argument(
+        "--max-samples", type=int, default=defaults.max_samples, help="largest batch per request (413 above)"
+    )
+    parser.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=defaults.max_concurrent,
+        help="requests decoded and scored at once; the others wait (bounds the memory of all of them)",
+    )
+    parser.add_argument(
+        "--body-timeout-s",
+        type=float,
+        default=defaults.body_timeout_s,
+        help="seconds a request's headers, then its body, may take to arrive (then the connection "
+        "is closed, with a 408 for a body)",
+    )
+    parser.add_argument(
+        "--ray", action="store_true", help="deploy on Ray Serve (joins $RAY_ADDRESS or starts a local Ray)"
+    )
     parser.add_argument("--replicas", type=int, default=2, help="with --ray: the autoscaling maximum")
     parser.add_argument("--log-level", default="info")
     return parser
@@ -117,8 +153,12 @@ def main(argv: list[str] | None = None, args: argparse.Namespace | None = None) 
         print(f"pointrl serve-rewards: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     try:
-        limits = ServiceLimits(max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_samples=args.max_samples,
-                               max_concurrent=args.max_concurrent, body_timeout_s=args.body_timeout_s)
+        limits = ServiceLimits(
+            max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+            max_samples=args.max_samples,
+            max_concurrent=args.max_concurrent,
+            body_timeout_s=args.body_timeout_s,
+        )
     except ValueError as exc:
         print(f"pointrl serve-rewards: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -18,8 +18,13 @@ def random_camera(rng: random.Random) -> dict:
     w, h = rng.choice([(128, 128), (640, 480), (64, 96)])
     f = rng.uniform(0.6, 2.0) * w
     depth = rng.choice([rng.uniform(2.0, 6.0), rng.uniform(-1.0, 2.0)])  # some boxes straddle the camera plane
-    return {"K": [[f, 0.0, w / 2], [0.0, f, h / 2], [0.0, 0.0, 1.0]], "R": R,
-            "t": [rng.uniform(-0.3, 0.3), rng.uniform(-0.3, 0.3), depth], "width": w, "height": h}
+    return {
+        "K": [[f, 0.0, w / 2], [0.0, f, h / 2], [0.0, 0.0, 1.0]],
+        "R": R,
+        "t": [rng.uniform(-0.3, 0.3), rng.uniform(-0.3, 0.3), depth],
+        "width": w,
+        "height": h,
+    }
 
 
 def random_box(rng: random.Random, dims: int, lo: float, hi: float, invert: float = 0.05) -> list[float]:

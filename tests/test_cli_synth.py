@@ -18,13 +18,15 @@ SMALL = ["--num-points", "32", "--image-size", "16", "--num-kpts", "2", "--shard
 
 
 def synth(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "rl.cli", "synth", *args], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "rl.cli", "synth", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def start_synth(*args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "rl.cli", "synth", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "rl.cli", "synth", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def wait_for_samples(root: Path, count: int, process: subprocess.Popen, timeout_s: float = 60) -> None:
@@ -43,20 +45,23 @@ def tree(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-@pytest.mark.parametrize("args, phrase", [
-    (["--n", "0"], "--n"),
-    (["--n", "-5"], "--n"),
-    (["--test-fraction", "1.5"], "--test-fraction"),
-    (["--test-fraction", "-0.1"], "--test-fraction"),
-    (["--num-points", "0"], "--num-points"),
-    (["--image-size", "-1"], "--image-size"),
-    (["--bins", "1"], "--bins"),
-    (["--workers", "0"], "--workers"),
-    (["--seed", "-1"], "--seed"),
-    (["--relevance", "2"], "--relevance"),
-    (["--shard-size", "0"], "--shard-size"),
-    (["--resume", "--overwrite"], "--resume"),
-])
+@pytest.mark.parametrize(
+    "args, phrase",
+    [
+        (["--n", "0"], "--n"),
+        (["--n", "-5"], "--n"),
+        (["--test-fraction", "1.5"], "--test-fraction"),
+        (["--test-fraction", "-0.1"], "--test-fraction"),
+        (["--num-points", "0"], "--num-points"),
+        (["--image-size", "-1"], "--image-size"),
+        (["--bins", "1"], "--bins"),
+        (["--workers", "0"], "--workers"),
+        (["--seed", "-1"], "--seed"),
+        (["--relevance", "2"], "--relevance"),
+        (["--shard-size", "0"], "--shard-size"),
+        (["--resume", "--overwrite"], "--resume"),
+    ],
+)
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, capsys, args, phrase):
     with pytest.raises(SystemExit) as info:  # in process: any other exception would fail the test with its traceback
         main(["synth", "--out", str(tmp_path / "data"), *args])

@@ -7,8 +7,8 @@ import pytest
 
 from data3d.benchmark import VIEWS, generate_sample, split_indices, write_benchmark
 from data3d.questions import AXES, extents
-from data3d.shapes import CATEGORIES, PALETTE
 from data3d.settings import DataSettings, dataset_settings
+from data3d.shapes import CATEGORIES, PALETTE
 from data3d.store import BenchmarkDataset, read_meta
 from rewards.camera import project
 
@@ -30,7 +30,9 @@ def test_points_are_a_unit_sphere_cloud_inside_their_box(samples):
         assert ((xyz >= box[:3]) & (xyz <= box[3:])).all() and (box[3:] - box[:3] >= 0.1).all()
         assert ((box >= -1) & (box <= 1)).all()
         kpts = s.targets.kpts3d
-        assert kpts.shape == (DataSettings().num_kpts, 3) and np.isin(kpts[:, 0], xyz[:, 0]).all()  # keypoints are points of the cloud
+        assert (
+            kpts.shape == (DataSettings().num_kpts, 3) and np.isin(kpts[:, 0], xyz[:, 0]).all()
+        )  # keypoints are points of the cloud
 
 
 def test_camera_image_and_2d_targets(samples):
@@ -89,7 +91,12 @@ def test_questions_are_decided_by_the_geometry(samples):
 def test_a_sample_depends_only_on_seed_and_index():
     a, b = generate_sample(3, 11), generate_sample(3, 11)
     assert a.uid == b.uid and a.instruction == b.instruction
-    for x, y in [(a.points, b.points), (a.image, b.image), (a.camera.K, b.camera.K), (a.targets.kpts2d, b.targets.kpts2d)]:
+    for x, y in [
+        (a.points, b.points),
+        (a.image, b.image),
+        (a.camera.K, b.camera.K),
+        (a.targets.kpts2d, b.targets.kpts2d),
+    ]:
         assert np.array_equal(x, y)
     assert not np.array_equal(a.points, generate_sample(4, 11).points)
     assert not np.array_equal(a.points, generate_sample(3, 12).points)

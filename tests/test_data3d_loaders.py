@@ -54,7 +54,9 @@ def test_shapenet_texture_colours_are_read(tmp_path):
 
     mesh = trimesh.creation.box((1.0, 0.5, 0.8))
     uv = np.random.default_rng(0).random((len(mesh.vertices), 2))
-    mesh.visual = trimesh.visual.TextureVisuals(uv=uv, image=Image.fromarray(np.full((8, 8, 3), [20, 180, 60], np.uint8)))
+    mesh.visual = trimesh.visual.TextureVisuals(
+        uv=uv, image=Image.fromarray(np.full((8, 8, 3), [20, 180, 60], np.uint8))
+    )
     folder = tmp_path / "02876657" / "tex" / "models"
     folder.mkdir(parents=True)
     mesh.export(folder / "model_normalized.obj")  # writes the .mtl and the texture image beside it
@@ -114,8 +116,15 @@ def _objaverse(tmp_path, rgb_scale):
     xyz, _, _ = sample_surface(cone.vertices, cone.faces, 8192, np.random.default_rng(1))
     rgb = np.stack([np.full(len(xyz), 0.1), xyz[:, 2] / 1.5, np.full(len(xyz), 0.8)], axis=1) * rgb_scale
     np.save(tmp_path / "u1_8192.npy", np.concatenate([xyz, rgb], axis=1).astype(np.float32))
-    conversation = [{"object_id": "u1", "conversations": [{"from": "human", "value": "<point>\nWhat is this?"},
-                                                          {"from": "gpt", "value": "A blue-green cone."}]}]
+    conversation = [
+        {
+            "object_id": "u1",
+            "conversations": [
+                {"from": "human", "value": "<point>\nWhat is this?"},
+                {"from": "gpt", "value": "A blue-green cone."},
+            ],
+        }
+    ]
     (tmp_path / "conv.json").write_text(json.dumps(conversation))
     return rgb / rgb_scale
 

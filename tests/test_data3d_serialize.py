@@ -10,8 +10,8 @@ import pytest
 
 from data3d.benchmark import generate_sample
 from data3d.serialize import prompt_text, reward_sample, target_text
-from rewards import score_batch
 from data3d.settings import DataSettings
+from rewards import score_batch
 from rewards.schema import FIELDS, Quant, dequantize, quantize
 
 

@@ -20,7 +20,9 @@ def test_lathe_and_ellipsoid_approximate_their_surfaces():
     sphere = ellipsoid((1.0, 1.0, 1.0), rings=32, segments=64)
     assert face_areas(sphere.vertices, sphere.faces).sum() == pytest.approx(4 * np.pi, rel=0.01)
     tube = cylinder(0.5, 2.0, segments=128)
-    assert face_areas(tube.vertices, tube.faces).sum() == pytest.approx(2 * np.pi * 0.5 * 2.0 + 2 * np.pi * 0.25, rel=0.01)
+    assert face_areas(tube.vertices, tube.faces).sum() == pytest.approx(
+        2 * np.pi * 0.5 * 2.0 + 2 * np.pi * 0.25, rel=0.01
+    )
     open_tube = lathe([(1.0, 0.0), (1.0, 1.0)], segments=256)
     assert face_areas(open_tube.vertices, open_tube.faces).sum() == pytest.approx(2 * np.pi, rel=0.01)
 

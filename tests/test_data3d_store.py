@@ -21,8 +21,13 @@ def samples():
 
 def assert_same(a, b):
     assert a.uid == b.uid and a.instruction == b.instruction and a.question_type == b.question_type
-    pairs = [(a.points, b.points), (a.image, b.image), (a.camera.K, b.camera.K), (a.camera.R, b.camera.R),
-             (a.camera.t, b.camera.t)]
+    pairs = [
+        (a.points, b.points),
+        (a.image, b.image),
+        (a.camera.K, b.camera.K),
+        (a.camera.R, b.camera.R),
+        (a.camera.t, b.camera.t),
+    ]
     for x, y in pairs:
         assert x.dtype == y.dtype and np.array_equal(x, y)
     assert (a.camera.width, a.camera.height) == (b.camera.width, b.camera.height)
@@ -32,8 +37,9 @@ def assert_same(a, b):
 
 
 def test_reload_is_bit_exact_with_random_access(tmp_path, samples):
-    meta = write_dataset(tmp_path, {"train": samples[:9], "test": samples[9:]}, config={"note": "x"},
-                         quant=Quant(bins=500), shard_size=4)
+    meta = write_dataset(
+        tmp_path, {"train": samples[:9], "test": samples[9:]}, config={"note": "x"}, quant=Quant(bins=500), shard_size=4
+    )
     assert meta == read_meta(tmp_path) and meta["quant"]["bins"] == 500
     assert [s["count"] for s in meta["splits"]["train"]["shards"]] == [4, 4, 1]
     train = BenchmarkDataset(tmp_path, "train")

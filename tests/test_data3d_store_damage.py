@@ -101,8 +101,13 @@ def test_an_unfinished_dataset_is_refused_but_its_progress_is_readable(tmp_path,
         raise KeyboardInterrupt  # the writer dies in the middle of shard 2
 
     with pytest.raises(KeyboardInterrupt):
-        write_dataset(tmp_path, {"train": killed(), "test": samples[9:]}, config={"n": 10}, shard_size=4,
-                      planned={"train": 9, "test": 1})
+        write_dataset(
+            tmp_path,
+            {"train": killed(), "test": samples[9:]},
+            config={"n": 10},
+            shard_size=4,
+            planned={"train": 9, "test": 1},
+        )
     with pytest.raises(DatasetError) as info:
         BenchmarkDataset(tmp_path, "train")
     message = one_line(info)

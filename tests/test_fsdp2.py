@@ -31,8 +31,16 @@ G, WORLD = 2, 2
 
 def config():
     # one micro-batch per rank (2 rows) and one of all 4 rows in the single process: the same mean gradient
-    return load_config("grpo.yaml", [f"rollout.group_size={G}", "learner.micro_batch_size=4", "learner.lr=1e-5",
-                                     "learner.weight_decay=0.1", "learner.strategy=fsdp2"])
+    return load_config(
+        "grpo.yaml",
+        [
+            f"rollout.group_size={G}",
+            "learner.micro_batch_size=4",
+            "learner.lr=1e-5",
+            "learner.weight_decay=0.1",
+            "learner.strategy=fsdp2",
+        ],
+    )
 
 
 def grpo_batch(cfg) -> LearnBatch:
@@ -43,9 +51,18 @@ def grpo_batch(cfg) -> LearnBatch:
     sampling = SamplingConfig(n=G, temperature=cfg.rollout.temperature, max_new_tokens=10, seed=0)
     rollout = HFEngine(policy).generate(inputs, [s.uid for s in samples], sampling)
     mask = rollout.response_mask
-    return LearnBatch(step=0, version=0, samples=samples, group_size=G, response_ids=rollout.response_ids,
-                      response_mask=mask, response_texts=rollout.texts, rollout_logprobs=rollout.logprobs,
-                      advantages=torch.tensor([1.0, -1.0, -0.5, 0.5])[:, None] * mask, valid=torch.ones(4, dtype=bool))
+    return LearnBatch(
+        step=0,
+        version=0,
+        samples=samples,
+        group_size=G,
+        response_ids=rollout.response_ids,
+        response_mask=mask,
+        response_texts=rollout.texts,
+        rollout_logprobs=rollout.logprobs,
+        advantages=torch.tensor([1.0, -1.0, -0.5, 0.5])[:, None] * mask,
+        valid=torch.ones(4, dtype=bool),
+    )
 
 
 def one_step(policy, cfg, batch, world: int):
@@ -57,8 +74,13 @@ def one_step(policy, cfg, batch, world: int):
     grads = {}
 
     def keep(*_):  # every rank runs it at its optimizer step, so the gathers line up
-        grads.update({name: (p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad).clone()
-                      for name, p in trainable.items() if p.grad is not None})
+        grads.update(
+            {
+                name: (p.grad.full_tensor() if isinstance(p.grad, DTensor) else p.grad).clone()
+                for name, p in trainable.items()
+                if p.grad is not None
+            }
+        )
 
     optimizer.register_step_pre_hook(keep)
     accumulator = Accumulator(optimizer, list(trainable.values()), cfg.learner.grad_accum, cfg.learner.grad_clip)
@@ -81,15 +103,26 @@ def sharded_rank(rank: int, store: str, out: str, batch: LearnBatch) -> None:
         shard_policy(restored, torch.device("cpu"), WORLD)
         restored_optimizer, _ = make_optimizer([p for p in restored.parameters() if p.requires_grad], cfg)
         load_sharded(restored, restored_optimizer, f"{out}/shards")
-        moments = [(a["exp_avg"].to_local() - b["exp_avg"].to_local()).abs().max().item()
-                   for a, b in zip(optimizer.state.values(), restored_optimizer.state.values(), strict=True)]
+        moments = [
+            (a["exp_avg"].to_local() - b["exp_avg"].to_local()).abs().max().item()
+            for a, b in zip(optimizer.state.values(), restored_optimizer.state.values(), strict=True)
+        ]
         reread = published_state(restored)
         whole = full_state(policy)  # rank 0 gets it all
         if rank == 0:
             export = build_tiny_policy(seed=2)
             export.load_state_dict(whole)  # strict: every key of the unsharded policy is there
-            torch.save({"stepped": stepped, "grads": grads, "reread": reread, "exported": export.trainable_state_dict(),
-                        "moments": max(moments), "stats": stats}, f"{out}/rank0.pt")
+            torch.save(
+                {
+                    "stepped": stepped,
+                    "grads": grads,
+                    "reread": reread,
+                    "exported": export.trainable_state_dict(),
+                    "moments": max(moments),
+                    "stats": stats,
+                },
+                f"{out}/rank0.pt",
+            )
     finally:
         dist.destroy_process_group()
 
@@ -163,12 +196,30 @@ def test_activation_checkpointing_keeps_values_and_gradients():
 
 
 # the tiny policy on two one-keypoint prompts with short answers: a stage takes seconds on 2 CPUs
-SMALL = ["data.num_points=256", "data.image_size=32", "data.num_kpts=1", "data.train_size=2", "data.eval_size=2",
-         "rollout.num_workers=2", "rollout.cpus_per_worker=0.25", "rollout.group_size=2", "rollout.prompts_per_step=2",
-         "rollout.max_new_tokens=24", "eval.max_new_tokens=24", "eval.reliance=false", "reward.mode=local",
-         "learner.cpus_per_worker=0.5", "learner.lr=1e-3", "checkpoint.every=1", "sft.steps=1", "sft.batch_size=2",
-         "learner.num_workers=2", "learner.strategy=fsdp2", "learner.logprob_chunk=8",
-         "learner.activation_checkpointing=true"]
+SMALL = [
+    "data.num_points=256",
+    "data.image_size=32",
+    "data.num_kpts=1",
+    "data.train_size=2",
+    "data.eval_size=2",
+    "rollout.num_workers=2",
+    "rollout.cpus_per_worker=0.25",
+    "rollout.group_size=2",
+    "rollout.prompts_per_step=2",
+    "rollout.max_new_tokens=24",
+    "eval.max_new_tokens=24",
+    "eval.reliance=false",
+    "reward.mode=local",
+    "learner.cpus_per_worker=0.5",
+    "learner.lr=1e-3",
+    "checkpoint.every=1",
+    "sft.steps=1",
+    "sft.batch_size=2",
+    "learner.num_workers=2",
+    "learner.strategy=fsdp2",
+    "learner.logprob_chunk=8",
+    "learner.activation_checkpointing=true",
+]
 
 
 @pytest.fixture(scope="module")

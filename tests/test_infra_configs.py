@@ -64,8 +64,11 @@ def test_the_ray_up_cluster_has_a100_and_h100_workers_that_declare_their_gpus(cl
 def test_every_node_installs_the_project_with_its_gpu_extra_and_the_torch_pin(cluster_yaml):
     setup = " && ".join(cluster_yaml["setup_commands"])
     assert "torch==2.13.0" in setup and "pointrl[gpu]" in setup
-    pinned = [d for d in __import__("tomllib").loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-              if d.startswith("torch")]
+    pinned = [
+        d
+        for d in __import__("tomllib").loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+        if d.startswith("torch")
+    ]
     assert pinned == ["torch==2.13.0"]  # the pin the setup commands repeat
     mount, source = next(iter(cluster_yaml["file_mounts"].items()))
     assert source == "." and f"-e '{mount}[gpu]'" in setup  # this checkout, installed where it is mounted
@@ -131,8 +134,15 @@ def test_the_runtime_env_is_one_ray_accepts():
 
 def test_the_readme_walks_from_ray_up_to_the_dashboard():
     readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("## On a GPU cluster"):]
+    section = readme[readme.index("## On a GPU cluster") :]
     section = section[: section.index("\n## ", 1)]
-    for step in ("ray up infra/cluster.yaml", "ray job submit", "--runtime-env infra/runtime_env.yaml",
-                 "python rl/train_grca.py", "8265", "kubectl apply -f infra/rayjob.yaml", "not run on a cluster"):
+    for step in (
+        "ray up infra/cluster.yaml",
+        "ray job submit",
+        "--runtime-env infra/runtime_env.yaml",
+        "python rl/train_grca.py",
+        "8265",
+        "kubectl apply -f infra/rayjob.yaml",
+        "not run on a cluster",
+    ):
         assert step in section, step

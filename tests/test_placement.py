@@ -11,9 +11,16 @@ import ray
 
 from rl.config import ConfigError
 from rl.config_loading import load_config
-from rl.driver import check_engine_sleep, main
-from rl.placement import (PlacementError, learner_scaling, plan_on_cluster, plan_placement, reserve_rollout_group,
-                          uses_rollouts)
+from rl.controller import check_engine_sleep
+from rl.driver import main
+from rl.placement import (
+    PlacementError,
+    learner_scaling,
+    plan_on_cluster,
+    plan_placement,
+    reserve_rollout_group,
+    uses_rollouts,
+)
 
 GPU_ROLLOUT = ["learner.use_gpu=true", "learner.num_workers=2", "rollout.num_workers=2"]
 
@@ -34,31 +41,57 @@ def test_colocated_learners_take_the_rest_of_each_rollout_gpu():
     plan = plan_placement(cfg, [{"CPU": 2, "GPU": 1}, {"CPU": 2, "GPU": 1}])  # one pair per node
     assert plan.colocated and plan.learner_resources == {"CPU": 0.5, "GPU": 0.25} and plan.total("GPU") == 2.0
     # a stage without rollout workers (the SFT warm-up) has nothing to share with: whole GPUs
-    warmup = plan_placement(config(*GPU_ROLLOUT, "rollout.gpus_per_worker=0.75", "placement.mode=colocated",
-                                   name="sft.yaml"), [{"CPU": 4, "GPU": 2}], rollouts=False)
+    warmup = plan_placement(
+        config(*GPU_ROLLOUT, "rollout.gpus_per_worker=0.75", "placement.mode=colocated", name="sft.yaml"),
+        [{"CPU": 4, "GPU": 2}],
+        rollouts=False,
+    )
     assert not warmup.colocated and warmup.learner_resources == {"CPU": 0.5, "GPU": 1.0} and not warmup.rollout_bundles
 
 
-@pytest.mark.parametrize("overrides, nodes, expected", [
-    # 3 GPUs needed, 2 there
-    ([*GPU_ROLLOUT, "rollout.gpus_per_worker=0.5"], [{"CPU": 8, "GPU": 2}],
-     "placement (disaggregated): learner 2 x {GPU 1, CPU 0.5} + rollout 2 x {GPU 0.5, CPU 0.25} = 3 GPUs, 1.5 CPUs "
-     "needed; the Ray cluster has 2 GPUs, 8 CPUs on 1 node (2 GPUs + 8 CPUs per node): the learner workers do not fit"),
-    # learner.use_gpu on a cluster without GPUs
-    (["learner.use_gpu=true"], {"CPU": 4},
-     "placement (disaggregated): learner 1 x {GPU 1, CPU 0.5} + rollout 2 x {CPU 0.25} = 1 GPU, 1 CPU needed; the "
-     "Ray cluster has 0 GPUs, 4 CPUs on 1 node (0 GPUs + 4 CPUs per node): the learner workers do not fit (Ray sees "
-     "no GPU: start it on GPU machines, or set learner.use_gpu=false and rollout.gpus_per_worker=0)"),
-    # enough GPUs in all, but STRICT_PACK wants both rollout workers (0.6 each) on one node of one GPU
-    (["rollout.gpus_per_worker=0.6", "placement.rollout_strategy=STRICT_PACK"], [{"CPU": 2, "GPU": 1}] * 2,
-     "the rollout workers do not fit"),
-    # colocated: two pairs, one GPU
-    ([*GPU_ROLLOUT, "rollout.gpus_per_worker=0.6", "placement.mode=colocated"], [{"CPU": 8, "GPU": 1}],
-     "the rollout workers do not fit"),
-    # colocated: the rollout workers fit, but the node of rollout worker 1 has no CPU left for its learner
-    ([*GPU_ROLLOUT, "rollout.gpus_per_worker=0.6", "placement.mode=colocated", "placement.rollout_strategy=SPREAD"],
-     [{"CPU": 1, "GPU": 1}, {"CPU": 0.25, "GPU": 1}], "learner worker 1 does not fit beside rollout worker 1"),
-])
+@pytest.mark.parametrize(
+    "overrides, nodes, expected",
+    [
+        # 3 GPUs needed, 2 there
+        (
+            [*GPU_ROLLOUT, "rollout.gpus_per_worker=0.5"],
+            [{"CPU": 8, "GPU": 2}],
+            "placement (disaggregated): learner 2 x {GPU 1, CPU 0.5} + rollout 2 x {GPU 0.5, CPU 0.25} = 3 GPUs, 1.5 CPUs "
+            "needed; the Ray cluster has 2 GPUs, 8 CPUs on 1 node (2 GPUs + 8 CPUs per node): the learner workers do not fit",
+        ),
+        # learner.use_gpu on a cluster without GPUs
+        (
+            ["learner.use_gpu=true"],
+            {"CPU": 4},
+            "placement (disaggregated): learner 1 x {GPU 1, CPU 0.5} + rollout 2 x {CPU 0.25} = 1 GPU, 1 CPU needed; the "
+            "Ray cluster has 0 GPUs, 4 CPUs on 1 node (0 GPUs + 4 CPUs per node): the learner workers do not fit (Ray sees "
+            "no GPU: start it on GPU machines, or set learner.use_gpu=false and rollout.gpus_per_worker=0)",
+        ),
+        # enough GPUs in all, but STRICT_PACK wants both rollout workers (0.6 each) on one node of one GPU
+        (
+            ["rollout.gpus_per_worker=0.6", "placement.rollout_strategy=STRICT_PACK"],
+            [{"CPU": 2, "GPU": 1}] * 2,
+            "the rollout workers do not fit",
+        ),
+        # colocated: two pairs, one GPU
+        (
+            [*GPU_ROLLOUT, "rollout.gpus_per_worker=0.6", "placement.mode=colocated"],
+            [{"CPU": 8, "GPU": 1}],
+            "the rollout workers do not fit",
+        ),
+        # colocated: the rollout workers fit, but the node of rollout worker 1 has no CPU left for its learner
+        (
+            [
+                *GPU_ROLLOUT,
+                "rollout.gpus_per_worker=0.6",
+                "placement.mode=colocated",
+                "placement.rollout_strategy=SPREAD",
+            ],
+            [{"CPU": 1, "GPU": 1}, {"CPU": 0.25, "GPU": 1}],
+            "learner worker 1 does not fit beside rollout worker 1",
+        ),
+    ],
+)
 def test_a_plan_that_does_not_fit_is_refused_in_one_line(overrides, nodes, expected):
     with pytest.raises(PlacementError) as refused:
         plan_placement(config(*overrides), nodes)
@@ -66,14 +99,19 @@ def test_a_plan_that_does_not_fit_is_refused_in_one_line(overrides, nodes, expec
     assert expected in message and "\n" not in message
 
 
-@pytest.mark.parametrize("overrides, expected", [
-    (["placement.mode=colocated", "rollout.gpus_per_worker=0.6"], "so it needs learner.use_gpu=true"),
-    ([*GPU_ROLLOUT, "placement.mode=colocated", "rollout.gpus_per_worker=0.5"], "it must be in (0.5, 1)"),
-    (["learner.use_gpu=true", "placement.mode=colocated", "rollout.gpus_per_worker=0.6"],
-     "rollout.num_workers: 2 with placement.mode=colocated and learner.num_workers=1"),
-    (["rollout.gpus_per_worker=1.5"], "must be a whole number of GPUs"),
-    (["learner.strategy=fsdp2", "policy.llm_mode=lora"], "fsdp2 is built and tested for policy.llm_mode=full"),
-])
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["placement.mode=colocated", "rollout.gpus_per_worker=0.6"], "so it needs learner.use_gpu=true"),
+        ([*GPU_ROLLOUT, "placement.mode=colocated", "rollout.gpus_per_worker=0.5"], "it must be in (0.5, 1)"),
+        (
+            ["learner.use_gpu=true", "placement.mode=colocated", "rollout.gpus_per_worker=0.6"],
+            "rollout.num_workers: 2 with placement.mode=colocated and learner.num_workers=1",
+        ),
+        (["rollout.gpus_per_worker=1.5"], "must be a whole number of GPUs"),
+        (["learner.strategy=fsdp2", "policy.llm_mode=lora"], "fsdp2 is built and tested for policy.llm_mode=full"),
+    ],
+)
 def test_choices_that_cannot_run_fail_before_any_cluster(overrides, expected):
     with pytest.raises(ConfigError, match=None) as refused:
         plan_placement(config(*overrides), [{"CPU": 64, "GPU": 8}])
@@ -137,21 +175,38 @@ def where_learners_run(cfg, plan, group, out) -> list[dict]:
         (config["out"] / f"rank{rank}.json").write_text(json.dumps(seen))
 
     # gloo: the GPUs are logical, and the CPU build of torch has no NCCL
-    TorchTrainer(report, train_loop_config={"out": out}, torch_config=TorchConfig(backend="gloo"),
-                 scaling_config=learner_scaling(cfg, plan, group),
-                 run_config=RunConfig(name="placement", storage_path=str(out))).fit()
+    TorchTrainer(
+        report,
+        train_loop_config={"out": out},
+        torch_config=TorchConfig(backend="gloo"),
+        scaling_config=learner_scaling(cfg, plan, group),
+        run_config=RunConfig(name="placement", storage_path=str(out)),
+    ).fit()
     return [json.loads((out / f"rank{k}.json").read_text()) for k in range(cfg.learner.num_workers)]
 
 
 def where_rollouts_run(cfg, group, policy_dir) -> list[dict]:
     from rollout.worker import make_rollout_workers
 
-    workers = make_rollout_workers(cfg.rollout.num_workers, policy_dir, cfg.rollout.cpus_per_worker,
-                                   gpus_per_worker=cfg.rollout.gpus_per_worker, placement_group=group)
+    workers = make_rollout_workers(
+        cfg.rollout.num_workers,
+        policy_dir,
+        cfg.rollout.cpus_per_worker,
+        gpus_per_worker=cfg.rollout.gpus_per_worker,
+        placement_group=group,
+    )
     try:
-        return ray.get([w.__ray_call__.remote(lambda _: {"node": ray.get_runtime_context().get_node_id(),
-                                                          "gpus": [str(g) for g in ray.get_gpu_ids()]})
-                        for w in workers])
+        return ray.get(
+            [
+                w.__ray_call__.remote(
+                    lambda _: {
+                        "node": ray.get_runtime_context().get_node_id(),
+                        "gpus": [str(g) for g in ray.get_gpu_ids()],
+                    }
+                )
+                for w in workers
+            ]
+        )
     finally:
         for worker in workers:
             ray.kill(worker)
@@ -163,8 +218,9 @@ def test_the_plan_places_real_workers(gpu_cluster, tiny_policy, tmp_path, mode):
 
     # colocated: SPREAD sends the two pairs to different nodes, so each learner must follow its rollout worker
     share = {"colocated": 0.6, "disaggregated": 0.5}[mode]
-    cfg = config(*GPU_ROLLOUT, f"placement.mode={mode}", f"rollout.gpus_per_worker={share}",
-                 "placement.rollout_strategy=SPREAD")
+    cfg = config(
+        *GPU_ROLLOUT, f"placement.mode={mode}", f"rollout.gpus_per_worker={share}", "placement.rollout_strategy=SPREAD"
+    )
     plan = plan_on_cluster(cfg, uses_rollouts(cfg))
     group = reserve_rollout_group(plan)
     try:

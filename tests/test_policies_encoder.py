@@ -101,8 +101,11 @@ def test_pointllm_projector_of_another_llm_width_is_left_with_a_warning(tmp_path
 
 def test_ulip_layout(tmp_path):
     source = randomised_encoder(seed=3)
-    state = {**with_prefix(source.state_dict(), "module.point_encoder."), "module.pc_projection": torch.randn(32, 8),
-             "module.open_clip_model.logit_scale": torch.ones(())}
+    state = {
+        **with_prefix(source.state_dict(), "module.point_encoder."),
+        "module.pc_projection": torch.randn(32, 8),
+        "module.open_clip_model.logit_scale": torch.ones(()),
+    }
     args = argparse.Namespace(model="ULIP_PointBERT", lr=3e-3)
     torch.save({"epoch": 3, "state_dict": state, "args": args, "best_acc1": 71.2}, tmp_path / "ulip.pt")
     target = randomised_encoder(seed=4)

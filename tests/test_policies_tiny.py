@@ -11,8 +11,14 @@ from policies import SPECIAL_TOKENS, build_tiny_policy, build_tiny_tokenizer
 def test_tokenizer_round_trips_the_schema_and_reads_a_bin_as_one_token():
     tok = build_tiny_tokenizer()
     assert 900 <= len(tok) <= 2048
-    answer = {"answer": "chair", "description": "a red chair with four legs", "bbox2d": [12, 407, 999, 0],
-              "bbox3d": [0, 1, 2, 997, 998, 999], "kpts2d": [[5, 60]], "kpts3d": [[700, 8, 90]]}
+    answer = {
+        "answer": "chair",
+        "description": "a red chair with four legs",
+        "bbox2d": [12, 407, 999, 0],
+        "bbox3d": [0, 1, 2, 997, 998, 999],
+        "kpts2d": [[5, 60]],
+        "kpts3d": [[700, 8, 90]],
+    }
     text = json.dumps(answer)
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert tok.decode(ids) == text

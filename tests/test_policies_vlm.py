@@ -18,8 +18,11 @@ def clouds(batch=3, n=256, seed=0):
 
 def images(seed=0):
     g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, 256, (40, 48, 3), generator=g, dtype=torch.uint8), None,
-            torch.randint(0, 256, (32, 32, 3), generator=g, dtype=torch.uint8)]
+    return [
+        torch.randint(0, 256, (40, 48, 3), generator=g, dtype=torch.uint8),
+        None,
+        torch.randint(0, 256, (32, 32, 3), generator=g, dtype=torch.uint8),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -158,8 +161,9 @@ def test_from_pretrained_names_a_missing_file(tmp_path):
 def test_hf_vision_tower_from_a_local_directory(tmp_path):
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
-    tower_config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                    image_size=32, patch_size=8)
+    tower_config = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+    )
     CLIPVisionModel(tower_config).save_pretrained(tmp_path / "clip")
     build_tiny_policy(out_dir=tmp_path / "tiny", seed=2)
     config = tiny_config(image={"kind": "hf", "hf_dir": str(tmp_path / "clip")})

@@ -14,7 +14,12 @@ def _assert_same(fast: list[dict], slow: list[dict], samples: list[dict]) -> Non
     for f, s, sample in zip(fast, slow, samples):
         assert f["spans"] == s["spans"], sample["text"]
         for name, value in s["rewards"].items():
-            assert f["rewards"][name] == pytest.approx(value, abs=1e-9), (name, sample["text"], f["errors"], s["errors"])
+            assert f["rewards"][name] == pytest.approx(value, abs=1e-9), (
+                name,
+                sample["text"],
+                f["errors"],
+                s["errors"],
+            )
 
 
 @pytest.mark.parametrize("bins", [1000, 64, 0])

@@ -11,13 +11,23 @@ from rewards.reference import reference_score_batch
 from rewards.schema import FIELDS, REWARDS
 
 # Pinhole camera looking down +z with no principal-point offset: a world point (x, y, z) lands at (100x/(z+tz), 100y/(z+tz)).
-CAMERA = {"K": [[100, 0, 0], [0, 100, 0], [0, 0, 1]], "R": [[1, 0, 0], [0, 1, 0], [0, 0, 1]], "t": [0, 0, 4],
-          "width": 100, "height": 100}
+CAMERA = {
+    "K": [[100, 0, 0], [0, 100, 0], [0, 0, 1]],
+    "R": [[1, 0, 0], [0, 1, 0], [0, 0, 1]],
+    "t": [0, 0, 4],
+    "width": 100,
+    "height": 100,
+}
 TARGET = {"answer": "chair", "bbox2d": [5, 0, 15, 10], "bbox3d": [1, 0, 0, 3, 2, 2]}
-PREDICTION = {"answer": "Chair", "description": "a chair", "bbox2d": [0, 0, 10, 10], "bbox3d": [0, 0, 0, 2, 2, 2],
-              "kpts2d": [[6, 1], [15, 10], [0, 0]], "kpts3d": [[1, 1, 1], [0, 0, 0]]}
+PREDICTION = {
+    "answer": "Chair",
+    "description": "a chair",
+    "bbox2d": [0, 0, 10, 10],
+    "bbox3d": [0, 0, 0, 2, 2, 2],
+    "kpts2d": [[6, 1], [15, 10], [0, 0]],
+    "kpts3d": [[1, 1, 1], [0, 0, 0]],
+}
 CONTINUOUS = {"bins": 0}
-
 
 
 @pytest.fixture(params=[score_batch, reference_score_batch], ids=["score_batch", "reference"])
@@ -25,7 +35,9 @@ def scorer(request):
     return request.param
 
 
-def score(scorer, text: str, target: dict | None = None, camera: dict | None = None, quant: dict | None = CONTINUOUS) -> dict:
+def score(
+    scorer, text: str, target: dict | None = None, camera: dict | None = None, quant: dict | None = CONTINUOUS
+) -> dict:
     sample = {"text": text, "target": target or TARGET, "camera": camera or CAMERA}
     (result,) = scorer([sample], quant)
     return result
@@ -54,8 +66,10 @@ def test_every_reward_on_a_well_formed_output(scorer):
 
 
 def test_spans_are_str_offsets_after_unicode(scorer):
-    text = 'ü📦{"answer": "chäir", "description": "d", "bbox2d": [0, 0, 10, 10], "bbox3d": [0, 0, 0, 2, 2, 2], ' \
-           '"kpts2d": [[1, 1]], "kpts3d": [[1, 1, 1]]}'
+    text = (
+        'ü📦{"answer": "chäir", "description": "d", "bbox2d": [0, 0, 10, 10], "bbox3d": [0, 0, 0, 2, 2, 2], '
+        '"kpts2d": [[1, 1]], "kpts3d": [[1, 1, 1]]}'
+    )
     result = score(scorer, text)
     # 'ü' 0, '📦' 1 (one str char, four UTF-8 bytes), '{' 2, '"answer"' 3..10, ':' 11, ' ' 12, '"chäir"' 13..19.
     assert result["spans"]["answer"] == [13, 20]
@@ -76,12 +90,15 @@ def test_duplicate_key_counts_by_decoded_name(scorer):
     assert result["rewards"]["bbox2d"] == pytest.approx(50 / 150)  # the other fields still score
 
 
-@pytest.mark.parametrize("text", [
-    output()[:-1],                                # truncated: the '{' is never closed
-    output()[:-1] + ",}",                         # trailing comma is not JSON
-    output()[:-1] + ', "x": NaN}',               # NaN is not standard JSON
-    "no object here",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        output()[:-1],  # truncated: the '{' is never closed
+        output()[:-1] + ",}",  # trailing comma is not JSON
+        output()[:-1] + ', "x": NaN}',  # NaN is not standard JSON
+        "no object here",
+    ],
+)
 def test_invalid_or_missing_object_parses_nothing(scorer, text):
     result = score(scorer, text)
     assert result["rewards"] == dict.fromkeys(REWARDS, 0.0)
@@ -98,15 +115,18 @@ def test_braces_and_escaped_quotes_inside_strings(scorer):
     assert result["rewards"]["answer"] == 0.0  # "chair}" keeps its brace: '}' is not a stripped character
 
 
-@pytest.mark.parametrize("before, after, expected", [
-    ("```json\n", "\n```", 1.0),
-    ("```\n", "```\n\n", 1.0),
-    ("  \n", " \t", 1.0),
-    ("```python\n", "\n```", 0.0),
-    ("```json\n", "", 0.0),          # an unclosed fence is not exactly a code fence
-    ("Answer: ", "", 0.0),
-    ("", " thanks", 0.0),
-])
+@pytest.mark.parametrize(
+    "before, after, expected",
+    [
+        ("```json\n", "\n```", 1.0),
+        ("```\n", "```\n\n", 1.0),
+        ("  \n", " \t", 1.0),
+        ("```python\n", "\n```", 0.0),
+        ("```json\n", "", 0.0),  # an unclosed fence is not exactly a code fence
+        ("Answer: ", "", 0.0),
+        ("", " thanks", 0.0),
+    ],
+)
 def test_format_allows_only_whitespace_or_a_code_fence(scorer, before, after, expected):
     assert score(scorer, before + output() + after)["rewards"]["format"] == expected
 
@@ -138,16 +158,19 @@ def test_rpc_clips_the_projection_to_the_image(scorer):
     assert score(scorer, output(), camera={**CAMERA, "t": [-10, 0, 4]})["rewards"]["rpc"] == 0.0
 
 
-@pytest.mark.parametrize("bbox2d, well_formed", [
-    ([0, 0, 999, 999], True),
-    ([0, 0, 12.0, 999.0], True),      # whole-valued floats are bin indices
-    ([0, 0, 999, 1000], False),       # past bins - 1
-    ([-1, 0, 10, 10], False),
-    ([0, 0, 12.5, 10], False),
-    ([True, 0, 10, 10], False),       # a JSON boolean is not a number
-    ([0, 0, 10], False),
-    (["0", 0, 10, 10], False),
-])
+@pytest.mark.parametrize(
+    "bbox2d, well_formed",
+    [
+        ([0, 0, 999, 999], True),
+        ([0, 0, 12.0, 999.0], True),  # whole-valued floats are bin indices
+        ([0, 0, 999, 1000], False),  # past bins - 1
+        ([-1, 0, 10, 10], False),
+        ([0, 0, 12.5, 10], False),
+        ([True, 0, 10, 10], False),  # a JSON boolean is not a number
+        ([0, 0, 10], False),
+        (["0", 0, 10, 10], False),
+    ],
+)
 def test_bin_coordinates_must_be_whole_and_in_range(scorer, bbox2d, well_formed):
     result = score(scorer, output(bbox2d=bbox2d), quant=None)  # default quant: 1000 bins
     assert (result["spans"]["bbox2d"] is not None) == well_formed
@@ -159,7 +182,9 @@ def test_dequantization_over_image_and_bounds(scorer):
     quant = {"bins": 11, "bounds3d": [[-1, -1, -1], [1, 1, 1]]}
     camera = {**CAMERA, "height": 50}
     target = {"answer": "chair", "bbox2d": [0, 0, 50, 50], "bbox3d": [-1, -1, -1, 0, 0, 0]}
-    text = output(bbox2d=[0, 0, 5.0, 10], bbox3d=[0, 0, 0, 5, 5, 5], kpts2d=[[5, 10], [6, 10]], kpts3d=[[5, 5, 5], [6, 5, 5]])
+    text = output(
+        bbox2d=[0, 0, 5.0, 10], bbox3d=[0, 0, 0, 5, 5, 5], kpts2d=[[5, 10], [6, 10]], kpts3d=[[5, 5, 5], [6, 5, 5]]
+    )
     result = score(scorer, text, target, camera, quant)
     assert result["rewards"]["bbox2d"] == pytest.approx(1.0)  # [0,0,5,10] -> [0,0,50,50]
     assert result["rewards"]["bbox3d"] == pytest.approx(1.0)  # [0..5] -> [-1, 0] on every axis
@@ -178,13 +203,16 @@ def test_continuous_coordinates_with_bins_zero(scorer):
     assert result["spans"]["bbox3d"] is None and result["rewards"]["bbox3d"] == 0.0
 
 
-@pytest.mark.parametrize("predicted, accepted, expected", [
-    (" (Chair). ", "chair", 1.0),
-    ("A   Table!", ["table", "a table"], 1.0),
-    ('"[TABLE]"', ["a table", "Table."], 1.0),
-    ("tables", ["table", "a table"], 0.0),
-    ("a\ttable", "a  table", 1.0),
-])
+@pytest.mark.parametrize(
+    "predicted, accepted, expected",
+    [
+        (" (Chair). ", "chair", 1.0),
+        ("A   Table!", ["table", "a table"], 1.0),
+        ('"[TABLE]"', ["a table", "Table."], 1.0),
+        ("tables", ["table", "a table"], 0.0),
+        ("a\ttable", "a  table", 1.0),
+    ],
+)
 def test_answer_normalization(scorer, predicted, accepted, expected):
     assert score(scorer, output(answer=predicted), {**TARGET, "answer": accepted})["rewards"]["answer"] == expected
 
@@ -202,6 +230,10 @@ def test_malformed_and_missing_fields(scorer):
 def test_keypoint_count_against_num_kpts(scorer):
     inside = [[10, 5]]
     # One keypoint inside with K = 16: min(1, 16) / max(1, 16).
-    assert score(scorer, output(kpts2d=inside), {**TARGET, "num_kpts2d": 16})["rewards"]["kpts2d"] == pytest.approx(1 / 16)
+    assert score(scorer, output(kpts2d=inside), {**TARGET, "num_kpts2d": 16})["rewards"]["kpts2d"] == pytest.approx(
+        1 / 16
+    )
     # 20 keypoints all inside with K = 16: min(20, 16) / max(20, 16).
-    assert score(scorer, output(kpts2d=inside * 20), {**TARGET, "num_kpts2d": 16})["rewards"]["kpts2d"] == pytest.approx(16 / 20)
+    assert score(scorer, output(kpts2d=inside * 20), {**TARGET, "num_kpts2d": 16})["rewards"][
+        "kpts2d"
+    ] == pytest.approx(16 / 20)

@@ -5,8 +5,7 @@ import json
 
 import pytest
 
-from rewards import RequestError, score_batch
-from rewards import request
+from rewards import RequestError, request, score_batch
 from rewards.reference import reference_score_batch
 from tests.test_rewards_contract import scorer  # noqa: F401 - the fixture: fast path and reference
 from tests.test_rewards_request import TARGET, sample
@@ -66,9 +65,16 @@ def _with_huge(name: str, value: str) -> str:
 
 
 @pytest.mark.parametrize("bins", [0, 1000])
-@pytest.mark.parametrize("name, value", [("bbox2d", f"[{HUGE}, 0, 10, 10]"), ("answer", HUGE),
-                                         ("kpts3d", f"[[1, 1, 1], [-{HUGE}, 0, 0]]"), ("note", f"[{{\"x\": {HUGE}}}]")])
-def test_a_huge_integer_is_a_defect_of_its_field_only(scorer, bins, name, value):
+@pytest.mark.parametrize(
+    "name, value",
+    [
+        ("bbox2d", f"[{HUGE}, 0, 10, 10]"),
+        ("answer", HUGE),
+        ("kpts3d", f"[[1, 1, 1], [-{HUGE}, 0, 0]]"),
+        ("note", f'[{{"x": {HUGE}}}]'),
+    ],
+)
+def test_a_huge_integer_is_a_defect_of_its_field_only(scorer, bins, name, value):  # noqa: F811 - the imported fixture
     from tests.test_rewards_contract import score
 
     result = score(scorer, _with_huge(name, value), quant={"bins": bins})
@@ -85,10 +91,15 @@ def test_a_huge_integer_is_a_defect_of_its_field_only(scorer, bins, name, value)
 
 
 def test_huge_integers_agree_between_the_fast_path_and_the_reference():
-    from tests.test_rewards_contract import CAMERA, TARGET as CONTRACT_TARGET
+    from tests.test_rewards_contract import CAMERA
+    from tests.test_rewards_contract import TARGET as CONTRACT_TARGET
 
-    cases = [("bbox2d", f"[{HUGE}, 0, 10, 10]"), ("note", HUGE), ("bbox3d", f"[0, 0, 0, 2, 2, -{HUGE}]"),
-             ("kpts2d", f"[[{HUGE}0, 1]]")]
+    cases = [
+        ("bbox2d", f"[{HUGE}, 0, 10, 10]"),
+        ("note", HUGE),
+        ("bbox3d", f"[0, 0, 0, 2, 2, -{HUGE}]"),
+        ("kpts2d", f"[[{HUGE}0, 1]]"),
+    ]
     texts = [_with_huge(name, value) for name, value in cases]
     samples = [{"text": t, "target": CONTRACT_TARGET, "camera": CAMERA} for t in texts]
     for quant in ({"bins": 0}, {"bins": 1000}):
@@ -107,7 +118,7 @@ def test_deep_nesting_beside_a_lone_surrogate_is_a_request_error():
 
 
 @pytest.mark.parametrize("value", ['"\\ud800"', '[1, "\\udfff"]', '{"\\ud800": 1}'])
-def test_an_escaped_lone_surrogate_where_numbers_belong_is_a_field_defect(scorer, value):
+def test_an_escaped_lone_surrogate_where_numbers_belong_is_a_field_defect(scorer, value):  # noqa: F811 - the imported fixture
     """Found by the service fuzz test: msgspec raised UnicodeEncodeError out of score_batch (a 500 over HTTP)."""
     from tests.test_rewards_contract import score
 

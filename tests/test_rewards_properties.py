@@ -2,11 +2,10 @@
 
 import json
 
+import msgspec
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import msgspec
 
 from rewards import FIELDS, score_batch
 from rewards.geometry import box_iou
@@ -40,12 +39,17 @@ def test_iou_of_a_box_with_itself_is_one_when_it_has_volume(box):
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**6), 10**6)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=5), children, max_size=4),
     max_leaves=12,
 )
 well_typed = {
-    "answer": st.text(), "description": st.text(),
+    "answer": st.text(),
+    "description": st.text(),
     "bbox2d": st.lists(st.integers(0, 999), min_size=4, max_size=4),
     "bbox3d": st.lists(st.floats(0, 999), min_size=6, max_size=6),
     "kpts2d": st.lists(st.lists(st.integers(0, 999), min_size=2, max_size=2), min_size=1, max_size=5),
@@ -87,11 +91,22 @@ def msgspec_accepts(name: str, value) -> bool:
 @settings(max_examples=100, deadline=None)
 @given(st.lists(st.integers(0, 999), min_size=4, max_size=4), st.text(max_size=8))
 def test_score_batch_spans_slice_back(box, answer):
-    obj = {"answer": answer, "description": "d", "bbox2d": box, "bbox3d": [0, 0, 0, 9, 9, 9], "kpts2d": [box[:2]],
-           "kpts3d": [[1, 2, 3]]}
+    obj = {
+        "answer": answer,
+        "description": "d",
+        "bbox2d": box,
+        "bbox3d": [0, 0, 0, 9, 9, 9],
+        "kpts2d": [box[:2]],
+        "kpts3d": [[1, 2, 3]],
+    }
     text = json.dumps(obj, ensure_ascii=False)
-    camera = {"K": [[50, 0, 32], [0, 50, 32], [0, 0, 1]], "R": [[1, 0, 0], [0, 1, 0], [0, 0, 1]], "t": [0, 0, 4],
-              "width": 64, "height": 64}
+    camera = {
+        "K": [[50, 0, 32], [0, 50, 32], [0, 0, 1]],
+        "R": [[1, 0, 0], [0, 1, 0], [0, 0, 1]],
+        "t": [0, 0, 4],
+        "width": 64,
+        "height": 64,
+    }
     target = {"answer": "x", "bbox2d": [0, 0, 32, 32], "bbox3d": [-1, -1, -1, 1, 1, 1]}
     (result,) = score_batch([{"text": text, "target": target, "camera": camera}])
     for name, (start, end) in result["spans"].items():

@@ -160,8 +160,9 @@ def test_fields_left_out_of_routing_join_the_background():
     rewards["kpts2d"] = torch.tensor([[1.0, 0.0, 0.5]])
     masks = {"bbox3d": torch.zeros(3, 4, dtype=torch.bool)}
     masks["bbox3d"][:, 1] = True
-    out = routed_advantages(rewards, torch.ones(1, 3, dtype=torch.bool), masks, torch.ones(3, 4), 0.15,
-                            routed_fields=("bbox3d",))
+    out = routed_advantages(
+        rewards, torch.ones(1, 3, dtype=torch.bool), masks, torch.ones(3, 4), 0.15, routed_fields=("bbox3d",)
+    )
     expected = standardized([1.0, 0.0, 0.5])
     for g in range(3):
         assert out[g, [0, 2, 3]].tolist() == pytest.approx([expected[g]] * 3, rel=1e-5)
@@ -173,8 +174,14 @@ def test_a_routed_answer_leaves_the_background():
     rewards["answer"] = torch.tensor([[1.0, 0.0]])
     masks = {name: torch.zeros(2, 3, dtype=torch.bool) for name in ("answer", *ROUTED_FIELDS)}
     masks["answer"][:, 0] = True
-    out = routed_advantages(rewards, torch.ones(1, 2, dtype=torch.bool), masks, torch.ones(2, 3), 0.15,
-                            routed_fields=("answer", *ROUTED_FIELDS))
+    out = routed_advantages(
+        rewards,
+        torch.ones(1, 2, dtype=torch.bool),
+        masks,
+        torch.ones(2, 3),
+        0.15,
+        routed_fields=("answer", *ROUTED_FIELDS),
+    )
     assert out[:, 0].tolist() == pytest.approx(standardized([1.0, 0.0]), rel=1e-5)
     assert torch.equal(out[:, 1:], torch.zeros(2, 2))  # each reward reaches the tokens once
 

@@ -26,9 +26,17 @@ def rollout_of(tokenizer, texts: list[str], prompts: int) -> RolloutBatch:
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
         ids[i, : len(row)], mask[i, : len(row)] = torch.tensor(row), 1
-    return RolloutBatch(version=3, uids=[f"u{p}" for p in range(prompts)], response_ids=ids, response_mask=mask,
-                        logprobs=torch.zeros(ids.shape), texts=texts, tokens_generated=int(mask.sum()), seconds=0.1,
-                        pad_token_id=tokenizer.pad_token_id)
+    return RolloutBatch(
+        version=3,
+        uids=[f"u{p}" for p in range(prompts)],
+        response_ids=ids,
+        response_mask=mask,
+        logprobs=torch.zeros(ids.shape),
+        texts=texts,
+        tokens_generated=int(mask.sum()),
+        seconds=0.1,
+        pad_token_id=tokenizer.pad_token_id,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +51,10 @@ def group():
 def test_a_failed_reward_call_marks_samples_missing(group):
     sample, texts = group
     dead_service = make_reward_fn("http", f"http://127.0.0.1:{free_port()}", timeout_s=2.0)
-    assert score_rollouts(rollout_of(build_tiny_tokenizer(), texts, 1), [sample], dead_service, run_quant(load_config())) == [None] * 4
+    assert (
+        score_rollouts(rollout_of(build_tiny_tokenizer(), texts, 1), [sample], dead_service, run_quant(load_config()))
+        == [None] * 4
+    )
 
 
 def test_missing_samples_get_zero_advantage_and_leave_the_statistics(tokenizer, group):
@@ -51,8 +62,9 @@ def test_missing_samples_get_zero_advantage_and_leave_the_statistics(tokenizer, 
     rollout = rollout_of(tokenizer, texts, 1)
     results = score_rollouts(rollout, [sample], make_reward_fn("local"), run_quant(load_config()))
     results[3] = None  # the reward service lost this one
-    batch, metrics = policy_gradient_batch(0, rollout, [sample], results, tokenizer, load_config().algo,
-                                           scalar_reward_weights(load_config()))
+    batch, metrics = policy_gradient_batch(
+        0, rollout, [sample], results, tokenizer, load_config().algo, scalar_reward_weights(load_config())
+    )
     assert metrics["reward/missing"] == 1.0
     assert (batch.advantages[3] == 0).all()
     table, valid = reward_table(results, 1, 4)
@@ -66,12 +78,14 @@ def test_routed_advantage_differs_only_on_the_shifted_field(tokenizer, group):
     sample, texts = group
     rollout = rollout_of(tokenizer, texts[:2], 1)
     pair = [sample]
-    results = score_batch([{"text": t, "target": sample.targets.to_reward_target(), "camera": sample.camera.to_dict()}
-                           for t in texts[:2]])
+    results = score_batch(
+        [{"text": t, "target": sample.targets.to_reward_target(), "camera": sample.camera.to_dict()} for t in texts[:2]]
+    )
     cfg = load_config()
     routed, _ = policy_gradient_batch(0, rollout, pair, results, tokenizer, cfg.algo, scalar_reward_weights(cfg))
-    broadcast, _ = policy_gradient_batch(0, rollout, pair, results, tokenizer, load_config(overrides=["algo.name=grpo"]).algo,
-                                         scalar_reward_weights(cfg))
+    broadcast, _ = policy_gradient_batch(
+        0, rollout, pair, results, tokenizer, load_config(overrides=["algo.name=grpo"]).algo, scalar_reward_weights(cfg)
+    )
     shifted = routed.advantages[1][rollout.response_mask[1].bool()]
     assert shifted.min() < 0 and (shifted == 0).any()  # negative on bbox3d (and rpc's background share), 0 elsewhere
     flat = broadcast.advantages[1][rollout.response_mask[1].bool()]
@@ -81,8 +95,9 @@ def test_routed_advantage_differs_only_on_the_shifted_field(tokenizer, group):
 def test_routed_grpo_weighs_fields_by_algo_routed_field_weights_only(tokenizer, group):
     sample, texts = group
     rollout = rollout_of(tokenizer, texts[:2], 1)
-    results = score_batch([{"text": t, "target": sample.targets.to_reward_target(), "camera": sample.camera.to_dict()}
-                           for t in texts[:2]])
+    results = score_batch(
+        [{"text": t, "target": sample.targets.to_reward_target(), "camera": sample.camera.to_dict()} for t in texts[:2]]
+    )
 
     def advantages(*overrides):
         cfg = load_config(overrides=list(overrides))

@@ -10,8 +10,16 @@ from pathlib import Path
 import pytest
 
 from rewards import REWARDS
-from rl.config import (ALGORITHMS, CONFIG_DIR, LLM_DTYPES, LLM_MODES, ROUTABLE_FIELDS, Config, ConfigError,
-                       scalar_reward_weights)
+from rl.config import (
+    ALGORITHMS,
+    CONFIG_DIR,
+    LLM_DTYPES,
+    LLM_MODES,
+    ROUTABLE_FIELDS,
+    Config,
+    ConfigError,
+    scalar_reward_weights,
+)
 from rl.config_loading import config_from_dict, config_to_dict, load_config, parse_cli, save_config
 
 SHIPPED = sorted(CONFIG_DIR.glob("*.yaml"))
@@ -55,19 +63,22 @@ def test_grpo_differs_from_grca_only_in_algorithm_and_run():
 
 
 def test_overrides_of_each_kind():
-    cfg = load_config("grca.yaml", [
-        "rollout.group_size=8",  # int
-        "algo.clip_eps_high=0.28",  # float into float | None
-        "learner.lr=1e-4",  # exponent without a dot (YAML 1.1 would read a string)
-        "learner.weight_decay=1",  # an int widens to float
-        "reward.url=http://127.0.0.1:8000",  # text with a colon
-        "algo.routed_fields=[bbox3d,kpts3d]",  # list
-        "reward.field_weights.bbox3d=0.3",  # one key of a dict, the others kept
-        "run.name=my run",  # text with a space
-        "data.use_images=false",  # bool
-        "policy.init=null",  # None
-        "run.ray_address=auto",
-    ])
+    cfg = load_config(
+        "grca.yaml",
+        [
+            "rollout.group_size=8",  # int
+            "algo.clip_eps_high=0.28",  # float into float | None
+            "learner.lr=1e-4",  # exponent without a dot (YAML 1.1 would read a string)
+            "learner.weight_decay=1",  # an int widens to float
+            "reward.url=http://127.0.0.1:8000",  # text with a colon
+            "algo.routed_fields=[bbox3d,kpts3d]",  # list
+            "reward.field_weights.bbox3d=0.3",  # one key of a dict, the others kept
+            "run.name=my run",  # text with a space
+            "data.use_images=false",  # bool
+            "policy.init=null",  # None
+            "run.ray_address=auto",
+        ],
+    )
     assert cfg.rollout.group_size == 8 and cfg.algo.clip_eps_high == 0.28
     assert cfg.learner.lr == 1e-4 and type(cfg.learner.weight_decay) is float and cfg.learner.weight_decay == 1.0
     assert cfg.reward.url == "http://127.0.0.1:8000" and cfg.algo.routed_fields == ["bbox3d", "kpts3d"]
@@ -82,7 +93,8 @@ def test_a_text_field_keeps_what_was_typed_and_a_later_override_wins():
 
 def test_unknown_keys_name_the_source_and_suggest_the_nearest():
     assert error_of(["learner.lrr=1e-4"]) == (
-        "unknown key 'learner.lrr' in override 'learner.lrr=1e-4' (did you mean 'learner.lr'?)")
+        "unknown key 'learner.lrr' in override 'learner.lrr=1e-4' (did you mean 'learner.lr'?)"
+    )
     assert "unknown key 'lerner' in override 'lerner.lr=1' (did you mean 'learner'?)" in error_of(["lerner.lr=1"])
     message = error_of(["reward.field_weights.iou=1"])
     assert "unknown key 'reward.field_weights.iou'" in message and "bbox3d" in message
@@ -95,43 +107,51 @@ def test_unknown_key_in_a_file_names_the_file(tmp_path):
     assert message == f"unknown key 'rollout.group_sise' in {path} (did you mean 'rollout.group_size'?)"
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("learner.lr=fast", "learner.lr: expected float, got str 'fast' (from override 'learner.lr=fast')"),
-    ("rollout.group_size=true", "rollout.group_size: expected int, got bool True"),
-    ("rollout.group_size=4.0", "rollout.group_size: expected int, got float 4.0"),
-    ("learner.lr=null", "learner.lr: expected float, got null"),
-    ("learner.lr=.inf", "learner.lr: expected a finite number, got inf"),
-    ("data.use_images=1", "data.use_images: expected bool, got int 1"),
-    ("learner.betas=[0.9, x]", "learner.betas[1]: expected float, got str 'x'"),
-    ("learner.betas=0.9", "learner.betas: expected list[float], got float 0.9"),
-    ("reward.field_weights.format=high", "reward.field_weights.format: expected float, got str 'high'"),
-    ("reward.field_weights=3", "reward.field_weights: expected dict[str, float], got int 3"),
-    ("algo.clip_eps_high=wide", "algo.clip_eps_high: expected float | None, got str 'wide'"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("learner.lr=fast", "learner.lr: expected float, got str 'fast' (from override 'learner.lr=fast')"),
+        ("rollout.group_size=true", "rollout.group_size: expected int, got bool True"),
+        ("rollout.group_size=4.0", "rollout.group_size: expected int, got float 4.0"),
+        ("learner.lr=null", "learner.lr: expected float, got null"),
+        ("learner.lr=.inf", "learner.lr: expected a finite number, got inf"),
+        ("data.use_images=1", "data.use_images: expected bool, got int 1"),
+        ("learner.betas=[0.9, x]", "learner.betas[1]: expected float, got str 'x'"),
+        ("learner.betas=0.9", "learner.betas: expected list[float], got float 0.9"),
+        ("reward.field_weights.format=high", "reward.field_weights.format: expected float, got str 'high'"),
+        ("reward.field_weights=3", "reward.field_weights: expected dict[str, float], got int 3"),
+        ("algo.clip_eps_high=wide", "algo.clip_eps_high: expected float | None, got str 'wide'"),
+    ],
+)
 def test_wrong_types(override, expected):
     message = error_of([override])
     assert message.startswith(expected) and message.endswith(f"(from override {override!r})")
 
 
-@pytest.mark.parametrize("override, expected", [
-    ("rollout.backend=trt", "rollout.backend: expected one of hf, vllm, got 'trt'"),
-    ("algo.name=ppo", "algo.name: expected one of grca, grpo, spa, dpo, sft, got 'ppo'"),
-    ("algo.routed_fields=[bbox3d, colour]", "algo.routed_fields[1]: expected one of answer, bbox2d, bbox3d, kpts2d, "
-                                           "kpts3d, got 'colour'"),
-    ("spa.corruption=blur", "spa.corruption: expected one of mask, gaussian, drop, got 'blur'"),
-    ("rollout.group_size=1", "rollout.group_size: expected >= 2, got 1"),
-    ("run.steps=0", "run.steps: expected > 0, got 0"),
-    ("learner.lr=-1e-5", "learner.lr: expected > 0, got -1e-05"),
-    ("rollout.top_p=1.5", "rollout.top_p: expected in (0, 1], got 1.5"),
-    ("spa.mask_ratio=1", "spa.mask_ratio: expected in [0, 1), got 1.0"),
-    ("learner.betas=[0.9, 1.0]", "learner.betas[1]: expected in [0, 1), got 1.0"),
-    ("reward.field_weights.format=-1", "reward.field_weights.format: expected >= 0, got -1.0"),
-    ("algo.routed_field_weights.kpts3d=-1", "algo.routed_field_weights.kpts3d: expected >= 0, got -1.0"),
-    ("reward.bins=1", "reward.bins: expected 0 or >= 2, got 1"),
-    ("run.num_cpus=0", "run.num_cpus: expected > 0, got 0.0"),
-    ("learner.betas=[0.9]", "learner.betas: expected two values (beta1, beta2), got [0.9]"),
-    ("reward.mode=http", "reward.mode: is http, so reward.url must be the service's URL, but it is null"),
-])
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("rollout.backend=trt", "rollout.backend: expected one of hf, vllm, got 'trt'"),
+        ("algo.name=ppo", "algo.name: expected one of grca, grpo, spa, dpo, sft, got 'ppo'"),
+        (
+            "algo.routed_fields=[bbox3d, colour]",
+            "algo.routed_fields[1]: expected one of answer, bbox2d, bbox3d, kpts2d, kpts3d, got 'colour'",
+        ),
+        ("spa.corruption=blur", "spa.corruption: expected one of mask, gaussian, drop, got 'blur'"),
+        ("rollout.group_size=1", "rollout.group_size: expected >= 2, got 1"),
+        ("run.steps=0", "run.steps: expected > 0, got 0"),
+        ("learner.lr=-1e-5", "learner.lr: expected > 0, got -1e-05"),
+        ("rollout.top_p=1.5", "rollout.top_p: expected in (0, 1], got 1.5"),
+        ("spa.mask_ratio=1", "spa.mask_ratio: expected in [0, 1), got 1.0"),
+        ("learner.betas=[0.9, 1.0]", "learner.betas[1]: expected in [0, 1), got 1.0"),
+        ("reward.field_weights.format=-1", "reward.field_weights.format: expected >= 0, got -1.0"),
+        ("algo.routed_field_weights.kpts3d=-1", "algo.routed_field_weights.kpts3d: expected >= 0, got -1.0"),
+        ("reward.bins=1", "reward.bins: expected 0 or >= 2, got 1"),
+        ("run.num_cpus=0", "run.num_cpus: expected > 0, got 0.0"),
+        ("learner.betas=[0.9]", "learner.betas: expected two values (beta1, beta2), got [0.9]"),
+        ("reward.mode=http", "reward.mode: is http, so reward.url must be the service's URL, but it is null"),
+    ],
+)
 def test_bad_choices_and_ranges(override, expected):
     assert error_of([override]) == f"{expected} (from override {override!r})"
 
@@ -146,8 +166,9 @@ def test_rl_refuses_top_p_below_one(algo):
 
 def test_lambda_has_one_home():
     message = error_of(["reward.field_weights.rpc=0.3"])
-    assert message.startswith("reward.field_weights.rpc in override 'reward.field_weights.rpc=0.3': "
-                              "set algo.rpc_weight")
+    assert message.startswith(
+        "reward.field_weights.rpc in override 'reward.field_weights.rpc=0.3': set algo.rpc_weight"
+    )
     cfg = load_config("grpo.yaml", ["algo.rpc_weight=0.4", "reward.field_weights.format=2"])
     assert "rpc" not in cfg.reward.field_weights
     assert scalar_reward_weights(cfg) == {**dict.fromkeys(REWARDS, 1.0), "format": 2.0, "rpc": 0.4}
@@ -181,8 +202,9 @@ def test_missing_files():
 def test_extends_chain_merges_nested_mappings(tmp_path):
     (tmp_path / "bases").mkdir()
     (tmp_path / "bases" / "root.yaml").write_text("learner:\n  lr: 1e-3\n  epochs: 3\nrun:\n  name: root\n")
-    (tmp_path / "bases" / "middle.yaml").write_text("extends: root.yaml\nlearner:\n  lr: 2e-3\n"
-                                                    "reward:\n  field_weights:\n    answer: 0.5\n")
+    (tmp_path / "bases" / "middle.yaml").write_text(
+        "extends: root.yaml\nlearner:\n  lr: 2e-3\nreward:\n  field_weights:\n    answer: 0.5\n"
+    )
     (tmp_path / "leaf.yaml").write_text("extends: bases/middle.yaml\nrollout:\n  group_size: 6\n")
     cfg = load_config(tmp_path / "leaf.yaml", ["reward.field_weights.format=2"])
     assert (cfg.learner.lr, cfg.learner.epochs, cfg.run.name, cfg.rollout.group_size) == (2e-3, 3, "root", 6)
@@ -200,9 +222,18 @@ def test_extends_cycles_and_missing_bases_fail(tmp_path):
 
 
 def test_save_then_load_gives_an_equal_config(tmp_path):
-    overrides = ["learner.lr=3e-6", "algo.clip_eps_high=0.28", "run.name=a: b", "reward.url=http://h", "data.dir=/d",
-                 "algo.routed_fields=[kpts3d]", "reward.field_weights.kpts3d=0.333", "rollout.temperature=0.7",
-                 "run.seed=7", "checkpoint.resume=false"]
+    overrides = [
+        "learner.lr=3e-6",
+        "algo.clip_eps_high=0.28",
+        "run.name=a: b",
+        "reward.url=http://h",
+        "data.dir=/d",
+        "algo.routed_fields=[kpts3d]",
+        "reward.field_weights.kpts3d=0.333",
+        "rollout.temperature=0.7",
+        "run.seed=7",
+        "checkpoint.resume=false",
+    ]
     cfg = load_config("demo.yaml", overrides)
     save_config(cfg, tmp_path / "run" / "config.yaml")
     again = load_config(tmp_path / "run" / "config.yaml")
@@ -223,11 +254,14 @@ def test_parse_cli_reads_config_and_overrides():
     assert parse_cli(["--config=spa.yaml"], "grca.yaml").algo.name == "spa"
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["learner.lrr=1"], "did you mean 'learner.lr'?"),
-    (["--verbose"], "unknown option '--verbose'"),
-    (["--config"], "--config: expected a path"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["learner.lrr=1"], "did you mean 'learner.lr'?"),
+        (["--verbose"], "unknown option '--verbose'"),
+        (["--config"], "--config: expected a path"),
+    ],
+)
 def test_parse_cli_exits_2_with_the_problem(argv, expected, capsys):
     with pytest.raises(SystemExit) as caught:
         parse_cli(argv, "grca.yaml")

@@ -25,9 +25,14 @@ def noise(samples):
     rng = random.Random(0)
     texts = []
     for _ in samples:
-        garbage = {"answer": rng.choice(["zebra", "x"]), "description": "tokens " * rng.randint(0, 5),
-                   "bbox2d": [rng.randint(0, 999) for _ in range(4)], "bbox3d": [rng.randint(0, 999) for _ in range(6)],
-                   "kpts2d": [[rng.randint(0, 999), rng.randint(0, 999)]], "kpts3d": [[rng.randint(0, 999)] * 3]}
+        garbage = {
+            "answer": rng.choice(["zebra", "x"]),
+            "description": "tokens " * rng.randint(0, 5),
+            "bbox2d": [rng.randint(0, 999) for _ in range(4)],
+            "bbox3d": [rng.randint(0, 999) for _ in range(6)],
+            "kpts2d": [[rng.randint(0, 999), rng.randint(0, 999)]],
+            "kpts3d": [[rng.randint(0, 999)] * 3],
+        }
         texts.append(rng.choice([json.dumps(garbage), "I think it is a chair", json.dumps(garbage)[:30]]))
     return texts
 
@@ -95,7 +100,9 @@ def test_corrupted_clouds_change_the_points_not_the_targets(samples):
     for clean, m, s in zip(samples, masked, swapped):
         assert m.points.shape == clean.points.shape and not (m.points == clean.points).all()
         assert s.targets is clean.targets and not (s.points == clean.points).all()
-    assert all(a.points.tobytes() == b.points.tobytes() for a, b in zip(masked, corrupt(samples, "mask", 0, mask_ratio=0.6)))
+    assert all(
+        a.points.tobytes() == b.points.tobytes() for a, b in zip(masked, corrupt(samples, "mask", 0, mask_ratio=0.6))
+    )
 
 
 def test_empty_split_is_a_clear_error():
@@ -112,8 +119,21 @@ def test_pointrl_eval_on_a_tiny_policy_and_dataset(tmp_path):
     build_tiny_policy(out_dir=tmp_path / "policy")
     save_settings(tmp_path / "policy", settings)
     out = tmp_path / "eval.json"
-    main(["eval", "--policy", str(tmp_path / "policy"), "--data", str(tmp_path / "data"), "--out", str(out),
-          "--max-new-tokens", "12", "--batch-size", "3"])
+    main(
+        [
+            "eval",
+            "--policy",
+            str(tmp_path / "policy"),
+            "--data",
+            str(tmp_path / "data"),
+            "--out",
+            str(out),
+            "--max-new-tokens",
+            "12",
+            "--batch-size",
+            "3",
+        ]
+    )
     report = json.loads(out.read_text())
     assert set(METRICS) <= set(report) and report["n"] == 3
     assert all(0.0 <= report[m] <= 1.0 for m in METRICS)
@@ -125,11 +145,26 @@ def test_pointrl_eval_refuses_data_written_with_other_settings(tmp_path):
     from policies.tiny import build_tiny_policy
     from rl.cli import main
 
-    write_benchmark(tmp_path / "data", 2, seed=1, test_fraction=0.5, progress=False,
-                    settings=DataSettings(num_points=256, image_size=32, num_kpts=16, bins=50))
+    write_benchmark(
+        tmp_path / "data",
+        2,
+        seed=1,
+        test_fraction=0.5,
+        progress=False,
+        settings=DataSettings(num_points=256, image_size=32, num_kpts=16, bins=50),
+    )
     build_tiny_policy(out_dir=tmp_path / "policy")
     save_settings(tmp_path / "policy", DataSettings(num_points=256, image_size=32, num_kpts=4, bins=50))
     with pytest.raises(SystemExit, match="num_kpts 4 vs 16") as refused:
-        main(["eval", "--policy", str(tmp_path / "policy"), "--data", str(tmp_path / "data"), "--out",
-              str(tmp_path / "eval.json")])
+        main(
+            [
+                "eval",
+                "--policy",
+                str(tmp_path / "policy"),
+                "--data",
+                str(tmp_path / "data"),
+                "--out",
+                str(tmp_path / "eval.json"),
+            ]
+        )
     assert "--num-kpts 4" in str(refused.value) and not (tmp_path / "eval.json").exists()

@@ -24,8 +24,9 @@ def counted(optimizer: torch.optim.Optimizer) -> list[int]:
     return steps
 
 
-@pytest.mark.parametrize("epochs, grad_accum, micro, expected", [(2, 2, 3, 4), (1, 4, 3, 1), (3, 1, 2, 6),
-                                                                  (1, 4, 5, 2)])
+@pytest.mark.parametrize(
+    "epochs, grad_accum, micro, expected", [(2, 2, 3, 4), (1, 4, 3, 1), (3, 1, 2, 6), (1, 4, 5, 2)]
+)
 def test_accumulation_windows_close_at_every_epoch_end(epochs, grad_accum, micro, expected):
     model = torch.nn.Linear(3, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -74,8 +75,16 @@ def samples():
 
 
 def config(*overrides):
-    return load_config("grpo.yaml", [f"rollout.group_size={G}", "learner.micro_batch_size=2", "learner.lr=1e-2",
-                                     "learner.weight_decay=0.1", *overrides])
+    return load_config(
+        "grpo.yaml",
+        [
+            f"rollout.group_size={G}",
+            "learner.micro_batch_size=2",
+            "learner.lr=1e-2",
+            "learner.weight_decay=0.1",
+            *overrides,
+        ],
+    )
 
 
 class Rank:
@@ -96,9 +105,18 @@ class Rank:
 
     def batch(self, samples, rollout, advantages: list[float], valid: list[bool]):
         mask = rollout.response_mask
-        return LearnBatch(step=0, version=0, samples=samples, group_size=G, response_ids=rollout.response_ids,
-                          response_mask=mask, response_texts=rollout.texts, rollout_logprobs=rollout.logprobs,
-                          advantages=torch.tensor(advantages)[:, None] * mask, valid=torch.tensor(valid))
+        return LearnBatch(
+            step=0,
+            version=0,
+            samples=samples,
+            group_size=G,
+            response_ids=rollout.response_ids,
+            response_mask=mask,
+            response_texts=rollout.texts,
+            rollout_logprobs=rollout.logprobs,
+            advantages=torch.tensor(advantages)[:, None] * mask,
+            valid=torch.tensor(valid),
+        )
 
     def step(self, batch):
         return learn_step(self.scorer, self.policy, None, batch, self.cfg, self.accumulator, self.scheduler)

@@ -14,10 +14,24 @@ from rl.config_loading import load_config
 from rl.driver import main, run_stage
 
 # two training prompts with one keypoint each (targets of ~115 tokens) keep every stage to seconds on 2 CPUs
-SMALL = ["data.num_points=256", "data.image_size=32", "data.num_kpts=1", "data.train_size=2", "data.eval_size=2",
-         "rollout.num_workers=2", "rollout.cpus_per_worker=0.25", "rollout.group_size=4", "rollout.prompts_per_step=2",
-         "rollout.max_new_tokens=128", "learner.cpus_per_worker=0.5", "learner.micro_batch_size=4", "learner.lr=1e-3",
-         "eval.max_new_tokens=128", "checkpoint.every=2", "policy.train_point_encoder=true"]
+SMALL = [
+    "data.num_points=256",
+    "data.image_size=32",
+    "data.num_kpts=1",
+    "data.train_size=2",
+    "data.eval_size=2",
+    "rollout.num_workers=2",
+    "rollout.cpus_per_worker=0.25",
+    "rollout.group_size=4",
+    "rollout.prompts_per_step=2",
+    "rollout.max_new_tokens=128",
+    "learner.cpus_per_worker=0.5",
+    "learner.micro_batch_size=4",
+    "learner.lr=1e-3",
+    "eval.max_new_tokens=128",
+    "checkpoint.every=2",
+    "policy.train_point_encoder=true",
+]
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +53,9 @@ def init_policy(tmp_path_factory):
 def warm_policy(cluster, init_policy, tmp_path_factory):
     """SFT until the tiny policy writes its two training targets: sampled groups then differ in reward."""
     run_dir = tmp_path_factory.mktemp("warm") / "sft"
-    cfg = load_config("sft.yaml", [*SMALL, f"run.dir={run_dir}", "run.steps=150", "learner.lr=3e-3", "checkpoint.every=150"])
+    cfg = load_config(
+        "sft.yaml", [*SMALL, f"run.dir={run_dir}", "run.steps=150", "learner.lr=3e-3", "checkpoint.every=150"]
+    )
     final = run_stage(cfg, init_policy, run_dir)
     losses = [row["loss/total"] for row in metrics(run_dir)]
     assert losses[-1] < losses[0] / 10, losses[::25]  # SFT learns: the NLL falls by 10x
@@ -85,8 +101,11 @@ def test_grca_steps_sync_versions_checkpoint_and_resume(cluster, warm_policy, tm
 
 def test_broadcast_grpo_runs(cluster, warm_policy, tmp_path):
     # another quantization reaches prompts, rewards and the evaluation alike
-    run_stage(config(tmp_path, "grpo", "run.steps=2", "reward.mode=local", "reward.bins=100", "eval.every=2"),
-              warm_policy, tmp_path / "grpo")
+    run_stage(
+        config(tmp_path, "grpo", "run.steps=2", "reward.mode=local", "reward.bins=100", "eval.every=2"),
+        warm_policy,
+        tmp_path / "grpo",
+    )
     rows = metrics(tmp_path / "grpo")
     assert len(rows) == 2 and all("advantage/std" in r for r in rows)
 
@@ -113,14 +132,27 @@ def test_dpo_from_a_pairs_file(cluster, warm_policy, tmp_path):
     uids = [generate_sample(0, i, num_points=256, image_size=32, num_kpts=1) for i in range(2)]
     lines = [json.dumps({"uid": s.uid, "chosen": target_text(s), "rejected": "no idea"}) for s in uids]
     (tmp_path / "pairs.jsonl").write_text("\n".join(lines) + "\n")
-    run_stage(config(tmp_path, "dpo", "run.steps=2", f"dpo.pairs_file={tmp_path / 'pairs.jsonl'}"), warm_policy, tmp_path / "dpo")
+    run_stage(
+        config(tmp_path, "dpo", "run.steps=2", f"dpo.pairs_file={tmp_path / 'pairs.jsonl'}"),
+        warm_policy,
+        tmp_path / "dpo",
+    )
     rows = metrics(tmp_path / "dpo")
     assert len(rows) == 2 and all("loss/reward_margin" in r for r in rows)
 
 
 def test_main_warms_up_with_sft_then_trains_and_evaluates(cluster, tmp_path):
-    reports = main("grca.yaml", [*SMALL, f"run.dir={tmp_path / 'full'}", "run.steps=1", "sft.steps=2", "sft.batch_size=2",
-                                 "eval.reliance=false"])
+    reports = main(
+        "grca.yaml",
+        [
+            *SMALL,
+            f"run.dir={tmp_path / 'full'}",
+            "run.steps=1",
+            "sft.steps=2",
+            "sft.batch_size=2",
+            "eval.reliance=false",
+        ],
+    )
     assert set(reports) == {"sft", "final"}
     for name in ("eval_sft.json", "eval_final.json"):
         report = json.loads((tmp_path / "full" / name).read_text())

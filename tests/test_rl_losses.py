@@ -171,7 +171,10 @@ def test_dpo_is_log2_at_equal_logprobs_and_matches_a_hand_case():
     loss, stats = dpo_loss(equal, equal, equal, equal)
     assert loss.item() == pytest.approx(math.log(2)) and stats["reward_margin"] == 0.0
     loss, stats = dpo_loss(
-        torch.tensor([-4.0, -10.0]), torch.tensor([-6.0, -8.0]), torch.tensor([-5.0, -9.0]), torch.tensor([-5.0, -9.0]),
+        torch.tensor([-4.0, -10.0]),
+        torch.tensor([-6.0, -8.0]),
+        torch.tensor([-5.0, -9.0]),
+        torch.tensor([-5.0, -9.0]),
         beta=0.1,
     )
     margins = [0.1 * ((-4 + 5) - (-6 + 5)), 0.1 * ((-10 + 9) - (-8 + 9))]

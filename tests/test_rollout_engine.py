@@ -127,8 +127,17 @@ def batch(version, uids, widths, pad=0, group=2):
     for r, w in enumerate(widths * (rows // len(widths))):
         mask[r, :w] = 1
     ids = torch.randint(3, 50, (rows, width)).masked_fill(mask == 0, pad)
-    return RolloutBatch(version, list(uids), ids, mask, -torch.rand(rows, width) * mask, [f"t{r}" for r in range(rows)],
-                        int(mask.sum()), 1.0 + len(uids), pad)
+    return RolloutBatch(
+        version,
+        list(uids),
+        ids,
+        mask,
+        -torch.rand(rows, width) * mask,
+        [f"t{r}" for r in range(rows)],
+        int(mask.sum()),
+        1.0 + len(uids),
+        pad,
+    )
 
 
 def test_concat_batches_pads_to_the_widest_shard_in_order():

@@ -41,8 +41,10 @@ def samples():
 def perturbed(state, seed):
     """The state with noise on the point projector (what a learner step would change)."""
     generator = torch.Generator().manual_seed(seed)
-    return {k: v + 0.05 * torch.randn(v.shape, generator=generator) if k.startswith("point_proj") else v
-            for k, v in state.items()}
+    return {
+        k: v + 0.05 * torch.randn(v.shape, generator=generator) if k.startswith("point_proj") else v
+        for k, v in state.items()
+    }
 
 
 def versions(workers):
@@ -59,8 +61,12 @@ def test_workers_share_two_cpus_and_generate_their_shards_in_order(cluster, samp
     # gather kept the order
     shards = split_evenly(samples, 2)
     firsts = [0, len(shards[0])]
-    own = ray.get([w.generate.remote(s, replace(SAMPLING, seed=SAMPLING.seed + first * SAMPLING.n), None, True)
-                   for first, w, s in zip(firsts, workers, shards)])
+    own = ray.get(
+        [
+            w.generate.remote(s, replace(SAMPLING, seed=SAMPLING.seed + first * SAMPLING.n), None, True)
+            for first, w, s in zip(firsts, workers, shards)
+        ]
+    )
     assert batch.texts == own[0].texts + own[1].texts
     rows, width = own[0].response_ids.shape
     assert torch.equal(batch.response_ids[:rows, :width], own[0].response_ids)
@@ -97,8 +103,9 @@ def test_rollout_logprobs_equal_the_learners_right_after_a_sync(cluster, samples
 
     batch = generate_on_workers(workers, samples, SAMPLING)
     with torch.no_grad():
-        relearned = learner.logprobs(policy_inputs(learner, samples).repeat_interleave(SAMPLING.n),
-                                     batch.response_ids, batch.response_mask)
+        relearned = learner.logprobs(
+            policy_inputs(learner, samples).repeat_interleave(SAMPLING.n), batch.response_ids, batch.response_mask
+        )
     assert batch.version == current + 1
     assert torch.allclose(batch.logprobs, relearned, atol=1e-4)  # float32 CPU: batched vs. cached decoding
 

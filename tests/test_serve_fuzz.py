@@ -20,16 +20,60 @@ from serve.server import server_process
 from tests.test_rewards_contract import CAMERA, PREDICTION, TARGET
 
 EXAMPLES = int(os.environ.get("POINTRL_FUZZ_EXAMPLES", "250"))
-FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize="POINTRL_FUZZ_EXAMPLES" not in os.environ,
-                database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    derandomize="POINTRL_FUZZ_EXAMPLES" not in os.environ,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 COUNTS = {"requests": 0, "5xx": 0}
 SURROGATE_FREE = str.maketrans({code: "\ufffd" for code in range(0xD800, 0xE000)})
 
 # Pieces of JSON and near-JSON that break parsers: structure, escapes, numbers past every limit, fences, unicode.
-TOKENS = ['{', '}', '[', ']', ':', ',', ' ', '\n', '"', '\\', '"answer"', '"description"', '"bbox2d"', '"bbox3d"',
-          '"kpts2d"', '"kpts3d"', '"chair"', '"\\u00e9"', '"\\ud800"', '"\\"}"', '0', '-0', '12', '1.5', '1e999',
-          '-1e999', 'NaN', 'Infinity', 'true', 'null', '9' * 5000, '-' + '9' * 400, '1' + '0' * 30, '[1, 2]',
-          '[[1, 2, 3]]', '```json', '```', '\ud800', '📦', '\x00', '\u2028']
+TOKENS = [
+    "{",
+    "}",
+    "[",
+    "]",
+    ":",
+    ",",
+    " ",
+    "\n",
+    '"',
+    "\\",
+    '"answer"',
+    '"description"',
+    '"bbox2d"',
+    '"bbox3d"',
+    '"kpts2d"',
+    '"kpts3d"',
+    '"chair"',
+    '"\\u00e9"',
+    '"\\ud800"',
+    '"\\"}"',
+    "0",
+    "-0",
+    "12",
+    "1.5",
+    "1e999",
+    "-1e999",
+    "NaN",
+    "Infinity",
+    "true",
+    "null",
+    "9" * 5000,
+    "-" + "9" * 400,
+    "1" + "0" * 30,
+    "[1, 2]",
+    "[[1, 2, 3]]",
+    "```json",
+    "```",
+    "\ud800",
+    "📦",
+    "\x00",
+    "\u2028",
+]
 
 
 def canonical_output() -> str:
@@ -71,8 +115,12 @@ def server():
     with server_process(extra_args=("--max-body-mb", "1", "--max-samples", "16")) as (url, pid):
         with httpx.Client(base_url=url, timeout=30) as client:
             for _ in range(20):  # warm up: imports, first allocations and caches, so growth below is the fuzz's own
-                post(client, json.dumps({"samples": [{"text": canonical_output(), "target": TARGET,
-                                                      "camera": CAMERA}]}).encode())
+                post(
+                    client,
+                    json.dumps(
+                        {"samples": [{"text": canonical_output(), "target": TARGET, "camera": CAMERA}]}
+                    ).encode(),
+                )
             yield client, pid, vm_rss_kib(pid)
 
 
@@ -96,7 +144,8 @@ def test_any_model_text_scores_like_the_reference(server, texts, bins):
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
-    max_leaves=20)
+    max_leaves=20,
+)
 
 
 @st.composite
@@ -108,16 +157,33 @@ def request_bodies(draw) -> tuple[bytes, str]:
         body = json.dumps(draw(json_values)).encode()
     elif kind == "structural":  # a valid request with one part replaced by any JSON value
         sample = {"text": canonical_output(), "target": dict(TARGET), "camera": dict(CAMERA)}
-        part = draw(st.sampled_from(["text", "target", "camera", "target.bbox2d", "camera.K", "camera.width",
-                                     "target.num_kpts2d", "target.answer", "quant", "extra"]))
+        part = draw(
+            st.sampled_from(
+                [
+                    "text",
+                    "target",
+                    "camera",
+                    "target.bbox2d",
+                    "camera.K",
+                    "camera.width",
+                    "target.num_kpts2d",
+                    "target.answer",
+                    "quant",
+                    "extra",
+                ]
+            )
+        )
         value = draw(json_values)
         if "." in part:
             outer, inner = part.split(".")
             sample[outer][inner] = value
         elif part in sample:
             sample[part] = value
-        request = {"samples": [sample], **({"quant": value} if part == "quant" else {}),
-                   **({"extra": value} if part == "extra" else {})}
+        request = {
+            "samples": [sample],
+            **({"quant": value} if part == "quant" else {}),
+            **({"extra": value} if part == "extra" else {}),
+        }
         body = json.dumps(request).encode()
     else:  # a valid body with bytes cut, repeated or replaced
         body = json.dumps({"samples": [{"text": canonical_output(), "target": TARGET, "camera": CAMERA}]}).encode()

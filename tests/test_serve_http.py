@@ -46,13 +46,20 @@ def test_defects_in_model_text_are_zero_rewards_not_http_errors(url):
     assert all(r["errors"] for r in results)
 
 
-@pytest.mark.parametrize("body, status, names", [
-    ({"samples": [{"text": "{}", "target": EXAMPLE["samples"][0]["target"]}]}, 422, "samples[0]"),
-    ({"samples": [{**EXAMPLE["samples"][0], "camera": {**EXAMPLE["samples"][0]["camera"], "K": [[1, 0, 0]]}}]}, 422, "samples[0].camera.K"),
-    ({"samples": [EXAMPLE["samples"][0]], "quant": {"bins": 1}}, 422, "quant.bins"),
-    ({"samples": [EXAMPLE["samples"][0]] * 9}, 413, "samples: 9 samples exceed the limit of 8"),
-    ({"sample": []}, 422, "request"),
-])
+@pytest.mark.parametrize(
+    "body, status, names",
+    [
+        ({"samples": [{"text": "{}", "target": EXAMPLE["samples"][0]["target"]}]}, 422, "samples[0]"),
+        (
+            {"samples": [{**EXAMPLE["samples"][0], "camera": {**EXAMPLE["samples"][0]["camera"], "K": [[1, 0, 0]]}}]},
+            422,
+            "samples[0].camera.K",
+        ),
+        ({"samples": [EXAMPLE["samples"][0]], "quant": {"bins": 1}}, 422, "quant.bins"),
+        ({"samples": [EXAMPLE["samples"][0]] * 9}, 413, "samples: 9 samples exceed the limit of 8"),
+        ({"sample": []}, 422, "request"),
+    ],
+)
 def test_request_defects_are_4xx_naming_the_field(url, body, status, names):
     response = httpx.post(f"{url}/v1/rewards", json=body)
     assert response.status_code == status

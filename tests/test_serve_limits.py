@@ -23,8 +23,10 @@ BODY_TIMEOUT_S = 1.0
 def keypoint_text(chars: int) -> str:
     """A model text of about `chars` characters that is almost all keypoints: the costliest text per character."""
     points = ",".join(["[1,2]"] * max(1, (chars - 120) // 6))
-    return ('{"answer": "chair", "description": "d", "bbox2d": [1,2,3,4], "bbox3d": [1,2,3,4,5,6], '
-            f'"kpts2d": [{points}], "kpts3d": [[1,2,3]]}}')
+    return (
+        '{"answer": "chair", "description": "d", "bbox2d": [1,2,3,4], "bbox3d": [1,2,3,4,5,6], '
+        f'"kpts2d": [{points}], "kpts3d": [[1,2,3]]}}'
+    )
 
 
 def vm_kib(pid: int, key: str) -> int:
@@ -101,8 +103,10 @@ def test_sixteen_concurrent_5_mib_keypoint_bodies_keep_the_server_small(server):
 
 def _stalled_upload(port: int) -> socket.socket:
     sock = socket.create_connection(("127.0.0.1", port))
-    sock.sendall(b"POST /v1/rewards HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: 100000\r\n\r\n" + b'{"samples": [')
+    sock.sendall(
+        b"POST /v1/rewards HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 100000\r\n\r\n" + b'{"samples": ['
+    )
     return sock
 
 

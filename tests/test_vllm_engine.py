@@ -90,7 +90,7 @@ def test_prompt_embeds_give_g_samples_per_prompt_with_the_learners_logprobs(full
     assert batch.response_ids.shape[0] == 2 * G and len(batch.texts) == 2 * G
     assert batch.tokens_generated == int(batch.response_mask.sum()) > 0
     for p in range(2):
-        group = batch.response_ids[p * G:(p + 1) * G]
+        group = batch.response_ids[p * G : (p + 1) * G]
         assert len({tuple(row.tolist()) for row in group}) > 1  # G distinct draws, not one row repeated
     expected = learner_logprobs(full.policy, inputs, batch, TEMPERATURE)
     assert (expected - batch.logprobs).abs().max() < 1e-4  # the PPO ratio starts at exactly 1
@@ -101,7 +101,7 @@ def test_greedy_decodes_once_and_repeats_the_row_like_the_hf_engine(full, sample
     inputs, uids = inputs_of(full, samples[:2])
     batch = full.generate(inputs, uids, greedy())  # vLLM refuses n > 1 at temperature 0
     for p in range(2):
-        group = batch.response_ids[p * G:(p + 1) * G]
+        group = batch.response_ids[p * G : (p + 1) * G]
         assert torch.equal(group, group[:1].expand_as(group))
     hf = HFEngine(full.policy).generate(inputs, uids, greedy())
     assert torch.equal(batch.response_ids, hf.response_ids) and batch.texts == hf.texts
@@ -204,18 +204,34 @@ def test_three_grca_steps_with_vllm_rollouts_on_a_local_ray_cluster(tmp_path):
     from rl.config_loading import load_config
     from rl.driver import run_stage
 
-    # the two prompts the run trains on (rl.driver.TrainingSet with the data settings below)
+    # the two prompts the run trains on (rl.controller.TrainingSet with the data settings below)
     prompts = [generate_sample(0, i, num_points=256, image_size=32, num_kpts=1) for i in range(2)]
     policy_dir = tmp_path / "policy"
     warm(build_tiny_policy(hidden_size=HIDDEN), prompts).save_pretrained(policy_dir)
-    cfg = load_config("grca.yaml", [
-        f"run.dir={tmp_path / 'grca'}", "run.steps=3", "data.num_points=256", "data.image_size=32", "data.num_kpts=1",
-        "data.train_size=2", "data.eval_size=2", "rollout.backend=vllm", "rollout.num_workers=1",
-        "rollout.cpus_per_worker=0.5", "rollout.group_size=4", "rollout.prompts_per_step=2",
-        "rollout.max_new_tokens=96", "reward.mode=local", "learner.cpus_per_worker=0.5", "learner.micro_batch_size=4",
-        "learner.lr=1e-3", "checkpoint.every=3",
-        *(f"rollout.vllm.{key}={json.dumps(value)}" for key, value in OPTIONS.items()),
-    ])
+    cfg = load_config(
+        "grca.yaml",
+        [
+            f"run.dir={tmp_path / 'grca'}",
+            "run.steps=3",
+            "data.num_points=256",
+            "data.image_size=32",
+            "data.num_kpts=1",
+            "data.train_size=2",
+            "data.eval_size=2",
+            "rollout.backend=vllm",
+            "rollout.num_workers=1",
+            "rollout.cpus_per_worker=0.5",
+            "rollout.group_size=4",
+            "rollout.prompts_per_step=2",
+            "rollout.max_new_tokens=96",
+            "reward.mode=local",
+            "learner.cpus_per_worker=0.5",
+            "learner.micro_batch_size=4",
+            "learner.lr=1e-3",
+            "checkpoint.every=3",
+            *(f"rollout.vllm.{key}={json.dumps(value)}" for key, value in OPTIONS.items()),
+        ],
+    )
     ray.init(num_cpus=4, include_dashboard=False, namespace="pointrl")
     try:
         final = run_stage(cfg, policy_dir, tmp_path / "grca")
@@ -229,5 +245,7 @@ def test_three_grca_steps_with_vllm_rollouts_on_a_local_ray_cluster(tmp_path):
         assert row["reward/missing"] == 0.0
     assert any(row["advantage/frac_nonzero"] > 0 for row in rows)  # rewards differed within a group: it learned
     start, end = PointVLM.from_pretrained(policy_dir), PointVLM.from_pretrained(final)
-    assert any(not torch.equal(a, b) for a, b in zip(start.trainable_state_dict().values(),
-                                                      end.trainable_state_dict().values()))
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(start.trainable_state_dict().values(), end.trainable_state_dict().values())
+    )

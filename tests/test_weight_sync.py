@@ -12,7 +12,7 @@ from policies import PointVLM, build_tiny_policy  # noqa: E402
 from policies.vlm import VISION_PARTS  # noqa: E402
 from rl.config import SYNC_TRANSPORTS, ConfigError, policy_overrides  # noqa: E402
 from rl.config_loading import config_to_dict, load_config  # noqa: E402
-from rl.driver import Controller  # noqa: E402
+from rl.controller import Controller  # noqa: E402
 from rollout import make_rollout_workers, policy_inputs  # noqa: E402
 from rollout.weight_sync import TRANSPORTS, Published, WeightSync  # noqa: E402
 
@@ -22,8 +22,10 @@ def setup(tmp_path_factory):
     """A tiny policy, a real Controller (local rewards) with its 2 rollout workers, and the learner's config."""
     root = tmp_path_factory.mktemp("sync")
     build_tiny_policy(out_dir=root / "policy", seed=0)
-    cfg = load_config("grca.yaml", ["reward.mode=local", "rollout.num_workers=2", "rollout.cpus_per_worker=0.5",
-                                    f"run.dir={root / 'run'}"])
+    cfg = load_config(
+        "grca.yaml",
+        ["reward.mode=local", "rollout.num_workers=2", "rollout.cpus_per_worker=0.5", f"run.dir={root / 'run'}"],
+    )
     ray.init(num_cpus=2, include_dashboard=False, namespace="pointrl")
     controller = Controller.remote(config_to_dict(cfg), str(root / "policy"), str(root / "run"))
     workers = ray.get(controller.__ray_call__.remote(lambda c: c.workers))
@@ -65,8 +67,9 @@ def test_a_sync_leaves_every_worker_with_the_learners_exact_tensors(setup, bucke
     if bucket_mb:  # 10 KiB buckets: many objects, each within the bound unless one tensor alone exceeds it
         sizes = [sum(e[3].nbytes for e in bucket) for bucket in ray.get(list(published.buckets))]
         assert len(sizes) > 10 and sum(sizes) == nbytes
-        assert all(size <= 0.01 * 2**20 or len(bucket) == 1
-                   for size, bucket in zip(sizes, ray.get(list(published.buckets))))
+        assert all(
+            size <= 0.01 * 2**20 or len(bucket) == 1 for size, bucket in zip(sizes, ray.get(list(published.buckets)))
+        )
     else:
         assert len(published.buckets) == 1
     ray.get(controller.publish.remote(version, published))
@@ -79,8 +82,11 @@ def test_the_controller_relays_refs_and_never_takes_tensors(setup):
     state = PointVLM.from_pretrained(policy_dir, **policy_overrides(cfg)).trainable_state_dict()
     published = WeightSync(bucket_mb=0.05).put(state)
     # what an argument wrapped like this is inside the controller: the dataclass with its refs, not tensors
-    seen = ray.get(controller.__ray_call__.remote(
-        lambda c, p: (type(p).__name__, {type(b).__name__ for b in p.buckets}), published))
+    seen = ray.get(
+        controller.__ray_call__.remote(
+            lambda c, p: (type(p).__name__, {type(b).__name__ for b in p.buckets}), published
+        )
+    )
     assert seen == ("Published", {"ObjectRef"})
     before = versions(workers)
     with pytest.raises(TypeError, match="relays a Published"):
@@ -108,8 +114,10 @@ def test_lora_sync_sends_adapters_and_vision_and_the_worker_matches_the_merged_p
     lora = {"llm_mode": "lora", "lora_r": 4}
     (worker,) = make_rollout_workers(1, policy_dir, cpus_per_worker=0.5, policy_overrides=lora)
     learner = PointVLM.from_pretrained(policy_dir, **lora).eval()
-    state = {k: v + 0.05 if "lora_B" in k or k.startswith("point_proj") else v
-             for k, v in learner.trainable_state_dict().items()}
+    state = {
+        k: v + 0.05 if "lora_B" in k or k.startswith("point_proj") else v
+        for k, v in learner.trainable_state_dict().items()
+    }
     learner.load_trainable_state_dict(state)
     published = WeightSync().put(learner.trainable_state_dict())
 

@@ -1,0 +1,272 @@
+"""The controller of one stage: the single Ray actor that owns the data, the rollout workers and the reward client,
+builds each step's batch once (prompts -> rollouts -> rewards -> advantages), relays each new weights version to
+the rollout workers and records the step's metrics. The learner ranks (rl/learner.py) pull their shards from it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from data3d import BenchmarkDataset, Sample, generate_sample
+from rl.batches import (
+    LearnBatch,
+    corrupt,
+    file_pairs_batch,
+    policy_gradient_batch,
+    preference_batch,
+    read_pairs_file,
+    score_rollouts,
+    target_batch,
+)
+from rl.config import Config, ConfigError, policy_overrides, run_quant, scalar_reward_weights
+from rl.metrics import MetricsLog
+from rl.placement import (
+    uses_rollouts,
+)
+
+
+class TrainingSet:
+    """The prompts of a run: a `pointrl synth` split read lazily, or the procedural benchmark generated on the fly."""
+
+    def __init__(self, cfg: Config, split: str, size: int, seed_offset: int = 0):
+        self.dataset = BenchmarkDataset(cfg.data.dir, split) if cfg.data.dir else None
+        self.size = len(self.dataset) if self.dataset is not None else size
+        self.cfg, self.seed = cfg, cfg.data.seed + seed_offset
+        self.cache: dict[int, Sample] = {}
+        if self.size == 0:
+            raise ValueError(f"data: the {split} split of {cfg.data.dir} is empty")
+        self.order = np.random.default_rng(self.seed).permutation(self.size)
+
+    def __getitem__(self, index: int) -> Sample:
+        if index not in self.cache:
+            d = self.cfg.data
+            self.cache[index] = (
+                self.dataset[index]
+                if self.dataset is not None
+                else generate_sample(
+                    self.seed,
+                    index,
+                    num_points=d.num_points,
+                    image_size=d.image_size,
+                    num_kpts=d.num_kpts,
+                    relevance=d.relevance,
+                )
+            )
+        return self.cache[index]
+
+    def by_uid(self, uid: str) -> Sample:
+        if not hasattr(self, "index_of"):
+            self.index_of = {self[i].uid: i for i in range(self.size)}
+        if uid not in self.index_of:
+            raise KeyError(f"uid {uid!r} is not in the training data")
+        return self[self.index_of[uid]]
+
+    def take(self, step: int, count: int) -> list[Sample]:
+        """The prompts of `step`: a seeded permutation walked in order, so a resumed run continues the sequence."""
+        return [self[int(self.order[(step * count + j) % self.size])] for j in range(count)]
+
+
+def held_out_samples(cfg: Config) -> list[Sample]:
+    """The evaluation prompts: the dataset's eval split, or generated with another seed (objects never trained on)."""
+    held_out = TrainingSet(cfg, cfg.eval.split, cfg.data.eval_size, seed_offset=1)
+    return [held_out[i] for i in range(min(held_out.size, cfg.data.eval_size))]
+
+
+@ray.remote(num_cpus=0.1)
+class Controller:
+    """The single controller of one stage: owns the data, the rollout workers and the reward client; builds each
+    step's batch once (the first learner rank to ask triggers it), syncs weights, records metrics."""
+
+    def __init__(self, config: dict, policy_dir: str, run_dir: str, rollout_group=None):
+        import torch
+
+        from policies import load_tokenizer
+        from rl.config_loading import config_from_dict
+        from rl.reward_client import make_reward_fn
+        from rollout.worker import make_rollout_workers
+
+        torch.set_num_threads(1)
+        self.cfg = cfg = config_from_dict(config)
+        self.data = TrainingSet(cfg, "train", cfg.data.train_size)
+        self.quant = run_quant(cfg)
+        self.pairs = read_pairs_file(cfg.dpo.pairs_file) if cfg.algo.name == "dpo" and cfg.dpo.pairs_file else None
+        self.rollouts = uses_rollouts(cfg)
+        self.workers = (
+            make_rollout_workers(
+                cfg.rollout.num_workers,
+                policy_dir,
+                cfg.rollout.cpus_per_worker,
+                cfg.rollout.backend,
+                gpus_per_worker=cfg.rollout.gpus_per_worker,
+                policy_overrides=policy_overrides(cfg),
+                placement_group=rollout_group,
+                engine_options=vllm_options(cfg),
+            )
+            if self.rollouts
+            else []
+        )
+        # colocated vLLM gives the GPU memory back while the learner trains on the same GPU
+        self.sleeps = bool(self.workers) and cfg.placement.mode == "colocated" and cfg.rollout.backend == "vllm"
+        self.reward_fn = (
+            make_reward_fn(
+                cfg.reward.mode, cfg.reward.url, cfg.reward.timeout_s, cfg.reward.replicas, cfg.reward.cpus_per_replica
+            )
+            if self.rollouts
+            else None
+        )
+        self.tokenizer = load_tokenizer(Path(policy_dir) / "llm")
+        self.log = MetricsLog(run_dir, cfg.run.name, cfg.run.steps)
+        self.version, self.step_batch, self.step_metrics, self.step_started = 0, None, {}, time.perf_counter()
+        self.held_out: list[Sample] | None = None  # made on the first periodic evaluation, then reused
+
+    def ready(self) -> bool:
+        return True
+
+    def publish(self, version: int, weights) -> float:
+        """Every rollout worker fetches the learner's weights (a Published: refs, unread here) as `version`."""
+        from rollout.weight_sync import relay
+
+        began = time.perf_counter()
+        relay(self.workers, version, weights)
+        self.version = version
+        return time.perf_counter() - began
+
+    def _prepare(self, step: int) -> tuple[LearnBatch, dict[str, float]]:
+        from rollout.engine import SamplingConfig
+        from rollout.worker import generate_on_workers
+
+        cfg = self.cfg
+        if self.pairs:
+            count = cfg.rollout.prompts_per_step
+            chosen = [self.pairs[(step * count + j) % len(self.pairs)] for j in range(count)]
+            samples = [self.data.by_uid(uid) for uid, _, _ in chosen]
+            return file_pairs_batch(
+                step, self.version, samples, [c for _, c, _ in chosen], [r for _, _, r in chosen]
+            ), {}
+        samples = self.data.take(step, cfg.rollout.prompts_per_step)
+        if not self.rollouts:
+            corrupted = None
+            if cfg.algo.name == "spa":
+                corrupted = corrupt(
+                    samples,
+                    cfg.spa.corruption,
+                    cfg.run.seed + step,
+                    mask_ratio=cfg.spa.mask_ratio,
+                    noise_std=cfg.spa.noise_std,
+                    drop_ratio=cfg.spa.drop_ratio,
+                )
+            return target_batch(step, self.version, samples, self.quant, corrupted), {}
+        sampling = SamplingConfig(
+            n=cfg.rollout.group_size,
+            temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            # one stream per sampled output of the run: prompt p of step k draws from
+            # seed + (k * prompts + p) * G onwards (rollout.worker.generate_on_workers)
+            seed=cfg.run.seed * 100_003 + step * cfg.rollout.prompts_per_step * cfg.rollout.group_size,
+        )
+        began = time.perf_counter()
+        rollout = generate_on_workers(self.workers, samples, sampling, self.quant, cfg.data.use_images)
+        if self.sleeps:
+            call_engines(self.workers, "sleep")  # until finish_step: the learner has the GPU
+        rolled = time.perf_counter()
+        results = score_rollouts(rollout, samples, self.reward_fn, self.quant)
+        scored = time.perf_counter()
+        if cfg.algo.name == "dpo":
+            batch, metrics = preference_batch(step, rollout, samples, results, scalar_reward_weights(cfg))
+        else:
+            batch, metrics = policy_gradient_batch(
+                step, rollout, samples, results, self.tokenizer, cfg.algo, scalar_reward_weights(cfg)
+            )
+        metrics.update(
+            {
+                "time/rollout": rolled - began,
+                "time/reward": scored - rolled,
+                "rollout/tokens_per_s": rollout.tokens_generated / max(rolled - began, 1e-9),
+                "rollout/version": float(rollout.version),
+            }
+        )
+        return batch, metrics
+
+    def next_batch(self, step: int, rank: int, world: int) -> LearnBatch:
+        """This rank's shard of step `step`'s batch (built on the first request of the step)."""
+        if self.step_batch is None or self.step_batch.step != step:
+            if self.cfg.rollout.prompts_per_step % world:
+                raise ValueError(
+                    f"rollout.prompts_per_step={self.cfg.rollout.prompts_per_step} must divide evenly "
+                    f"over learner.num_workers={world} (every rank runs the same number of micro-batches)"
+                )
+            self.step_started = time.perf_counter()
+            self.step_batch, self.step_metrics = self._prepare(step)
+        return self.step_batch.shard(rank, world)
+
+    def evaluate(self) -> dict[str, float]:
+        """Greedy answers of the just-published policy on held-out prompts, scored in process (`eval/...`)."""
+        from rl.evaluate import score_answers
+        from rollout.engine import SamplingConfig
+        from rollout.worker import generate_on_workers
+
+        if self.held_out is None:
+            self.held_out = held_out_samples(self.cfg)
+        samples = self.held_out
+        greedy = SamplingConfig(n=1, do_sample=False, max_new_tokens=self.cfg.eval.max_new_tokens)
+        texts = generate_on_workers(self.workers, samples, greedy, self.quant, self.cfg.data.use_images).texts
+        report = score_answers(samples, texts, self.quant)
+        by_question = {f"eval/answer_{kind}": v["accuracy"] for kind, v in report.pop("answer_by_question").items()}
+        return {**{f"eval/{k}": v for k, v in report.items()}, **by_question}
+
+    def finish_step(self, step: int, learner_stats: dict[str, float], weights) -> None:
+        """After the update: publish version step + 1 to the rollout workers, then record the step's metrics."""
+        if self.sleeps:
+            call_engines(self.workers, "wake_up")  # weights can only be loaded into an engine that is awake
+        sync = self.publish(step + 1, weights)
+        metrics = {
+            **self.step_metrics,
+            **learner_stats,
+            "time/sync": sync,
+            "time/step": time.perf_counter() - self.step_started,
+        }
+        if self.cfg.eval.every and (step + 1) % self.cfg.eval.every == 0 and self.workers:
+            metrics.update(self.evaluate())
+        echo = (step + 1) % self.cfg.run.log_every == 0 or step + 1 == self.cfg.run.steps
+        self.log.log(step, metrics, echo=echo)
+
+
+def vllm_options(cfg: Config) -> dict | None:
+    """The vLLM engine's options (`rollout.vllm`); colocated, the engine must be able to sleep."""
+    if cfg.rollout.backend != "vllm":
+        return None
+    return {
+        **dataclasses.asdict(cfg.rollout.vllm),
+        **({"enable_sleep_mode": True} if cfg.placement.mode == "colocated" else {}),
+    }
+
+
+ENGINE_SLEEP = ("sleep", "wake_up")  # what a colocated vLLM engine must offer (rollout/vllm_engine.py)
+
+
+def check_engine_sleep(engine_class: type) -> None:
+    """Colocated with vLLM, the controller puts each engine to sleep after its rollouts and wakes it before the
+    weight sync; refuse at start an engine that cannot."""
+    missing = [name for name in ENGINE_SLEEP if not callable(getattr(engine_class, name, None))]
+    if missing:
+        raise ConfigError(
+            f"placement.mode: colocated with rollout.backend=vllm needs {engine_class.__name__}."
+            f"{'() and .'.join(missing)}() (the engine frees its GPU memory while the learner trains "
+            "on the same GPU); use placement.mode=disaggregated"
+        )
+
+
+def _call_engine(worker, name: str) -> None:
+    # runs inside a RolloutWorker actor, through Ray's __ray_call__ (the actor instance comes first)
+    getattr(worker.engine, name)()
+
+
+def call_engines(workers: list, name: str) -> None:
+    """`engine.<name>()` on every rollout worker's engine, concurrently."""
+    ray.get([worker.__ray_call__.remote(_call_engine, name) for worker in workers])
