@@ -60,7 +60,9 @@ def init_ray(cfg: Config) -> None:
     )
     # stages take turns (rollout, then reward, then learn), so logical CPUs may exceed the cores
     num_cpus = cfg.run.num_cpus or max(os.cpu_count() or 1, int(np.ceil(needed)))
-    ray.init(num_cpus=num_cpus, namespace=NAMESPACE, include_dashboard=False, log_to_driver=True)
+    # the dashboard serves the State API, which Ray Train's placement-group cleaner polls (without it, it logs a
+    # warning every second), and shows the run's metrics at http://127.0.0.1:8265
+    ray.init(num_cpus=num_cpus, namespace=NAMESPACE, include_dashboard=True, log_to_driver=True)
 
 
 def run_stage(cfg: Config, policy_dir: Path, run_dir: Path) -> Path:
