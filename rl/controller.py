@@ -195,12 +195,7 @@ class Controller:
 
     def next_batch(self, step: int, rank: int, world: int) -> LearnBatch:
         """This rank's shard of step `step`'s batch (built on the first request of the step)."""
-        if self.step_batch is None or self.step_batch.step != step:
-            if self.cfg.rollout.prompts_per_step % world:
-                raise ValueError(
-                    f"rollout.prompts_per_step={self.cfg.rollout.prompts_per_step} must divide evenly "
-                    f"over learner.num_workers={world} (every rank runs the same number of micro-batches)"
-                )
+        if self.step_batch is None or self.step_batch.step != step:  # world divides the prompts: rl.driver.check_run
             self.step_started = time.perf_counter()
             self.step_batch, self.step_metrics = self._prepare(step)
         return self.step_batch.shard(rank, world)

@@ -36,8 +36,23 @@ NAMESPACE = "pointrl"
 
 
 def check_run(cfg: Config) -> None:
-    """What a run's config cannot do whatever the cluster: one ConfigError line, before anything starts."""
+    """What a run's config cannot do whatever the cluster: one ConfigError line, before Ray or any stage starts
+    (main checks the whole run, so a bad algorithm stage is refused before its SFT warm-up runs)."""
     check_config(cfg)
+    if cfg.policy.init and not (Path(cfg.policy.init) / "pointvlm.json").is_file():
+        raise ConfigError(
+            f"policy.init: {cfg.policy.init} is not a policy directory (no pointvlm.json there); give a "
+            "directory that PointVLM.save_pretrained or a run's policy/ wrote, or null to start from SFT"
+        )
+    stages = [("rollout.prompts_per_step", cfg)]
+    if not cfg.policy.init and cfg.algo.name != "sft":  # run_stages runs the SFT warm-up first
+        stages.append(("sft.batch_size", warmup_config(cfg)))
+    for name, stage in stages:
+        if stage.rollout.prompts_per_step % cfg.learner.num_workers:
+            raise ConfigError(
+                f"{name}={stage.rollout.prompts_per_step} must divide evenly over learner.num_workers="
+                f"{cfg.learner.num_workers} (every rank runs the same number of micro-batches)"
+            )
     if cfg.placement.mode == "colocated" and cfg.rollout.backend == "vllm" and uses_rollouts(cfg):
         from rollout.vllm_engine import VLLMEngine  # imports vllm only when an engine is built
 
