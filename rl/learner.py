@@ -1,7 +1,8 @@
 """The learner: the loop each Ray Train worker runs (DDP or FSDP2, over gloo on CPU and NCCL on GPUs).
 
-Each step it takes its shard of the controller's batch, recomputes the old log-probs, runs `learner.epochs` passes of
-micro-batches (AdamW, gradient accumulation and clipping), steps the LR schedule, and rank 0 hands the new trainable
+Each step it takes its shard of the controller's batch, runs the algorithm's update on it (`rl/updates.py`: the old
+log-probs, then `learner.epochs` passes of micro-batches with AdamW, gradient accumulation and clipping), steps the
+LR schedule, and rank 0 hands the new trainable
 weights to the controller, which pushes them to the rollout workers as the next version. Every `checkpoint.every`
 steps a checkpoint goes through `ray.train.report`: DDP's rank 0 writes policy + optimizer + step; with FSDP2
 (`rl/sharding.py`) every rank writes its shards (DCP) and the final policy is gathered whole for the export. A
@@ -25,20 +26,10 @@ import torch.distributed as dist
 from torch.optim.lr_scheduler import LambdaLR
 
 from policies import PointVLM
-from rl.batches import LearnBatch, alignment_targets
-from rl.config import ALIGN_CATEGORIES, policy_overrides, run_quant
+from rl.batches import LearnBatch
+from rl.config import policy_overrides
 from rl.config_loading import config_from_dict
-from rl.losses import (
-    clipped_surrogate_loss,
-    cloud_alignment_loss,
-    dpo_loss,
-    kl_penalty,
-    masked_sample_sum,
-    nll_loss,
-    spa_loss,
-)
 from rl.sharding import (
-    clip_gradients,
     enable_activation_checkpointing,
     full_state,
     load_sharded,
@@ -46,7 +37,7 @@ from rl.sharding import (
     save_sharded,
     shard_policy,
 )
-from rollout.batching import policy_inputs
+from rl.updates import UPDATES, Accumulator, learning_rows
 from rollout.weight_sync import WeightSync
 
 NEEDS_REFERENCE = ("dpo",)
@@ -88,170 +79,6 @@ def make_optimizer(params: list[torch.nn.Parameter], cfg) -> tuple[torch.optim.A
     optimizer = torch.optim.AdamW(params, lr=learner.lr, betas=tuple(learner.betas), weight_decay=learner.weight_decay)
     scheduler = LambdaLR(optimizer, lambda s: lr_factor(s, cfg.run.steps, learner.warmup_steps, learner.schedule))
     return optimizer, scheduler
-
-
-class Accumulator:
-    """Gradient accumulation whose windows never cross an epoch. `epoch(n)` opens an epoch of n micro-batches;
-    `backward(loss)` adds one micro-batch's gradient and, when its window of `grad_accum` micro-batches (fewer at the
-    end of an epoch) is complete, clips the sum and steps the optimizer. Each loss is divided by the size of its own
-    window, so every optimizer step follows the mean gradient of the micro-batches it saw."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, params, grad_accum: int, grad_clip: float):
-        self.optimizer, self.params = optimizer, list(params)
-        self.grad_accum, self.grad_clip = grad_accum, grad_clip
-        self.grad_norms: list[float] = []  # one per optimizer step (learn_step clears it each RL step)
-        self.done = self.size = 0  # micro-batches run in the open epoch, and its length
-
-    def epoch(self, micro_batches: int) -> None:
-        if self.done != self.size:
-            raise RuntimeError(f"the previous epoch ran {self.done} of its {self.size} micro-batches")
-        self.done, self.size = 0, micro_batches
-
-    def backward(self, loss: torch.Tensor) -> None:
-        if self.done == self.size:
-            raise RuntimeError(f"micro-batch {self.done + 1} of an epoch of {self.size}")
-        start = self.done - self.done % self.grad_accum  # the first micro-batch of this one's window
-        window = min(self.grad_accum, self.size - start)
-        (loss / window).backward()
-        self.done += 1
-        if self.done == start + window:
-            self.grad_norms.append(clip_gradients(self.params, self.grad_clip))
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
-
-
-def loss_means(losses: list[dict[str, float]]) -> dict[str, float]:
-    """`loss/<key>`: each statistic averaged over every micro-batch of every epoch of the step."""
-    return {f"loss/{key}": sum(row[key] for row in losses) / len(losses) for key in losses[0]} if losses else {}
-
-
-def micro_batches(rows: int, size: int) -> list[list[int]]:
-    return [list(range(start, min(start + size, rows))) for start in range(0, rows, size)]
-
-
-def sequence_logprobs(
-    policy: PointVLM, inputs, ids: torch.Tensor, mask: torch.Tensor, size: int, temperature: float = 1.0, chunk: int = 0
-) -> torch.Tensor:
-    """Per-token log-probs of every row without gradients, in micro-batches."""
-    with torch.no_grad():
-        return torch.cat(
-            [
-                policy.logprobs(inputs.select(rows), ids[rows], mask[rows], temperature, chunk=chunk)
-                for rows in micro_batches(len(ids), size)
-            ]
-        )
-
-
-def on_device(device: torch.device, *tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
-    """The batch's tensors where the policy computes (the controller sends them on the CPU)."""
-    return [None if t is None else t.to(device) for t in tensors]
-
-
-def policy_gradient_update(scorer, policy, reference, batch: LearnBatch, cfg, accumulator: Accumulator) -> dict:
-    """GRCA / GRPO (GRCA eqs. 15-16): clipped surrogate over token advantages, several epochs over the batch."""
-    inputs = policy_inputs(policy, batch.samples, run_quant(cfg), cfg.data.use_images).repeat_interleave(
-        batch.group_size
-    )
-    ids, mask, advantages, rollout_logprobs = on_device(
-        policy.device, batch.response_ids, batch.response_mask, batch.advantages, batch.rollout_logprobs
-    )
-    # every log-prob at the sampling temperature, so that the ratio's denominator is the policy that sampled
-    temperature, size, chunk = cfg.rollout.temperature, cfg.learner.micro_batch_size, cfg.learner.logprob_chunk
-    old = sequence_logprobs(policy, inputs, ids, mask, size, temperature, chunk)
-    ref = sequence_logprobs(reference, inputs, ids, mask, size, temperature, chunk) if reference else None
-    stats, losses = {"onpolicy/max_abs_logprob_diff": float(((old - rollout_logprobs).abs() * mask).max())}, []
-    for _ in range(cfg.learner.epochs):
-        chunks = micro_batches(len(ids), size)
-        accumulator.epoch(len(chunks))
-        for rows in chunks:
-            logp = scorer(inputs.select(rows), ids[rows], mask[rows], temperature)
-            loss, info = clipped_surrogate_loss(
-                logp, old[rows], advantages[rows], mask[rows], cfg.algo.clip_eps, cfg.algo.clip_eps_high
-            )
-            if ref is not None:
-                kl, kl_info = kl_penalty(logp, ref[rows], mask[rows], cfg.algo.kl_beta)
-                loss, info = loss + kl, {**info, **kl_info}
-            accumulator.backward(loss)
-            losses.append({**info, "total": float(loss.detach())})
-    return {**stats, **loss_means(losses)}
-
-
-def target_update(scorer, policy, reference, batch: LearnBatch, cfg, accumulator: Accumulator) -> dict:
-    """SFT (NLL on the serialized targets, GRCA eq. 5, plus the cloud-alignment loss when sft.align_weight > 0) or
-    SPA (clean vs corrupted cloud, SPA eqs. 3-6)."""
-    ids, mask = on_device(policy.device, *policy.tokenize_responses(batch.response_texts))
-    clouds = batch.samples + (batch.corrupted or [])
-    inputs = policy_inputs(policy, clouds, run_quant(cfg), cfg.data.use_images)
-    n, losses = len(batch.samples), []
-    align = cfg.algo.name == "sft" and cfg.sft.align_weight > 0
-    align_targets = on_device(policy.device, *alignment_targets(batch.samples)) if align else None
-    for _ in range(cfg.learner.epochs):
-        chunks = micro_batches(n, cfg.learner.micro_batch_size)
-        accumulator.epoch(len(chunks))
-        for rows in chunks:
-            # clean and corrupted rows go through one forward: DDP expects one forward per backward
-            clouds_rows, target_rows = (rows + [n + r for r in rows], rows + rows) if batch.corrupted else (rows, rows)
-            if batch.corrupted:
-                logp = scorer(inputs.select(clouds_rows), ids[target_rows], mask[target_rows])
-                clean, masked = logp[: len(rows)], logp[len(rows) :]
-                loss, info = spa_loss(clean, masked, mask[rows], cfg.spa.beta, cfg.spa.nll_weight)
-            elif align:
-                logp, outputs = scorer(inputs.select(rows), ids[rows], mask[rows], align=True)
-                nll, info = nll_loss(logp, mask[rows])
-                box, category, colour = (t[rows] for t in align_targets)
-                aligned, align_info = cloud_alignment_loss(outputs, box, category, colour, len(ALIGN_CATEGORIES))
-                loss, info = nll + cfg.sft.align_weight * aligned, {**info, **align_info}
-            else:
-                loss, info = nll_loss(scorer(inputs.select(rows), ids[rows], mask[rows]), mask[rows])
-            accumulator.backward(loss)
-            losses.append({**info, "total": float(loss.detach())})
-    return loss_means(losses)
-
-
-def preference_update(scorer, policy, reference, batch: LearnBatch, cfg, accumulator: Accumulator) -> dict:
-    """DPO against the frozen reference, all of this rank's pairs in one forward (so every rank runs one backward)."""
-    inputs = policy_inputs(policy, batch.samples, run_quant(cfg), cfg.data.use_images).repeat_interleave(
-        batch.group_size
-    )
-    all_ids, all_mask = (
-        (batch.response_ids, batch.response_mask)
-        if batch.response_ids is not None
-        else policy.tokenize_responses(batch.response_texts)
-    )
-    chosen, rejected = [a for a, _ in batch.pairs], [b for _, b in batch.pairs]
-    rows = chosen + rejected or [0]
-    ids, mask = on_device(policy.device, all_ids[rows], all_mask[rows])
-    ref = sequence_logprobs(
-        reference, inputs.select(rows), ids, mask, cfg.learner.micro_batch_size, chunk=cfg.learner.logprob_chunk
-    )
-    losses = []
-    for _ in range(cfg.learner.epochs):
-        accumulator.epoch(1)
-        logp = scorer(inputs.select(rows), ids, mask)
-        if not batch.pairs:  # other ranks have pairs (learn_step skips a step where none has): join their backward
-            accumulator.backward(logp.sum() * 0.0)
-            continue
-        seq, ref_seq, k = masked_sample_sum(logp, mask), masked_sample_sum(ref, mask), len(chosen)
-        loss, info = dpo_loss(seq[:k], seq[k:], ref_seq[:k], ref_seq[k:], cfg.dpo.beta)
-        accumulator.backward(loss)
-        losses.append({**info, "total": float(loss.detach())})
-    return loss_means(losses)
-
-
-UPDATES = {
-    "grca": policy_gradient_update,
-    "grpo": policy_gradient_update,
-    "sft": target_update,
-    "spa": target_update,
-    "dpo": preference_update,
-}
-
-
-def learning_rows(batch: LearnBatch, algo: str) -> int:
-    """What in this rank's shard can teach anything: DPO's pairs, the rows whose reward came back, or every target."""
-    if algo == "dpo":
-        return len(batch.pairs)
-    return int(batch.valid.sum()) if batch.valid is not None else len(batch.samples)
 
 
 def learn_step(

@@ -20,8 +20,9 @@ from rl.batches import LearnBatch
 from rl.config import run_quant
 from rl.config_loading import load_config
 from rl.driver import main, run_stage
-from rl.learner import Accumulator, ResponseScorer, learn_step, make_optimizer
+from rl.learner import ResponseScorer, learn_step, make_optimizer
 from rl.sharding import full_state, load_sharded, published_state, save_sharded, shard_policy
+from rl.updates import Accumulator
 from rollout.batching import policy_inputs
 from rollout.engine import SamplingConfig
 from rollout.hf_engine import HFEngine

@@ -11,7 +11,8 @@ from policies.tiny import build_tiny_policy
 from rl.batches import LearnBatch
 from rl.config import run_quant
 from rl.config_loading import load_config
-from rl.learner import Accumulator, ResponseScorer, learn_step, load_reference, make_optimizer
+from rl.learner import ResponseScorer, learn_step, load_reference, make_optimizer
+from rl.updates import Accumulator
 from rollout.batching import policy_inputs
 from rollout.engine import SamplingConfig
 from rollout.hf_engine import HFEngine
