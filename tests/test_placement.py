@@ -239,7 +239,16 @@ def test_the_plan_places_real_workers(gpu_cluster, tiny_policy, tmp_path, mode):
 
 def test_a_run_the_cluster_cannot_hold_stops_with_one_line(gpu_cluster, tmp_path, capsys):
     with pytest.raises(SystemExit) as stopped:
-        main("grpo.yaml", [f"run.dir={tmp_path / 'big'}", "learner.use_gpu=true", "learner.num_workers=8"])
+        main(
+            "grpo.yaml",
+            [
+                f"run.dir={tmp_path / 'big'}",
+                "learner.use_gpu=true",
+                "learner.num_workers=8",
+                "rollout.prompts_per_step=8",
+                "sft.batch_size=8",
+            ],  # they divide over the 8 ranks: the cluster refuses
+        )
     # one line of ours (the cluster's own log lines may come through stderr too)
     ours = [line for line in capsys.readouterr().err.splitlines() if "placement" in line and "Ray Train" not in line]
     assert stopped.value.code == 2 and len(ours) == 1
