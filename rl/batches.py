@@ -91,6 +91,24 @@ def score_rollouts(rollout: RolloutBatch, samples: list[Sample], reward_fn, quan
     return reward_fn(requests, {"bins": quant.bins, "bounds3d": [list(b) for b in quant.bounds3d]})
 
 
+def rollout_batch(
+    step: int, rollout: RolloutBatch, samples: list[Sample], valid: torch.Tensor, **learned
+) -> LearnBatch:
+    """A scored rollout as a LearnBatch; `learned` holds what the algorithm learns from (advantages or pairs)."""
+    return LearnBatch(
+        step=step,
+        version=rollout.version,
+        samples=samples,
+        group_size=rollout.group_size,
+        response_ids=rollout.response_ids,
+        response_mask=rollout.response_mask,
+        response_texts=rollout.texts,
+        valid=valid.reshape(-1),
+        rollout_logprobs=rollout.logprobs,
+        **learned,
+    )
+
+
 def policy_gradient_batch(
     step: int,
     rollout: RolloutBatch,
@@ -125,19 +143,7 @@ def policy_gradient_batch(
         **reward_metrics(table, valid),
         **{f"advantage/{k}": v for k, v in advantage_stats(advantages, mask).items()},
     }
-    batch = LearnBatch(
-        step=step,
-        version=rollout.version,
-        samples=samples,
-        group_size=g,
-        response_ids=rollout.response_ids,
-        response_mask=rollout.response_mask,
-        response_texts=rollout.texts,
-        advantages=advantages,
-        valid=valid.reshape(-1),
-        rollout_logprobs=rollout.logprobs,
-    )
-    return batch, metrics
+    return rollout_batch(step, rollout, samples, valid, advantages=advantages), metrics
 
 
 def preference_batch(
@@ -149,18 +155,7 @@ def preference_batch(
     table, valid = reward_table(results, p, g)
     total = sum(weights.get(name, 0.0) * values for name, values in table.items())
     pairs = dpo_pairs_from_groups(total, valid)
-    batch = LearnBatch(
-        step=step,
-        version=rollout.version,
-        samples=samples,
-        group_size=g,
-        response_ids=rollout.response_ids,
-        response_mask=rollout.response_mask,
-        response_texts=rollout.texts,
-        valid=valid.reshape(-1),
-        rollout_logprobs=rollout.logprobs,
-        pairs=pairs,
-    )
+    batch = rollout_batch(step, rollout, samples, valid, pairs=pairs)
     return batch, {**reward_metrics(table, valid), "dpo/pairs": float(len(pairs))}
 
 
