@@ -144,3 +144,33 @@ def load_point_checkpoint(path: str | Path, encoder: nn.Module, projector: nn.Mo
         else:
             projector.load_state_dict(proj_state, strict=False)
     return layout
+
+
+def vision_state(policy: nn.Module, parts: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """`vision.safetensors`' tensors: every present part's state as `<part>.<key>`, on the CPU, without an HF image
+    tower's own weights (they are saved in its own folder)."""
+    return {
+        f"{part}.{k}": v.detach().cpu().contiguous()
+        for part in parts
+        if getattr(policy, part) is not None
+        for k, v in getattr(policy, part).state_dict().items()
+        if not (part == "image_encoder" and k.startswith("tower."))
+    }
+
+
+def load_vision_state(policy: nn.Module, path: Path, parts: tuple[str, ...], optional: tuple[str, ...]) -> None:
+    """`vision_state` read back strictly into each present part. A part in `optional` (a training head asked for by a
+    config override on a policy saved without one) that the file lacks keeps its fresh weights."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    for part in parts:
+        module = getattr(policy, part)
+        if module is None:
+            continue
+        part_state = {k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")}
+        if part in optional and not part_state:
+            continue
+        if part == "image_encoder" and getattr(module, "tower", None) is not None:
+            part_state.update({f"tower.{k}": v for k, v in module.tower.state_dict().items()})
+        load_into(module, part_state, f"{path} [{part}]")

@@ -4,6 +4,7 @@ response mask."""
 from __future__ import annotations
 
 import torch
+from torch import nn
 from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
 
@@ -55,3 +56,39 @@ def stop_mask(ids: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
     is_stop = torch.isin(ids, torch.tensor(stop_ids, device=ids.device)).long()
     stops_before = is_stop.cumsum(dim=1) - is_stop
     return (stops_before == 0).long()
+
+
+def chunked_token_logprobs(
+    hidden: torch.Tensor, head: nn.Module, ids: torch.Tensor, temperature: float, chunk: int
+) -> torch.Tensor:
+    """log softmax(head(hidden) / temperature) at `ids` (B, T), `chunk` positions at a time. With gradients each
+    chunk runs under activation checkpointing, so its float32 logits are recomputed in backward rather than kept:
+    at most (B, chunk, vocabulary) of them exist at once, forward or backward."""
+    from torch.utils.checkpoint import checkpoint
+
+    def score(h: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+        logits = head(h).float() / temperature
+        return logits.gather(-1, i[..., None]).squeeze(-1) - logits.logsumexp(-1)
+
+    parts = []
+    for start in range(0, ids.shape[1], chunk):
+        h, i = hidden[:, start : start + chunk], ids[:, start : start + chunk]
+        parts.append(checkpoint(score, h, i, use_reentrant=False) if torch.is_grad_enabled() else score(h, i))
+    return torch.cat(parts, dim=1)
+
+
+def find_stop_ids(llm: nn.Module, tokenizer) -> list[int]:
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(llm, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, list) else [configured])
+    return sorted(i for i in ids if i is not None)
+
+
+def reset_generation_config(llm: nn.Module, tokenizer, stop_ids: list[int]) -> None:
+    """Replace the checkpoint's sampling defaults (top_k, repetition penalty, ...) so that `generate` samples
+    exactly the distribution it is asked for, and the saved folder carries neutral defaults."""
+    from transformers import GenerationConfig
+
+    llm.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id
+    )

@@ -29,6 +29,7 @@ class PointVLMConfig:
     train_fusion: bool = True
     train_projector: bool = True
     align_dims: int = 0  # outputs of the cloud-alignment head on the mean point token (rl.losses); 0: no head
+    recon_head: bool = False  # the masked point-patch reconstruction head (policies.reconstruction), training-only
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.0  # > 0 makes learner (train mode) and rollout (eval) log-probs differ

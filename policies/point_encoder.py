@@ -136,16 +136,34 @@ class PointBertEncoder(nn.Module):
     def num_tokens(self) -> int:
         return self.config.num_groups + 1
 
-    def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def group(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cloud (B, N, >=point_dims) -> patches (B, G, k, point_dims), xyz relative to their centres (B, G, 3)."""
         cfg = self.config
         if points.dim() != 3 or points.shape[-1] < cfg.point_dims or points.shape[1] < cfg.num_groups:
             raise ValueError(
                 f"point encoder expects (B, N>={cfg.num_groups}, C>={cfg.point_dims}) points, got {tuple(points.shape)}"
             )
         points = points[..., : cfg.point_dims].float()
-        groups, centers = group_points(points, farthest_point_sample(points, cfg.num_groups), cfg.group_size)
-        tokens = self.reduce_dim(self.encoder(groups))
+        return group_points(points, farthest_point_sample(points, cfg.num_groups), cfg.group_size)
+
+    def encode(
+        self,
+        groups: torch.Tensor,
+        centers: torch.Tensor,
+        patch_mask: torch.Tensor | None = None,
+        mask_token: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Patches -> tokens (B, G + 1, width). A patch where `patch_mask` (B, G) is True enters the transformer as
+        `mask_token` (width,) at its centre's position, as in Point-BERT's masked point modeling: no token, the
+        other patches' included, then holds anything of its shape."""
+        tokens = self.reduce_dim(self.encoder(groups))  # [B, G, width]
+        if patch_mask is not None:
+            tokens = torch.where(patch_mask[..., None], mask_token.to(tokens.dtype), tokens)
         batch = tokens.shape[0]
         x = torch.cat([self.cls_token.expand(batch, -1, -1), tokens], dim=1)
         pos = torch.cat([self.cls_pos.expand(batch, -1, -1), self.pos_embed(centers)], dim=1)
-        return self.norm(self.blocks(x, pos)), centers
+        return self.norm(self.blocks(x, pos))
+
+    def forward(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        groups, centers = self.group(points)
+        return self.encode(groups, centers), centers

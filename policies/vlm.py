@@ -14,12 +14,19 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from policies.checkpoints import load_into, load_point_checkpoint
+from policies.checkpoints import load_point_checkpoint, load_vision_state, vision_state
 from policies.fusion import GeometryGuidedFusion, make_projector
-from policies.generation import SampledLogprobs, sampling_processors, stop_mask
+from policies.generation import (
+    SampledLogprobs,
+    chunked_token_logprobs,
+    find_stop_ids,
+    reset_generation_config,
+    sampling_processors,
+    stop_mask,
+)
 from policies.hf_llm import apply_llm_mode, load_tokenizer, merged_lora_state
 from policies.image_encoder import (
     HFImageEncoder,
@@ -30,11 +37,13 @@ from policies.image_encoder import (
 )
 from policies.inputs import LLM_DTYPES, Generation, PointVLMConfig, PolicyInputs
 from policies.point_encoder import PointBertEncoder
+from policies.reconstruction import PatchReconstructionHead
 
 POINT_START, POINT_PATCH, POINT_END = "<point_start>", "<point_patch>", "<point_end>"
 IMAGE_START, IMAGE_PATCH, IMAGE_END = "<image_start>", "<image_patch>", "<image_end>"
 SPECIAL_TOKENS = (POINT_START, POINT_PATCH, POINT_END, IMAGE_START, IMAGE_PATCH, IMAGE_END)
-VISION_PARTS = ("point_encoder", "image_encoder", "fusion", "point_proj", "image_proj", "align_head")
+VISION_PARTS = ("point_encoder", "image_encoder", "fusion", "point_proj", "image_proj", "align_head", "recon_head")
+TRAINING_HEADS = ("align_head", "recon_head")  # training-only parts; a policy saved without one gets a fresh one
 
 
 class PointVLM(nn.Module):
@@ -53,8 +62,8 @@ class PointVLM(nn.Module):
         if len(tokenizer) > llm.get_input_embeddings().num_embeddings:
             llm.resize_token_embeddings(len(tokenizer))
         self.token_ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
-        self.stop_ids = _stop_ids(llm, tokenizer)
-        _reset_generation_config(llm, tokenizer, self.stop_ids)
+        self.stop_ids = find_stop_ids(llm, tokenizer)
+        reset_generation_config(llm, tokenizer, self.stop_ids)
         llm.to(LLM_DTYPES[config.llm_dtype])
         hidden = llm.get_input_embeddings().embedding_dim
 
@@ -63,6 +72,9 @@ class PointVLM(nn.Module):
         # a linear read-out of the mean point token, trained on what the cloud decides (box, category, colour) so
         # that the point tokens carry it from the start; training-only, it plays no part in generation
         self.align_head = nn.Linear(hidden, config.align_dims) if config.align_dims else None
+        self.recon_head = (
+            PatchReconstructionHead(config.point.width, hidden, config.point.group_size) if config.recon_head else None
+        )
         self.image_encoder = self.fusion = self.image_proj = None
         if config.image is not None:
             if config.image.kind == "hf":
@@ -144,35 +156,66 @@ class PointVLM(nn.Module):
 
     # ---- forward -------------------------------------------------------------------------------------
 
-    def visual_features(self, inputs: PolicyInputs) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Projected point tokens (B, G+1, hidden) and image tokens (B_img, P, hidden) or None."""
+    def visual_features(
+        self, inputs: PolicyInputs, patch_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Projected point tokens (B, G+1, hidden) and image tokens (B_img, P, hidden) or None. `patch_mask` (B, G):
+        those point patches enter the point encoder as the reconstruction head's mask token."""
+        point_features, image_features, _ = self._visual(inputs, patch_mask)
+        return point_features, image_features
+
+    def _visual(self, inputs: PolicyInputs, patch_mask: torch.Tensor | None):
+        """`visual_features`, plus the point patches (B, G, k, C) the cloud was grouped into."""
         grad = torch.is_grad_enabled()
-        with torch.set_grad_enabled(grad and self.config.train_point_encoder):
-            tokens, centers = self.point_encoder(inputs.points)
+        groups, centers = self.point_encoder.group(inputs.points)
+        mask_token = None
+        if patch_mask is not None:
+            if self.recon_head is None:
+                raise ValueError("masking point patches needs the reconstruction head (PointVLMConfig.recon_head)")
+            mask_token = self.recon_head.mask_token
+        # a frozen encoder still passes the mask token its gradient
+        with torch.set_grad_enabled(grad and (self.config.train_point_encoder or patch_mask is not None)):
+            tokens = self.point_encoder.encode(groups, centers, patch_mask, mask_token)
         image_features = None
         if inputs.images is not None:
             with torch.set_grad_enabled(grad and self.config.image_encoder_trains):
                 image_tokens, uv = self.image_encoder(inputs.images)
             tokens = self.fusion(tokens, centers, image_tokens, uv, inputs.has_image)
             image_features = self.image_proj(image_tokens)
-        return self.point_proj(tokens), image_features
+        return self.point_proj(tokens), image_features, groups
 
     def embed(self, inputs: PolicyInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs_embeds (B, L, hidden), attention_mask (B, L)) with the visual features at the placeholders."""
-        embeds, mask, _ = self._embed(inputs)
+        embeds, mask, _, _ = self._embed(inputs)
         return embeds, mask
 
-    def _embed(self, inputs: PolicyInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`embed`, plus the projected point tokens (B, G+1, hidden) it placed."""
+    def _embed(self, inputs: PolicyInputs, patch_mask: torch.Tensor | None = None):
+        """`embed`, plus the projected point tokens (B, G+1, hidden) it placed and the point patches (B, G, k, C)."""
         inputs = inputs.to(self.device)
         embeds = self.llm.get_input_embeddings()(inputs.input_ids)
-        point_features, image_features = self.visual_features(inputs)
+        point_features, image_features, groups = self._visual(inputs, patch_mask)
         embeds = _place(embeds, inputs.input_ids == self.token_ids[POINT_PATCH], point_features, "point")
         if image_features is not None:
             embeds = _place(embeds, inputs.input_ids == self.token_ids[IMAGE_PATCH], image_features, "image")
         elif (inputs.input_ids == self.token_ids[IMAGE_PATCH]).any():
             raise ValueError("prompts hold <image_patch> placeholders but the inputs carry no images")
-        return embeds, inputs.attention_mask, point_features
+        return embeds, inputs.attention_mask, point_features, groups
+
+    def reconstruct_patches(self, inputs: PolicyInputs, patch_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """ROSS3D's reconstruction, for point patches: the prompts run through the LLM with the patches of
+        `patch_mask` (B, G) masked in the point encoder, and the reconstruction head reads each masked patch's points
+        from the LLM's last hidden state at its point token. Returns (predicted, true) xyz, each (M, k, 3), M =
+        patch_mask.sum(), relative to the patch centres. A pass of its own: the log-probs RL and SFT train on never
+        see a masked cloud."""
+        patch_mask = patch_mask.to(self.device)
+        embeds, mask, _, groups = self._embed(inputs, patch_mask)
+        position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        hidden = self.llm.get_decoder()(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state  # [B, L, hidden]
+        slots = inputs.input_ids.to(self.device) == self.token_ids[POINT_PATCH]  # [B, L], cls token's slot first
+        at_patches = hidden[slots].view(len(hidden), -1, hidden.shape[-1])[:, 1:]  # [B, G, hidden]
+        return self.recon_head(at_patches[patch_mask]), groups[patch_mask][..., :3]
 
     def align_logits(self, inputs: PolicyInputs) -> torch.Tensor:
         """The cloud-alignment head's outputs (B, align_dims) from the mean projected point token."""
@@ -198,7 +241,7 @@ class PointVLM(nn.Module):
         `align`, also `align_logits` from the same point-encoder pass. `chunk` > 0 scores that many response tokens
         at a time from the LLM's last hidden states (`chunked_token_logprobs`): the same values without a float32
         (B, T, vocabulary) logits tensor."""
-        embeds, mask, point_features = self._embed(inputs)
+        embeds, mask, point_features, _ = self._embed(inputs)
         response_ids, response_mask = response_ids.to(self.device), response_mask.to(self.device).long()
         if response_ids.shape[0] != embeds.shape[0] or response_ids.shape != response_mask.shape:
             raise ValueError(
@@ -299,14 +342,7 @@ class PointVLM(nn.Module):
         self.tokenizer.save_pretrained(directory / "llm")
         if isinstance(self.image_encoder, HFImageEncoder):
             self.image_encoder.tower.save_pretrained(directory / "image_tower")
-        state = {
-            f"{part}.{k}": v.detach().cpu().contiguous()
-            for part in VISION_PARTS
-            if getattr(self, part) is not None
-            for k, v in getattr(self, part).state_dict().items()
-            if not (part == "image_encoder" and k.startswith("tower."))
-        }
-        save_file(state, str(directory / "vision.safetensors"))
+        save_file(vision_state(self, VISION_PARTS), str(directory / "vision.safetensors"))
         (directory / "pointvlm.json").write_text(json.dumps(self.config.to_dict(), indent=2))
 
     @classmethod
@@ -327,17 +363,7 @@ class PointVLM(nn.Module):
         if config.image is not None and config.image.kind == "hf":
             tower = load_vision_tower(directory / "image_tower")
         model = cls(config, llm, tokenizer, tower)
-        state = load_file(str(directory / "vision.safetensors"))
-        for part in VISION_PARTS:
-            module = getattr(model, part)
-            if module is None:
-                continue
-            part_state = {k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")}
-            if part == "align_head" and not part_state:
-                continue  # a head asked for by `overrides` on a policy saved without one starts fresh
-            if part == "image_encoder" and tower is not None:
-                part_state.update({f"tower.{k}": v for k, v in tower.state_dict().items()})
-            load_into(module, part_state, f"{directory / 'vision.safetensors'} [{part}]")
+        load_vision_state(model, directory / "vision.safetensors", VISION_PARTS, TRAINING_HEADS)
         return model
 
     @classmethod
@@ -362,25 +388,6 @@ class PointVLM(nn.Module):
         return model
 
 
-def chunked_token_logprobs(
-    hidden: torch.Tensor, head: nn.Module, ids: torch.Tensor, temperature: float, chunk: int
-) -> torch.Tensor:
-    """log softmax(head(hidden) / temperature) at `ids` (B, T), `chunk` positions at a time. With gradients each
-    chunk runs under activation checkpointing, so its float32 logits are recomputed in backward rather than kept:
-    at most (B, chunk, vocabulary) of them exist at once, forward or backward."""
-    from torch.utils.checkpoint import checkpoint
-
-    def score(h: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        logits = head(h).float() / temperature
-        return logits.gather(-1, i[..., None]).squeeze(-1) - logits.logsumexp(-1)
-
-    parts = []
-    for start in range(0, ids.shape[1], chunk):
-        h, i = hidden[:, start : start + chunk], ids[:, start : start + chunk]
-        parts.append(checkpoint(score, h, i, use_reentrant=False) if torch.is_grad_enabled() else score(h, i))
-    return torch.cat(parts, dim=1)
-
-
 def _place(embeds: torch.Tensor, slots: torch.Tensor, features: torch.Tensor, what: str) -> torch.Tensor:
     """Write features (R, n, hidden) over the n placeholder slots of each row that has any, in order."""
     counts = slots.sum(dim=1)
@@ -391,20 +398,3 @@ def _place(embeds: torch.Tensor, slots: torch.Tensor, features: torch.Tensor, wh
             f"of {features.shape[1]} tokens"
         )
     return embeds.masked_scatter(slots[..., None], features.to(embeds.dtype))
-
-
-def _stop_ids(llm: nn.Module, tokenizer) -> list[int]:
-    ids = {tokenizer.eos_token_id}
-    configured = getattr(getattr(llm, "generation_config", None), "eos_token_id", None)
-    ids.update(configured if isinstance(configured, list) else [configured])
-    return sorted(i for i in ids if i is not None)
-
-
-def _reset_generation_config(llm: nn.Module, tokenizer, stop_ids: list[int]) -> None:
-    """Replace the checkpoint's sampling defaults (top_k, repetition penalty, ...) so that `generate` samples
-    exactly the distribution it is asked for, and the saved folder carries neutral defaults."""
-    from transformers import GenerationConfig
-
-    llm.generation_config = GenerationConfig(
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=stop_ids, pad_token_id=tokenizer.pad_token_id
-    )

@@ -35,6 +35,7 @@ CHECKS = {
     "in [0, 1]": lambda v: 0 <= v <= 1,
     "in (0, 1]": lambda v: 0 < v <= 1,
     "in [0, 1)": lambda v: 0 <= v < 1,
+    "in (0, 1)": lambda v: 0 < v < 1,
     "ray (nccl and ipc need GPUs and vLLM's weight-transfer API: not built yet)": lambda v: v == "ray",
 }
 
@@ -142,6 +143,19 @@ class RolloutConfig:
     top_p: float = setting(1.0, "nucleus sampling probability mass", "in (0, 1]")
     max_new_tokens: int = setting(320, "generated tokens per output at most", "> 0")
     max_staleness: int = setting(0, "policy versions a rollout may lag the learner (0: strictly on-policy)", ">= 0")
+    mode: str = setting(
+        "sync",
+        "sync: each step's rollouts use the weights of the step before; one_step_off: step k+1's rollouts run "
+        "while the learner trains on step k (lag 1, needs max_staleness >= 1; the loss's ratio is to the "
+        "rollout's own log-probs, truncated at algo.max_is_weight)",
+        choices=("sync", "one_step_off"),
+    )
+    max_restarts: int = setting(
+        3,
+        "times a rollout worker whose process died is restarted (it gets the current weights again and the "
+        "step's rollout is retried); 0: a dead worker ends the run",
+        ">= 0",
+    )
     vllm: VllmConfig = field(
         default_factory=VllmConfig, metadata={"doc": "vLLM engine options", "check": None, "choices": None}
     )
@@ -187,6 +201,12 @@ class AlgoConfig:
     clip_eps: float = setting(0.2, "epsilon of the clipped probability ratio (eq. 15)", "> 0")
     clip_eps_high: float | None = setting(None, "upper clip epsilon; null: clip_eps", "> 0")
     kl_beta: float = setting(0.0, "beta of the k3 KL to a frozen reference (0: no reference model)", ">= 0")
+    max_is_weight: float = setting(
+        2.0,
+        "rollout.mode=one_step_off: the largest importance weight pi_theta / pi_rollout of a token's unclipped "
+        "loss term (truncated importance sampling, dual-clip PPO)",
+        "> 0",
+    )
 
 
 @dataclass
@@ -229,6 +249,12 @@ class LearnerConfig:
     grad_accum: int = setting(1, "micro-batches accumulated per optimizer step", "> 0")
     micro_batch_size: int = setting(8, "samples per forward/backward on each learner worker", "> 0")
     epochs: int = setting(1, "optimization epochs over one rollout batch", "> 0")
+    max_failures: int = setting(
+        3,
+        "times the learner workers are restarted after one dies (Ray Train's FailureConfig): they resume from the "
+        "newest checkpoint and redo the steps after it; 0: a learner failure ends the run",
+        ">= 0",
+    )
 
 
 @dataclass
@@ -340,6 +366,21 @@ class SftConfig:
 
 
 @dataclass
+class ReconConfig:
+    """masked point-patch reconstruction from the LLM's point tokens (ROSS3D's reconstructive loss; training-only)"""
+
+    sft_weight: float = setting(
+        0.0, "weight of the reconstruction loss beside SFT's (and the warm-up's); 0: off", ">= 0"
+    )
+    rl_weight: float = setting(
+        0.0, "weight of the reconstruction loss beside the RL loss of GRCA and GRPO; 0: off", ">= 0"
+    )
+    mask_ratio: float = setting(
+        0.25, "fraction of each cloud's point patches masked (ROSS3D: a small ratio such as 25%)", "in (0, 1)"
+    )
+
+
+@dataclass
 class Config:
     """The whole run."""
 
@@ -357,6 +398,7 @@ class Config:
     spa: SpaConfig = field(default_factory=SpaConfig)
     dpo: DpoConfig = field(default_factory=DpoConfig)
     sft: SftConfig = field(default_factory=SftConfig)
+    recon: ReconConfig = field(default_factory=ReconConfig)
 
 
 def policy_overrides(cfg: Config) -> dict:
@@ -370,7 +412,16 @@ def policy_overrides(cfg: Config) -> dict:
     }
     if cfg.algo.name == "sft" and cfg.sft.align_weight > 0:
         overrides["align_dims"] = ALIGN_DIMS  # a policy saved without the head gets a fresh one
+    if recon_weight(cfg) > 0:
+        overrides["recon_head"] = True
     return overrides
+
+
+def recon_weight(cfg: Config) -> float:
+    """The weight of the patch reconstruction loss in this run's algorithm (0: no reconstruction pass)."""
+    return {"sft": cfg.recon.sft_weight, "grca": cfg.recon.rl_weight, "grpo": cfg.recon.rl_weight}.get(
+        cfg.algo.name, 0.0
+    )
 
 
 def scalar_reward_weights(cfg: Config) -> dict[str, float]:

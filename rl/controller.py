@@ -106,6 +106,7 @@ class Controller:
                 policy_overrides=policy_overrides(cfg),
                 placement_group=rollout_group,
                 engine_options=vllm_options(cfg),
+                max_restarts=cfg.rollout.max_restarts,
             )
             if self.rollouts
             else []
@@ -122,24 +123,86 @@ class Controller:
         self.tokenizer = load_tokenizer(Path(policy_dir) / "llm")
         self.log = MetricsLog(run_dir, cfg.run.name, cfg.run.steps)
         self.version, self.step_batch, self.step_metrics, self.step_started = 0, None, {}, time.perf_counter()
+        self.published, self.worker_restarts = None, 0  # the current version's refs, handed again to a restarted worker
+        self.prefetched: dict[int, list] = {}  # one_step_off: the next step's rollouts, under way
         self.held_out: list[Sample] | None = None  # made on the first periodic evaluation, then reused
 
     def ready(self) -> bool:
         return True
 
-    def publish(self, version: int, weights) -> float:
-        """Every rollout worker fetches the learner's weights (a Published: refs, unread here) as `version`."""
+    def publish(self, version: int, weights, rollback: bool = False) -> float:
+        """Every rollout worker fetches the learner's weights (a Published: refs, unread here) as `version`. The
+        learner's first publication of a stage is a `rollback`: restored from a checkpoint after a failure, it
+        hands the workers an older version than they hold, and they must take it."""
         from rollout.weight_sync import relay
 
         began = time.perf_counter()
-        relay(self.workers, version, weights)
-        self.version = version
+        self.version, self.published = version, weights
+        self._on_workers("weight sync", lambda: relay(self.workers, version, weights, rollback))
         return time.perf_counter() - began
 
-    def _prepare(self, step: int) -> tuple[LearnBatch, dict[str, float]]:
-        from rollout.engine import SamplingConfig
-        from rollout.worker import generate_on_workers
+    def _on_workers(self, what: str, call):
+        """`call()`, which every rollout worker takes part in. When a worker's process has died, Ray restarts it (up
+        to rollout.max_restarts times per worker) from the stage's initial policy: once every worker answers again,
+        they all get the current version and `call` is retried, so the step goes on with the same prompts and seeds.
+        A worker out of restarts ends the run with Ray's ActorDiedError."""
+        from ray.exceptions import RayActorError
 
+        from rollout.weight_sync import relay
+        from rollout.worker import StaleWeights, wait_for_workers
+
+        while True:
+            try:
+                return call()
+            except (RayActorError, StaleWeights) as error:  # died mid-call, or restarted since the last sync
+                self.worker_restarts += 1
+                print(
+                    f"{what}: a rollout worker died ({type(error).__name__}); waiting for its restart, then it gets "
+                    f"version {self.version} again and the call is retried",
+                    flush=True,
+                )
+                wait_for_workers(self.workers)
+                if self.published is not None:  # the controller's version is the current one
+                    relay(self.workers, self.version, self.published, rollback=True)
+
+    def _launch(self, step: int) -> list:
+        """Start step `step`'s rollouts on the workers with the version they hold now; returns the refs."""
+        from rollout.engine import SamplingConfig
+        from rollout.worker import launch_on_workers
+
+        cfg = self.cfg
+        sampling = SamplingConfig(
+            n=cfg.rollout.group_size,
+            temperature=cfg.rollout.temperature,
+            top_p=cfg.rollout.top_p,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            # one stream per sampled output of the run: prompt p of step k draws from
+            # seed + (k * prompts + p) * G onwards (rollout.worker.launch_on_workers)
+            seed=cfg.run.seed * 100_003 + step * cfg.rollout.prompts_per_step * cfg.rollout.group_size,
+        )
+        samples = self.data.take(step, cfg.rollout.prompts_per_step)
+        return launch_on_workers(self.workers, samples, sampling, self.quant, cfg.data.use_images, self.version)
+
+    def _rollout(self, step: int):
+        """Step `step`'s rollouts. one_step_off: those launched while the learner trained on the step before (one
+        version old), and step + 1's are launched now, before this step's rewards and update; a prefetch for any
+        other step (a restored learner went back) is dropped. A dead worker's rollouts are launched again."""
+        from rollout.worker import gather
+
+        pending = self.prefetched.pop(step, None)
+        self.prefetched.clear()
+
+        def sample():
+            nonlocal pending
+            refs, pending = pending or self._launch(step), None
+            return gather(refs)
+
+        rollout = self._on_workers(f"step {step + 1} rollout", sample)
+        if self.cfg.rollout.mode == "one_step_off" and step + 1 < self.cfg.run.steps:
+            self.prefetched[step + 1] = self._launch(step + 1)
+        return rollout
+
+    def _prepare(self, step: int) -> tuple[LearnBatch, dict[str, float]]:
         cfg = self.cfg
         if self.pairs:
             count = cfg.rollout.prompts_per_step
@@ -161,17 +224,8 @@ class Controller:
                     drop_ratio=cfg.spa.drop_ratio,
                 )
             return target_batch(step, self.version, samples, self.quant, corrupted), {}
-        sampling = SamplingConfig(
-            n=cfg.rollout.group_size,
-            temperature=cfg.rollout.temperature,
-            top_p=cfg.rollout.top_p,
-            max_new_tokens=cfg.rollout.max_new_tokens,
-            # one stream per sampled output of the run: prompt p of step k draws from
-            # seed + (k * prompts + p) * G onwards (rollout.worker.generate_on_workers)
-            seed=cfg.run.seed * 100_003 + step * cfg.rollout.prompts_per_step * cfg.rollout.group_size,
-        )
         began = time.perf_counter()
-        rollout = generate_on_workers(self.workers, samples, sampling, self.quant, cfg.data.use_images)
+        rollout = self._rollout(step)
         if self.sleeps:
             call_engines(self.workers, "sleep")  # until finish_step: the learner has the GPU
         rolled = time.perf_counter()
@@ -210,7 +264,14 @@ class Controller:
             self.held_out = held_out_samples(self.cfg)
         samples = self.held_out
         greedy = SamplingConfig(n=1, do_sample=False, max_new_tokens=self.cfg.eval.max_new_tokens)
-        texts = generate_on_workers(self.workers, samples, greedy, self.quant, self.cfg.data.use_images).texts
+        texts = self._on_workers(
+            "evaluation",
+            lambda: (
+                generate_on_workers(
+                    self.workers, samples, greedy, self.quant, self.cfg.data.use_images, self.version
+                ).texts
+            ),
+        )
         report = score_answers(samples, texts, self.quant)
         by_question = {f"eval/answer_{kind}": v["accuracy"] for kind, v in report.pop("answer_by_question").items()}
         return {**{f"eval/{k}": v for k, v in report.items()}, **by_question}
@@ -225,6 +286,7 @@ class Controller:
             **learner_stats,
             "time/sync": sync,
             "time/step": time.perf_counter() - self.step_started,
+            **({"rollout/worker_restarts": float(self.worker_restarts)} if self.workers else {}),
         }
         if self.cfg.eval.every and (step + 1) % self.cfg.eval.every == 0 and self.workers:
             metrics.update(self.evaluate())

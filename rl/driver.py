@@ -53,10 +53,32 @@ def check_run(cfg: Config) -> None:
                 f"{name}={stage.rollout.prompts_per_step} must divide evenly over learner.num_workers="
                 f"{cfg.learner.num_workers} (every rank runs the same number of micro-batches)"
             )
+    if cfg.rollout.mode == "one_step_off":
+        check_one_step_off(cfg)
     if cfg.placement.mode == "colocated" and cfg.rollout.backend == "vllm" and uses_rollouts(cfg):
         from rollout.vllm_engine import VLLMEngine  # imports vllm only when an engine is built
 
         check_engine_sleep(VLLMEngine)
+
+
+def check_one_step_off(cfg: Config) -> None:
+    """rollout.mode=one_step_off overlaps step k+1's rollouts with step k's update: it needs an algorithm whose loss
+    weighs the lag (GRCA, GRPO), a staleness bound that admits it, and GPUs that are not taken in turns."""
+    if cfg.algo.name not in ("grca", "grpo"):
+        raise ConfigError(
+            f"rollout.mode: one_step_off is for grca and grpo (their ratio corrects for the older rollout policy), "
+            f"not {cfg.algo.name}; use rollout.mode=sync"
+        )
+    if cfg.rollout.max_staleness < 1:
+        raise ConfigError(
+            "rollout.max_staleness: one_step_off trains on rollouts one version old; set rollout.max_staleness=1 "
+            "or more"
+        )
+    if cfg.placement.mode == "colocated":
+        raise ConfigError(
+            "rollout.mode: one_step_off overlaps rollouts with training, while placement.mode=colocated has them "
+            "take turns on each GPU; use placement.mode=disaggregated"
+        )
 
 
 def init_ray(cfg: Config) -> None:
@@ -82,7 +104,7 @@ def init_ray(cfg: Config) -> None:
 
 def run_stage(cfg: Config, policy_dir: Path, run_dir: Path) -> Path:
     """Train one algorithm from `policy_dir` for `run.steps` steps; returns the final policy directory."""
-    from ray.train import CheckpointConfig, RunConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchTrainer
     from ray.util.placement_group import remove_placement_group
 
@@ -119,6 +141,8 @@ def run_stage(cfg: Config, policy_dir: Path, run_dir: Path) -> Path:
                 name="learner",
                 storage_path=str(run_dir),
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
+                # a dead learner worker: the group restarts from the newest checkpoint (rl.learner._restore)
+                failure_config=FailureConfig(max_failures=cfg.learner.max_failures),
             ),
         )
         trainer.fit()
@@ -151,7 +175,7 @@ def warmup_config(cfg: Config) -> Config:
         cfg,
         run=dataclasses.replace(cfg.run, name=f"{cfg.run.name}-sft", steps=cfg.sft.steps),
         algo=dataclasses.replace(cfg.algo, name="sft"),
-        rollout=dataclasses.replace(cfg.rollout, prompts_per_step=cfg.sft.batch_size),
+        rollout=dataclasses.replace(cfg.rollout, prompts_per_step=cfg.sft.batch_size, mode="sync"),
         learner=dataclasses.replace(
             cfg.learner, lr=cfg.sft.lr, epochs=1, warmup_steps=cfg.sft.warmup_steps, schedule=cfg.sft.schedule
         ),

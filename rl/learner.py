@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import tempfile
 import time
 from functools import partial
@@ -45,7 +46,7 @@ NEEDS_REFERENCE = ("dpo",)
 
 class ResponseScorer(torch.nn.Module):
     """DDP synchronizes gradients of what flows through `forward`; for a policy that is its response log-probs
-    (`chunk`: learner.logprob_chunk)."""
+    (`chunk`: learner.logprob_chunk) and the outputs of its training heads."""
 
     def __init__(self, policy: PointVLM, chunk: int = 0):
         super().__init__()
@@ -58,9 +59,18 @@ class ResponseScorer(torch.nn.Module):
         response_mask: torch.Tensor,
         temperature: float = 1.0,
         align: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """Response log-probs; with `align`, also the cloud-alignment head's outputs (from the same encoder pass)."""
-        return self.policy.logprobs(inputs, response_ids, response_mask, temperature, align, self.chunk)
+        recon: tuple | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict]:
+        """Response log-probs. With `align` or `recon` = (prompts, patch_mask), (log-probs, extras): extras["align"]
+        is the cloud-alignment head's outputs (from the same encoder pass), extras["recon"] the (predicted, true)
+        masked patches of `PointVLM.reconstruct_patches` (a prompt-only pass of its own)."""
+        out = self.policy.logprobs(inputs, response_ids, response_mask, temperature, align, self.chunk)
+        if not align and recon is None:
+            return out
+        logprobs, extras = (out[0], {"align": out[1]}) if align else (out, {})
+        if recon is not None:
+            extras["recon"] = self.policy.reconstruct_patches(*recon)
+        return logprobs, extras
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
@@ -213,9 +223,22 @@ def _export(policy: PointVLM, cfg, loop_config: dict, rank: int, sharded: bool) 
         if rank == 0:
             export = PointVLM.from_pretrained(loop_config["policy_dir"], **policy_overrides(cfg))
             export.load_state_dict(state)
-            export.save_pretrained(loop_config["final_dir"])
+            write_atomically(Path(loop_config["final_dir"]), export.save_pretrained)
     elif rank == 0:
-        policy.save_pretrained(loop_config["final_dir"])
+        write_atomically(Path(loop_config["final_dir"]), policy.save_pretrained)
+
+
+def write_atomically(target: Path, write) -> None:
+    """`write(directory)` into a sibling `<target>.partial`, then renamed to `target` (a previous one is moved aside
+    first and removed after): a kill while writing leaves the previous directory or none, never half a policy."""
+    partial, previous = target.with_name(target.name + ".partial"), target.with_name(target.name + ".previous")
+    shutil.rmtree(partial, ignore_errors=True)
+    write(partial)
+    if target.exists():
+        shutil.rmtree(previous, ignore_errors=True)
+        target.rename(previous)
+    partial.rename(target)
+    shutil.rmtree(previous, ignore_errors=True)
 
 
 def learner_loop(loop_config: dict) -> None:
@@ -233,7 +256,7 @@ def learner_loop(loop_config: dict) -> None:
     accumulator = Accumulator(optimizer, trainable, cfg.learner.grad_accum, cfg.learner.grad_clip)
     start, skipped_steps = state["step"], state.get("skipped_steps", 0)
     publish = partial(_publish, policy, rank, world, sharded, WeightSync(cfg.sync.transport, cfg.sync.bucket_mb))
-    publish(partial(controller.publish.remote, start))
+    publish(partial(controller.publish.remote, start, rollback=True))
     for step in range(start, cfg.run.steps):
         batch: LearnBatch = ray.get(controller.next_batch.remote(step, rank, world))
         began = time.perf_counter()

@@ -60,17 +60,20 @@ def clipped_surrogate_loss(
     mask: Tensor,
     clip_eps: float = DEFAULT_CLIP_EPS,
     clip_eps_high: float | None = None,
+    max_ratio: float | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """-min(ratio A, clip(ratio, 1 - eps, 1 + eps_high) A), reduced by `mean_of_sample_means`.
 
-    `clip_eps_high` defaults to `clip_eps` (symmetric). Stats over response tokens: `clip_fraction` (the clipped
-    term is the smaller one, so the token gets no gradient), `approx_kl` (mean of old - new log-prob),
-    `ratio_mean`."""
+    `clip_eps_high` defaults to `clip_eps` (symmetric). `max_ratio` truncates the importance weight of the unclipped
+    term (dual-clip PPO, Ye et al. 2020): where the rollout came from an older policy (`rollout.mode=one_step_off`)
+    the ratio to it starts away from 1, and a token with a negative advantage and a large ratio would otherwise
+    weigh without bound. Stats over response tokens: `clip_fraction` (the clipped term is the smaller one, so the
+    token gets no gradient), `approx_kl` (mean of old - new log-prob), `ratio_mean`."""
     _check_token_tensors(mask, logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages)
     high = clip_eps if clip_eps_high is None else clip_eps_high
     log_ratio = _masked(logprobs - old_logprobs, mask)
     ratio = log_ratio.exp()  # eq. 15: rho_t = pi_theta / pi_old
-    unclipped = ratio * advantages
+    unclipped = (ratio if max_ratio is None else ratio.clamp(max=max_ratio)) * advantages
     clipped = ratio.clamp(1.0 - clip_eps, 1.0 + high) * advantages
     loss = mean_of_sample_means(-torch.minimum(unclipped, clipped), mask)
     with torch.no_grad():
@@ -80,6 +83,22 @@ def clipped_surrogate_loss(
             "ratio_mean": _masked_token_mean(ratio, mask),
         }
     return loss, stats
+
+
+def importance_weight_stats(
+    logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor, max_weight: float
+) -> dict[str, float]:
+    """How far the rollout policy is from the policy about to be trained: the per-token importance weights
+    pi_theta / pi_rollout over the response tokens, their mean and max, and the fraction above `max_weight` (which
+    the loss truncates)."""
+    _check_token_tensors(mask, logprobs=logprobs, rollout_logprobs=rollout_logprobs)
+    weights = _masked(logprobs - rollout_logprobs, mask).exp()
+    on = mask.bool()
+    return {
+        "offpolicy/is_weight_mean": _masked_token_mean(weights, mask),
+        "offpolicy/is_weight_max": float(weights[on].max()) if on.any() else 1.0,
+        "offpolicy/is_truncated_fraction": _masked_token_mean((weights > max_weight).float(), mask),
+    }
 
 
 def k3_kl(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor) -> Tensor:
@@ -196,3 +215,21 @@ def cloud_alignment_loss(
         "align_category_ce": category_loss.item(),
         "align_colour_ce": colour_loss.item(),
     }
+
+
+# ROSS3D eq. 3 (Wang et al.), for point patches: the reconstruction of the masked patches scored by the symmetric
+# Chamfer distance (squared, as Point-MAE's), divided by each patch's mean squared radius so that putting every point at
+# the centre scores a little over 1, whatever the cloud's scale.
+def patch_reconstruction_loss(predicted: Tensor, target: Tensor) -> tuple[Tensor, dict[str, float]]:
+    """predicted and target (M, k, 3) from `PointVLM.reconstruct_patches`: xyz relative to each patch's centre."""
+    if predicted.dim() != 3 or predicted.shape[-1] != 3 or target.shape[0] != predicted.shape[0]:
+        raise ValueError(
+            f"reconstruction: predicted {tuple(predicted.shape)} and target {tuple(target.shape)} must be (M, k, 3) "
+            "with the same M"
+        )
+    target = target.to(predicted)
+    distances = torch.cdist(predicted, target).square()  # [M, k_pred, k_true]
+    chamfer = distances.min(2).values.mean(1) + distances.min(1).values.mean(1)  # [M]
+    radius = target.square().sum(-1).mean(1).clamp(min=1e-12)  # [M]
+    loss = (chamfer / radius).mean()
+    return loss, {"recon": loss.item(), "recon_chamfer": chamfer.mean().item()}

@@ -28,17 +28,32 @@ def progress_line(step: int, steps: int, metrics: dict[str, float]) -> str:
 
 
 class MetricsLog:
-    """Append-only metrics of one run stage; safe to reopen on resume (lines are appended, steps continue)."""
+    """The metrics of one run stage, one line per step. Reopened on resume, it continues the file; a step logged again
+    (the driver resumed from, or the learner restored to, a checkpoint older than the last logged step) first drops
+    that step's line and every later one, in metrics.jsonl (rewritten, then renamed over it) and in TensorBoard
+    (`purge_step`), so that every reader sees each step once, as it was finally trained."""
 
     def __init__(self, run_dir: str | Path, run_name: str, steps: int):
-        from torch.utils.tensorboard import SummaryWriter
-
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.steps, self.run_name = steps, run_name
-        self.jsonl = (self.run_dir / "metrics.jsonl").open("a", encoding="utf-8")
-        self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"))
+        self.path = self.run_dir / "metrics.jsonl"
+        rows = _read_rows(self.path)  # a line cut short by a kill is dropped here
+        self.last_step = max((r["step"] for r in rows), default=0)
+        self._rewrite(rows)
+        self.tensorboard = self._writer(None)
         self.gauges: dict = {}
+
+    def _writer(self, purge_step: int | None):
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
+
+    def _rewrite(self, rows: list[dict]) -> None:
+        partial = self.path.with_name(self.path.name + ".partial")
+        partial.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        partial.replace(self.path)
+        self.jsonl = self.path.open("a", encoding="utf-8")
 
     def _gauge(self, key: str):
         from ray.util.metrics import Gauge
@@ -49,7 +64,14 @@ class MetricsLog:
         return self.gauges[key]
 
     def log(self, step: int, metrics: dict[str, float], echo: bool = True) -> None:
-        self.jsonl.write(json.dumps({"step": step + 1, **metrics}) + "\n")
+        row = {"step": step + 1, **metrics}
+        if row["step"] <= self.last_step:  # redone after a restore: the old lines go
+            self.jsonl.close()
+            self._rewrite([r for r in _read_rows(self.path) if r["step"] < row["step"]])
+            self.tensorboard.close()
+            self.tensorboard = self._writer(purge_step=row["step"])
+        self.last_step = row["step"]
+        self.jsonl.write(json.dumps(row) + "\n")
         self.jsonl.flush()
         for key, value in metrics.items():
             self.tensorboard.add_scalar(key, value, step + 1)
@@ -61,3 +83,15 @@ class MetricsLog:
     def close(self) -> None:
         self.jsonl.close()
         self.tensorboard.close()
+
+
+def _read_rows(path: Path) -> list[dict]:
+    """The complete lines of an existing metrics.jsonl (none if there is no file)."""
+    rows = []
+    if path.is_file():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # the last line, cut short when the process was killed while writing it
+    return rows

@@ -46,9 +46,10 @@ def shard_policy(policy: nn.Module, device: torch.device, world: int, mixed_prec
     for layer in decoder_layers(policy.llm):
         fully_shard(layer, mesh=mesh, mp_policy=layer_precision)
     fully_shard(policy, mesh=mesh)
-    # the learner scores with policy.logprobs, not forward: FSDP2's hooks (gather the root's shards before, reshard
-    # and reduce gradients after) run only around the methods registered here; without it the step differs
+    # the learner scores with policy.logprobs (and reconstruct_patches), not forward: FSDP2's hooks (gather the root's
+    # shards before, reshard and reduce gradients after) run only around the methods registered here
     register_fsdp_forward_method(policy, "logprobs")
+    register_fsdp_forward_method(policy, "reconstruct_patches")
 
 
 def enable_activation_checkpointing(policy: nn.Module) -> None:

@@ -8,15 +8,18 @@ from __future__ import annotations
 import torch
 
 from policies import PointVLM
+from policies.reconstruction import random_patch_mask
 from rl.batches import LearnBatch, alignment_targets
-from rl.config import ALIGN_CATEGORIES, run_quant
+from rl.config import ALIGN_CATEGORIES, recon_weight, run_quant
 from rl.losses import (
     clipped_surrogate_loss,
     cloud_alignment_loss,
     dpo_loss,
+    importance_weight_stats,
     kl_penalty,
     masked_sample_sum,
     nll_loss,
+    patch_reconstruction_loss,
     spa_loss,
 )
 from rl.sharding import (
@@ -77,6 +80,27 @@ def sequence_logprobs(
         )
 
 
+def reconstruction_request(policy: PointVLM, prompts, cfg) -> tuple | None:
+    """The scorer's `recon` argument: these prompts with a fresh random patch mask (the learner's seeded torch RNG),
+    or None when this run's algorithm has no reconstruction loss."""
+    if recon_weight(cfg) == 0:
+        return None
+    return prompts, random_patch_mask(len(prompts), policy.point_encoder.num_tokens - 1, cfg.recon.mask_ratio)
+
+
+def scored(out) -> tuple[torch.Tensor, dict]:
+    """The scorer's output as (log-probs, extras), whether or not it was asked for extras."""
+    return out if isinstance(out, tuple) else (out, {})
+
+
+def with_reconstruction(loss: torch.Tensor, info: dict, extras: dict, cfg) -> tuple[torch.Tensor, dict]:
+    """The loss plus the weighted patch reconstruction loss, when the scorer computed one."""
+    if "recon" not in extras:
+        return loss, info
+    recon, recon_info = patch_reconstruction_loss(*extras["recon"])
+    return loss + recon_weight(cfg) * recon, {**info, **recon_info}
+
+
 def on_device(device: torch.device, *tensors: torch.Tensor | None) -> list[torch.Tensor | None]:
     """The batch's tensors where the policy computes (the controller sends them on the CPU)."""
     return [None if t is None else t.to(device) for t in tensors]
@@ -84,9 +108,8 @@ def on_device(device: torch.device, *tensors: torch.Tensor | None) -> list[torch
 
 def policy_gradient_update(scorer, policy, reference, batch: LearnBatch, cfg, accumulator: Accumulator) -> dict:
     """GRCA / GRPO (GRCA eqs. 15-16): clipped surrogate over token advantages, several epochs over the batch."""
-    inputs = policy_inputs(policy, batch.samples, run_quant(cfg), cfg.data.use_images).repeat_interleave(
-        batch.group_size
-    )
+    prompts = policy_inputs(policy, batch.samples, run_quant(cfg), cfg.data.use_images)  # [P]
+    inputs = prompts.repeat_interleave(batch.group_size)  # [P x G]
     ids, mask, advantages, rollout_logprobs = on_device(
         policy.device, batch.response_ids, batch.response_mask, batch.advantages, batch.rollout_logprobs
     )
@@ -95,14 +118,28 @@ def policy_gradient_update(scorer, policy, reference, batch: LearnBatch, cfg, ac
     old = sequence_logprobs(policy, inputs, ids, mask, size, temperature, chunk)
     ref = sequence_logprobs(reference, inputs, ids, mask, size, temperature, chunk) if reference else None
     stats, losses = {"onpolicy/max_abs_logprob_diff": float(((old - rollout_logprobs).abs() * mask).max())}, []
+    # one_step_off: the ratio is to the policy that sampled, one version older than `old`, and truncated
+    off_policy = cfg.rollout.mode == "one_step_off"
+    behaviour, max_ratio = (rollout_logprobs, cfg.algo.max_is_weight) if off_policy else (old, None)
+    if off_policy:
+        stats.update(importance_weight_stats(old, rollout_logprobs, mask, cfg.algo.max_is_weight))
     for _ in range(cfg.learner.epochs):
         chunks = micro_batches(len(ids), size)
         accumulator.epoch(len(chunks))
         for rows in chunks:
-            logp = scorer(inputs.select(rows), ids[rows], mask[rows], temperature)
+            own_prompts = sorted({row // batch.group_size for row in rows})
+            recon = reconstruction_request(policy, prompts.select(own_prompts), cfg)
+            logp, extras = scored(scorer(inputs.select(rows), ids[rows], mask[rows], temperature, recon=recon))
             loss, info = clipped_surrogate_loss(
-                logp, old[rows], advantages[rows], mask[rows], cfg.algo.clip_eps, cfg.algo.clip_eps_high
+                logp,
+                behaviour[rows],
+                advantages[rows],
+                mask[rows],
+                cfg.algo.clip_eps,
+                cfg.algo.clip_eps_high,
+                max_ratio,
             )
+            loss, info = with_reconstruction(loss, info, extras, cfg)
             if ref is not None:
                 kl, kl_info = kl_penalty(logp, ref[rows], mask[rows], cfg.algo.kl_beta)
                 loss, info = loss + kl, {**info, **kl_info}
@@ -130,14 +167,17 @@ def target_update(scorer, policy, reference, batch: LearnBatch, cfg, accumulator
                 logp = scorer(inputs.select(clouds_rows), ids[target_rows], mask[target_rows])
                 clean, masked = logp[: len(rows)], logp[len(rows) :]
                 loss, info = spa_loss(clean, masked, mask[rows], cfg.spa.beta, cfg.spa.nll_weight)
-            elif align:
-                logp, outputs = scorer(inputs.select(rows), ids[rows], mask[rows], align=True)
-                nll, info = nll_loss(logp, mask[rows])
-                box, category, colour = (t[rows] for t in align_targets)
-                aligned, align_info = cloud_alignment_loss(outputs, box, category, colour, len(ALIGN_CATEGORIES))
-                loss, info = nll + cfg.sft.align_weight * aligned, {**info, **align_info}
             else:
-                loss, info = nll_loss(scorer(inputs.select(rows), ids[rows], mask[rows]), mask[rows])
+                recon = reconstruction_request(policy, inputs.select(rows), cfg)
+                logp, extras = scored(scorer(inputs.select(rows), ids[rows], mask[rows], align=align, recon=recon))
+                loss, info = nll_loss(logp, mask[rows])
+                if align:
+                    box, category, colour = (t[rows] for t in align_targets)
+                    aligned, align_info = cloud_alignment_loss(
+                        extras["align"], box, category, colour, len(ALIGN_CATEGORIES)
+                    )
+                    loss, info = loss + cfg.sft.align_weight * aligned, {**info, **align_info}
+                loss, info = with_reconstruction(loss, info, extras, cfg)
             accumulator.backward(loss)
             losses.append({**info, "total": float(loss.detach())})
     return loss_means(losses)

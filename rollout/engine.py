@@ -89,15 +89,16 @@ class RolloutEngine(Protocol):
 
     `generate(inputs, uids, sampling)` samples `sampling.n` responses for each of the P prompts in `inputs`
     (`rollout.batching.policy_inputs`, one uid per prompt) and returns them as a `RolloutBatch` tagged with
-    `version`. `load_weights(state, version)` installs the trainable tensors (`PointVLM.trainable_state_dict()`
-    names) published as `version`, refusing a version older than the current one."""
+    `version`. `load_weights(state, version, rollback=False)` installs the trainable tensors
+    (`PointVLM.trainable_state_dict()` names) published as `version`, refusing a version older than the current one
+    unless `rollback` (`check_version_order`)."""
 
     @property
     def version(self) -> int: ...
 
     def generate(self, inputs: PolicyInputs, uids: list[str], sampling: SamplingConfig) -> RolloutBatch: ...
 
-    def load_weights(self, state: dict[str, torch.Tensor], version: int) -> None: ...
+    def load_weights(self, state: dict[str, torch.Tensor], version: int, rollback: bool = False) -> None: ...
 
 
 def check_one_uid_per_prompt(uids: list[str], inputs: PolicyInputs) -> None:
@@ -105,9 +106,10 @@ def check_one_uid_per_prompt(uids: list[str], inputs: PolicyInputs) -> None:
         raise ValueError(f"{len(uids)} uids for {len(inputs)} prompts")
 
 
-def check_version_order(current: int, new: int) -> None:
-    """Weights only move forward: a stale publication must never overwrite newer weights."""
-    if new < current:
+def check_version_order(current: int, new: int, rollback: bool = False) -> None:
+    """Weights only move forward: a stale publication must never overwrite newer weights. `rollback` is the one
+    exception: a learner restored from its last checkpoint republishes that checkpoint's older version on purpose."""
+    if new < current and not rollback:
         raise ValueError(f"refusing weights of version {new}: version {current} is already loaded")
 
 

@@ -47,7 +47,7 @@ class HFEngine:
         )
 
     @torch.no_grad()
-    def load_weights(self, state: dict[str, torch.Tensor], version: int) -> None:
-        check_version_order(self._version, version)
+    def load_weights(self, state: dict[str, torch.Tensor], version: int, rollback: bool = False) -> None:
+        check_version_order(self._version, version, rollback)
         self.policy.load_trainable_state_dict(state)
         self._version = version

@@ -206,12 +206,12 @@ class VLLMEngine:
         )
 
     @torch.no_grad()
-    def load_weights(self, state: dict[str, torch.Tensor], version: int) -> None:
+    def load_weights(self, state: dict[str, torch.Tensor], version: int, rollback: bool = False) -> None:
         """Install `state` in the torch policy, then what changed in vLLM as one safetensors blob (a copy of those
         tensors in memory: fine for the object-store sync; large models on GPUs want vLLM's weight-transfer API)."""
         from safetensors.torch import save
 
-        check_version_order(self._version, version)
+        check_version_order(self._version, version, rollback)
         self.policy.load_trainable_state_dict(state)
         payload = reload_payload(self.policy)
         if payload:

@@ -96,21 +96,22 @@ def fetch(published: Published) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_published(engine, version: int, weights: Published | dict[str, torch.Tensor]) -> int:
+def load_published(engine, version: int, weights: Published | dict[str, torch.Tensor], rollback: bool = False) -> int:
     """Install `weights` (a `Published`, or tensors already at hand) in `engine` as `version`; an older version is
-    refused before anything is fetched. Returns the version now loaded."""
-    check_version_order(engine.version, version)
-    engine.load_weights(fetch(weights) if isinstance(weights, Published) else weights, version)
+    refused before anything is fetched, unless `rollback` (a restored learner). Returns the version now loaded."""
+    check_version_order(engine.version, version, rollback)
+    engine.load_weights(fetch(weights) if isinstance(weights, Published) else weights, version, rollback)
     return engine.version
 
 
-def relay(workers: list, version: int, weights: Published) -> None:
-    """The controller's side: every worker fetches and installs `weights` as `version`; the controller only
-    forwards the refs (a dict of tensors here would mean it deserialized them, and re-sent them once per worker)."""
+def relay(workers: list, version: int, weights: Published, rollback: bool = False) -> None:
+    """The controller's side: every worker fetches and installs `weights` as `version` (`rollback`: even if older
+    than what it holds); the controller only forwards the refs (a dict of tensors here would mean it deserialized
+    them, and re-sent them once per worker)."""
     if not isinstance(weights, Published):
         raise TypeError(
             f"weight sync: the controller relays a Published (object-store refs), got {type(weights).__name__}"
         )
-    loaded = ray.get([worker.load_weights.remote(version, weights) for worker in workers])
+    loaded = ray.get([worker.load_weights.remote(version, weights, rollback) for worker in workers])
     if any(v != version for v in loaded):
         raise RuntimeError(f"weight sync: workers report versions {loaded}, expected {version}")

@@ -7,6 +7,7 @@ produced it. The driver shards prompts over them with `generate_on_workers`.
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +22,11 @@ from rollout.hf_engine import HFEngine
 from rollout.weight_sync import Published, load_published
 
 BACKENDS = ("hf", "vllm")
+
+
+class StaleWeights(RuntimeError):
+    """A worker asked to sample with a version it does not hold: Ray restarted it (from the initial policy) since
+    the last weight sync."""
 
 
 def make_engine(backend: str, policy: PointVLM, policy_dir: str | Path, version: int = 0, **options) -> RolloutEngine:
@@ -63,17 +69,25 @@ class RolloutWorker:
         return self.engine.version
 
     def generate(
-        self, samples: list[Sample], sampling: SamplingConfig, quant=None, use_images: bool = True
+        self,
+        samples: list[Sample],
+        sampling: SamplingConfig,
+        quant=None,
+        use_images: bool = True,
+        version: int | None = None,
     ) -> RolloutBatch:
-        """`sampling.n` responses per sample (rows sample-major), tagged with this worker's current version."""
+        """`sampling.n` responses per sample (rows sample-major), tagged with this worker's current version; with
+        `version`, refused (`StaleWeights`) unless that is the version this worker holds."""
+        if version is not None and self.engine.version != version:
+            raise StaleWeights(f"rollout worker holds policy version {self.engine.version}, asked for {version}")
         inputs = policy_inputs(self.policy, samples, quant, use_images)
         return self.engine.generate(inputs, [s.uid for s in samples], sampling).cpu()
 
-    def load_weights(self, version: int, weights: Published | dict[str, torch.Tensor]) -> int:
+    def load_weights(self, version: int, weights: Published | dict[str, torch.Tensor], rollback: bool = False) -> int:
         """Install the trainable tensors published as `version`: a `Published` is fetched here, by this worker,
         from the object store (rollout.weight_sync); a version older than the loaded one is refused before any
-        fetch. Returns the version now loaded."""
-        return load_published(self.engine, version, weights)
+        fetch, unless `rollback` (a learner restored from a checkpoint). Returns the version now loaded."""
+        return load_published(self.engine, version, weights, rollback)
 
     def logprobs(
         self,
@@ -104,10 +118,13 @@ def make_rollout_workers(
     policy_overrides: dict | None = None,
     engine_options: dict | None = None,
     placement_group=None,
+    max_restarts: int = 0,
 ) -> list:
     """n `RolloutWorker` actors on the running Ray cluster, each loaded from `policy_dir` (with `policy_overrides`)
     at `version`; returns once all are up, so that a bad directory or a missing backend fails here rather than at
-    the first rollout. With a reserved `placement_group` (rl.placement), worker i runs in its bundle i."""
+    the first rollout. With a reserved `placement_group` (rl.placement), worker i runs in its bundle i. A worker
+    whose process dies is restarted by Ray up to `max_restarts` times, from `policy_dir` at `version`: whoever
+    holds newer weights must publish them to it again (rl.controller does)."""
     if n < 1:
         raise ValueError(f"make_rollout_workers: need n >= 1 workers, got {n}")
     if backend not in BACKENDS:
@@ -119,6 +136,7 @@ def make_rollout_workers(
         actor.options(
             num_cpus=cpus_per_worker,
             num_gpus=gpus_per_worker,
+            max_restarts=max_restarts,
             scheduling_strategy=None
             if placement_group is None
             else PlacementGroupSchedulingStrategy(placement_group, placement_group_bundle_index=i),
@@ -129,21 +147,49 @@ def make_rollout_workers(
     return workers
 
 
+def wait_for_workers(workers: list, timeout_s: float = 600.0) -> None:
+    """Returns once every worker answers (a restarting one reloads its policy first); raises Ray's ActorDiedError
+    for a worker that is gone for good (out of restarts), and TimeoutError after `timeout_s`."""
+    from ray.exceptions import ActorUnavailableError, GetTimeoutError
+
+    deadline = time.monotonic() + timeout_s
+    for worker in workers:
+        while True:
+            try:
+                ray.get(worker.ping.remote(), timeout=max(1.0, deadline - time.monotonic()))
+                break
+            except (ActorUnavailableError, GetTimeoutError) as error:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"a rollout worker did not come back within {timeout_s:.0f} s") from error
+                time.sleep(0.5)
+
+
 def gather(refs: list) -> RolloutBatch:
     """The batches behind `refs` (in shard order) as one batch; raises if their policy versions differ."""
     return concat_batches(ray.get(list(refs)))
 
 
-def generate_on_workers(
-    workers: list, samples: list[Sample], sampling: SamplingConfig, quant=None, use_images: bool = True
-) -> RolloutBatch:
-    """`samples` split evenly over `workers`, generated concurrently and gathered back in order. A seeded
+def launch_on_workers(
+    workers: list,
+    samples: list[Sample],
+    sampling: SamplingConfig,
+    quant=None,
+    use_images: bool = True,
+    version: int | None = None,
+) -> list:
+    """`samples` split evenly over `workers` and started concurrently; returns the refs for `gather`. A seeded
     `sampling` gives a shard whose first prompt is prompt p the seed `seed + p * n`: an engine that seeds prompt j of
-    its shard with `seed + j * n` (vLLM) then gives every prompt the same stream whatever the number of workers."""
+    its shard with `seed + j * n` (vLLM) then gives every prompt the same stream whatever the number of workers.
+    `version`: every worker must hold it (`RolloutWorker.generate`)."""
     refs, first = [], 0
     for worker, shard in zip(workers, split_evenly(samples, len(workers))):
         if shard:
             seed = None if sampling.seed is None else sampling.seed + first * sampling.n
-            refs.append(worker.generate.remote(shard, replace(sampling, seed=seed), quant, use_images))
+            refs.append(worker.generate.remote(shard, replace(sampling, seed=seed), quant, use_images, version))
         first += len(shard)
-    return gather(refs)
+    return refs
+
+
+def generate_on_workers(*args, **kwargs) -> RolloutBatch:
+    """`launch_on_workers(*args, **kwargs)`, then the batches gathered back in order."""
+    return gather(launch_on_workers(*args, **kwargs))

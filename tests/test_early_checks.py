@@ -15,6 +15,8 @@ from rl.driver import main
         (["policy.init=/nonexistent/policy"], "policy.init: /nonexistent/policy is not a policy directory"),
         (["learner.num_workers=2", "rollout.prompts_per_step=3"], "rollout.prompts_per_step=3 must divide evenly"),
         (["learner.num_workers=2", "rollout.prompts_per_step=4", "sft.batch_size=5"], "sft.batch_size=5 must divide"),
+        (["rollout.mode=one_step_off"], "rollout.max_staleness: one_step_off trains on rollouts one version old"),
+        (["rollout.mode=one_step_off", "rollout.max_staleness=1", "algo.name=dpo"], "one_step_off is for grca and"),
     ],
 )
 def test_a_run_that_cannot_work_exits_2_with_one_line_before_ray_starts(tmp_path, capsys, overrides, says):

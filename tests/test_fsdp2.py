@@ -16,7 +16,7 @@ import torch.multiprocessing as mp
 
 from data3d import generate_sample
 from policies.tiny import build_tiny_policy
-from rl.batches import LearnBatch
+from rl.batches import LearnBatch, rollout_batch
 from rl.config import run_quant
 from rl.config_loading import load_config
 from rl.driver import main, run_stage
@@ -51,19 +51,8 @@ def grpo_batch(cfg) -> LearnBatch:
     inputs = policy_inputs(policy, samples, run_quant(cfg), cfg.data.use_images)
     sampling = SamplingConfig(n=G, temperature=cfg.rollout.temperature, max_new_tokens=10, seed=0)
     rollout = HFEngine(policy).generate(inputs, [s.uid for s in samples], sampling)
-    mask = rollout.response_mask
-    return LearnBatch(
-        step=0,
-        version=0,
-        samples=samples,
-        group_size=G,
-        response_ids=rollout.response_ids,
-        response_mask=mask,
-        response_texts=rollout.texts,
-        rollout_logprobs=rollout.logprobs,
-        advantages=torch.tensor([1.0, -1.0, -0.5, 0.5])[:, None] * mask,
-        valid=torch.ones(4, dtype=bool),
-    )
+    advantages = torch.tensor([1.0, -1.0, -0.5, 0.5])[:, None] * rollout.response_mask
+    return rollout_batch(0, rollout, samples, torch.ones(4, dtype=bool), advantages=advantages)
 
 
 def one_step(policy, cfg, batch, world: int):

@@ -8,7 +8,7 @@ import torch
 
 from data3d import generate_sample
 from policies.tiny import build_tiny_policy
-from rl.batches import LearnBatch
+from rl.batches import rollout_batch
 from rl.config import run_quant
 from rl.config_loading import load_config
 from rl.learner import ResponseScorer, learn_step, load_reference, make_optimizer
@@ -105,19 +105,8 @@ class Rank:
         return HFEngine(self.policy).generate(inputs, [s.uid for s in samples], sampling)
 
     def batch(self, samples, rollout, advantages: list[float], valid: list[bool]):
-        mask = rollout.response_mask
-        return LearnBatch(
-            step=0,
-            version=0,
-            samples=samples,
-            group_size=G,
-            response_ids=rollout.response_ids,
-            response_mask=mask,
-            response_texts=rollout.texts,
-            rollout_logprobs=rollout.logprobs,
-            advantages=torch.tensor(advantages)[:, None] * mask,
-            valid=torch.tensor(valid),
-        )
+        advantages = torch.tensor(advantages)[:, None] * rollout.response_mask
+        return rollout_batch(0, rollout, samples, torch.tensor(valid), advantages=advantages)
 
     def step(self, batch):
         return learn_step(self.scorer, self.policy, None, batch, self.cfg, self.accumulator, self.scheduler)

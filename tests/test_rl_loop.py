@@ -4,12 +4,9 @@ weight sync, checkpoints and resume, and each algorithm end to end on the tiny p
 import json
 
 import pytest
-import ray
-from ray import serve
 
 from data3d.settings import DataSettings, load_settings
 from policies import PointVLM
-from policies.tiny import build_tiny_policy
 from rl.config_loading import load_config
 from rl.driver import main, run_stage
 
@@ -32,21 +29,6 @@ SMALL = [
     "checkpoint.every=2",
     "policy.train_point_encoder=true",
 ]
-
-
-@pytest.fixture(scope="module")
-def cluster():
-    ray.init(num_cpus=4, include_dashboard=False, namespace="pointrl")
-    yield
-    serve.shutdown()
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def init_policy(tmp_path_factory):
-    path = tmp_path_factory.mktemp("init") / "policy"
-    build_tiny_policy(out_dir=path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -97,6 +79,24 @@ def test_grca_steps_sync_versions_checkpoint_and_resume(cluster, warm_policy, tm
     rows = metrics(tmp_path / "grca")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]  # continued from step 3, not from scratch
     assert rows[-1]["rollout/version"] == 3.0
+
+
+@pytest.mark.parametrize("lr, equal", [("1e-3", False), ("1e-12", True)])
+def test_one_step_off_trains_on_rollouts_one_version_old(cluster, warm_policy, tmp_path, lr, equal):
+    cfg = config(
+        tmp_path, "grca", "run.steps=3", "rollout.mode=one_step_off", "rollout.max_staleness=1", f"learner.lr={lr}"
+    )
+    run_stage(cfg, warm_policy, tmp_path / "grca")
+    rows = metrics(tmp_path / "grca")
+    # step 1 samples with version 0 as always; step 2's rollouts ran while the learner made version 1
+    assert [r["rollout/version"] for r in rows] == [0.0, 0.0, 1.0]
+    assert [r["learner/version_lag"] for r in rows] == [0.0, 1.0, 1.0]
+    assert rows[0]["offpolicy/is_weight_max"] == pytest.approx(1.0, abs=1e-4)  # lag 0: the policy that sampled
+    lagged = [r["offpolicy/is_weight_max"] for r in rows[1:]]
+    if equal:  # a learning rate too small to move the weights: the older policy is the same policy
+        assert lagged == pytest.approx([1.0, 1.0], abs=1e-4)
+    else:
+        assert max(lagged) > 1.001 and all(r["offpolicy/is_truncated_fraction"] >= 0.0 for r in rows)
 
 
 def test_broadcast_grpo_runs(cluster, warm_policy, tmp_path):

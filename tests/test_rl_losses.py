@@ -12,6 +12,7 @@ from rl.losses import (
     cloud_alignment_loss,
     dpo_loss,
     dpo_pairs_from_groups,
+    importance_weight_stats,
     k3_kl,
     kl_penalty,
     masked_sample_mean,
@@ -108,6 +109,36 @@ def test_clipping_stops_the_gradient_outside_the_trust_region():
     loss.backward()
     grad = logits.grad.abs().sum(-1)[0]
     assert grad[0] > 0 and grad[1] == 0 and stats["clip_fraction"] == pytest.approx(1 / 4)  # 1.65 < 1 + 0.7
+
+
+def test_truncated_importance_weights_bound_a_negative_advantage_token_of_a_stale_rollout():
+    logits, targets = free_token_logprobs(2, (1, 3))
+    logprobs = gather(logits, targets)
+    # ratios to the rollout policy e^1.5 = 4.5 (A < 0: truncated at 2, no gradient), e^0.5 = 1.65 (A < 0: below the
+    # cap, keeps its gradient), e^1.5 (A > 0: clipped at 1 + eps as always)
+    rollout = logprobs.detach() - torch.tensor([[1.5, 0.5, 1.5]])
+    advantages = torch.tensor([[-1.0, -1.0, 1.0]])
+    loss, _ = clipped_surrogate_loss(logprobs, rollout, advantages, torch.ones(1, 3), max_ratio=2.0)
+    assert loss.item() == pytest.approx((2.0 + math.exp(0.5) - 1.2) / 3, rel=1e-5)
+    loss.backward()
+    grad = logits.grad.abs().sum(-1)[0]
+    assert grad[0] == 0 and grad[1] > 0 and grad[2] == 0
+
+
+def test_importance_weights_are_one_for_the_same_policy_and_count_what_is_truncated():
+    logprobs = torch.log(torch.rand(2, 4))
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    same = importance_weight_stats(logprobs, logprobs.clone(), mask, 2.0)
+    assert same == {
+        "offpolicy/is_weight_mean": 1.0,
+        "offpolicy/is_weight_max": 1.0,
+        "offpolicy/is_truncated_fraction": 0.0,
+    }
+    stale = logprobs - torch.tensor([[1.0, 0.0, 0.0, 9.0], [0.0, -1.0, 9.0, 9.0]])  # masked entries never count
+    stats = importance_weight_stats(logprobs, stale, mask, 2.0)
+    assert stats["offpolicy/is_weight_max"] == pytest.approx(math.e)
+    assert stats["offpolicy/is_truncated_fraction"] == pytest.approx(1 / 5)
+    assert stats["offpolicy/is_weight_mean"] == pytest.approx((math.e + 3 + math.exp(-1)) / 5)
 
 
 def test_k3_is_nonnegative_and_zero_at_equality():
