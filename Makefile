@@ -26,6 +26,7 @@ demo: install
 bench: install
 	$(BIN)/python bench/rewards_bench.py
 	$(BIN)/python bench/data_bench.py
+	$(BIN)/python bench/learner_bench.py
 
 bench-learning: install
 	$(BIN)/python bench/learning_bench.py

@@ -235,13 +235,18 @@ class PointVLM(nn.Module):
         temperature: float = 1.0,
         align: bool = False,
         chunk: int = 0,
+        expand: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probs (B, T) of the responses after the prompts under softmax(logits / temperature), 0 where
         masked. Give RL the sampling temperature, so that these are the log-probs of the policy that sampled. With
         `align`, also `align_logits` from the same point-encoder pass. `chunk` > 0 scores that many response tokens
         at a time from the LLM's last hidden states (`chunked_token_logprobs`): the same values without a float32
-        (B, T, vocabulary) logits tensor."""
+        (B, T, vocabulary) logits tensor. `expand` (R,): response r answers prompt `expand[r]` of `inputs`, whose clouds
+        and images are then encoded once however many of the responses share them (G samples of one prompt)."""
         embeds, mask, point_features, _ = self._embed(inputs)
+        if expand is not None:
+            expand = expand.to(self.device)
+            embeds, mask, point_features = embeds[expand], mask[expand], point_features[expand]
         response_ids, response_mask = response_ids.to(self.device), response_mask.to(self.device).long()
         if response_ids.shape[0] != embeds.shape[0] or response_ids.shape != response_mask.shape:
             raise ValueError(

@@ -249,6 +249,13 @@ class LearnerConfig:
     grad_accum: int = setting(1, "micro-batches accumulated per optimizer step", "> 0")
     micro_batch_size: int = setting(8, "samples per forward/backward on each learner worker", "> 0")
     epochs: int = setting(1, "optimization epochs over one rollout batch", "> 0")
+    recompute_old_logprobs: bool = setting(
+        False,
+        "GRCA/GRPO: recompute the old policy's log-probs with the learner (one more forward pass) instead of taking "
+        "the rollout's, and log their largest difference (onpolicy/max_abs_logprob_diff) and, one step off, the "
+        "importance weights; set it where the rollout engine's arithmetic differs from the learner's (vLLM in "
+        "bfloat16 on GPUs), so that the ratio starts at 1",
+    )
     max_failures: int = setting(
         3,
         "times the learner workers are restarted after one dies (Ray Train's FailureConfig): they resume from the "

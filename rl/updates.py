@@ -67,17 +67,32 @@ def micro_batches(rows: int, size: int) -> list[list[int]]:
     return [list(range(start, min(start + size, rows))) for start in range(0, rows, size)]
 
 
+def answered_prompts(prompts, owners: list[int]) -> tuple:
+    """The prompts that responses answer, each once (`prompts` rows `owners`, deduplicated), and each response's
+    index into them: `PointVLM.logprobs(..., expand=)` then encodes each cloud once for its G samples."""
+    distinct = sorted(set(owners))
+    position = {prompt: i for i, prompt in enumerate(distinct)}
+    return prompts.select(distinct), torch.tensor([position[o] for o in owners])
+
+
 def sequence_logprobs(
-    policy: PointVLM, inputs, ids: torch.Tensor, mask: torch.Tensor, size: int, temperature: float = 1.0, chunk: int = 0
+    policy: PointVLM,
+    prompts,
+    owners: list[int],
+    ids: torch.Tensor,
+    mask: torch.Tensor,
+    size: int,
+    temperature: float = 1.0,
+    chunk: int = 0,
 ) -> torch.Tensor:
-    """Per-token log-probs of every row without gradients, in micro-batches."""
+    """Per-token log-probs of every response (response r answers prompt `owners[r]`) without gradients, in
+    micro-batches."""
+    parts = []
     with torch.no_grad():
-        return torch.cat(
-            [
-                policy.logprobs(inputs.select(rows), ids[rows], mask[rows], temperature, chunk=chunk)
-                for rows in micro_batches(len(ids), size)
-            ]
-        )
+        for rows in micro_batches(len(ids), size):
+            answered, expand = answered_prompts(prompts, [owners[r] for r in rows])
+            parts.append(policy.logprobs(answered, ids[rows], mask[rows], temperature, chunk=chunk, expand=expand))
+    return torch.cat(parts)
 
 
 def reconstruction_request(policy: PointVLM, prompts, cfg) -> tuple | None:
@@ -109,27 +124,31 @@ def on_device(device: torch.device, *tensors: torch.Tensor | None) -> list[torch
 def policy_gradient_update(scorer, policy, reference, batch: LearnBatch, cfg, accumulator: Accumulator) -> dict:
     """GRCA / GRPO (GRCA eqs. 15-16): clipped surrogate over token advantages, several epochs over the batch."""
     prompts = policy_inputs(policy, batch.samples, run_quant(cfg), cfg.data.use_images)  # [P]
-    inputs = prompts.repeat_interleave(batch.group_size)  # [P x G]
+    owners = [row // batch.group_size for row in range(len(batch.response_ids))]  # [P x G]: each row's prompt
     ids, mask, advantages, rollout_logprobs = on_device(
         policy.device, batch.response_ids, batch.response_mask, batch.advantages, batch.rollout_logprobs
     )
     # every log-prob at the sampling temperature, so that the ratio's denominator is the policy that sampled
     temperature, size, chunk = cfg.rollout.temperature, cfg.learner.micro_batch_size, cfg.learner.logprob_chunk
-    old = sequence_logprobs(policy, inputs, ids, mask, size, temperature, chunk)
-    ref = sequence_logprobs(reference, inputs, ids, mask, size, temperature, chunk) if reference else None
-    stats, losses = {"onpolicy/max_abs_logprob_diff": float(((old - rollout_logprobs).abs() * mask).max())}, []
-    # one_step_off: the ratio is to the policy that sampled, one version older than `old`, and truncated
+    ref = sequence_logprobs(reference, prompts, owners, ids, mask, size, temperature, chunk) if reference else None
+    # the behaviour policy's log-probs are the rollout's; one_step_off, that policy is one version older than the
+    # learner's, so the ratio starts away from 1 and is truncated
     off_policy = cfg.rollout.mode == "one_step_off"
-    behaviour, max_ratio = (rollout_logprobs, cfg.algo.max_is_weight) if off_policy else (old, None)
-    if off_policy:
-        stats.update(importance_weight_stats(old, rollout_logprobs, mask, cfg.algo.max_is_weight))
+    behaviour, max_ratio, stats, losses = rollout_logprobs, (cfg.algo.max_is_weight if off_policy else None), {}, []
+    if cfg.learner.recompute_old_logprobs:
+        old = sequence_logprobs(policy, prompts, owners, ids, mask, size, temperature, chunk)
+        stats["onpolicy/max_abs_logprob_diff"] = float(((old - rollout_logprobs).abs() * mask).max())
+        if off_policy:
+            stats.update(importance_weight_stats(old, rollout_logprobs, mask, cfg.algo.max_is_weight))
+        else:
+            behaviour = old
     for _ in range(cfg.learner.epochs):
         chunks = micro_batches(len(ids), size)
         accumulator.epoch(len(chunks))
         for rows in chunks:
-            own_prompts = sorted({row // batch.group_size for row in rows})
-            recon = reconstruction_request(policy, prompts.select(own_prompts), cfg)
-            logp, extras = scored(scorer(inputs.select(rows), ids[rows], mask[rows], temperature, recon=recon))
+            answered, expand = answered_prompts(prompts, [owners[r] for r in rows])
+            recon = reconstruction_request(policy, answered, cfg)
+            logp, extras = scored(scorer(answered, ids[rows], mask[rows], temperature, recon=recon, expand=expand))
             loss, info = clipped_surrogate_loss(
                 logp,
                 behaviour[rows],
@@ -185,9 +204,7 @@ def target_update(scorer, policy, reference, batch: LearnBatch, cfg, accumulator
 
 def preference_update(scorer, policy, reference, batch: LearnBatch, cfg, accumulator: Accumulator) -> dict:
     """DPO against the frozen reference, all of this rank's pairs in one forward (so every rank runs one backward)."""
-    inputs = policy_inputs(policy, batch.samples, run_quant(cfg), cfg.data.use_images).repeat_interleave(
-        batch.group_size
-    )
+    prompts = policy_inputs(policy, batch.samples, run_quant(cfg), cfg.data.use_images)
     all_ids, all_mask = (
         (batch.response_ids, batch.response_mask)
         if batch.response_ids is not None
@@ -196,13 +213,15 @@ def preference_update(scorer, policy, reference, batch: LearnBatch, cfg, accumul
     chosen, rejected = [a for a, _ in batch.pairs], [b for _, b in batch.pairs]
     rows = chosen + rejected or [0]
     ids, mask = on_device(policy.device, all_ids[rows], all_mask[rows])
+    owners = [row // batch.group_size for row in rows]
     ref = sequence_logprobs(
-        reference, inputs.select(rows), ids, mask, cfg.learner.micro_batch_size, chunk=cfg.learner.logprob_chunk
+        reference, prompts, owners, ids, mask, cfg.learner.micro_batch_size, chunk=cfg.learner.logprob_chunk
     )
+    answered, expand = answered_prompts(prompts, owners)
     losses = []
     for _ in range(cfg.learner.epochs):
         accumulator.epoch(1)
-        logp = scorer(inputs.select(rows), ids, mask)
+        logp = scorer(answered, ids, mask, expand=expand)
         if not batch.pairs:  # other ranks have pairs (learn_step skips a step where none has): join their backward
             accumulator.backward(logp.sum() * 0.0)
             continue

@@ -187,6 +187,7 @@ def test_activation_checkpointing_keeps_values_and_gradients():
 
 # the tiny policy on two one-keypoint prompts with short answers: a stage takes seconds on 2 CPUs
 SMALL = [
+    "learner.recompute_old_logprobs=true",  # the rows check the sharded learner against the rollouts
     "data.num_points=256",
     "data.image_size=32",
     "data.num_kpts=1",

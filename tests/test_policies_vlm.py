@@ -237,3 +237,28 @@ def test_config_round_trips_and_names_bad_keys():
         PointVLMConfig.from_dict({"point": {"groups": 3}})
     with pytest.raises(ValueError, match="llm_mode='qlora'"):
         PointVLMConfig(llm_mode="qlora")
+
+
+def test_expanded_prompts_score_like_repeated_ones_and_encode_each_cloud_once(policy, inputs):
+    owners = torch.tensor([0, 0, 1, 2, 2, 2])  # G samples of each prompt, as the learner's micro-batches hold them
+    responses = policy.tokenize_responses(['{"answer": "chair"}', "{}", '{"answer": "red"}', "x", "{}", "{}"])
+    encoded: list[int] = []
+    hook = policy.point_encoder.encoder.register_forward_hook(lambda _m, args, _o: encoded.append(args[0].shape[0]))
+    try:
+        repeated = policy.logprobs(inputs.select(owners), *responses)
+        expanded = policy.logprobs(inputs, *responses, expand=owners)
+    finally:
+        hook.remove()
+    assert encoded == [6, 3]  # the expanded call encoded the three clouds once each
+    assert torch.allclose(expanded, repeated, atol=1e-5)
+    # and the gradient through the shared encoding is the sum over the samples that share it
+    weights = torch.randn(6, 1)
+    grads = []
+    for call in (
+        lambda: policy.logprobs(inputs.select(owners), *responses),
+        lambda: policy.logprobs(inputs, *responses, expand=owners),
+    ):
+        policy.zero_grad()
+        (call() * weights).sum().backward()
+        grads.append(policy.point_proj[0].weight.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)

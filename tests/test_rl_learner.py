@@ -3,6 +3,8 @@ schedule and the temperature of the recomputed log-probs, on real optimizers and
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -130,10 +132,21 @@ def test_a_step_without_any_reward_leaves_weights_and_optimizer_untouched(sample
 
 
 def test_the_learner_recomputes_the_rollout_logprobs_at_the_sampling_temperature(samples):
-    rank = Rank(config("rollout.temperature=0.5"))
+    rank = Rank(config("rollout.temperature=0.5", "learner.recompute_old_logprobs=true"))
     rollout = rank.rollout(samples)
     stats = rank.step(rank.batch(samples, rollout, [1.0, -1.0, -1.0, 1.0], [True] * 4))
     assert stats["onpolicy/max_abs_logprob_diff"] < 1e-4  # the PPO ratio starts at exactly the sampling policy
+
+
+@pytest.mark.parametrize("recompute, ratio", [(False, math.exp(-0.1)), (True, 1.0)])
+def test_the_ratio_is_to_the_rollouts_logprobs_unless_asked_to_recompute_them(samples, recompute, ratio):
+    # rollout log-probs 0.1 above what the policy gives: taken as they are, every first ratio is e^-0.1
+    rank = Rank(config("learner.grad_accum=2", f"learner.recompute_old_logprobs={str(recompute).lower()}"))
+    rollout = rank.rollout(samples)
+    rollout.logprobs = rollout.logprobs + 0.1 * rollout.response_mask
+    stats = rank.step(rank.batch(samples, rollout, [1.0, -1.0, -1.0, 1.0], [True] * 4))
+    assert stats["loss/ratio_mean"] == pytest.approx(ratio, abs=1e-4)
+    assert ("onpolicy/max_abs_logprob_diff" in stats) == recompute
 
 
 def test_loss_statistics_average_every_micro_batch(samples):

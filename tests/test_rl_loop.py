@@ -58,7 +58,7 @@ def trainable_close(a: PointVLM, b: PointVLM) -> bool:
 
 
 def test_grca_steps_sync_versions_checkpoint_and_resume(cluster, warm_policy, tmp_path):
-    cfg = config(tmp_path, "grca", "run.steps=3", "eval.every=3")
+    cfg = config(tmp_path, "grca", "run.steps=3", "eval.every=3", "learner.recompute_old_logprobs=true")
     final = run_stage(cfg, warm_policy, tmp_path / "grca")
     rows = metrics(tmp_path / "grca")
     assert [r["step"] for r in rows] == [1, 2, 3]
@@ -84,7 +84,13 @@ def test_grca_steps_sync_versions_checkpoint_and_resume(cluster, warm_policy, tm
 @pytest.mark.parametrize("lr, equal", [("1e-3", False), ("1e-12", True)])
 def test_one_step_off_trains_on_rollouts_one_version_old(cluster, warm_policy, tmp_path, lr, equal):
     cfg = config(
-        tmp_path, "grca", "run.steps=3", "rollout.mode=one_step_off", "rollout.max_staleness=1", f"learner.lr={lr}"
+        tmp_path,
+        "grca",
+        "run.steps=3",
+        "rollout.mode=one_step_off",
+        "rollout.max_staleness=1",
+        f"learner.lr={lr}",
+        "learner.recompute_old_logprobs=true",
     )
     run_stage(cfg, warm_policy, tmp_path / "grca")
     rows = metrics(tmp_path / "grca")
