@@ -99,6 +99,8 @@ class MiniPointNet(nn.Module):
         self.second_conv = nn.Sequential(
             nn.Conv1d(512, 512, 1), nn.BatchNorm1d(512), nn.ReLU(inplace=True), nn.Conv1d(512, out_dims, 1)
         )
+        self.train(False)  # modules start in training mode, which would give a policy never put in train() or eval()
+        # batch statistics and move its running ones
 
     def train(self, mode: bool = True) -> "MiniPointNet":
         # BatchNorm always uses its running statistics: batch statistics would make one sample's tokens

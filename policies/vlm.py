@@ -327,14 +327,30 @@ class PointVLM(nn.Module):
         """The trainable tensors (what the learner publishes to rollout workers)."""
         return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
 
-    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor], share: bool = False) -> None:
+        """Install the trainable tensors (exactly `trainable_state_dict`'s names). With `share`, a parameter takes a
+        given tensor's memory instead of a copy of it (one of the same dtype, shape and device): a rollout worker's
+        object-store views, so that a node holds one copy of a version however many workers read it. Shared tensors
+        must never be written afterwards (inference only)."""
         expected = set(self.trainable_state_dict())
         if set(state) != expected:
             raise ValueError(
                 f"trainable state mismatch: missing {sorted(expected - set(state))[:10]}, "
                 f"unexpected {sorted(set(state) - expected)[:10]}"
             )
-        self.load_state_dict(state, strict=False)
+        if not share:
+            self.load_state_dict(state, strict=False)
+            return
+        params = dict(self.named_parameters())
+        with torch.no_grad():
+            for name, tensor in state.items():
+                param = params[name]
+                if tensor.shape != param.shape:
+                    raise ValueError(f"{name}: shape {tuple(tensor.shape)}, the parameter's {tuple(param.shape)}")
+                if tensor.dtype == param.dtype and tensor.device == param.device:
+                    param.data = tensor
+                else:
+                    param.copy_(tensor)
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)

@@ -91,14 +91,17 @@ class RolloutEngine(Protocol):
     (`rollout.batching.policy_inputs`, one uid per prompt) and returns them as a `RolloutBatch` tagged with
     `version`. `load_weights(state, version, rollback=False)` installs the trainable tensors
     (`PointVLM.trainable_state_dict()` names) published as `version`, refusing a version older than the current one
-    unless `rollback` (`check_version_order`)."""
+    unless `rollback` (`check_version_order`); with `share`, the policy may keep the given tensors as its parameters
+    instead of copying them (`PointVLM.load_trainable_state_dict`)."""
 
     @property
     def version(self) -> int: ...
 
     def generate(self, inputs: PolicyInputs, uids: list[str], sampling: SamplingConfig) -> RolloutBatch: ...
 
-    def load_weights(self, state: dict[str, torch.Tensor], version: int, rollback: bool = False) -> None: ...
+    def load_weights(
+        self, state: dict[str, torch.Tensor], version: int, rollback: bool = False, share: bool = False
+    ) -> None: ...
 
 
 def check_one_uid_per_prompt(uids: list[str], inputs: PolicyInputs) -> None:

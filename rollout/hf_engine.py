@@ -47,7 +47,9 @@ class HFEngine:
         )
 
     @torch.no_grad()
-    def load_weights(self, state: dict[str, torch.Tensor], version: int, rollback: bool = False) -> None:
+    def load_weights(
+        self, state: dict[str, torch.Tensor], version: int, rollback: bool = False, share: bool = False
+    ) -> None:
         check_version_order(self._version, version, rollback)
-        self.policy.load_trainable_state_dict(state)
+        self.policy.load_trainable_state_dict(state, share)
         self._version = version

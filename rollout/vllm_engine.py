@@ -206,13 +206,15 @@ class VLLMEngine:
         )
 
     @torch.no_grad()
-    def load_weights(self, state: dict[str, torch.Tensor], version: int, rollback: bool = False) -> None:
+    def load_weights(
+        self, state: dict[str, torch.Tensor], version: int, rollback: bool = False, share: bool = False
+    ) -> None:
         """Install `state` in the torch policy, then what changed in vLLM as one safetensors blob (a copy of those
         tensors in memory: fine for the object-store sync; large models on GPUs want vLLM's weight-transfer API)."""
         from safetensors.torch import save
 
         check_version_order(self._version, version, rollback)
-        self.policy.load_trainable_state_dict(state)
+        self.policy.load_trainable_state_dict(state, share)
         payload = reload_payload(self.policy)
         if payload:
             self.llm.collective_rpc("pointrl_reload_weights", args=(save(payload),))

@@ -4,7 +4,8 @@ Transport `ray` (the only one built): learner rank 0 puts the trainable CPU tens
 (`WeightSync.put`), in buckets of at most `bucket_mb` MiB so that a large model is not one giant object, and hands
 the controller a `Published`: ObjectRefs wrapped in a dataclass. Ray resolves only ObjectRefs passed as top-level
 arguments, so the 0.1-CPU controller relays the refs unread (`relay`) and every worker fetches the buckets itself
-(`fetch`), zero-copy from its node's shared memory, then copies them into its policy once.
+(`fetch`), zero-copy from its node's shared memory, and its policy takes those read-only views as its parameters
+(no copy: a node holds one copy of a version however many workers read it).
 
 A version is atomic: vision and LLM tensors are one `Published`; a worker fetches every bucket before it installs
 anything, and `PointVLM.load_trainable_state_dict` refuses a set of names that is not exactly its trainable one, so
@@ -100,7 +101,11 @@ def load_published(engine, version: int, weights: Published | dict[str, torch.Te
     """Install `weights` (a `Published`, or tensors already at hand) in `engine` as `version`; an older version is
     refused before anything is fetched, unless `rollback` (a restored learner). Returns the version now loaded."""
     check_version_order(engine.version, version, rollback)
-    engine.load_weights(fetch(weights) if isinstance(weights, Published) else weights, version, rollback)
+    if isinstance(weights, Published):
+        # fetched views of the object store, which nobody writes: the policy takes them as its parameters
+        engine.load_weights(fetch(weights), version, rollback, share=True)
+    else:
+        engine.load_weights(weights, version, rollback)
     return engine.version
 
 

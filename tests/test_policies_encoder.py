@@ -62,6 +62,17 @@ def test_a_sample_encodes_the_same_alone_and_in_a_batch_in_train_mode():
     assert torch.allclose(together[2:3], alone, atol=1e-5)
 
 
+def test_a_fresh_encoder_never_put_in_train_or_eval_mode_uses_and_keeps_its_running_statistics():
+    encoder = PointBertEncoder(SMALL)  # as a policy just built or loaded leaves it: no train() or eval() call
+    encoder.load_state_dict(randomised_encoder().state_dict())
+    buffers = {k: v.clone() for k, v in encoder.state_dict().items() if "running" in k}
+    points = clouds(batch=4)
+    together, _ = encoder(points)
+    alone, _ = encoder(points[2:3])
+    assert torch.allclose(together[2:3], alone, atol=1e-5)
+    assert all(torch.equal(encoder.state_dict()[k], v) for k, v in buffers.items())
+
+
 def with_prefix(state, prefix):
     return {prefix + k: v.clone() for k, v in state.items()}
 

@@ -77,6 +77,32 @@ def test_a_sync_leaves_every_worker_with_the_learners_exact_tensors(setup, bucke
     assert ray.get(controller.__ray_call__.remote(lambda c: c.version)) == version
 
 
+def _shares_the_store(worker, published) -> bool:
+    # runs in a rollout worker: each parameter's memory is the object store's copy of its tensor, which this
+    # process maps once (a second get of the bucket returns the same address)
+    params = dict(worker.engine.policy.named_parameters())
+    entries = [entry for bucket in ray.get(list(published.buckets)) for entry in bucket]
+    return all(params[name].data_ptr() == data.ctypes.data for name, _, _, data in entries)
+
+
+def test_a_worker_takes_the_fetched_tensors_as_its_parameters_without_a_copy(setup):
+    policy_dir, cfg, controller, workers = setup
+    version = max(versions(workers)) + 1
+    state = noisy(PointVLM.from_pretrained(policy_dir, **policy_overrides(cfg)).trainable_state_dict(), version)
+    published = WeightSync("ray").put(state)
+    ray.get(controller.publish.remote(version, published))
+    assert ray.get([w.__ray_call__.remote(_shares_the_store, published) for w in workers]) == [True, True]
+    samples = [generate_sample(0, 0, num_points=256, image_size=32, num_kpts=1)]
+    learner = PointVLM.from_pretrained(policy_dir, **policy_overrides(cfg))
+    learner.load_trainable_state_dict(state)
+    inputs = policy_inputs(learner, samples)
+    ids, mask = learner.tokenize_responses(['{"answer": "chair"}'])
+    with torch.no_grad():
+        expected = learner.logprobs(inputs, ids, mask)
+    worker_logprobs = ray.get(workers[0].logprobs.remote(samples, ids, mask))
+    assert torch.allclose(worker_logprobs, expected, atol=1e-6)  # the shared parameters compute what copies do
+
+
 def test_the_controller_relays_refs_and_never_takes_tensors(setup):
     policy_dir, cfg, controller, workers = setup
     state = PointVLM.from_pretrained(policy_dir, **policy_overrides(cfg)).trainable_state_dict()
