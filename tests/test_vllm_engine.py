@@ -228,6 +228,7 @@ def test_three_grca_steps_with_vllm_rollouts_on_a_local_ray_cluster(tmp_path):
             "learner.cpus_per_worker=0.5",
             "learner.micro_batch_size=4",
             "learner.lr=1e-3",
+            "learner.recompute_old_logprobs=true",  # so that each row says how far vLLM's log-probs are
             "checkpoint.every=3",
             *(f"rollout.vllm.{key}={json.dumps(value)}" for key, value in OPTIONS.items()),
         ],
