@@ -129,7 +129,12 @@ class RolloutConfig:
 
     backend: str = setting("hf", "generation engine", choices=("hf", "vllm"))
     num_workers: int = setting(2, "rollout worker actors", "> 0")
-    cpus_per_worker: float = setting(0.5, "CPUs reserved per rollout worker (fractions share a core)", ">= 0")
+    cpus_per_worker: float = setting(
+        0.5,
+        "CPUs reserved per rollout worker (fractions share a core); the worker runs torch on max(1, floor(this)) "
+        "threads",
+        ">= 0",
+    )
     gpus_per_worker: float = setting(
         0.0,
         "GPUs reserved per rollout worker (fractions share a GPU; with "

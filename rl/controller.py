@@ -6,6 +6,7 @@ the rollout workers and records the step's metrics. The learner ranks (rl/learne
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from pathlib import Path
 
@@ -102,6 +103,7 @@ class Controller:
                 policy_dir,
                 cfg.rollout.cpus_per_worker,
                 cfg.rollout.backend,
+                torch_threads=rollout_threads(cfg.rollout.cpus_per_worker),
                 gpus_per_worker=cfg.rollout.gpus_per_worker,
                 policy_overrides=policy_overrides(cfg),
                 placement_group=rollout_group,
@@ -292,6 +294,12 @@ class Controller:
             metrics.update(self.evaluate())
         echo = (step + 1) % self.cfg.run.log_every == 0 or step + 1 == self.cfg.run.steps
         self.log.log(step, metrics, echo=echo)
+
+
+def rollout_threads(cpus: float) -> int:
+    """torch threads of a rollout worker from the CPUs Ray reserved for it: more threads than reserved cores would
+    compete with the actors sharing them, and a fraction of a core still needs one."""
+    return max(1, math.floor(cpus))
 
 
 def vllm_options(cfg: Config) -> dict | None:

@@ -41,34 +41,31 @@ def _complete_length(text: str) -> int:
     return len(text.rstrip(_REPLACEMENT))
 
 
-def _windowed_prefix_lengths(tokenizer, ids: list[int]) -> tuple[list[int], list[bool]]:
-    """Per token, the complete characters of the decoded prefix ids[:i+1] and whether a character is left pending."""
+def _windows(ids: list[int]) -> list[list[int]]:
+    """For each token i, the windows ids[i-w:i] and ids[i-w:i+1] (w = _CONTEXT_TOKENS) whose decodes differ by it."""
     windows = []
     for i in range(len(ids)):
         start = max(0, i - _CONTEXT_TOKENS)
         windows += [ids[start:i], ids[start : i + 1]]
-    texts = tokenizer.batch_decode(windows, skip_special_tokens=True)
+    return windows
+
+
+def _windowed_lengths(texts: list[str]) -> tuple[list[int], list[bool]]:
+    """From the decodes of `_windows`: per token, the complete characters of the decoded prefix ids[:i+1] and
+    whether a character is left pending."""
     befores, afters = texts[::2], texts[1::2]
     increments = (_complete_length(after) - _complete_length(before) for before, after in zip(befores, afters))
     return list(accumulate(increments)), [after.endswith(_REPLACEMENT) for after in afters]
 
 
 def _prefix_lengths(tokenizer, ids: list[int]) -> tuple[list[int], list[bool]]:
-    """What `_windowed_prefix_lengths` returns, from the T prefix decodes themselves."""
+    """What `_windowed_lengths` returns, from the T prefix decodes themselves."""
     texts = tokenizer.batch_decode([ids[: i + 1] for i in range(len(ids))], skip_special_tokens=True)
     return [_complete_length(text) for text in texts], [text.endswith(_REPLACEMENT) for text in texts]
 
 
-# GRCA eq. 6: character spans -> token spans through cumulative decoded offsets
-def token_char_offsets(tokenizer, response_ids: Sequence[int] | Tensor) -> list[tuple[int, int]]:
-    """[start, end) of each token's characters in `tokenizer.decode(response_ids, skip_special_tokens=True)`."""
-    ids = [int(token_id) for token_id in response_ids]
-    special = _special_ids(tokenizer)
-    content = [token_id for token_id in ids if token_id not in special]
-    text = tokenizer.decode(ids, skip_special_tokens=True)
-    if not content:
-        return [(0, 0)] * len(ids)
-    lengths, pending = (_prefix_lengths if _REPLACEMENT in text else _windowed_prefix_lengths)(tokenizer, content)
+def _offsets(ids: list[int], special: set[int], text: str, lengths: list[int], pending: list[bool]):
+    """Token character ranges from the content tokens' prefix lengths (see the module docstring)."""
     ranges, start = [], 0
     for complete_end, writing in zip(accumulate(lengths, max), pending):
         complete_end = min(complete_end, len(text))
@@ -84,6 +81,32 @@ def token_char_offsets(tokenizer, response_ids: Sequence[int] | Tensor) -> list[
             offsets.append(ranges[k])
             k += 1
     return offsets
+
+
+# GRCA eq. 6: character spans -> token spans through cumulative decoded offsets
+def batch_token_char_offsets(tokenizer, rows: Sequence[Sequence[int] | Tensor]) -> list[list[tuple[int, int]]]:
+    """`token_char_offsets` of several responses, with the short windows of all rows decoded in one call."""
+    special = _special_ids(tokenizer)
+    rows = [[int(token_id) for token_id in ids] for ids in rows]
+    contents = [[token_id for token_id in ids if token_id not in special] for ids in rows]
+    texts = tokenizer.batch_decode(rows, skip_special_tokens=True)
+    windowed = [i for i, (text, content) in enumerate(zip(texts, contents)) if content and _REPLACEMENT not in text]
+    windows = [_windows(contents[i]) for i in windowed]
+    decoded = iter(tokenizer.batch_decode([w for row in windows for w in row], skip_special_tokens=True))
+    lengths = {i: _windowed_lengths([next(decoded) for _ in row]) for i, row in zip(windowed, windows)}
+    result = []
+    for i, (ids, content, text) in enumerate(zip(rows, contents, texts)):
+        if not content:
+            result.append([(0, 0)] * len(ids))
+            continue
+        row_lengths, pending = lengths[i] if i in lengths else _prefix_lengths(tokenizer, content)
+        result.append(_offsets(ids, special, text, row_lengths, pending))
+    return result
+
+
+def token_char_offsets(tokenizer, response_ids: Sequence[int] | Tensor) -> list[tuple[int, int]]:
+    """[start, end) of each token's characters in `tokenizer.decode(response_ids, skip_special_tokens=True)`."""
+    return batch_token_char_offsets(tokenizer, [response_ids])[0]
 
 
 def field_token_masks(
@@ -133,12 +156,13 @@ def batch_field_masks(
     masks = {name: torch.zeros(rows, length, dtype=torch.bool) for name in fields}
     keep = response_mask.bool().cpu()
     ids = response_ids.cpu()
+    positions = [keep[row].nonzero().squeeze(1) for row in range(rows)]
+    offsets = batch_token_char_offsets(tokenizer, [ids[row, positions[row]] for row in range(rows)])
     for row in range(rows):
-        positions = keep[row].nonzero().squeeze(1)
         try:
-            row_masks = field_token_masks(token_char_offsets(tokenizer, ids[row, positions]), spans[row], fields)
+            row_masks = field_token_masks(offsets[row], spans[row], fields)
         except ValueError as error:
             raise ValueError(f"row {row}: {error}") from None
         for name, mask in row_masks.items():
-            masks[name][row, positions] = mask
+            masks[name][row, positions[row]] = mask
     return {name: mask.to(response_ids.device) for name, mask in masks.items()}

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from policies.tiny import build_tiny_tokenizer
 from rewards.parse import parse_output
 from rl.advantages import ROUTED_FIELDS
-from rl.token_spans import batch_field_masks, field_token_masks, token_char_offsets
+from rl.token_spans import batch_field_masks, batch_token_char_offsets, field_token_masks, token_char_offsets
 
 ALL_FIELDS = ("answer", "description", *ROUTED_FIELDS)
 TARGET = (
@@ -79,6 +79,18 @@ def test_windowed_offsets_match_the_prefix_definition_far_into_a_long_text(token
     ids = tokenizer.encode(text, add_special_tokens=False)
     assert len(ids) > 300
     assert token_char_offsets(tokenizer, ids) == prefix_definition(tokenizer, ids)
+
+
+def test_one_batched_decode_gives_each_rows_own_offsets(tokenizer):
+    # a plain text, a long one, a byte soup cut inside a character (prefix decodes), special tokens only, nothing
+    ids = tokenizer.encode(TARGET, add_special_tokens=False)
+    soup = tokenizer.encode("中文🙂", add_special_tokens=False)[:-1] + ids[:5]
+    pad = tokenizer.pad_token_id
+    rows = [ids, ids * 3, soup, [pad, pad], []]
+    assert batch_token_char_offsets(tokenizer, rows) == [prefix_definition(tokenizer, r) for r in rows[:3]] + [
+        [(0, 0), (0, 0)],
+        [],
+    ]
 
 
 def test_windows_keep_a_sentencepiece_decoder_context():
