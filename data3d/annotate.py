@@ -22,7 +22,7 @@ import numpy as np
 from data3d.primitives import farthest_point_sample, sample_surface
 from data3d.render import fit_camera, mask_box, mask_keypoints, orbit_eye, render
 from data3d.settings import DataSettings
-from data3d.types import Camera
+from data3d.types import Camera, Sample, Targets
 from rewards.schema import DEFAULT_BOUNDS3D
 
 NUM_KPTS = DataSettings.num_kpts
@@ -64,6 +64,32 @@ class Geometry:
     kpts2d: np.ndarray
     kpts3d: np.ndarray
     view: dict  # the drawn elevation, azimuth, distance and fill
+
+    def sample(
+        self, uid: str, question: tuple[str, str, list[str]], category: str, description: str, attributes: dict
+    ) -> Sample:
+        """The sample of this cloud, image and camera, with the targets drawn here and `question` = (question type,
+        instruction, accepted answers)."""
+        question_type, instruction, answers = question
+        targets = Targets(
+            bbox2d=self.bbox2d,
+            bbox3d=self.bbox3d,
+            kpts3d=self.kpts3d,
+            kpts2d=self.kpts2d,
+            answers=answers,
+            category=category,
+            description=description,
+            attributes=attributes,
+        )
+        return Sample(
+            uid=uid,
+            points=self.points,
+            instruction=instruction,
+            targets=targets,
+            image=self.image,
+            camera=self.camera,
+            question_type=question_type,
+        )
 
 
 @contextmanager

@@ -24,7 +24,7 @@ from data3d.questions import ask, relevance_question
 from data3d.settings import DataSettings
 from data3d.shapes import CATEGORIES, build_shape
 from data3d.store import SHARD_SIZE, DatasetError, read_meta, write_dataset
-from data3d.types import Sample, Targets
+from data3d.types import Sample
 
 FRONT, SIDES, ALL = ((-60.0, 60.0),), ((40.0, 140.0), (-140.0, -40.0)), ((-180.0, 180.0),)
 VIEWS: dict[str, ViewRange] = {  # azimuth 0 = the object's front (+z), elevation in degrees above the ground
@@ -92,11 +92,9 @@ def generate_sample(
     )
     with timed(timings, "targets"):
         if relevance and rng.random() < relevance:
-            question_type, instruction, answers = relevance_question(rng, shape)
+            question = relevance_question(rng, shape)
         else:
-            question_type, instruction, answers = ask(
-                rng, category, tuple(CATEGORIES), geometry.bbox3d, shape.colour, shape.counts
-            )
+            question = ask(rng, category, tuple(CATEGORIES), geometry.bbox3d, shape.colour, shape.counts)
         attributes = {
             "colour": shape.colour,
             "size_class": shape.size_class,
@@ -105,25 +103,7 @@ def generate_sample(
             "view": geometry.view,
             "source": "synthetic",
         }
-        targets = Targets(
-            bbox2d=geometry.bbox2d,
-            bbox3d=geometry.bbox3d,
-            kpts3d=geometry.kpts3d,
-            kpts2d=geometry.kpts2d,
-            answers=answers,
-            category=category,
-            description=shape.description,
-            attributes=attributes,
-        )
-    return Sample(
-        uid=f"synth-{seed}-{index:07d}",
-        points=geometry.points,
-        instruction=instruction,
-        targets=targets,
-        image=geometry.image,
-        camera=geometry.camera,
-        question_type=question_type,
-    )
+    return geometry.sample(f"synth-{seed}-{index:07d}", question, category, shape.description, attributes)
 
 
 def split_indices(n: int, test_fraction: float) -> dict[str, range]:

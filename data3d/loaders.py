@@ -28,7 +28,7 @@ from data3d.benchmark import POOL_FACTOR
 from data3d.questions import category_question
 from data3d.shapes import article
 from data3d.store import read_json
-from data3d.types import Sample, Targets
+from data3d.types import Sample
 
 GREY = (0.6, 0.6, 0.6)
 SHAPENET_SYNSETS: dict[str, str] = {
@@ -154,25 +154,8 @@ def _sample(
         geometry = annotate(surface, rng, num_points=num_points, image_size=image_size, pool_size=pool_size)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
-    question_type, instruction, answers = question
-    targets = Targets(
-        bbox2d=geometry.bbox2d,
-        bbox3d=geometry.bbox3d,
-        kpts3d=geometry.kpts3d,
-        kpts2d=geometry.kpts2d,
-        answers=answers,
-        category=category,
-        description=description,
-        attributes={"source": uid.split("-", 1)[0], "view": geometry.view},
-    )
-    return Sample(
-        uid=uid,
-        points=geometry.points,
-        instruction=instruction,
-        targets=targets,
-        image=geometry.image,
-        camera=geometry.camera,
-        question_type=question_type,
+    return geometry.sample(
+        uid, question, category, description, {"source": uid.split("-", 1)[0], "view": geometry.view}
     )
 
 
