@@ -61,14 +61,12 @@ class ResponseScorer(torch.nn.Module):
         align: bool = False,
         recon: tuple | None = None,
         expand: torch.Tensor | None = None,
-    ) -> torch.Tensor | tuple[torch.Tensor, dict]:
-        """Response log-probs. With `align` or `recon` = (prompts, patch_mask), (log-probs, extras): extras["align"]
-        is the cloud-alignment head's outputs (from the same encoder pass), extras["recon"] the (predicted, true)
-        masked patches of `PointVLM.reconstruct_patches` (a prompt-only pass of its own). `expand`: see
+    ) -> tuple[torch.Tensor, dict]:
+        """(response log-probs, extras). With `align`, extras["align"] is the cloud-alignment head's outputs (from
+        the same encoder pass); with `recon` = (prompts, patch_mask), extras["recon"] the (predicted, true) masked
+        patches of `PointVLM.reconstruct_patches` (a prompt-only pass of its own). `expand`: see
         `PointVLM.logprobs`."""
         out = self.policy.logprobs(inputs, response_ids, response_mask, temperature, align, self.chunk, expand)
-        if not align and recon is None:
-            return out
         logprobs, extras = (out[0], {"align": out[1]}) if align else (out, {})
         if recon is not None:
             extras["recon"] = self.policy.reconstruct_patches(*recon)

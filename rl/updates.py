@@ -103,11 +103,6 @@ def reconstruction_request(policy: PointVLM, prompts, cfg) -> tuple | None:
     return prompts, random_patch_mask(len(prompts), policy.point_encoder.num_tokens - 1, cfg.recon.mask_ratio)
 
 
-def scored(out) -> tuple[torch.Tensor, dict]:
-    """The scorer's output as (log-probs, extras), whether or not it was asked for extras."""
-    return out if isinstance(out, tuple) else (out, {})
-
-
 def with_reconstruction(loss: torch.Tensor, info: dict, extras: dict, cfg) -> tuple[torch.Tensor, dict]:
     """The loss plus the weighted patch reconstruction loss, when the scorer computed one."""
     if "recon" not in extras:
@@ -148,7 +143,7 @@ def policy_gradient_update(scorer, policy, reference, batch: LearnBatch, cfg, ac
         for rows in chunks:
             answered, expand = answered_prompts(prompts, [owners[r] for r in rows])
             recon = reconstruction_request(policy, answered, cfg)
-            logp, extras = scored(scorer(answered, ids[rows], mask[rows], temperature, recon=recon, expand=expand))
+            logp, extras = scorer(answered, ids[rows], mask[rows], temperature, recon=recon, expand=expand)
             loss, info = clipped_surrogate_loss(
                 logp,
                 behaviour[rows],
@@ -183,12 +178,12 @@ def target_update(scorer, policy, reference, batch: LearnBatch, cfg, accumulator
             # clean and corrupted rows go through one forward: DDP expects one forward per backward
             clouds_rows, target_rows = (rows + [n + r for r in rows], rows + rows) if batch.corrupted else (rows, rows)
             if batch.corrupted:
-                logp = scorer(inputs.select(clouds_rows), ids[target_rows], mask[target_rows])
+                logp, _ = scorer(inputs.select(clouds_rows), ids[target_rows], mask[target_rows])
                 clean, masked = logp[: len(rows)], logp[len(rows) :]
                 loss, info = spa_loss(clean, masked, mask[rows], cfg.spa.beta, cfg.spa.nll_weight)
             else:
                 recon = reconstruction_request(policy, inputs.select(rows), cfg)
-                logp, extras = scored(scorer(inputs.select(rows), ids[rows], mask[rows], align=align, recon=recon))
+                logp, extras = scorer(inputs.select(rows), ids[rows], mask[rows], align=align, recon=recon)
                 loss, info = nll_loss(logp, mask[rows])
                 if align:
                     box, category, colour = (t[rows] for t in align_targets)
@@ -221,7 +216,7 @@ def preference_update(scorer, policy, reference, batch: LearnBatch, cfg, accumul
     losses = []
     for _ in range(cfg.learner.epochs):
         accumulator.epoch(1)
-        logp = scorer(answered, ids, mask, expand=expand)
+        logp, _ = scorer(answered, ids, mask, expand=expand)
         if not batch.pairs:  # other ranks have pairs (learn_step skips a step where none has): join their backward
             accumulator.backward(logp.sum() * 0.0)
             continue
