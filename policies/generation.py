@@ -34,18 +34,44 @@ class SampledLogprobs(LogitsProcessor):
         return torch.stack(self.steps + [last], dim=1)
 
 
+class SuppressStopTokens(LogitsProcessor):
+    """No stop token before `min_new_tokens` tokens have been generated. The generated ids are all that `generate`
+    passes here (the prompt goes in as embeddings), so their count is the number of new tokens."""
+
+    def __init__(self, min_new_tokens: int, stop_ids: list[int]) -> None:
+        self.min_new_tokens = min_new_tokens
+        self.stop_ids = list(stop_ids)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[1] < self.min_new_tokens:
+            scores = scores.clone()
+            scores[:, self.stop_ids] = float("-inf")
+        return scores
+
+
 def sampling_processors(
-    recorder: SampledLogprobs, do_sample: bool, temperature: float, top_p: float
+    recorder: SampledLogprobs,
+    do_sample: bool,
+    temperature: float,
+    top_p: float,
+    min_new_tokens: int = 0,
+    stop_ids: list[int] | None = None,
 ) -> LogitsProcessorList:
-    """The temperature warper, the recorder, then the nucleus warper (generate itself is called with neutral values):
-    the recorded log-probs are those of logits / T, what `PointVLM.logprobs(..., temperature=T)` recomputes, and not
-    of the top-p truncated distribution (RL refuses top_p < 1 for that reason). Greedy decoding records raw ones."""
+    """The temperature warper, the recorder, the stop-token suppression of `min_new_tokens`, then the nucleus warper
+    (generate itself is called with neutral values): the recorded log-probs are those of logits / T, what
+    `PointVLM.logprobs(..., temperature=T)` recomputes, and not of the top-p truncated distribution (RL refuses
+    top_p < 1 for that reason) nor of the one without stop tokens (transformers' own `min_new_tokens` would run
+    before the recorder). Greedy decoding records raw ones."""
     if temperature <= 0 or not 0 < top_p <= 1:
         raise ValueError(f"need temperature > 0 and 0 < top_p <= 1, got temperature={temperature}, top_p={top_p}")
     processors: list[LogitsProcessor] = []
     if do_sample and temperature != 1.0:
         processors.append(TemperatureLogitsWarper(temperature))
     processors.append(recorder)
+    if min_new_tokens > 0:
+        if not stop_ids:
+            raise ValueError("min_new_tokens > 0 needs the stop ids to suppress")
+        processors.append(SuppressStopTokens(min_new_tokens, stop_ids))
     if do_sample and top_p < 1.0:
         processors.append(TopPLogitsWarper(top_p))
     return LogitsProcessorList(processors)

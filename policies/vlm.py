@@ -290,9 +290,11 @@ class PointVLM(nn.Module):
         top_p: float = 1.0,
         max_new_tokens: int = 256,
         seed: int | None = None,
+        min_new_tokens: int = 0,
     ) -> Generation:
         """Sample G responses per prompt; their log-probs are those of softmax(logits / temperature), before top-p
-        (greedy decoding: of the raw logits).
+        and before the stop tokens are suppressed for the first `min_new_tokens` tokens (greedy decoding: of the raw
+        logits).
 
         `seed` seeds torch's global generator (transformers samples with torch.multinomial on it)."""
         embeds, mask = self.embed(inputs)
@@ -303,7 +305,9 @@ class PointVLM(nn.Module):
             # expanded here rather than by num_return_sequences, which transformers refuses for greedy decoding
             inputs_embeds=embeds.repeat_interleave(num_return_sequences, dim=0),
             attention_mask=mask.repeat_interleave(num_return_sequences, dim=0),
-            logits_processor=sampling_processors(recorder, do_sample, temperature, top_p),
+            logits_processor=sampling_processors(
+                recorder, do_sample, temperature, top_p, min_new_tokens, self.stop_ids
+            ),
             do_sample=do_sample,
             temperature=1.0,
             top_p=1.0,

@@ -147,6 +147,12 @@ class RolloutConfig:
     temperature: float = setting(1.0, "sampling temperature", "> 0")
     top_p: float = setting(1.0, "nucleus sampling probability mass", "in (0, 1]")
     max_new_tokens: int = setting(320, "generated tokens per output at most", "> 0")
+    min_new_tokens: int = setting(
+        0,
+        "the fewest tokens each sample generates before EOS may end it; benchmarks set it to max_new_tokens to "
+        "force equal lengths (at most max_new_tokens)",
+        ">= 0",
+    )
     max_staleness: int = setting(0, "policy versions a rollout may lag the learner (0: strictly on-policy)", ">= 0")
     mode: str = setting(
         "sync",

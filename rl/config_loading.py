@@ -190,6 +190,12 @@ def _validated(layers: list[tuple[Any, str]]) -> Config:
     cfg = _build(Config, raw, "", origins)
     if cfg.reward.mode == "http" and cfg.reward.url is None:
         raise _fail("reward.mode", "is http, so reward.url must be the service's URL, but it is null", origins)
+    if cfg.rollout.min_new_tokens > cfg.rollout.max_new_tokens:
+        raise _fail(
+            "rollout.min_new_tokens",
+            f"is {cfg.rollout.min_new_tokens}, more than rollout.max_new_tokens={cfg.rollout.max_new_tokens}",
+            origins,
+        )
     if len(cfg.learner.betas) != 2:
         raise _fail("learner.betas", f"expected two values (beta1, beta2), got {cfg.learner.betas}", origins)
     if cfg.rollout.top_p < 1 and cfg.algo.name in ROLLOUT_ALGORITHMS:

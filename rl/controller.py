@@ -178,6 +178,7 @@ class Controller:
             temperature=cfg.rollout.temperature,
             top_p=cfg.rollout.top_p,
             max_new_tokens=cfg.rollout.max_new_tokens,
+            min_new_tokens=cfg.rollout.min_new_tokens,
             # one stream per sampled output of the run: prompt p of step k draws from
             # seed + (k * prompts + p) * G onwards (rollout.worker.launch_on_workers)
             seed=cfg.run.seed * 100_003 + step * cfg.rollout.prompts_per_step * cfg.rollout.group_size,

@@ -16,7 +16,8 @@ T = TypeVar("T")
 @dataclass(frozen=True)
 class SamplingConfig:
     """How to sample G = `n` responses per prompt. `seed` None draws fresh randomness; `do_sample` False decodes
-    greedily (the G rows of a prompt are then equal)."""
+    greedily (the G rows of a prompt are then equal). No stop token ends a response before `min_new_tokens`
+    (benchmarks set it to `max_new_tokens` to force equal lengths)."""
 
     n: int = 8
     temperature: float = 1.0
@@ -24,12 +25,13 @@ class SamplingConfig:
     max_new_tokens: int = 256
     seed: int | None = None
     do_sample: bool = True
+    min_new_tokens: int = 0
 
     def __post_init__(self) -> None:
-        if self.n < 1 or self.max_new_tokens < 1:
+        if self.n < 1 or self.max_new_tokens < 1 or not 0 <= self.min_new_tokens <= self.max_new_tokens:
             raise ValueError(
-                f"SamplingConfig: need n >= 1 and max_new_tokens >= 1, got n={self.n}, "
-                f"max_new_tokens={self.max_new_tokens}"
+                f"SamplingConfig: need n >= 1, max_new_tokens >= 1 and 0 <= min_new_tokens <= max_new_tokens, got "
+                f"n={self.n}, max_new_tokens={self.max_new_tokens}, min_new_tokens={self.min_new_tokens}"
             )
         # vLLM refuses temperatures above 2 (SamplingParams); refusing them here keeps both backends alike
         if not 0 < self.temperature <= 2 or not 0 < self.top_p <= 1:

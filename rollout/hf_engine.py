@@ -32,6 +32,7 @@ class HFEngine:
             temperature=sampling.temperature,
             top_p=sampling.top_p,
             max_new_tokens=sampling.max_new_tokens,
+            min_new_tokens=sampling.min_new_tokens,
             seed=sampling.seed,
         )
         return RolloutBatch(

@@ -14,9 +14,13 @@ The vLLM 0.32 APIs used, and why (paths under site-packages/vllm/):
   an all-greedy batch the log-softmax of the raw logits (temperature 1).
 - `SamplingParams` (sampling_params.py): `_verify_greedy_sampling` refuses n > 1 at temperature 0, so a greedy
   prompt is decoded once and its row repeated G times; `_verify_args` refuses temperature > 2 (checked earlier, in
-  `SamplingConfig`). A request with n > 1 gives its g-th child the seed `seed + g`
-  (v1/engine/parallel_sampling.py, `ParentRequest._get_child_sampling_params`), so prompt p gets the seed
-  `base + p * n` in a `SamplingParams` of its own: one shared seed would give every prompt the same random draws.
+  `SamplingConfig`). `min_tokens` (`rollout.min_new_tokens`) works as a logits processor that runs before sampling
+  (`MinTokensLogitsProcessor`, v1/sample/logits_processor/builtin.py, not argmax-invariant), so the processed
+  log-probs of a response's first min_tokens tokens are of the distribution without the stop tokens, where the HF
+  engine records the full one (`policies.generation.sampling_processors`). A request with n > 1 gives its g-th
+  child the seed `seed + g` (v1/engine/parallel_sampling.py, `ParentRequest._get_child_sampling_params`), so prompt
+  p gets the seed `base + p * n` in a `SamplingParams` of its own: one shared seed would give every prompt the same
+  random draws.
 - `LLM.collective_rpc("pointrl_reload_weights", args=(bytes,))` (entrypoints/llm.py): a method called by name on
   every worker, where `WeightReloadExtension` is mixed in (`WorkerWrapperBase.init_worker`, v1/worker/worker_base.py).
   Arguments cross to the engine-core process as msgpack (tensors among them arrived as plain lists, issue 8), so
@@ -174,6 +178,7 @@ class VLLMEngine:
                 temperature=sampling.temperature if sampling.do_sample else 0.0,
                 top_p=sampling.top_p if sampling.do_sample else 1.0,
                 max_tokens=sampling.max_new_tokens,
+                min_tokens=sampling.min_new_tokens,
                 seed=None if sampling.seed is None or not sampling.do_sample else sampling.seed + p * draws,
                 logprobs=0,  # only the sampled token's log-prob (post-temperature: logprobs_mode above)
                 stop_token_ids=self.policy.stop_ids,

@@ -164,6 +164,12 @@ def test_rl_refuses_top_p_below_one(algo):
     assert load_config("sft.yaml", ["rollout.top_p=0.9"]).rollout.top_p == 0.9  # plain generation may truncate
 
 
+def test_min_new_tokens_may_not_exceed_max_new_tokens():
+    message = error_of(["rollout.max_new_tokens=8", "rollout.min_new_tokens=9"])
+    assert message.startswith("rollout.min_new_tokens: is 9, more than rollout.max_new_tokens=8")
+    assert load_config("grpo.yaml", ["rollout.min_new_tokens=320"]).rollout.min_new_tokens == 320
+
+
 def test_lambda_has_one_home():
     message = error_of(["reward.field_weights.rpc=0.3"])
     assert message.startswith(

@@ -130,6 +130,13 @@ def test_a_seed_repeats_and_each_prompt_draws_its_own_streams(full, samples):
     assert both[:G] == first[:G] and both[G:] != both[:G]
 
 
+def test_min_new_tokens_reaches_vllm_as_min_tokens(full, samples):
+    inputs, uids = inputs_of(full, samples[:2])
+    forced = SamplingConfig(n=G, temperature=TEMPERATURE, max_new_tokens=24, min_new_tokens=24, seed=7)
+    assert full.sampling_params(forced, 2)[0].min_tokens == 24
+    assert full.generate(inputs, uids, forced).response_mask.sum(1).tolist() == [24] * (2 * G)
+
+
 def test_what_vllm_would_refuse_is_refused_up_front():
     from vllm import SamplingParams
 
