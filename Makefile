@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test test-vllm demo bench bench-learning bench-step clean
+.PHONY: install test test-vllm demo bench bench-learning bench-lambda bench-spa bench-step clean
 
 install: $(STAMP)
 
@@ -29,7 +29,13 @@ bench: install
 	$(BIN)/python bench/learner_bench.py
 
 bench-learning: install
-	$(BIN)/python bench/learning_bench.py
+	$(BIN)/python bench/learning_bench.py --study table3
+
+bench-lambda: install
+	$(BIN)/python bench/learning_bench.py --study lambda
+
+bench-spa: install
+	$(BIN)/python bench/learning_bench.py --study spa
 
 # The step benchmark against TRL's GRPOTrainer: trl (pinned) lives only in its own venv, never in the project's
 # dependencies. torch is installed first, as in .venv, so that pip keeps the local CPU wheel instead of a CUDA build;

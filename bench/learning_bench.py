@@ -1,54 +1,172 @@
-"""Learning result: routed GRPO (GRCA) against broadcast GRPO, both from the same SFT warm-up, on held-out objects.
+"""GRCA's Table 3 at CPU scale, and Table 5's lambda sweep and SPA's Table 2: every arm starts from the same SFT warm-up
+and gets the same budget, each policy is evaluated greedily on the same held-out objects (generated with a seed no
+training saw), and the study is written to `<out>/study.json`, `study.md` and `curves.png`.
 
-Runs the demo configuration (`rl/configs/demo.yaml`: a small Point-VLM, procedural data) once through the SFT
-warm-up, then each algorithm for the same steps from that policy, and prints the held-out metrics and each one's
-ratio to the SFT baseline measured in the same run. About 15 minutes on 2 CPUs; not part of `make test`.
+    python bench/learning_bench.py [--study table3|lambda|spa] [--seeds N] [--out DIR] [key=value ...]
 
-    python bench/learning_bench.py [key=value ...]      (overrides apply to every stage, e.g. run.steps=30)
+- table3 (`make bench-learning`, 3 seeds): SFT (the start); SFT budget-matched (SFT continued, at the RL learning
+  rate, for as many optimizer steps as an RL arm takes, each on as many rows); broadcast GRPO; GRCA without the RPC
+  term (lambda 0); GRCA + RPC (lambda 0.15).
+- lambda (`make bench-lambda`, 1 seed): GRCA at lambda 0, 0.1, 0.15 and 0.2.
+- spa (`make bench-spa`, 1 seed): SPA with 3D masking of 25, 50 and 75% of the points, Gaussian noise, point dropping,
+  budget-matched like SFT, each with its reliance gap (per object, clean minus cloud swapped).
+A seed (run.seed) changes the rollout sampling, the prompt order and the learner's RNG; the SFT start is one policy.
+The configuration is the demo's (rl/configs/demo.yaml); key=value overrides apply to every stage (run.steps=30 makes a
+shorter study). A finished run is kept in `<out>/<arm>/seed<k>/result.json` and reused when the study is run again, and
+an unfinished one resumes from its checkpoint, so a crash loses little.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import math
 import sys
+import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.study import write_study  # noqa: E402
 from policies.tiny import build_tiny_policy  # noqa: E402
+from rl.config import Config, run_quant  # noqa: E402
 from rl.config_loading import load_config  # noqa: E402
-from rl.driver import evaluate_policy, init_ray, run_stage, warmup_config  # noqa: E402
-from rl.evaluate import METRICS  # noqa: E402
+from rl.controller import held_out_samples  # noqa: E402
+from rl.driver import held_out_answerer, init_ray, run_stage, warmup_config  # noqa: E402
+from rl.evaluate import object_scores, swapped_clouds  # noqa: E402
+
+SPA = ["algo.name=spa"]
+STUDIES = {  # arm -> its overrides of the base configuration, per study
+    "table3": {
+        "SFT budget-matched": ["algo.name=sft"],
+        "GRPO": ["algo.name=grpo"],
+        "GRCA λ=0": ["algo.rpc_weight=0"],
+        "GRCA + RPC": ["algo.rpc_weight=0.15"],
+    },
+    "lambda": {f"GRCA λ={lam}": [f"algo.rpc_weight={lam}"] for lam in (0, 0.1, 0.15, 0.2)},
+    "spa": {
+        **{f"SPA mask {r:.0%}": [*SPA, "spa.corruption=mask", f"spa.mask_ratio={r}"] for r in (0.25, 0.5, 0.75)},
+        "SPA gaussian": [*SPA, "spa.corruption=gaussian"],
+        "SPA drop": [*SPA, "spa.corruption=drop"],
+    },
+}
+SEEDS = {"table3": 3, "lambda": 1, "spa": 1}
+TITLES = {
+    "table3": "GRCA Table 3 at CPU scale: SFT, SFT budget-matched, broadcast GRPO, GRCA, GRCA + RPC",
+    "lambda": "GRCA Table 5 at CPU scale: the RPC weight lambda",
+    "spa": "SPA Table 2 at CPU scale: corruptions of the cloud",
+}
 
 
-def main(overrides: list[str]) -> None:
-    base = load_config("demo.yaml", ["run.dir=runs/learning_bench", "eval.reliance=false", *overrides])
-    root = Path(base.run.dir).resolve()
+def budget_matched(cfg: Config) -> Config:
+    """A target-based arm (SFT, SPA) with an RL arm's budget: as many optimizer steps, each on as many rows."""
+    rows_per_step = cfg.rollout.prompts_per_step * cfg.rollout.group_size
+    micro_batches = math.ceil(rows_per_step / cfg.learner.micro_batch_size)
+    optimizer_steps = cfg.learner.epochs * math.ceil(micro_batches / cfg.learner.grad_accum)
+    return dataclasses.replace(
+        cfg,
+        run=dataclasses.replace(cfg.run, steps=cfg.run.steps * optimizer_steps),
+        rollout=dataclasses.replace(
+            cfg.rollout, prompts_per_step=cfg.learner.micro_batch_size * cfg.learner.grad_accum, mode="sync"
+        ),
+        learner=dataclasses.replace(cfg.learner, epochs=1),
+    )
+
+
+def held_out_scores(cfg: Config, policy_dir: Path, samples, swap: bool) -> dict[str, list[float]]:
+    """Per held-out object, every metric of the greedy answer; with `swap`, also the gaps to the answers given with
+    another object's cloud (`swap_gap_<metric>`: the encoder-reliance gap)."""
+    answer, quant = held_out_answerer(cfg, policy_dir), run_quant(cfg)
+    scores = object_scores(samples, answer(samples), quant)
+    if swap:
+        swapped = object_scores(samples, answer(swapped_clouds(samples)), quant)
+        for metric in ("iou3d", "kpa3d"):
+            scores[f"swap_gap_{metric}"] = [c - s for c, s in zip(scores[metric], swapped[metric])]
+    return scores
+
+
+def means(scores: dict[str, list[float]]) -> dict[str, float]:
+    return {metric: float(np.mean(values)) for metric, values in scores.items()}
+
+
+def periodic_points(run_dir: Path) -> list[list]:
+    """The `eval/...` rows that the controller logged during the run, as curve points [step, {metric: value}]."""
+    path = run_dir / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [
+        [row["step"] + 1, {k.removeprefix("eval/"): v for k, v in row.items() if k.startswith("eval/")}]
+        for row in rows
+        if "eval/iou3d" in row
+    ]
+
+
+def run_arm(cfg: Config, start: Path, start_point: dict, run_dir: Path, samples, swap: bool) -> dict:
+    """Train one arm for one seed from the SFT start (or take the result a previous run left), and score it."""
+    done = run_dir / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    rl_steps = cfg.run.steps
+    if cfg.algo.name in ("sft", "spa"):
+        cfg = budget_matched(cfg)
+    else:  # one periodic evaluation halfway; the last step's is the bench's own, with per-object scores
+        cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, every=rl_steps // 2 + 1))
+    began = time.perf_counter()
+    final = run_stage(cfg, start, run_dir)
+    scores = held_out_scores(cfg, final, samples, swap)
+    curve = [[0, start_point], *periodic_points(run_dir), [rl_steps, means(scores)]]
+    result = {"seed": cfg.run.seed, "scores": scores, "curve": curve, "seconds": time.perf_counter() - began}
+    done.write_text(json.dumps(result))
+    return result
+
+
+def run_arm_start(cfg: Config, start: Path, sft_dir: Path, samples, swap: bool) -> dict:
+    """The SFT start as an arm of its own: one policy, its curve flat from step 0 to the RL arms' last step."""
+    done = sft_dir / "result.json"
+    if not done.exists():
+        scores = held_out_scores(cfg, start, samples, swap)
+        point = means(scores)
+        done.write_text(
+            json.dumps({"seed": cfg.run.seed, "scores": scores, "curve": [[0, point], [cfg.run.steps, point]]})
+        )
+    return json.loads(done.read_text())
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--study", choices=sorted(STUDIES), default="table3")
+    parser.add_argument("--seeds", type=int, help="seeds per trained arm (default: 3 for table3, else 1)")
+    parser.add_argument("--out", help="output directory (default: runs/bench-<study>)")
+    args, overrides = parser.parse_known_args(argv)
+    study, seeds = args.study, args.seeds or SEEDS[args.study]
+    out = Path(args.out or f"runs/bench-{'learning' if study == 'table3' else study}").resolve()
+    base = load_config("demo.yaml", [f"run.dir={out}", "eval.reliance=false", *overrides])
     init_ray(base)
-    init = root / "init_policy"
+    init = out / "init_policy"
     if not (init / "pointvlm.json").exists():
         build_tiny_policy(
             out_dir=init, seed=base.run.seed, hidden_size=base.policy.hidden_size, num_layers=base.policy.num_layers
         )
-    sft = run_stage(warmup_config(base), init, root / "sft")
-    reports = {"sft": evaluate_policy(base, sft, root / "eval_sft.json")}
-    for algo in ("grca", "grpo"):
-        cfg = dataclasses.replace(
-            base,
-            algo=dataclasses.replace(base.algo, name=algo),
-            run=dataclasses.replace(base.run, name=algo, dir=str(root / algo)),
-        )
-        final = run_stage(cfg, sft, root / algo)
-        reports[algo] = evaluate_policy(cfg, final, root / algo / "eval_final.json")
-    print(f"\nheld-out metrics ({reports['sft']['meta']['samples']} objects), ratio to the SFT start in brackets:")
-    print(f"{'':8}" + "".join(f"{m:>16}" for m in METRICS))
-    for name, report in reports.items():
-        cells = "".join(f"{report[m]:8.3f} [{report[m] / max(reports['sft'][m], 1e-9):4.2f}x]" for m in METRICS)
-        print(f"{name:8}{cells}")
-    (root / "summary.json").write_text(
-        json.dumps({k: {m: r[m] for m in METRICS} for k, r in reports.items()}, indent=1)
-    )
+    swap = study == "spa"
+    samples = held_out_samples(base)
+    print(f"{TITLES[study]}\n{len(samples)} held-out objects (seed {base.data.seed + 1}), {seeds} seed(s) per arm")
+    start = run_stage(warmup_config(base), init, out / "sft")
+    start_result = run_arm_start(base, start, out / "sft", samples, swap)
+    results = {"SFT": [start_result]}
+    for arm, arm_overrides in STUDIES[study].items():
+        results[arm] = []
+        for seed in range(seeds):
+            slug = arm.replace(" ", "_").replace("λ", "lambda").replace("%", "").replace("+", "plus")
+            cfg = load_config("demo.yaml", [f"run.dir={out}", "eval.reliance=false", *overrides, *arm_overrides])
+            cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, name=slug, seed=seed))
+            print(f"\n== {arm}, seed {seed}")
+            result = run_arm(cfg, start, start_result["curve"][0][1], out / slug / f"seed{seed}", samples, swap)
+            print(f"   {arm} seed {seed}: " + ", ".join(f"{m} {v:.3f}" for m, v in means(result["scores"]).items()))
+            results[arm].append(result)
+    write_study(results, out, TITLES[study])
+    print("\n" + (out / "study.md").read_text() + f"\nwritten: {out}/study.json, study.md, curves.png")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ class TrainingSet:
         self.cache: dict[int, Sample] = {}
         if self.size == 0:
             raise ValueError(f"data: the {split} split of {cfg.data.dir} is empty")
-        self.order = np.random.default_rng(self.seed).permutation(self.size)
+        # the run's seed reorders the prompts too: runs that differ only in run.seed see them in other orders
+        self.order = np.random.default_rng([self.seed, cfg.run.seed]).permutation(self.size)
 
     def __getitem__(self, index: int) -> Sample:
         if index not in self.cache:

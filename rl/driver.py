@@ -182,21 +182,26 @@ def warmup_config(cfg: Config) -> Config:
     )
 
 
-def evaluate_policy(cfg: Config, policy_dir: Path, out: Path) -> dict:
+def held_out_answerer(cfg: Config, policy_dir: Path):
+    """The policy of `policy_dir` as an answerer with the run's evaluation settings (section eval), in this process."""
     from policies import PointVLM
-    from rl.evaluate import evaluate, policy_answerer, write_report
+    from rl.evaluate import policy_answerer
 
-    samples = held_out_samples(cfg)
-    policy = PointVLM.from_pretrained(policy_dir).eval()
-    answer = policy_answerer(
-        policy,
+    return policy_answerer(
+        PointVLM.from_pretrained(policy_dir).eval(),
         batch_size=cfg.eval.batch_size,
         max_new_tokens=cfg.eval.max_new_tokens,
         greedy=cfg.eval.greedy,
         use_images=cfg.data.use_images,
         quant=run_quant(cfg),
     )
-    report = evaluate(answer, samples, run_quant(cfg), reliance=cfg.eval.reliance)
+
+
+def evaluate_policy(cfg: Config, policy_dir: Path, out: Path) -> dict:
+    from rl.evaluate import evaluate, write_report
+
+    samples = held_out_samples(cfg)
+    report = evaluate(held_out_answerer(cfg, policy_dir), samples, run_quant(cfg), reliance=cfg.eval.reliance)
     source = f"{cfg.data.dir}:{cfg.eval.split}" if cfg.data.dir else f"generated with seed {cfg.data.seed + 1}"
     report["meta"] = {"policy": str(policy_dir), "samples": len(samples), "held_out": source}
     write_report(report, out)

@@ -57,19 +57,31 @@ def text_metrics(hypotheses: list[str], references: list[str]) -> dict[str, floa
     }
 
 
+def _scored(samples: list[Sample], texts: list[str], quant: Quant | None) -> list[dict]:
+    quant = quant or Quant()
+    return score_batch(
+        [reward_sample(s, t) for s, t in zip(samples, texts)], {"bins": quant.bins, "bounds3d": quant.bounds3d}
+    )
+
+
+def object_scores(
+    samples: list[Sample], texts: list[str], quant: Quant | None = None, results: list[dict] | None = None
+) -> dict[str, list[float]]:
+    """Per sample, each metric of REWARD_OF_METRIC and the parse rate (1 when a JSON object was found): the values
+    whose means `score_answers` reports, kept apart for statistics over objects (bench/study.py's bootstrap)."""
+    results = results if results is not None else _scored(samples, texts, quant)
+    scores = {metric: [float(r["rewards"][field]) for r in results] for metric, field in REWARD_OF_METRIC.items()}
+    scores["parse_rate"] = [float(not (r["errors"] and r["errors"][0].startswith(_NOTHING_PARSED))) for r in results]
+    return scores
+
+
 def score_answers(samples: list[Sample], texts: list[str], quant: Quant | None = None) -> dict:
     """Mean field rewards under their metric names, the parse rate, the description's BLEU / ROUGE-L, and under
     `answer_by_question` the answer accuracy and count of each question type (`match` is relevance discrimination)."""
-    quant = quant or Quant()
-    results = score_batch(
-        [reward_sample(s, t) for s, t in zip(samples, texts)], {"bins": quant.bins, "bounds3d": quant.bounds3d}
-    )
+    results = _scored(samples, texts, quant)
     report = {
-        metric: float(np.mean([r["rewards"][field] for r in results])) for metric, field in REWARD_OF_METRIC.items()
+        metric: float(np.mean(values)) for metric, values in object_scores(samples, texts, quant, results).items()
     }
-    report["parse_rate"] = float(
-        np.mean([not (r["errors"] and r["errors"][0].startswith(_NOTHING_PARSED)) for r in results])
-    )
     hypotheses = [_description(t, r["spans"]["description"]) for t, r in zip(texts, results)]
     report.update(text_metrics(hypotheses, [s.targets.description for s in samples]))
     correct: dict[str, list[float]] = {}

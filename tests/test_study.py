@@ -1,0 +1,67 @@
+"""The learning studies' statistics and outputs (bench/study.py), per-object scores that agree with the report, and
+the run seed's prompt order: what Table 3 at CPU scale rests on."""
+
+import json
+
+import numpy as np
+
+from bench.study import bootstrap_ci, write_study
+from data3d import generate_sample, target_text
+from rl.config_loading import load_config
+from rl.controller import TrainingSet
+from rl.evaluate import METRICS, object_scores, score_answers
+
+
+def test_the_bootstrap_interval_holds_the_mean_and_widens_with_seed_to_seed_spread():
+    rng = np.random.default_rng(0)
+    objects = rng.uniform(0.4, 0.8, 256)
+    alike = np.stack([objects, objects + 0.01, objects - 0.01])  # [seeds, objects]: runs that agree
+    apart = np.stack([objects - 0.15, objects, objects + 0.15])  # runs that disagree, same mean
+    low, high = bootstrap_ci(alike)
+    assert low < alike.mean() < high
+    assert high - low < 0.05
+    wide_low, wide_high = bootstrap_ci(apart)
+    assert wide_low < apart.mean() < wide_high
+    assert wide_high - wide_low > 2 * (high - low)  # the seeds' spread is in the interval, not only the objects'
+    one_low, one_high = bootstrap_ci(objects[None])  # one seed: the ordinary bootstrap over objects
+    sem = objects.std() / np.sqrt(len(objects))
+    assert abs((one_high - one_low) - 2 * 1.96 * sem) < 0.3 * 2 * 1.96 * sem
+
+
+def test_write_study_writes_json_markdown_and_curves(tmp_path):
+    rng = np.random.default_rng(1)
+
+    def run(seed, level):
+        scores = {m: list(rng.uniform(level - 0.1, level + 0.1, 32)) for m in ("iou3d", "kpa3d", "rpc")}
+        point = {m: float(np.mean(v)) for m, v in scores.items()}
+        return {"seed": seed, "scores": scores, "curve": [[0, point], [10, point]]}
+
+    results = {"SFT": [run(0, 0.5)], "GRCA + RPC": [run(0, 0.7), run(1, 0.72)]}
+    study = write_study(results, tmp_path, "a study")
+    saved = json.loads((tmp_path / "study.json").read_text())
+    assert saved["arms"]["GRCA + RPC"]["seeds"] == [0, 1] and study["objects"] == 32
+    low, high = saved["arms"]["GRCA + RPC"]["ci95"]["iou3d"]
+    assert low < saved["arms"]["GRCA + RPC"]["mean"]["iou3d"] < high
+    table = (tmp_path / "study.md").read_text()
+    assert "| GRCA + RPC (2) |" in table and "| SFT (1) |" in table
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_object_scores_are_the_report_per_object():
+    samples = [generate_sample(5, i, num_points=256, image_size=32) for i in range(6)]
+    texts = [target_text(s) for s in samples[:3]] + ["not json", target_text(samples[0]), "{}"]
+    per_object, report = object_scores(samples, texts), score_answers(samples, texts)
+    for metric in METRICS:
+        assert len(per_object[metric]) == len(samples)
+        assert np.isclose(np.mean(per_object[metric]), report[metric])
+    assert per_object["parse_rate"][3] == 0.0 and per_object["parse_rate"][0] == 1.0
+
+
+def test_the_run_seed_reorders_the_training_prompts():
+    def order(seed):
+        cfg = load_config("grca.yaml", [f"run.seed={seed}"])
+        return TrainingSet(cfg, "train", 64).order.tolist()
+
+    assert order(0) == order(0)
+    assert order(0) != order(1)
+    assert sorted(order(1)) == list(range(64))
