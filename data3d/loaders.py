@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from data3d.annotate import Surface, annotate, mesh_surface
+from data3d.annotate import NUM_KPTS, Surface, annotate, mesh_surface
 from data3d.benchmark import POOL_FACTOR
 from data3d.questions import category_question
 from data3d.shapes import article
+from data3d.sources import modelnet40_files, modelnet_uid, objaverse_file, objaverse_uid, shapenet_files, shapenet_uid
 from data3d.store import read_json
 from data3d.types import Sample
 
@@ -147,11 +148,14 @@ def _sample(
     *,
     num_points: int,
     image_size: int,
+    num_kpts: int = NUM_KPTS,
     pool_size: int | None = None,
 ) -> Sample:
     """The sample of one file's surface; a failure names the file."""
     try:
-        geometry = annotate(surface, rng, num_points=num_points, image_size=image_size, pool_size=pool_size)
+        geometry = annotate(
+            surface, rng, num_points=num_points, image_size=image_size, num_kpts=num_kpts, pool_size=pool_size
+        )
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
     return geometry.sample(
@@ -200,7 +204,14 @@ def read_mesh(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def shapenet_sample(
-    path, category: str, uid: str, *, seed: int = 0, num_points: int = 1024, image_size: int = 128
+    path,
+    category: str,
+    uid: str,
+    *,
+    seed: int = 0,
+    num_points: int = 1024,
+    image_size: int = 128,
+    num_kpts: int = NUM_KPTS,
 ) -> Sample:
     """One ShapeNet model file as a sample."""
     vertices, faces, face_rgb = read_mesh(path)
@@ -220,8 +231,16 @@ def shapenet_sample(
         f"{article(category)} {category}",
         num_points=num_points,
         image_size=image_size,
+        num_kpts=num_kpts,
         pool_size=POOL_FACTOR * num_points,
     )
+
+
+def shapenet_file_sample(path, **kwargs) -> Sample:
+    """A model file in ShapeNetCore v2's layout as a sample: its synset folder names the category (`shapenet_sample`'s
+    keyword arguments pass through)."""
+    synset = Path(path).parts[-4]
+    return shapenet_sample(path, SHAPENET_SYNSETS.get(synset, synset), shapenet_uid(path), **kwargs)
 
 
 def iter_shapenet(
@@ -232,25 +251,11 @@ def iter_shapenet(
     seed: int = 0,
     num_points: int = 1024,
     image_size: int = 128,
+    num_kpts: int = NUM_KPTS,
 ) -> Iterator[Sample]:
     """ShapeNetCore v2 models under `root` in sorted order (optionally only some synsets, at most `limit`)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"ShapeNetCore root {root} is not a directory")
-    paths = sorted(root.glob("*/*/models/model_normalized.obj"))
-    if synsets is not None:
-        wanted = set(synsets)
-        paths = [p for p in paths if p.parts[-4] in wanted]
-    for path in paths[:limit]:
-        synset, model_id = path.parts[-4], path.parts[-3]
-        yield shapenet_sample(
-            path,
-            SHAPENET_SYNSETS.get(synset, synset),
-            f"shapenet-{synset}-{model_id}",
-            seed=seed,
-            num_points=num_points,
-            image_size=image_size,
-        )
+    for path in shapenet_files(root, synsets)[:limit]:
+        yield shapenet_file_sample(path, seed=seed, num_points=num_points, image_size=image_size, num_kpts=num_kpts)
 
 
 def read_modelnet_txt(path) -> np.ndarray:
@@ -267,12 +272,14 @@ def read_modelnet_txt(path) -> np.ndarray:
     return rows
 
 
-def modelnet_sample(path, *, seed: int = 0, num_points: int = 1024, image_size: int = 128) -> Sample:
+def modelnet_sample(
+    path, *, seed: int = 0, num_points: int = 1024, image_size: int = 128, num_kpts: int = NUM_KPTS
+) -> Sample:
     """One ModelNet40 resampled file as a sample; the class is the name before the last underscore."""
     path = Path(path)
     rows = read_modelnet_txt(path)
     cls = path.stem.rsplit("_", 1)[0]
-    category, uid = cls.replace("_", " "), f"modelnet40-{path.stem}"
+    category, uid = cls.replace("_", " "), modelnet_uid(path)
     normals = rows[:, 3:] / np.maximum(np.linalg.norm(rows[:, 3:], axis=1, keepdims=True), 1e-12)
     surface = Surface(rows[:, :3], np.broadcast_to(np.asarray(GREY), (len(rows), 3)), normals)
     rng = _rng(seed, uid)
@@ -287,6 +294,7 @@ def modelnet_sample(path, *, seed: int = 0, num_points: int = 1024, image_size: 
         f"{article(category)} {category}",
         num_points=num_points,
         image_size=image_size,
+        num_kpts=num_kpts,
     )
 
 
@@ -298,21 +306,11 @@ def iter_modelnet40(
     seed: int = 0,
     num_points: int = 1024,
     image_size: int = 128,
+    num_kpts: int = NUM_KPTS,
 ) -> Iterator[Sample]:
     """ModelNet40 files under `root`: those listed in `modelnet40_<split>.txt`, or every `<class>/*.txt` if no split."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"ModelNet40 root {root} is not a directory")
-    if split is None:
-        paths = sorted(p for p in root.glob("*/*.txt") if p.parent.name == p.stem.rsplit("_", 1)[0])
-    else:
-        listing = root / f"modelnet40_{split}.txt"
-        if not listing.is_file():
-            raise FileNotFoundError(f"{listing} not found (the split file of split {split!r})")
-        names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
-        paths = [root / name.rsplit("_", 1)[0] / f"{name}.txt" for name in names]
-    for path in paths[:limit]:
-        yield modelnet_sample(path, seed=seed, num_points=num_points, image_size=image_size)
+    for path in modelnet40_files(root, split)[:limit]:
+        yield modelnet_sample(path, seed=seed, num_points=num_points, image_size=image_size, num_kpts=num_kpts)
 
 
 def read_conversations(path) -> list[tuple[str, str, str]]:
@@ -354,23 +352,46 @@ def read_pointllm_npy(path) -> tuple[np.ndarray, np.ndarray]:
     return cloud[:, :3].astype(np.float64), rgb / 255.0 if rgb.max() > 1.0 else rgb
 
 
+def objaverse_sample(
+    root,
+    object_id: str,
+    instruction: str,
+    answer: str,
+    *,
+    seed: int = 0,
+    num_points: int = 1024,
+    image_size: int = 128,
+    num_kpts: int = NUM_KPTS,
+) -> Sample:
+    """One PointLLM conversation entry as a sample, its cloud read from `<root>/<object_id>_8192.npy`."""
+    path = objaverse_file(root, object_id)
+    xyz, rgb = read_pointllm_npy(path)
+    uid = objaverse_uid(object_id)
+    return _sample(
+        path,
+        uid,
+        Surface(xyz, rgb),
+        _rng(seed, uid),
+        ("open", instruction, [answer]),
+        "",
+        answer,
+        num_points=num_points,
+        image_size=image_size,
+        num_kpts=num_kpts,
+    )
+
+
 def iter_objaverse(
-    root, conversations, *, limit: int | None = None, seed: int = 0, num_points: int = 1024, image_size: int = 128
+    root,
+    conversations,
+    *,
+    limit: int | None = None,
+    seed: int = 0,
+    num_points: int = 1024,
+    image_size: int = 128,
+    num_kpts: int = NUM_KPTS,
 ) -> Iterator[Sample]:
     """PointLLM Objaverse samples: one per conversation entry, its cloud read from `<root>/<uid>_8192.npy`."""
-    root = Path(root)
+    settings = dict(seed=seed, num_points=num_points, image_size=image_size, num_kpts=num_kpts)
     for object_id, instruction, answer in read_conversations(conversations)[:limit]:
-        path = root / f"{object_id}_8192.npy"
-        xyz, rgb = read_pointllm_npy(path)
-        uid = f"objaverse-{object_id}"
-        yield _sample(
-            path,
-            uid,
-            Surface(xyz, rgb),
-            _rng(seed, uid),
-            ("open", instruction, [answer]),
-            "",
-            answer,
-            num_points=num_points,
-            image_size=image_size,
-        )
+        yield objaverse_sample(root, object_id, instruction, answer, **settings)

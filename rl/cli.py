@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -84,6 +86,22 @@ def _usage_error(command: str, message: str) -> None:
     """One line on stderr and exit status 2 (argparse's status for a bad command line), no traceback."""
     print(f"pointrl {command}: error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+@contextmanager
+def writing_dataset(command: str, out: str, how_to_continue: str) -> Iterator[None]:
+    """Around a command that writes a dataset directory: bad input is one line (status 2), and an interrupt says that
+    the directory is partial and how to continue it."""
+    try:
+        yield
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as exc:  # DatasetError is a ValueError
+        _usage_error(command, str(exc))
+    except KeyboardInterrupt:
+        print(
+            f"\npointrl {command}: interrupted; {out} is partial (its meta.json says how far it got): {how_to_continue}",
+            file=sys.stderr,
+        )
+        raise SystemExit(130) from None
 
 
 def _synth_argument_problem(args: argparse.Namespace) -> str | None:
@@ -173,7 +191,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
     settings = DataSettings(
         num_points=args.num_points, image_size=args.image_size, num_kpts=args.num_kpts, bins=args.bins
     )
-    try:
+    with writing_dataset("synth", args.out, "the same command with --resume finishes it"):
         if not args.resume:
             _warn_if_large(args, settings)
         summary = write_benchmark(
@@ -188,15 +206,6 @@ def cmd_synth(args: argparse.Namespace) -> None:
             shard_size=args.shard_size,
             resume=args.resume,
         )
-    except (FileNotFoundError, FileExistsError, NotADirectoryError, ValueError) as exc:  # DatasetError is a ValueError
-        _usage_error("synth", str(exc))
-    except KeyboardInterrupt:
-        print(
-            f"\npointrl synth: interrupted; {args.out} is partial (its meta.json says how far it got): the same "
-            f"command with --resume finishes it",
-            file=sys.stderr,
-        )
-        raise SystemExit(130) from None
     counts = ", ".join(f"{split} {count}" for split, count in summary["counts"].items())
     if args.resume and summary["resumed_from"] == args.n:
         print(f"{args.out} is already complete: {counts} samples")
@@ -287,9 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.set_defaults(run=cmd_synth)
 
+    from rl.cli_import import add_import_parser
+
+    add_import_parser(commands, defaults)
+
     evaluate = commands.add_parser("eval", help="evaluate a policy directory on a dataset split")
     evaluate.add_argument("--policy", required=True, help="a policy directory (PointVLM.save_pretrained)")
-    evaluate.add_argument("--data", required=True, help="a dataset directory (pointrl synth)")
+    evaluate.add_argument("--data", required=True, help="a dataset directory (pointrl synth or pointrl import)")
     evaluate.add_argument("--out", required=True, help="the JSON report to write")
     evaluate.add_argument("--split", default="test")
     evaluate.add_argument("--limit", type=int, default=None, help="evaluate only the first N samples")

@@ -236,7 +236,7 @@ def main(default_config: str, argv: list[str] | None = None) -> dict:
     """Parse `[--config PATH] [key=value ...]`, run the stages, evaluate, print SFT vs final side by side."""
     import sys
 
-    from rl.evaluate import format_comparison, format_table
+    from rl.evaluate import format_ceiling, format_comparison, format_table
 
     cfg = parse_cli(sys.argv[1:] if argv is None else argv, default_config)
     try:
@@ -256,7 +256,7 @@ def main(default_config: str, argv: list[str] | None = None) -> dict:
         meta = report["meta"]
         print(
             f"\nheld-out evaluation, {stage} policy ({meta['samples']} objects, {meta['held_out']}):\n"
-            f"{format_table(report)}"
+            f"{format_table(report)}\n{format_ceiling(report)}"
         )
     if "sft" in reports:
         print(f"\nSFT start vs {cfg.algo.name} (gap = clean minus cloud swapped):\n{format_comparison(reports)}")

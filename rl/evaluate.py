@@ -20,7 +20,7 @@ import sacrebleu
 import torch
 from rouge_score import rouge_scorer
 
-from data3d import BenchmarkDataset, Sample, reward_sample
+from data3d import BenchmarkDataset, Sample, reward_sample, target_text
 from data3d.settings import SETTINGS_FILE, check_compatible, dataset_settings, load_settings
 from rewards import Quant, score_batch
 from rl.batches import corrupt
@@ -93,6 +93,21 @@ def score_answers(samples: list[Sample], texts: list[str], quant: Quant | None =
     return report
 
 
+def ground_truth_ceiling(samples: list[Sample], quant: Quant | None = None) -> dict[str, float]:
+    """What a perfect answer scores on these samples: each one's ground truth, serialized as the policy is taught to
+    write it (`target_text`, quantized with `quant`), through the same reward code. The boxes and keypoints sit near 1,
+    RPC does not: the projection of an axis-aligned 3D box covers more than the tight 2D box of the object's mask in
+    most views of an irregular shape, so an RPC figure means something only beside this, per dataset."""
+    report = score_answers(samples, [target_text(s, quant) for s in samples], quant)
+    return {metric: report[metric] for metric in (*METRICS, "format_rate")}
+
+
+def format_ceiling(report: dict) -> str:
+    """The ceiling of a report as one line."""
+    values = "  ".join(f"{metric} {value:.3f}" for metric, value in report["ceiling"].items())
+    return f"ground-truth ceiling (what a perfect answer scores on these samples): {values}"
+
+
 def swapped_clouds(samples: list[Sample]) -> list[Sample]:
     """Each sample with the point cloud of the next sample of another category (the next sample if all share one)."""
     swapped = []
@@ -135,12 +150,14 @@ def evaluate(
     mask_ratio: float = 0.6,
     seed: int = 0,
 ) -> dict:
-    """The report `pointrl eval` writes: METRICS, format_rate, TEXT_METRICS, n and (optionally) `reliance`: the
-    3D-masked and cloud-swapped metrics and gaps with the image, and under `image_blanked` the same three conditions
-    (clean, masked, swapped) with a blank image, whose gaps measure the cloud where the picture cannot stand in."""
+    """The report `pointrl eval` writes: METRICS, format_rate, TEXT_METRICS, n, `ceiling` (`ground_truth_ceiling`: the
+    same metrics for a perfect answer) and (optionally) `reliance`: the 3D-masked and cloud-swapped metrics and gaps
+    with the image, and under `image_blanked` the same three conditions (clean, masked, swapped) with a blank image,
+    whose gaps measure the cloud where the picture cannot stand in."""
     if not samples:
         raise ValueError("evaluate: no samples to evaluate")
     report = {**score_answers(samples, answer(samples), quant), "n": len(samples)}
+    report["ceiling"] = ground_truth_ceiling(samples, quant)
     if reliance:
         blank = blanked_images(samples)
         blank_clean = score_answers(samples, answer(blank), quant)
@@ -273,6 +290,7 @@ def run_eval(
         answerer = policy_answerer(policy, batch_size, max_new_tokens, greedy, use_images, quant=quant)
         report = evaluate(answerer, samples, quant, reliance=reliance)
         print(format_table(report))
+        print(format_ceiling(report))
     if suite in ("3dcqa", "all"):
         from rl.evaluate_cqa import CQA_MAX_NEW_TOKENS, evaluate_cqa, format_cqa
 
