@@ -253,6 +253,25 @@ def write_report(report: dict, out: str | Path) -> None:
     Path(out).write_text(json.dumps(report, indent=1))
 
 
+def load_policy_and_split(policy_dir: str, data_dir: str, split: str, limit: int | None):
+    """A policy directory and the first `limit` samples of a dataset split, refused in one line when the dataset was
+    written with other data settings than the policy was trained on; returns (policy, samples, settings)."""
+    from policies import PointVLM
+
+    for path, what in ((policy_dir, "policy"), (data_dir, "dataset")):
+        if not Path(path).is_dir():
+            raise FileNotFoundError(f"{path}: no such {what} directory")
+    dataset = BenchmarkDataset(data_dir, split)
+    data = dataset_settings(dataset.meta)
+    settings = load_settings(policy_dir)
+    if settings is None:
+        print(f"{policy_dir} records no data settings ({SETTINGS_FILE}); scoring with the dataset's: {data}")
+        settings = data
+    check_compatible(settings, data, policy_dir, data_dir)
+    samples = [dataset[i] for i in range(min(len(dataset), limit or len(dataset)))]
+    return PointVLM.from_pretrained(policy_dir).eval(), samples, settings
+
+
 def run_eval(
     policy_dir: str,
     data_dir: str,
@@ -270,21 +289,8 @@ def run_eval(
     tables, write the JSON (the 3DCQA suite under its key "3dcqa")."""
     if suite not in SUITES:
         raise ValueError(f"suite: expected one of {', '.join(SUITES)}, got {suite!r}")
-    from policies import PointVLM
-
-    for path, what in ((policy_dir, "policy"), (data_dir, "dataset")):
-        if not Path(path).is_dir():
-            raise FileNotFoundError(f"{path}: no such {what} directory")
-    dataset = BenchmarkDataset(data_dir, split)
-    data = dataset_settings(dataset.meta)
-    settings = load_settings(policy_dir)
-    if settings is None:
-        print(f"{policy_dir} records no data settings ({SETTINGS_FILE}); scoring with the dataset's: {data}")
-        settings = data
-    check_compatible(settings, data, policy_dir, data_dir)
+    policy, samples, settings = load_policy_and_split(policy_dir, data_dir, split, limit)
     quant = settings.quant()
-    samples = [dataset[i] for i in range(min(len(dataset), limit or len(dataset)))]
-    policy = PointVLM.from_pretrained(policy_dir).eval()
     report = {}
     if suite in ("geometry", "all"):
         answerer = policy_answerer(policy, batch_size, max_new_tokens, greedy, use_images, quant=quant)

@@ -1,0 +1,149 @@
+"""`pointrl viz`: pictures of a policy's answers on held-out objects. Per object one PNG: the rendered image with the
+target and predicted 2D boxes, the predicted 3D box projected through the sample's camera (what RPC scores, GRCA's
+Figure 3) and the 2D keypoints; beside it a 3D view of the cloud with the target and predicted 3D boxes and keypoints.
+
+    pointrl viz --policy DIR --data DIR [--split test] [--n 8] --out DIR
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from data3d import Sample, reward_sample
+from rewards import Quant, score_batch
+from rewards.camera import box3d_corners, project
+from rewards.parse import parse_output
+from rewards.schema import dequantize
+
+# the 12 edges of a box3d_corners box: corner i has bits (x, y, z) = (i >> 2, i >> 1, i) & 1; an edge flips one bit
+BOX_EDGES = [(i, i ^ bit) for i in range(8) for bit in (1, 2, 4) if i < i ^ bit]
+# white-edged markers stay visible on an object of any colour
+TARGET, PREDICTED, PROJECTED = "#2ca02c", "#d62728", "#1f77b4"
+
+
+def predicted_geometry(text: str, sample: Sample, quant: Quant) -> dict[str, np.ndarray]:
+    """The well-formed geometric fields of an answer, dequantized to the targets' units (pixels, object units)."""
+    fields = parse_output(text).fields
+    width, height = (sample.camera.width, sample.camera.height) if sample.camera else (1.0, 1.0)
+    lo2d, hi2d = quant.lo_hi_2d(width, height)
+    lo3d, hi3d = quant.lo_hi_3d()
+    bounds = {
+        "bbox2d": (np.tile(lo2d, 2), np.tile(hi2d, 2)),
+        "bbox3d": (np.tile(lo3d, 2), np.tile(hi3d, 2)),
+        "kpts2d": (lo2d, hi2d),
+        "kpts3d": (lo3d, hi3d),
+    }
+    geometry = {}
+    for name, (lo, hi) in bounds.items():
+        if name in fields:
+            values = np.asarray(fields[name][0], dtype=np.float64)
+            if values.size and values.shape[-1] == lo.shape[-1]:
+                geometry[name] = dequantize(values, lo, hi, quant.bins)
+    return geometry
+
+
+def _box2d(axis, box: np.ndarray, colour: str, label: str) -> None:
+    x1, y1, x2, y2 = box
+    axis.plot([x1, x2, x2, x1, x1], [y1, y1, y2, y2, y1], color=colour, lw=1.5, label=label)
+
+
+def draw(sample: Sample, text: str, quant: Quant, rewards: dict[str, float], out: Path) -> None:
+    """One object's PNG: the image side (left) and the cloud side (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files, no display
+    import matplotlib.pyplot as plt
+
+    predicted = predicted_geometry(text, sample, quant)
+    fig = plt.figure(figsize=(10, 5))
+    image = fig.add_subplot(1, 2, 1)
+    if sample.image is not None:
+        image.imshow(sample.image)
+    if sample.camera is not None:
+        image.set_xlim(0, sample.camera.width)
+        image.set_ylim(sample.camera.height, 0)
+    _box2d(image, sample.targets.bbox2d, TARGET, "target 2D box")
+    if "bbox2d" in predicted:
+        _box2d(image, predicted["bbox2d"], PREDICTED, "predicted 2D box")
+    if "bbox3d" in predicted and sample.camera is not None:
+        cam = sample.camera
+        pixels, depth = project(box3d_corners(predicted["bbox3d"]), cam.K, cam.R, cam.t)
+        for a, b in BOX_EDGES:
+            if depth[a] > 0 and depth[b] > 0:
+                image.plot(*zip(pixels[a], pixels[b]), color=PROJECTED, lw=1, ls="--")
+        image.plot([], [], color=PROJECTED, ls="--", label="predicted 3D box, projected (RPC)")
+    image.scatter(*sample.targets.kpts2d.T, c=TARGET, marker="o", s=40, edgecolors="white", label="target keypoints")
+    if "kpts2d" in predicted:
+        image.scatter(
+            *predicted["kpts2d"].T, c=PREDICTED, marker="X", s=60, edgecolors="white", label="predicted keypoints"
+        )
+    image.legend(fontsize=7, loc="lower right")
+    scores = "  ".join(f"{k} {v:.2f}" for k, v in rewards.items() if k in ("bbox2d", "bbox3d", "kpts2d", "rpc"))
+    image.set_title(f"{sample.uid}: {scores}", fontsize=8)
+
+    cloud = fig.add_subplot(1, 2, 2, projection="3d")
+    xyz = sample.points[:, :3]
+    step = max(1, len(xyz) // 2048)  # enough points to see the shape, few enough to draw fast
+    cloud.scatter(*xyz[::step].T, c=np.clip(sample.points[::step, 3:6], 0, 1), s=2)
+    for box, colour in ((sample.targets.bbox3d, TARGET), (predicted.get("bbox3d"), PREDICTED)):
+        if box is not None:
+            corners = box3d_corners(box)
+            for a, b in BOX_EDGES:
+                cloud.plot(*zip(corners[a], corners[b]), color=colour, lw=1)
+    cloud.scatter(*sample.targets.kpts3d.T, c=TARGET, marker="o", s=30)
+    if "kpts3d" in predicted:
+        cloud.scatter(*predicted["kpts3d"].T, c=PREDICTED, marker="x", s=40)
+    answer = f"answer {rewards.get('answer', 0):.0f}, bbox3d {rewards.get('bbox3d', 0):.2f}, kpts3d"
+    cloud.set_title(f"{answer} {rewards.get('kpts3d', 0):.2f} (green: target, red: predicted)", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def visualize(
+    policy_dir: str, data_dir: str, out_dir: str, split: str = "test", n: int = 8, max_new_tokens: int = 320
+) -> list[Path]:
+    """Greedy answers of the policy on the first `n` samples of the split, one PNG per object; returns the paths."""
+    from rl.evaluate import load_policy_and_split, policy_answerer
+
+    policy, samples, settings = load_policy_and_split(policy_dir, data_dir, split, n)
+    quant = settings.quant()
+    texts = policy_answerer(policy, max_new_tokens=max_new_tokens, quant=quant)(samples)
+    results = score_batch(
+        [reward_sample(s, t) for s, t in zip(samples, texts)], {"bins": quant.bins, "bounds3d": quant.bounds3d}
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for sample, text, result in zip(samples, texts, results):
+        path = out / f"{sample.uid}.png"
+        draw(sample, text, quant, result["rewards"], path)
+        paths.append(path)
+    return paths
+
+
+def cmd_viz(args: argparse.Namespace) -> None:
+    if args.n < 1 or args.max_new_tokens < 1:
+        sys.exit(
+            f"pointrl viz: error: --n and --max-new-tokens must be at least 1, got {args.n}, {args.max_new_tokens}"
+        )
+    try:
+        paths = visualize(args.policy, args.data, args.out, args.split, args.n, args.max_new_tokens)
+    except (FileNotFoundError, ValueError) as exc:
+        sys.exit(f"pointrl viz: error: {exc}")
+    print(f"wrote {len(paths)} pictures to {args.out}")
+
+
+def add_viz_parser(commands) -> None:
+    viz = commands.add_parser("viz", help="draw a policy's answers on held-out objects (PNG per object)")
+    viz.add_argument("--policy", required=True, help="a policy directory (PointVLM.save_pretrained)")
+    viz.add_argument("--data", required=True, help="a dataset directory (pointrl synth or pointrl import)")
+    viz.add_argument("--split", default="test")
+    viz.add_argument("--n", type=int, default=8, help="objects drawn (the split's first N)")
+    viz.add_argument("--out", required=True, help="the directory the PNGs go to")
+    viz.add_argument("--max-new-tokens", type=int, default=320)
+    viz.set_defaults(run=cmd_viz)
