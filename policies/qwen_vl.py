@@ -122,8 +122,10 @@ class QwenVLPointVLM(PointVLM):
 
     def __init__(self, config: PointVLMConfig, llm: nn.Module, tokenizer, image_tower=None, image_processor=None):
         missing = [t for t in (VISION_START, IMAGE_PAD, VISION_END) if t not in tokenizer.get_vocab()]
-        if config.image is not None and (missing or image_processor is None):
-            raise ValueError(f"a Qwen2.5-VL policy with images needs its image processor and the tokens {missing}")
+        if config.image is not None and missing:
+            raise ValueError(f"a Qwen2.5-VL policy with images needs the tokens {missing} in its tokenizer")
+        if config.image is not None and image_processor is None:
+            raise ValueError("a Qwen2.5-VL policy with images needs its image processor (preprocessor_config.json)")
         super().__init__(config, llm, tokenizer, image_tower if image_tower is not None else llm.model.visual)
         self.image_processor = image_processor
         if config.image is not None:
@@ -179,6 +181,8 @@ class QwenVLPointVLM(PointVLM):
     def _fuse_image(self, tokens: torch.Tensor, centers: torch.Tensor, inputs: PolicyInputs):
         """Each image's tokens (their number follows its size) meet the point tokens of its row in the fusion; the
         image features come back as (sum of P_i, hidden), row after row, for `_place`."""
+        if inputs.image_grid_thw is None:
+            raise ValueError("the images carry no image_grid_thw: prepare them with this policy's `prepare`")
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.image_encoder_trains):
             per_image = self.image_encoder(inputs.images, inputs.image_grid_thw)
         rows = torch.nonzero(inputs.has_image).flatten()

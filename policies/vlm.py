@@ -4,7 +4,7 @@ Projected point features replace the `<point_patch>` placeholder embeddings (and
 `<image_patch>` ones) of a chat-template prompt; the LLM then runs on `inputs_embeds`. One directory holds a
 saved policy: `llm/` (a standard HF model folder + tokenizer, LoRA merged, loadable by transformers and
 vLLM), `pointvlm.json` (the config), `vision.safetensors` (encoders, fusion, projectors) and, for an HF
-vision tower, `image_tower/`.
+vision tower, `image_tower/`. A Qwen2.5-VL folder gives `QwenVLPointVLM` (policies/qwen_vl.py): its own tower, M-RoPE.
 """
 
 from __future__ import annotations
