@@ -8,7 +8,8 @@ from policies.image_encoder import ImageEncoderConfig, load_vision_tower
 from policies.inputs import Generation, PointVLMConfig, PolicyInputs
 from policies.point_encoder import PointBertEncoder, PointEncoderConfig
 from policies.point_ops import drop_points, farthest_point_sample, gaussian_noise, group_points, knn, mask_groups
-from policies.tiny import build_tiny_policy, build_tiny_tokenizer, tiny_config
+from policies.qwen_vl import QwenVLPointVLM
+from policies.tiny import build_tiny_policy, build_tiny_qwen_vl, build_tiny_tokenizer, tiny_config
 from policies.vlm import SPECIAL_TOKENS, PointVLM
 
 __all__ = [
@@ -19,8 +20,10 @@ __all__ = [
     "PointVLM",
     "PointVLMConfig",
     "PolicyInputs",
+    "QwenVLPointVLM",
     "SPECIAL_TOKENS",
     "build_tiny_policy",
+    "build_tiny_qwen_vl",
     "build_tiny_tokenizer",
     "drop_points",
     "farthest_point_sample",

@@ -174,3 +174,27 @@ def load_vision_state(policy: nn.Module, path: Path, parts: tuple[str, ...], opt
         if part == "image_encoder" and getattr(module, "tower", None) is not None:
             part_state.update({f"tower.{k}": v for k, v in module.tower.state_dict().items()})
         load_into(module, part_state, f"{path} [{part}]")
+
+
+def load_trainable_state(policy: nn.Module, state: dict[str, torch.Tensor], share: bool = False) -> None:
+    """`PointVLM.load_trainable_state_dict`: install exactly the trainable tensors (the names of the parameters that
+    require grad), copied, or with `share` taking the given tensors' memory where dtype, shape and device agree."""
+    expected = {name for name, p in policy.named_parameters() if p.requires_grad}
+    if set(state) != expected:
+        raise ValueError(
+            f"trainable state mismatch: missing {sorted(expected - set(state))[:10]}, "
+            f"unexpected {sorted(set(state) - expected)[:10]}"
+        )
+    if not share:
+        policy.load_state_dict(state, strict=False)
+        return
+    params = dict(policy.named_parameters())
+    with torch.no_grad():
+        for name, tensor in state.items():
+            param = params[name]
+            if tensor.shape != param.shape:
+                raise ValueError(f"{name}: shape {tuple(tensor.shape)}, the parameter's {tuple(param.shape)}")
+            if tensor.dtype == param.dtype and tensor.device == param.device:
+                param.data = tensor
+            else:
+                param.copy_(tensor)

@@ -3,6 +3,7 @@ config, and LoRA merged back into plain weights for export (a saved folder and v
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -24,15 +25,20 @@ def load_tokenizer(directory: str | Path):
 
 
 def apply_llm_mode(llm: nn.Module, config: PointVLMConfig) -> nn.Module:
-    """The LLM as the policy trains it: LoRA adapters injected, or all its weights trainable or frozen."""
+    """The LLM as the policy trains it: LoRA adapters injected, or all its weights trainable or frozen. In a
+    vision-language model (a `model.visual` tower beside `model.language_model`, as in Qwen2.5-VL, whose vision
+    blocks also hold gate/up/down_proj) the adapters go into the language model only."""
     if config.llm_mode == "lora":
         from peft import LoraConfig, get_peft_model
 
+        targets: list[str] | str = list(config.lora_target_modules)
+        if getattr(getattr(llm, "model", None), "visual", None) is not None:
+            targets = rf".*\.language_model\..*\.({'|'.join(re.escape(t) for t in targets)})"  # peft: re.fullmatch
         lora = LoraConfig(
             r=config.lora_r,
             lora_alpha=config.lora_alpha,
             lora_dropout=config.lora_dropout,
-            target_modules=list(config.lora_target_modules),
+            target_modules=targets,
             task_type="CAUSAL_LM",
         )
         return get_peft_model(llm, lora)

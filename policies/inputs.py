@@ -10,6 +10,7 @@ from policies.image_encoder import ImageEncoderConfig
 from policies.point_encoder import PointEncoderConfig
 
 LLM_MODES = ("full", "lora", "frozen")
+IMAGE_KINDS = ("patch", "hf", "qwen_vl")  # qwen_vl: the vision tower of a Qwen2.5-VL backbone (policies/qwen_vl.py)
 LLM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -40,8 +41,8 @@ class PointVLMConfig:
             raise ValueError(f"PointVLMConfig.llm_mode={self.llm_mode!r}: must be one of {LLM_MODES}")
         if self.llm_dtype not in LLM_DTYPES:
             raise ValueError(f"PointVLMConfig.llm_dtype={self.llm_dtype!r}: must be one of {tuple(LLM_DTYPES)}")
-        if self.image is not None and self.image.kind not in ("patch", "hf"):
-            raise ValueError(f"PointVLMConfig.image.kind={self.image.kind!r}: must be 'patch' or 'hf'")
+        if self.image is not None and self.image.kind not in IMAGE_KINDS:
+            raise ValueError(f"PointVLMConfig.image.kind={self.image.kind!r}: must be one of {IMAGE_KINDS}")
 
     @property
     def image_encoder_trains(self) -> bool:
@@ -79,13 +80,16 @@ def _checked(cls: type, data: dict, where: str) -> dict:
 @dataclass
 class PolicyInputs:
     """A batch of prompts: left-padded chat-template token ids with placeholder tokens, the clouds, and the
-    preprocessed images of the rows that have one (`images[i]` belongs to the i-th row where has_image)."""
+    preprocessed images of the rows that have one (`images[i]` belongs to the i-th row where has_image). For a
+    Qwen2.5-VL tower (dynamic resolution) `images` holds those images' patches one after the other, (sum of t*h*w,
+    C*T*P*P) as its image processor writes them, and `image_grid_thw` (B_img, 3) each image's (t, h, w) patch grid."""
 
     input_ids: torch.Tensor  # (B, L) long, left padded
     attention_mask: torch.Tensor  # (B, L) long
     points: torch.Tensor  # (B, N, C) float32
     has_image: torch.Tensor  # (B,) bool
     images: torch.Tensor | None = None  # (B_img, 3, S, S) float32, B_img = has_image.sum()
+    image_grid_thw: torch.Tensor | None = None  # (B_img, 3) long, only for a Qwen2.5-VL tower
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -97,17 +101,25 @@ class PolicyInputs:
             self.points.to(device),
             self.has_image.to(device),
             None if self.images is None else self.images.to(device),
+            None if self.image_grid_thw is None else self.image_grid_thw.to(device),
         )
 
     def select(self, rows: torch.Tensor | list[int]) -> "PolicyInputs":
         """The rows `rows` (in that order, repeats allowed)."""
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.input_ids.device)
         has_image = self.has_image[rows]
-        images = None
+        images = grid = None
         if self.images is not None and has_image.any():
             image_row = torch.cumsum(self.has_image.long(), 0) - 1
-            images = self.images[image_row[rows[has_image]]]
-        return PolicyInputs(self.input_ids[rows], self.attention_mask[rows], self.points[rows], has_image, images)
+            picked = image_row[rows[has_image]]
+            if self.image_grid_thw is None:
+                images = self.images[picked]
+            else:  # each image is a run of patches: gather the runs of the picked images
+                sizes = self.image_grid_thw.prod(-1)
+                starts = (sizes.cumsum(0) - sizes)[picked].tolist()
+                images = torch.cat([self.images[s : s + n] for s, n in zip(starts, sizes[picked].tolist())])
+                grid = self.image_grid_thw[picked]
+        return PolicyInputs(self.input_ids[rows], self.attention_mask[rows], self.points[rows], has_image, images, grid)
 
     def repeat_interleave(self, n: int) -> "PolicyInputs":
         """Each row n times in a row: the order of `generate(num_return_sequences=n)`'s outputs."""

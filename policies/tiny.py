@@ -139,3 +139,70 @@ def build_tiny_policy(
     if out_dir is not None:
         policy.save_pretrained(out_dir)
     return policy
+
+
+def build_tiny_qwen_vl(out_dir: str | Path, seed: int = 0, hidden_size: int = 64, num_layers: int = 2) -> Path:
+    """A tiny random Qwen2.5-VL checkpoint folder in the real on-disk layout (config.json `qwen2_5_vl`, safetensors,
+    tokenizer with Qwen's vision tokens, `preprocessor_config.json`), built with transformers' own classes: text
+    hidden 64 x 2 layers with M-RoPE, a 2-block vision tower (width 32, 4-pixel patches merged 2x2, so one image token
+    per 8x8 pixels). Load it with `PointVLM.from_components(out_dir, config)`. Returns `out_dir`."""
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
+
+    tokenizer = build_tiny_tokenizer()
+    tokenizer.add_tokens(["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"], special_tokens=True)
+    ids = tokenizer.convert_tokens_to_ids
+    heads = 4
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            intermediate_size=4 * hidden_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=heads,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            rope_parameters={
+                "rope_type": "default",
+                "rope_theta": 10000.0,
+                "mrope_section": _mrope(hidden_size, heads),
+            },
+            bos_token_id=None,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(
+            depth=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=hidden_size,
+            patch_size=4,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=16,
+            fullatt_block_indexes=[1],
+        ),
+        image_token_id=ids("<|image_pad|>"),
+        video_token_id=ids("<|video_pad|>"),
+        vision_start_token_id=ids("<|vision_start|>"),
+        vision_end_token_id=ids("<|vision_end|>"),
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    # min 8x8 pixels, max 64x64 (the 3B model's processor: 56x56 to 28x28x1280)
+    processor = Qwen2VLImageProcessorPil(
+        patch_size=4, merge_size=2, temporal_patch_size=2, min_pixels=64, max_pixels=4096
+    )
+    processor.save_pretrained(out_dir)
+    return Path(out_dir)
+
+
+def _mrope(hidden_size: int, heads: int) -> list[int]:
+    """M-RoPE's (temporal, height, width) split of head_dim / 2 frequencies, in Qwen2.5-VL's 16:24:24 proportion."""
+    half = hidden_size // heads // 2
+    temporal = half // 4
+    return [temporal, (half - temporal) // 2, half - temporal - (half - temporal) // 2]

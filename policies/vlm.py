@@ -4,7 +4,7 @@ Projected point features replace the `<point_patch>` placeholder embeddings (and
 `<image_patch>` ones) of a chat-template prompt; the LLM then runs on `inputs_embeds`. One directory holds a
 saved policy: `llm/` (a standard HF model folder + tokenizer, LoRA merged, loadable by transformers and
 vLLM), `pointvlm.json` (the config), `vision.safetensors` (encoders, fusion, projectors) and, for an HF
-vision tower, `image_tower/`.
+vision tower, `image_tower/`. A Qwen2.5-VL folder gives `QwenVLPointVLM` (policies/qwen_vl.py): its own tower, M-RoPE.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from policies.checkpoints import load_point_checkpoint, load_vision_state, vision_state
+from policies.checkpoints import load_point_checkpoint, load_trainable_state, load_vision_state, vision_state
 from policies.fusion import GeometryGuidedFusion, make_projector
 from policies.generation import (
     SampledLogprobs,
@@ -30,6 +30,7 @@ from policies.generation import (
 from policies.hf_llm import apply_llm_mode, load_tokenizer, merged_lora_state
 from policies.image_encoder import (
     HFImageEncoder,
+    ImageEncoderConfig,
     PatchImageEncoder,
     hf_image_config,
     load_vision_tower,
@@ -77,16 +78,18 @@ class PointVLM(nn.Module):
         )
         self.image_encoder = self.fusion = self.image_proj = None
         if config.image is not None:
-            if config.image.kind == "hf":
-                if image_tower is None:
-                    raise ValueError("PointVLMConfig.image.kind='hf' needs an image_tower (see load_vision_tower)")
-                self.image_encoder = HFImageEncoder(image_tower, config.image)
-            else:
-                self.image_encoder = PatchImageEncoder(config.image)
+            self.image_encoder = self._image_encoder(config.image, image_tower)
             self.fusion = GeometryGuidedFusion(config.point.width, config.image.width, config.fusion_heads)
             self.image_proj = make_projector(config.image.width, config.image_proj_hidden, hidden)
         self.llm = apply_llm_mode(llm, config)
         self._set_trainable()
+
+    def _image_encoder(self, image: ImageEncoderConfig, tower: nn.Module | None) -> nn.Module:
+        if image.kind == "patch":
+            return PatchImageEncoder(image)
+        if image.kind != "hf" or tower is None:  # qwen_vl: QwenVLPointVLM, which PointVLM.from_components builds
+            raise ValueError(f"PointVLMConfig.image.kind={image.kind!r} needs an image_tower (see load_vision_tower)")
+        return HFImageEncoder(tower, image)
 
     def _set_trainable(self) -> None:
         cfg = self.config
@@ -178,11 +181,14 @@ class PointVLM(nn.Module):
             tokens = self.point_encoder.encode(groups, centers, patch_mask, mask_token)
         image_features = None
         if inputs.images is not None:
-            with torch.set_grad_enabled(grad and self.config.image_encoder_trains):
-                image_tokens, uv = self.image_encoder(inputs.images)
-            tokens = self.fusion(tokens, centers, image_tokens, uv, inputs.has_image)
-            image_features = self.image_proj(image_tokens)
+            tokens, image_features = self._fuse_image(tokens, centers, inputs)
         return self.point_proj(tokens), image_features, groups
+
+    def _fuse_image(self, tokens: torch.Tensor, centers: torch.Tensor, inputs: PolicyInputs):
+        """(point tokens after the cross-attention to the images, projected image tokens (B_img, P, hidden))."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.image_encoder_trains):
+            image_tokens, uv = self.image_encoder(inputs.images)
+        return self.fusion(tokens, centers, image_tokens, uv, inputs.has_image), self.image_proj(image_tokens)
 
     def embed(self, inputs: PolicyInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs_embeds (B, L, hidden), attention_mask (B, L)) with the visual features at the placeholders."""
@@ -336,25 +342,7 @@ class PointVLM(nn.Module):
         given tensor's memory instead of a copy of it (one of the same dtype, shape and device): a rollout worker's
         object-store views, so that a node holds one copy of a version however many workers read it. Shared tensors
         must never be written afterwards (inference only)."""
-        expected = set(self.trainable_state_dict())
-        if set(state) != expected:
-            raise ValueError(
-                f"trainable state mismatch: missing {sorted(expected - set(state))[:10]}, "
-                f"unexpected {sorted(set(state) - expected)[:10]}"
-            )
-        if not share:
-            self.load_state_dict(state, strict=False)
-            return
-        params = dict(self.named_parameters())
-        with torch.no_grad():
-            for name, tensor in state.items():
-                param = params[name]
-                if tensor.shape != param.shape:
-                    raise ValueError(f"{name}: shape {tuple(tensor.shape)}, the parameter's {tuple(param.shape)}")
-                if tensor.dtype == param.dtype and tensor.device == param.device:
-                    param.data = tensor
-                else:
-                    param.copy_(tensor)
+        load_trainable_state(self, state, share)
 
     def save_pretrained(self, directory: str | Path) -> None:
         directory = Path(directory)
@@ -380,6 +368,8 @@ class PointVLM(nn.Module):
         for name in ("pointvlm.json", "vision.safetensors", "llm/config.json"):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory / name}: missing; not a PointVLM directory")
+        if (backbone := _backbone_class(cls, directory / "llm")) is not cls:
+            return backbone.from_pretrained(directory, **overrides)
         saved = json.loads((directory / "pointvlm.json").read_text())
         config = PointVLMConfig.from_dict({**saved, **overrides})
         tokenizer = load_tokenizer(directory / "llm")
@@ -399,6 +389,8 @@ class PointVLM(nn.Module):
         checkpoint for the point encoder, and PointLLM's projector when its shapes fit)."""
         from transformers import AutoModelForCausalLM
 
+        if (backbone := _backbone_class(cls, llm_dir)) is not cls:
+            return backbone.from_components(llm_dir, config, point_checkpoint)
         tokenizer = load_tokenizer(llm_dir)
         llm = AutoModelForCausalLM.from_pretrained(llm_dir, dtype=LLM_DTYPES[config.llm_dtype])
         tower = None
@@ -413,11 +405,22 @@ class PointVLM(nn.Module):
         return model
 
 
+def _backbone_class(cls: type, llm_dir: str | Path) -> type:
+    """The policy class for an LLM folder: `QwenVLPointVLM` (policies/qwen_vl.py) for a Qwen2.5-VL one."""
+    from policies.qwen_vl import QwenVLPointVLM, is_qwen_vl
+
+    return QwenVLPointVLM if cls is PointVLM and is_qwen_vl(llm_dir) else cls
+
+
 def _place(embeds: torch.Tensor, slots: torch.Tensor, features: torch.Tensor, what: str) -> torch.Tensor:
-    """Write features (R, n, hidden) over the n placeholder slots of each row that has any, in order."""
+    """Write features (R, n, hidden) over the n placeholder slots of each row that has any, in order; features
+    (sum of n, hidden) fill every slot, row after row, when the rows hold different numbers of them."""
     counts = slots.sum(dim=1)
     rows_with = counts > 0
-    if rows_with.sum() != features.shape[0] or (counts[rows_with] != features.shape[1]).any():
+    if features.dim() == 2:
+        if counts.sum() != features.shape[0]:
+            raise ValueError(f"{what} placeholders per row {counts.tolist()} do not match {features.shape[0]} tokens")
+    elif rows_with.sum() != features.shape[0] or (counts[rows_with] != features.shape[1]).any():
         raise ValueError(
             f"{what} placeholders per row {counts.tolist()} do not match {features.shape[0]} feature sets "
             f"of {features.shape[1]} tokens"
