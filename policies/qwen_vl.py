@@ -160,14 +160,7 @@ class QwenVLPointVLM(PointVLM):
         return PolicyInputs(enc["input_ids"], enc["attention_mask"].long(), points, has_image, pixels, grid)
 
     def _prepare_images(self, images, batch: int):
-        if images is None:
-            return torch.zeros(batch, dtype=torch.bool), None, None
-        if self.image_encoder is None:
-            raise ValueError("images were given but this policy has no image encoder (config.image is None)")
-        if len(images) != batch:
-            raise ValueError(f"{len(images)} images for {batch} prompts")
-        has_image = torch.tensor([im is not None for im in images], dtype=torch.bool)
-        present = [torch.as_tensor(im) for im in images if im is not None]
+        has_image, present = self._present_images(images, batch)
         if not present:
             return has_image, None, None
         for im in present:

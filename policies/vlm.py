@@ -133,15 +133,19 @@ class PointVLM(nn.Module):
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
         return PolicyInputs(enc["input_ids"], enc["attention_mask"].long(), points, has_image, pixels)
 
-    def _prepare_images(self, images, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _present_images(self, images, batch: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(which prompts have an image (B,), those images), after checking them against the prompts and the policy."""
         if images is None:
-            return torch.zeros(batch, dtype=torch.bool), None
+            return torch.zeros(batch, dtype=torch.bool), []
         if self.image_encoder is None:
             raise ValueError("images were given but this policy has no image encoder (config.image is None)")
         if len(images) != batch:
             raise ValueError(f"{len(images)} images for {batch} prompts")
         has_image = torch.tensor([im is not None for im in images], dtype=torch.bool)
-        present = [torch.as_tensor(im) for im in images if im is not None]
+        return has_image, [torch.as_tensor(im) for im in images if im is not None]
+
+    def _prepare_images(self, images, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        has_image, present = self._present_images(images, batch)
         if not present:
             return has_image, None
         return has_image, torch.cat([preprocess_images(im[None], self.config.image) for im in present])
