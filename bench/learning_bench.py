@@ -159,7 +159,7 @@ def main(argv: list[str]) -> None:
     samples = held_out_samples(base)
     print(f"{TITLES[study]}\n{len(samples)} held-out objects (seed {base.data.seed + 1}), {seeds} seed(s) per arm")
     start = out / "sft" / "policy"
-    if not (out / "sft" / "result.json").exists():  # written once the warm-up has finished and been evaluated
+    if not (start / "pointvlm.json").exists():  # the final policy is written atomically: there means finished
         start = run_stage(warmup_config(base), init, out / "sft")
     start_result = run_arm_start(base, start, out / "sft", samples, swap)
     results = {"SFT": [start_result]}
