@@ -32,11 +32,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.study import write_study  # noqa: E402
-from policies.tiny import build_tiny_policy  # noqa: E402
 from rl.config import Config, run_quant  # noqa: E402
 from rl.config_loading import load_config  # noqa: E402
 from rl.controller import held_out_samples  # noqa: E402
-from rl.driver import held_out_answerer, init_ray, run_stage, warmup_config  # noqa: E402
+from rl.driver import held_out_answerer, init_ray, initial_policy, run_stage, warmup_config  # noqa: E402
 from rl.evaluate import object_scores, swapped_clouds  # noqa: E402
 
 SPA = ["algo.name=spa"]
@@ -150,11 +149,7 @@ def main(argv: list[str]) -> None:
     out = Path(args.out or f"runs/bench-{'learning' if study == 'table3' else study}").resolve()
     base = load_config("demo.yaml", [f"run.dir={out}", "eval.reliance=false", *overrides])
     init_ray(base)
-    init = out / "init_policy"
-    if not (init / "pointvlm.json").exists():
-        build_tiny_policy(
-            out_dir=init, seed=base.run.seed, hidden_size=base.policy.hidden_size, num_layers=base.policy.num_layers
-        )
+    init = initial_policy(base, out)
     swap = study == "spa"
     samples = held_out_samples(base)
     print(f"{TITLES[study]}\n{len(samples)} held-out objects (seed {base.data.seed + 1}), {seeds} seed(s) per arm")

@@ -208,22 +208,26 @@ def evaluate_policy(cfg: Config, policy_dir: Path, out: Path) -> dict:
     return report
 
 
+def initial_policy(cfg: Config, run_dir: Path) -> Path:
+    """Where a run without policy.init starts: a small local Point-VLM of section policy's size, built once in
+    `run_dir/init_policy` (a rerun finds it there)."""
+    from policies.tiny import build_tiny_policy
+
+    policy_dir = run_dir / "init_policy"
+    if not (policy_dir / "pointvlm.json").exists():
+        build_tiny_policy(
+            out_dir=policy_dir, seed=cfg.run.seed, hidden_size=cfg.policy.hidden_size, num_layers=cfg.policy.num_layers
+        )
+    return policy_dir
+
+
 def run_stages(cfg: Config, run_dir: Path) -> dict:
     """The SFT warm-up (when policy.init is unset and the algorithm is not SFT), then the algorithm, each evaluated;
     returns the reports by stage."""
-    from policies.tiny import build_tiny_policy
-
     reports = {}
     policy_dir = Path(cfg.policy.init) if cfg.policy.init else None
     if policy_dir is None:
-        policy_dir = run_dir / "init_policy"
-        if not (policy_dir / "pointvlm.json").exists():
-            build_tiny_policy(
-                out_dir=policy_dir,
-                seed=cfg.run.seed,
-                hidden_size=cfg.policy.hidden_size,
-                num_layers=cfg.policy.num_layers,
-            )
+        policy_dir = initial_policy(cfg, run_dir)
         if cfg.algo.name != "sft":
             policy_dir = run_stage(warmup_config(cfg), policy_dir, run_dir / "sft")
             reports["sft"] = evaluate_policy(cfg, policy_dir, run_dir / "eval_sft.json")

@@ -57,7 +57,8 @@ def text_metrics(hypotheses: list[str], references: list[str]) -> dict[str, floa
     }
 
 
-def _scored(samples: list[Sample], texts: list[str], quant: Quant | None) -> list[dict]:
+def score_texts(samples: list[Sample], texts: list[str], quant: Quant | None = None) -> list[dict]:
+    """The reward service's result (rewards, spans, errors) of each sample's answer text, scored in process."""
     quant = quant or Quant()
     return score_batch(
         [reward_sample(s, t) for s, t in zip(samples, texts)], {"bins": quant.bins, "bounds3d": quant.bounds3d}
@@ -69,7 +70,7 @@ def object_scores(
 ) -> dict[str, list[float]]:
     """Per sample, each metric of REWARD_OF_METRIC and the parse rate (1 when a JSON object was found): the values
     whose means `score_answers` reports, kept apart for statistics over objects (bench/study.py's bootstrap)."""
-    results = results if results is not None else _scored(samples, texts, quant)
+    results = results if results is not None else score_texts(samples, texts, quant)
     scores = {metric: [float(r["rewards"][field]) for r in results] for metric, field in REWARD_OF_METRIC.items()}
     scores["parse_rate"] = [float(not (r["errors"] and r["errors"][0].startswith(_NOTHING_PARSED))) for r in results]
     return scores
@@ -78,7 +79,7 @@ def object_scores(
 def score_answers(samples: list[Sample], texts: list[str], quant: Quant | None = None) -> dict:
     """Mean field rewards under their metric names, the parse rate, the description's BLEU / ROUGE-L, and under
     `answer_by_question` the answer accuracy and count of each question type (`match` is relevance discrimination)."""
-    results = _scored(samples, texts, quant)
+    results = score_texts(samples, texts, quant)
     report = {
         metric: float(np.mean(values)) for metric, values in object_scores(samples, texts, quant, results).items()
     }

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data3d import Sample, reward_sample
-from rewards import Quant, score_batch
+from data3d import Sample
+from rewards import Quant
 from rewards.camera import box3d_corners, project
 from rewards.parse import parse_output
 from rewards.schema import dequantize
@@ -108,14 +108,12 @@ def visualize(
     policy_dir: str, data_dir: str, out_dir: str, split: str = "test", n: int = 8, max_new_tokens: int = 320
 ) -> list[Path]:
     """Greedy answers of the policy on the first `n` samples of the split, one PNG per object; returns the paths."""
-    from rl.evaluate import load_policy_and_split, policy_answerer
+    from rl.evaluate import load_policy_and_split, policy_answerer, score_texts
 
     policy, samples, settings = load_policy_and_split(policy_dir, data_dir, split, n)
     quant = settings.quant()
     texts = policy_answerer(policy, max_new_tokens=max_new_tokens, quant=quant)(samples)
-    results = score_batch(
-        [reward_sample(s, t) for s, t in zip(samples, texts)], {"bins": quant.bins, "bounds3d": quant.bounds3d}
-    )
+    results = score_texts(samples, texts, quant)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
