@@ -49,11 +49,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from policies.checkpoints import load_point_checkpoint, load_vision_state
+from policies.checkpoints import load_point_checkpoint
 from policies.hf_llm import load_tokenizer
 from policies.image_encoder import ImageEncoderConfig
 from policies.inputs import LLM_DTYPES, PointVLMConfig, PolicyInputs
-from policies.vlm import IMAGE_PATCH, POINT_END, POINT_PATCH, POINT_START, TRAINING_HEADS, VISION_PARTS, PointVLM
+from policies.vlm import IMAGE_PATCH, POINT_END, POINT_PATCH, POINT_START, PointVLM
 
 QWEN_VL_TYPES = ("qwen2_5_vl",)
 VISION_START, IMAGE_PAD, VISION_END = "<|vision_start|>", "<|image_pad|>", "<|vision_end|>"
@@ -198,17 +198,9 @@ class QwenVLPointVLM(PointVLM):
             self.image_processor.save_pretrained(Path(directory) / "llm")
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path, **overrides) -> "QwenVLPointVLM":
-        directory = Path(directory)
-        for name in ("pointvlm.json", "vision.safetensors", "llm/config.json"):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(f"{directory / name}: missing; not a PointVLM directory")
-        saved = json.loads((directory / "pointvlm.json").read_text())
-        config = PointVLMConfig.from_dict({**saved, **overrides})
+    def _with_saved_backbone(cls, directory: Path, config: PointVLMConfig) -> "QwenVLPointVLM":
         llm, processor = load_qwen_vl(directory / "llm", config.llm_dtype)
-        model = cls(config, llm, load_tokenizer(directory / "llm"), image_processor=processor)
-        load_vision_state(model, directory / "vision.safetensors", VISION_PARTS, TRAINING_HEADS)
-        return model
+        return cls(config, llm, load_tokenizer(directory / "llm"), image_processor=processor)
 
     @classmethod
     def from_components(

@@ -366,24 +366,26 @@ class PointVLM(nn.Module):
     def from_pretrained(cls, directory: str | Path, **overrides) -> "PointVLM":
         """Load a saved policy; `overrides` replace saved config fields (e.g. llm_mode="lora" to train an adapter
         on a saved full model: saved LLM weights are always merged, so any mode can start from them)."""
-        from transformers import AutoModelForCausalLM
-
         directory = Path(directory)
         for name in ("pointvlm.json", "vision.safetensors", "llm/config.json"):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"{directory / name}: missing; not a PointVLM directory")
-        if (backbone := _backbone_class(cls, directory / "llm")) is not cls:
-            return backbone.from_pretrained(directory, **overrides)
         saved = json.loads((directory / "pointvlm.json").read_text())
         config = PointVLMConfig.from_dict({**saved, **overrides})
-        tokenizer = load_tokenizer(directory / "llm")
+        model = _backbone_class(cls, directory / "llm")._with_saved_backbone(directory, config)
+        load_vision_state(model, directory / "vision.safetensors", VISION_PARTS, TRAINING_HEADS)
+        return model
+
+    @classmethod
+    def _with_saved_backbone(cls, directory: Path, config: PointVLMConfig) -> "PointVLM":
+        """A policy over the LLM (and HF vision tower) of a saved directory, before its vision state is loaded."""
+        from transformers import AutoModelForCausalLM
+
         llm = AutoModelForCausalLM.from_pretrained(directory / "llm", dtype=LLM_DTYPES[config.llm_dtype])
         tower = None
         if config.image is not None and config.image.kind == "hf":
             tower = load_vision_tower(directory / "image_tower")
-        model = cls(config, llm, tokenizer, tower)
-        load_vision_state(model, directory / "vision.safetensors", VISION_PARTS, TRAINING_HEADS)
-        return model
+        return cls(config, llm, load_tokenizer(directory / "llm"), tower)
 
     @classmethod
     def from_components(
