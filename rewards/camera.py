@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 MIN_DEPTH = 1e-6
+# The 12 edges of a box3d_corners box: corner i has bits (x, y, z) = (i >> 2, i >> 1, i) & 1; an edge flips one bit.
+BOX_EDGES: list[tuple[int, int]] = [(i, i ^ bit) for i in range(8) for bit in (1, 2, 4) if i < i ^ bit]
 
 
 def box3d_corners(boxes: np.ndarray) -> np.ndarray:

@@ -86,6 +86,13 @@ class RewardRequest(msgspec.Struct, forbid_unknown_fields=True, gc=False):
         msgspec.Meta(description=f"the outputs to score; their texts together at most {MAX_REQUEST_CHARS} characters"),
     ]
     quant: QuantSpec | None = None
+    geometry: Annotated[
+        bool,
+        msgspec.Meta(
+            description="also return, per result, what a picture of the sample shows, in pixels (the debug view's "
+            "drawing); the result has no `geometry` key otherwise"
+        ),
+    ] = False
 
 
 class RewardSpans(msgspec.Struct):
@@ -107,10 +114,46 @@ class RewardValues(msgspec.Struct):
     rpc: float
 
 
-class RewardResult(msgspec.Struct):
+Pixel = tuple[float, float]
+ProjectedBox = Annotated[
+    list[Pixel | None],
+    msgspec.Meta(
+        description="the 8 corners of the 3D box projected through the camera, in `rewards.camera.box3d_corners` "
+        "order; null for a corner at depth <= 1e-6 (behind the camera)"
+    ),
+]
+
+
+class TargetGeometry(msgspec.Struct):
+    bbox2d: Box2D
+    bbox3d: ProjectedBox
+
+
+class PredictedGeometry(msgspec.Struct):
+    """The answer's fields de-quantized as they are scored; null where a field is not well-formed or out of range."""
+
+    bbox2d: Box2D | None
+    bbox3d: ProjectedBox | None
+    kpts2d: list[Pixel] | None
+
+
+class SampleGeometry(msgspec.Struct):
+    width: float
+    height: float
+    box3d_edges: Annotated[
+        list[tuple[int, int]], msgspec.Meta(description="the 12 edges of a 3D box, as pairs of corner indices")
+    ]
+    target: TargetGeometry
+    predicted: PredictedGeometry
+
+
+class RewardResult(msgspec.Struct, omit_defaults=True):
     rewards: RewardValues
     spans: RewardSpans
     errors: list[str]
+    geometry: Annotated[
+        SampleGeometry | None, msgspec.Meta(description='only when the request says `"geometry": true`')
+    ] = None
 
 
 class RewardResponse(msgspec.Struct):

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import gc
+from dataclasses import dataclass
 from itertools import chain
 from operator import attrgetter
 
 import numpy as np
 
+from rewards.camera import BOX_EDGES, MIN_DEPTH, box3d_corners, project
 from rewards.geometry import box_iou, is_inverted, keypoint_containment, reprojection_consistency
 from rewards.parse import parse_output, read_canonical
 from rewards.request import Batch, RewardRequest, convert_request, normalize_answer, to_batch
-from rewards.schema import FIELDS, REWARDS, dequantize
+from rewards.schema import FIELDS, REWARDS, Quant, dequantize
 
 _COORDINATE_FIELDS = ("bbox2d", "bbox3d", "kpts2d", "kpts3d")
 _RPC_WHY = {
@@ -66,22 +68,22 @@ def _coordinates_ok(q: np.ndarray, bins: int) -> np.ndarray:
     return (q == np.floor(q)) & (q >= 0) & (q <= bins - 1)
 
 
-def _boxes(fields: _Fields, name: str, batch: Batch) -> np.ndarray:
+def _boxes(fields: _Fields, name: str, size: np.ndarray, quant: Quant) -> np.ndarray:
     """(B, 2D) de-quantized predicted boxes, NaN where the field is not well-formed (out-of-range rows rejected)."""
     width = 4 if name == "bbox2d" else 6
-    boxes = np.full((len(batch.texts), width), np.nan)
+    boxes = np.full((len(size), width), np.nan)
     rows = np.array(fields.rows[name], dtype=np.int64)
     boxes[rows] = np.fromiter(chain.from_iterable(fields.values[name]), np.float64, len(rows) * width).reshape(
         -1, width
     )
-    bad = rows[~_coordinates_ok(boxes[rows], batch.quant.bins).all(axis=1)]
-    fields.reject(name, bad, _range_message(batch.quant.bins))
+    bad = rows[~_coordinates_ok(boxes[rows], quant.bins).all(axis=1)]
+    fields.reject(name, bad, _range_message(quant.bins))
     boxes[bad] = np.nan
-    lo, hi = _axis_range(name, batch)
-    return dequantize(boxes, np.tile(lo, 2), np.tile(hi, 2), batch.quant.bins)
+    lo, hi = _axis_range(name, size, quant)
+    return dequantize(boxes, np.tile(lo, 2), np.tile(hi, 2), quant.bins)
 
 
-def _keypoints(fields: _Fields, name: str, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+def _keypoints(fields: _Fields, name: str, size: np.ndarray, quant: Quant) -> tuple[np.ndarray, np.ndarray]:
     """Flat de-quantized keypoints (P, D) of the well-formed samples and their sample index (P,)."""
     dim = 2 if name == "kpts2d" else 3
     rows, per_sample = fields.rows[name], fields.values[name]
@@ -89,23 +91,58 @@ def _keypoints(fields: _Fields, name: str, batch: Batch) -> tuple[np.ndarray, np
     points = np.fromiter(chain.from_iterable(chain.from_iterable(per_sample)), np.float64, int(counts.sum()) * dim)
     points = points.reshape(-1, dim)
     owner = np.repeat(np.array(rows, dtype=np.int64), counts)
-    ok = _coordinates_ok(points, batch.quant.bins).all(axis=1)
+    ok = _coordinates_ok(points, quant.bins).all(axis=1)
     if not ok.all():
         bad_rows = np.unique(owner[~ok])
-        fields.reject(name, bad_rows, _range_message(batch.quant.bins))
+        fields.reject(name, bad_rows, _range_message(quant.bins))
         keep = ~np.isin(owner, bad_rows)
         points, owner = points[keep], owner[keep]
-    lo, hi = _axis_range(name, batch)
+    lo, hi = _axis_range(name, size, quant)
     if lo.ndim == 2:
         lo, hi = lo[owner], hi[owner]
-    return dequantize(points, lo, hi, batch.quant.bins), owner
+    return dequantize(points, lo, hi, quant.bins), owner
 
 
-def _axis_range(name: str, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+def _axis_range(name: str, size: np.ndarray, quant: Quant) -> tuple[np.ndarray, np.ndarray]:
     """Per-axis [lo, hi] of a field's coordinates: (B, 2) image extents for 2D fields, (3,) bounds3d for 3D ones."""
     if name.endswith("2d"):
-        return np.zeros_like(batch.size), batch.size
-    return batch.quant.lo_hi_3d()
+        return np.zeros_like(size), size
+    return quant.lo_hi_3d()
+
+
+@dataclass
+class Predicted:
+    """The geometric fields of B answers, de-quantized to the targets' units (pixels; bounds3d units)."""
+
+    bbox2d: np.ndarray  # (B, 4), NaN rows where the field is not well-formed or out of range
+    bbox3d: np.ndarray  # (B, 6), likewise
+    kpts2d: np.ndarray  # (P, 2) keypoints of the well-formed samples ...
+    owner2d: np.ndarray  # (P,) ... and the sample each belongs to
+    kpts3d: np.ndarray  # (Q, 3)
+    owner3d: np.ndarray  # (Q,)
+
+
+def _predict(fields: _Fields, size: np.ndarray, quant: Quant) -> Predicted:
+    """De-quantize the parsed fields, rejecting (in `fields`) those with coordinates out of range; size (B, 2)."""
+    bbox2d, bbox3d = _boxes(fields, "bbox2d", size, quant), _boxes(fields, "bbox3d", size, quant)
+    kpts2d, owner2d = _keypoints(fields, "kpts2d", size, quant)
+    kpts3d, owner3d = _keypoints(fields, "kpts3d", size, quant)
+    return Predicted(bbox2d, bbox3d, kpts2d, owner2d, kpts3d, owner3d)
+
+
+def dequantized_answer(text: str, width: float, height: float, quant: Quant) -> dict[str, np.ndarray]:
+    """One answer's geometric fields as they are scored (what a picture of it shows): bbox2d (4,) and kpts2d (N, 2)
+    in pixels of a width x height image, bbox3d (6,) and kpts3d (M, 3) in bounds3d units; a field that is not
+    well-formed, or has a coordinate out of range, is absent."""
+    fields = _Fields([text])
+    predicted = _predict(fields, np.array([[width, height]], dtype=np.float64), quant)
+    values = {
+        "bbox2d": predicted.bbox2d[0],
+        "bbox3d": predicted.bbox3d[0],
+        "kpts2d": predicted.kpts2d,
+        "kpts3d": predicted.kpts3d,
+    }
+    return {name: value for name, value in values.items() if fields.valid[name][0]}
 
 
 def _range_message(bins: int) -> str:
@@ -144,9 +181,8 @@ def _score(request: RewardRequest) -> list[dict]:
     batch = to_batch(request)
     fields = _Fields(batch.texts)
 
-    pred2d, pred3d = _boxes(fields, "bbox2d", batch), _boxes(fields, "bbox3d", batch)
-    kpts2d, owner2d = _keypoints(fields, "kpts2d", batch)
-    kpts3d, owner3d = _keypoints(fields, "kpts3d", batch)
+    predicted = _predict(fields, batch.size, batch.quant)
+    pred2d, pred3d = predicted.bbox2d, predicted.bbox3d
     valid = fields.valid
 
     rpc, rpc_why = reprojection_consistency(pred2d, pred3d, batch.K, batch.R, batch.t, batch.size)
@@ -156,8 +192,8 @@ def _score(request: RewardRequest) -> list[dict]:
         "answer": _answer_rewards(fields, batch),
         "bbox2d": box_iou(pred2d, batch.bbox2d),
         "bbox3d": box_iou(pred3d, batch.bbox3d),
-        "kpts2d": keypoint_containment(kpts2d, owner2d, batch.bbox2d, batch.num_kpts2d),
-        "kpts3d": keypoint_containment(kpts3d, owner3d, batch.bbox3d, batch.num_kpts3d),
+        "kpts2d": keypoint_containment(predicted.kpts2d, predicted.owner2d, batch.bbox2d, batch.num_kpts2d),
+        "kpts3d": keypoint_containment(predicted.kpts3d, predicted.owner3d, batch.bbox3d, batch.num_kpts3d),
         "rpc": np.where(rpc_why == 0, rpc, 0.0),
     }
     for name in _COORDINATE_FIELDS:
@@ -165,10 +201,48 @@ def _score(request: RewardRequest) -> list[dict]:
     _explain(fields, valid, pred2d, pred3d, batch, rpc_why)
 
     columns = [rewards[name].tolist() for name in REWARDS]
-    return [
+    results = [
         {"rewards": dict(zip(REWARDS, row)), "spans": fields.spans[i], "errors": fields.reasons[i]}
         for i, row in enumerate(zip(*columns))
     ]
+    if request.geometry:
+        for result, geometry in zip(results, _geometry(batch, predicted, valid)):
+            result["geometry"] = geometry
+    return results
+
+
+def _geometry(batch: Batch, predicted: Predicted, valid: dict[str, np.ndarray]) -> list[dict]:
+    """Per sample, what a picture of it shows, in pixels of its camera's image (`"geometry": true`, the debug view's
+    drawing): the target and predicted 2D boxes, both 3D boxes' corners projected, and the predicted 2D keypoints, all
+    as they are scored; a predicted field that is not well-formed (or out of range) is None."""
+    target3d, predicted3d = _projected_corners(batch.bbox3d, batch), _projected_corners(predicted.bbox3d, batch)
+    order = np.argsort(predicted.owner2d, kind="stable")  # owners come fast-reader rows first, not in sample order
+    counts = np.bincount(predicted.owner2d, minlength=len(batch.texts))
+    kpts2d = np.split(predicted.kpts2d[order], np.cumsum(counts)[:-1])
+    edges = [list(edge) for edge in BOX_EDGES]
+    return [
+        {
+            "width": width,
+            "height": height,
+            "box3d_edges": edges,
+            "target": {"bbox2d": batch.bbox2d[i].tolist(), "bbox3d": target3d[i]},
+            "predicted": {
+                "bbox2d": predicted.bbox2d[i].tolist() if valid["bbox2d"][i] else None,
+                "bbox3d": predicted3d[i] if valid["bbox3d"][i] else None,
+                "kpts2d": kpts2d[i].tolist() if valid["kpts2d"][i] else None,
+            },
+        }
+        for i, (width, height) in enumerate(batch.size.tolist())
+    ]
+
+
+def _projected_corners(boxes: np.ndarray, batch: Batch) -> list[list[list[float] | None]]:
+    """(B, 6) 3D boxes -> per sample its 8 corners (`box3d_corners` order) in pixels, None for a corner behind the
+    camera (its pixel means nothing) or not finite (a box that did not parse is a NaN row)."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        pixels, depth = project(box3d_corners(boxes), batch.K, batch.R, batch.t)  # (B, 8, 2), (B, 8)
+        shown = (depth > MIN_DEPTH) & np.isfinite(pixels).all(axis=-1)
+    return [[p if ok else None for p, ok in zip(row, oks)] for row, oks in zip(pixels.tolist(), shown.tolist())]
 
 
 def _explain(

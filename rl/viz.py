@@ -15,35 +15,17 @@ import numpy as np
 
 from data3d import Sample
 from rewards import Quant
-from rewards.camera import box3d_corners, project
-from rewards.parse import parse_output
-from rewards.schema import dequantize
+from rewards.camera import BOX_EDGES, box3d_corners, project
+from rewards.score import dequantized_answer
 
-# the 12 edges of a box3d_corners box: corner i has bits (x, y, z) = (i >> 2, i >> 1, i) & 1; an edge flips one bit
-BOX_EDGES = [(i, i ^ bit) for i in range(8) for bit in (1, 2, 4) if i < i ^ bit]
 # white-edged markers stay visible on an object of any colour
 TARGET, PREDICTED, PROJECTED = "#2ca02c", "#d62728", "#1f77b4"
 
 
 def predicted_geometry(text: str, sample: Sample, quant: Quant) -> dict[str, np.ndarray]:
     """The well-formed geometric fields of an answer, dequantized to the targets' units (pixels, object units)."""
-    fields = parse_output(text).fields
     width, height = (sample.camera.width, sample.camera.height) if sample.camera else (1.0, 1.0)
-    lo2d, hi2d = quant.lo_hi_2d(width, height)
-    lo3d, hi3d = quant.lo_hi_3d()
-    bounds = {
-        "bbox2d": (np.tile(lo2d, 2), np.tile(hi2d, 2)),
-        "bbox3d": (np.tile(lo3d, 2), np.tile(hi3d, 2)),
-        "kpts2d": (lo2d, hi2d),
-        "kpts3d": (lo3d, hi3d),
-    }
-    geometry = {}
-    for name, (lo, hi) in bounds.items():
-        if name in fields:
-            values = np.asarray(fields[name][0], dtype=np.float64)
-            if values.size and values.shape[-1] == lo.shape[-1]:
-                geometry[name] = dequantize(values, lo, hi, quant.bins)
-    return geometry
+    return dequantized_answer(text, width, height, quant)
 
 
 def _box2d(axis, box: np.ndarray, colour: str, label: str) -> None:

@@ -159,7 +159,7 @@ def create_app(token: str | None = None, limits: ServiceLimits = ServiceLimits()
             "requestBody": {"required": True, "content": {"application/json": {"schema": request_schema}}},
             "responses": {
                 "200": {
-                    "description": "one result per sample, in request order",
+                    "description": "one result per sample, in request order (with its `geometry` when asked)",
                     "content": {"application/json": {"schema": response_schema}},
                 },
                 "401": {"description": "missing or wrong bearer token"},
