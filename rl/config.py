@@ -399,6 +399,20 @@ class ReconConfig:
 
 
 @dataclass
+class EngineConfig:
+    """the PiSA data engine (`pointrl engine`): annotate unlabeled clouds, cross-check, retrain, in loops"""
+
+    loops: int = setting(3, "annotate -> cross-check -> retrain loops", "> 0")
+    num_clouds: int = setting(256, "unlabeled clouds annotated per loop (the first of the source split)", "> 0")
+    samples: int = setting(4, "annotations sampled per cloud (G), at rollout.temperature", "> 0")
+    steps: int = setting(60, "SFT steps of each retraining (sft.batch_size samples each)", "> 0")
+    lr: float = setting(
+        2e-4, "learning rate of each retraining (cosine, after a warm-up of a tenth of the steps)", "> 0"
+    )
+    ablation: bool = setting(True, "also run the same loops without the cross-check (Stage 2), for the report")
+
+
+@dataclass
 class Config:
     """The whole run."""
 
@@ -417,6 +431,7 @@ class Config:
     dpo: DpoConfig = field(default_factory=DpoConfig)
     sft: SftConfig = field(default_factory=SftConfig)
     recon: ReconConfig = field(default_factory=ReconConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 def policy_overrides(cfg: Config) -> dict:

@@ -177,3 +177,49 @@ def test_bad_config_fails_before_anything_starts(tmp_path, capsys):
         main("grca.yaml", [f"run.dir={tmp_path / 'bad'}", "learner.lrr=1"])
     assert exit_info.value.code == 2 and "did you mean 'learner.lr'" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
+
+
+def test_the_pisa_engine_annotates_checks_retrains_and_continues(cluster, warm_policy, tmp_path):
+    """`pointrl engine` end to end: two loops of both arms on clouds the warm policy never saw, then a rerun that
+    redoes only the loop whose summary is gone."""
+    from data3d import BenchmarkDataset
+    from data3d.benchmark import write_benchmark
+    from rl.engine import run_engine
+
+    clouds = tmp_path / "clouds"
+    write_benchmark(clouds, 2, 7, test_fraction=0.0, settings=DataSettings(256, 32, 1), progress=False)
+    cfg = load_config(
+        "demo.yaml",
+        [*SMALL, "engine.loops=2", "engine.num_clouds=2", "engine.steps=2", "sft.batch_size=2", "eval.batch_size=2"],
+    )
+    out = tmp_path / "engine"
+    report = run_engine(cfg, warm_policy, clouds, "train", out)
+
+    assert set(report["arms"]) == {"pisa", "no_stage2"}
+    for arm, loops in report["arms"].items():
+        assert [s["loop"] for s in loops] == [1, 2]
+        for s in loops:
+            loop_dir = out / arm / f"loop{s['loop']}"
+            annotations = [json.loads(line) for line in (loop_dir / "annotations.jsonl").read_text().splitlines()]
+            assert [len(a["texts"]) for a in annotations] == [4, 4]  # G = engine.samples per cloud
+            decided = sum(sum(counts.values()) for counts in s["decisions"].values())
+            assert decided == 2 * (6 if arm == "pisa" else 1)  # one decision per field (the ablation: per cloud)
+            if s["kept"]:  # retrained on the kept annotations beside as many original objects
+                train = BenchmarkDataset(loop_dir / "data", "train")
+                uids = [train[i].uid for i in range(len(train))]
+                assert len(uids) == 2 * s["kept"] and sum(u.startswith("pisa-") for u in uids) == s["kept"]
+                assert s["policy"] == str((loop_dir / "train" / "policy").resolve())
+            assert s["held_out"]["n"] == 2 and ("swap_gap_iou3d" in s["held_out"]) == (s["loop"] == 2)
+        # a loop that kept nothing hands its starting policy, the previous loop's, to the next
+        retrained = str((out / arm / "loop2" / "train" / "policy").resolve())
+        assert loops[1]["policy"] == (retrained if loops[1]["kept"] else loops[0]["policy"])
+    # the warm policy writes whole JSON objects for some clouds: the ablation (no cross-check) retrains on them
+    assert report["arms"]["no_stage2"][0]["kept"] >= 1
+    assert "| baseline |" in (out / "engine_report.md").read_text()
+
+    (out / "pisa" / "loop2" / "summary.json").unlink()
+    finished = (out / "no_stage2" / "loop1" / "eval.json").stat().st_mtime_ns
+    again = run_engine(cfg, warm_policy, clouds, "train", out)
+    assert (out / "no_stage2" / "loop1" / "eval.json").stat().st_mtime_ns == finished  # finished loops stay
+    assert (out / "pisa" / "loop2" / "summary.json").is_file()
+    assert again["arms"]["no_stage2"] == report["arms"]["no_stage2"]
