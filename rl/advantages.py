@@ -178,9 +178,10 @@ def other_fields_credit(
 ) -> dict[str, dict[str, float]]:
     """Per field f, `var`: the variance over f's tokens of eps_f, the run's advantage `advantages` minus the one
     `advantage_of` gives f's tokens when only f's reward varies in its group; `share`: that over the variance of the
-    advantage there (above 1 when eps_f and A_f anticorrelate). Routed credit gives 0 by construction, broadcast
-    does not. `field_token_masks` holds every span `advantage_of` routes, `fields` those measured; a field with no
-    token in the batch is left out, and its share when its advantage there does not vary."""
+    advantage there (above 1 only when eps_f anticorrelates with A_f, as when the advantage hardly follows f's
+    reward: eps_f then holds -A_f). Routed credit gives 0 by construction, broadcast does not. `field_token_masks`
+    holds every span `advantage_of` routes, `fields` those measured; a field with no token in the batch is left
+    out, and its share when its advantage there does not vary."""
     rows, spans = advantages.shape[0], list(field_token_masks)
     # a token's advantage depends only on its row and on the span it lies in (eq. 10), so the counterfactual is
     # taken on one probe token per field and row, [P x G, F], instead of a second pass over [P x G, T]
