@@ -97,15 +97,30 @@ def means(scores: dict[str, list[float]]) -> dict[str, float]:
     return {metric: float(np.mean(values)) for metric, values in scores.items()}
 
 
+def logged_rows(run_dir: Path) -> list[dict]:
+    """The per-step rows that the controller logged during the run (metrics.jsonl)."""
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 def periodic_points(run_dir: Path) -> list[list]:
     """The `eval/...` rows that the controller logged during the run, as curve points [step, {metric: value}]."""
-    path = run_dir / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     return [
         [row["step"] + 1, {k.removeprefix("eval/"): v for k, v in row.items() if k.startswith("eval/")}]
-        for row in rows
+        for row in logged_rows(run_dir)
         if "eval/iou3d" in row
     ]
+
+
+def credit_means(run_dir: Path) -> dict[str, float]:
+    """GRCA §3.6 per run: each `credit/...` metric (the other fields' part of a field's token advantages), averaged
+    over the steps that logged it."""
+    values: dict[str, list[float]] = {}
+    for row in logged_rows(run_dir):
+        for key, value in row.items():
+            if key.startswith("credit/"):
+                values.setdefault(key.removeprefix("credit/"), []).append(value)
+    return {key: float(np.mean(v)) for key, v in values.items()}
 
 
 def run_arm(cfg: Config, start: Path, start_point: dict, run_dir: Path, samples, swap: bool) -> dict:
@@ -123,6 +138,8 @@ def run_arm(cfg: Config, start: Path, start_point: dict, run_dir: Path, samples,
     scores = held_out_scores(cfg, final, samples, swap)
     curve = [[0, start_point], *periodic_points(run_dir), [rl_steps, means(scores)]]
     result = {"seed": cfg.run.seed, "scores": scores, "curve": curve, "seconds": time.perf_counter() - began}
+    if credit := credit_means(run_dir):
+        result["credit"] = credit
     done.write_text(json.dumps(result))
     return result
 

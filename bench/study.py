@@ -1,5 +1,6 @@
 """The statistics and outputs of the learning studies (bench/learning_bench.py): a bootstrap CI over seeds and held-out
-objects, `study.json`, `study.md` in the layout of GRCA's Table 3, and `curves.png` (held-out metrics against the step).
+objects, `study.json`, `study.md` in the layout of GRCA's Table 3 (and, per trained arm, GRCA §3.6's measurement of
+the other fields' credit on each geometric field), and `curves.png` (held-out metrics against the step).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ def bootstrap_ci(scores: np.ndarray, draws: int = 2000, level: float = 0.95, see
 
 def summarize(results: dict[str, list[dict]]) -> dict:
     """Per arm: each seed's metric means, and over the seeds the mean and its 95% bootstrap CI. A result is one run's
-    `{"seed", "scores": {metric: [per object]}, "curve": [[step, {metric: mean}], ...]}` (plus optional extras)."""
+    `{"seed", "scores": {metric: [per object]}, "curve": [[step, {metric: mean}], ...]}`, for a trained arm
+    `"credit": {"other_fields_var/bbox3d": mean over the steps, ...}` (GRCA §3.6), plus optional extras."""
     summary = {}
     for arm, runs in results.items():
         row = {"seeds": [run["seed"] for run in runs], "per_seed": [], "mean": {}, "ci95": {}}
@@ -41,6 +43,10 @@ def summarize(results: dict[str, list[dict]]) -> dict:
             scores = np.array([run["scores"][metric] for run in runs])  # [seeds, objects]
             row["mean"][metric] = float(scores.mean())
             row["ci95"][metric] = bootstrap_ci(scores)
+        credit = [run["credit"] for run in runs if "credit" in run]
+        if credit:  # GRCA §3.6, per key the mean over the seeds of each run's mean over its steps
+            keys = sorted({key for c in credit for key in c})
+            row["credit"] = {key: float(np.mean([c[key] for c in credit if key in c])) for key in keys}
         summary[arm] = row
     return summary
 
@@ -61,7 +67,33 @@ def markdown_table(summary: dict, title: str, objects: int) -> str:
     for arm, row in summary.items():
         cells = [f"{row['mean'][m]:.3f} [{row['ci95'][m][0]:.3f}, {row['ci95'][m][1]:.3f}]" for m in columns]
         lines.append(f"| {arm} ({len(row['seeds'])}) | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + credit_table(summary)) + "\n"
+
+
+def credit_table(summary: dict) -> list[str]:
+    """GRCA §3.6 per trained arm and geometric field: the variance of the part of the field's token advantages that
+    the other rewards put there, and its share of their variance (means over steps, then seeds)."""
+    arms = {arm: row["credit"] for arm, row in summary.items() if "credit" in row}
+    if not arms:
+        return []
+    fields = sorted({key.removeprefix("other_fields_var/") for c in arms.values() for key in c if "_var/" in key})
+    lines = [
+        "",
+        "Other fields' part of each geometric field's token advantages (GRCA §3.6): its variance over the field's",
+        "tokens (its share of their advantage variance), mean over the steps of a run, then over its seeds.",
+        "",
+        "| arm | " + " | ".join(fields) + " |",
+        "|---|" + "---|" * len(fields),
+    ]
+    for arm, credit in arms.items():
+        cells = [
+            f"{credit[f'other_fields_var/{f}']:.3f} ({credit.get(f'other_fields_share/{f}', float('nan')):.2f})"
+            if f"other_fields_var/{f}" in credit
+            else "-"
+            for f in fields
+        ]
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def plot_curves(results: dict[str, list[dict]], out: Path) -> None:

@@ -1,6 +1,6 @@
 """Advantages for GRPO-style training: per-group standardization, GRCA's routed per-field token advantages and the
-broadcast baseline. Pure tensor functions (GRCA paper eqs. 9, 10, 14). λ, the RPC weight, is always given: its one
-home is `algo.rpc_weight`.
+broadcast baseline (GRCA paper eqs. 9, 10, 14), and how much of a field's token advantage the other rewards put there
+(§3.6). Pure tensor functions. λ, the RPC weight, is always given: its one home is `algo.rpc_weight`.
 
 Layout: rewards are (P, G), one row per prompt and one column per sampled output; token tensors are (N, T) with
 N = P * G in row-major order, so sample g of prompt p is row p * G + g. `valid` (P, G) marks the samples whose
@@ -13,7 +13,7 @@ gets 0 (decided exactly, by max == min, so float round-off cannot turn a constan
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from itertools import combinations
 
 import torch
@@ -149,6 +149,56 @@ def advantage_stats(advantages: Tensor, response_mask: Tensor) -> dict[str, floa
         "abs_max": values.abs().max().item(),
         "frac_nonzero": (values != 0).float().mean().item(),
     }
+
+
+# (rewards, field token masks, response mask) -> token advantages: a run's routed or broadcast call, its settings bound
+AdvantageFn = Callable[[Mapping[str, Tensor], Mapping[str, Tensor], Tensor], Tensor]
+
+
+def only_varying(rewards: Mapping[str, Tensor], valid: Tensor, keep: str) -> dict[str, Tensor]:
+    """The reward table with every reward but `keep` replaced by its group mean over the valid samples: constant within
+    its group, each of them then standardizes to 0 and gives no advantage signal."""
+    _check_group_shapes(rewards[keep], valid, keep)
+    count = valid.sum(1, keepdim=True).clamp(min=1)
+    out = {}
+    for name, values in rewards.items():
+        mean = torch.where(valid, values.float(), 0.0).sum(1, keepdim=True) / count
+        out[name] = values if name == keep else mean.expand_as(values)
+    return out
+
+
+# GRCA §3.6, eq. 18: on field f's span T_f the advantage is A_f + eps_f, eps_f what the other rewards put there
+def other_fields_credit(
+    advantage_of: AdvantageFn,
+    rewards: Mapping[str, Tensor],
+    valid: Tensor,
+    advantages: Tensor,
+    field_token_masks: Mapping[str, Tensor],
+    fields: Sequence[str] = ROUTED_FIELDS,
+) -> dict[str, dict[str, float]]:
+    """Per field f, `var`: the variance over f's tokens of eps_f, the run's advantage `advantages` minus the one
+    `advantage_of` gives f's tokens when only f's reward varies in its group; `share`: that over the variance of the
+    advantage there (above 1 only when eps_f anticorrelates with A_f, as when the advantage hardly follows f's
+    reward: eps_f then holds -A_f). Routed credit gives 0 by construction, broadcast does not. `field_token_masks`
+    holds every span `advantage_of` routes, `fields` those measured; a field with no token in the batch is left
+    out, and its share when its advantage there does not vary."""
+    rows, spans = advantages.shape[0], list(field_token_masks)
+    # a token's advantage depends only on its row and on the span it lies in (eq. 10), so the counterfactual is
+    # taken on one probe token per field and row, [P x G, F], instead of a second pass over [P x G, T]
+    probe = torch.eye(len(spans), dtype=torch.bool).expand(rows, -1, -1)  # [P x G, F, F]
+    probe_masks = {name: probe[:, k] for k, name in enumerate(spans)}
+    out = {}
+    for name in fields:
+        mask = field_token_masks[name].bool()  # [P x G, T]
+        if not mask.any():
+            continue
+        own = advantage_of(only_varying(rewards, valid, name), probe_masks, torch.ones(rows, len(spans)))
+        own = own[:, spans.index(name)]  # [P x G]
+        on_field = advantages.float()[mask]  # f's tokens, flattened
+        others = on_field - own[:, None].expand_as(mask)[mask]  # eps_f on those tokens
+        spread, total = others.var(correction=0).item(), on_field.var(correction=0).item()
+        out[name] = {"var": spread, **({"share": spread / total} if total > 0 else {})}
+    return out
 
 
 def _require_keys(mapping: Mapping[str, object], keys: Sequence[str], what: str) -> None:

@@ -14,7 +14,13 @@ import torch
 from data3d import Sample, reward_sample, target_text
 from policies.point_ops import drop_points, gaussian_noise, mask_groups
 from rewards import REWARDS, Quant
-from rl.advantages import advantage_stats, broadcast_advantages, routed_advantages
+from rl.advantages import (
+    ROUTED_FIELDS,
+    advantage_stats,
+    broadcast_advantages,
+    other_fields_credit,
+    routed_advantages,
+)
 from rl.config import ALIGN_CATEGORIES, ALIGN_COLOURS
 from rl.losses import dpo_pairs_from_groups
 from rl.token_spans import batch_field_masks
@@ -118,30 +124,37 @@ def policy_gradient_batch(
     algo,
     weights: dict[str, float],
 ) -> tuple[LearnBatch, dict[str, float]]:
-    """GRCA (routed, per-field) or GRPO (broadcast) advantages for a scored rollout, plus reward/advantage metrics.
+    """GRCA (routed, per-field) or GRPO (broadcast) advantages for a scored rollout, plus reward, advantage and credit
+    (GRCA §3.6: `credit/other_fields_var/<field>`, `rl.advantages.other_fields_credit`) metrics.
     `weights` (`rl.config.scalar_reward_weights`) make broadcast GRPO's scalar; routing weighs by `algo`'s keys."""
     p, g = len(samples), rollout.group_size
     table, valid = reward_table(results, p, g)
     mask = rollout.response_mask.bool()
-    if algo.name == "grca":
-        spans = [r["spans"] if r else None for r in results]
-        field_masks = batch_field_masks(
-            tokenizer, rollout.response_ids, rollout.response_mask, spans, algo.routed_fields
-        )
-        advantages = routed_advantages(
-            table,
+    routed = algo.name == "grca"
+    # broadcast needs no spans, but GRCA §3.6's measurement reads both arms on the geometric fields' tokens
+    spans = [r["spans"] if r else None for r in results]
+    fields = list(dict.fromkeys([*(algo.routed_fields if routed else []), *ROUTED_FIELDS]))
+    field_masks = batch_field_masks(tokenizer, rollout.response_ids, rollout.response_mask, spans, fields)
+
+    def advantage_of(rewards, masks, response_mask):
+        if not routed:
+            return broadcast_advantages(rewards, valid, weights, response_mask)
+        return routed_advantages(
+            rewards,
             valid,
-            field_masks,
-            mask,
+            masks,
+            response_mask,
             algo.rpc_weight,
             routed_fields=tuple(algo.routed_fields),
             routed_weights={f: algo.routed_field_weights[f] for f in algo.routed_fields},
         )
-    else:
-        advantages = broadcast_advantages(table, valid, weights, mask)
+
+    advantages = advantage_of(table, field_masks, mask)
+    credit = other_fields_credit(advantage_of, table, valid, advantages, field_masks)
     metrics = {
         **reward_metrics(table, valid),
         **{f"advantage/{k}": v for k, v in advantage_stats(advantages, mask).items()},
+        **{f"credit/other_fields_{k}/{f}": v for f, measured in credit.items() for k, v in measured.items()},
     }
     return rollout_batch(step, rollout, samples, valid, advantages=advantages), metrics
 

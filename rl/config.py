@@ -336,6 +336,7 @@ class EvalConfig:
     max_new_tokens: int = setting(320, "generated tokens per output at most", "> 0")
     batch_size: int = setting(32, "prompts generated together by the final evaluations", "> 0")
     split: str = setting("test", "dataset split evaluated when data.dir is set")
+    pictures: int = setting(2, "objects each periodic evaluation draws to TensorBoard (needs matplotlib)", ">= 0")
     reliance: bool = setting(
         True,
         "also evaluate with the cloud 3D-masked and swapped, with the image and blanked (the encoder-reliance gap)",

@@ -29,6 +29,7 @@ from rl.metrics import MetricsLog
 from rl.placement import (
     uses_rollouts,
 )
+from rl.viz import pictures_to_draw
 
 
 class TrainingSet:
@@ -129,6 +130,7 @@ class Controller:
         self.published, self.worker_restarts = None, 0  # the current version's refs, handed again to a restarted worker
         self.prefetched: dict[int, list] = {}  # one_step_off: the next step's rollouts, under way
         self.held_out: list[Sample] | None = None  # made on the first periodic evaluation, then reused
+        self.pictures = pictures_to_draw(cfg.eval.pictures) if self.rollouts and cfg.eval.every else 0
 
     def ready(self) -> bool:
         return True
@@ -258,9 +260,11 @@ class Controller:
             self.step_batch, self.step_metrics = self._prepare(step)
         return self.step_batch.shard(rank, world)
 
-    def evaluate(self) -> dict[str, float]:
-        """Greedy answers of the just-published policy on held-out prompts, scored in process (`eval/...`)."""
+    def evaluate(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+        """Greedy answers of the just-published policy on held-out prompts, scored in process (`eval/...`), and the
+        pictures of the first `eval.pictures` of them (`eval/picture/<uid>`, as `pointrl viz` draws them)."""
         from rl.evaluate import score_answers
+        from rl.viz import drawn
         from rollout.engine import SamplingConfig
         from rollout.worker import generate_on_workers
 
@@ -278,7 +282,11 @@ class Controller:
         )
         report = score_answers(samples, texts, self.quant)
         by_question = {f"eval/answer_{kind}": v["accuracy"] for kind, v in report.pop("answer_by_question").items()}
-        return {**{f"eval/{k}": v for k, v in report.items()}, **by_question}
+        pictures = drawn(samples[: self.pictures], texts[: self.pictures], self.quant)
+        return (
+            {**{f"eval/{k}": v for k, v in report.items()}, **by_question},
+            {f"eval/picture/{uid}": pixels for uid, pixels in pictures.items()},
+        )
 
     def finish_step(self, step: int, learner_stats: dict[str, float], weights) -> None:
         """After the update: publish version step + 1 to the rollout workers, then record the step's metrics."""
@@ -292,10 +300,12 @@ class Controller:
             "time/step": time.perf_counter() - self.step_started,
             **({"rollout/worker_restarts": float(self.worker_restarts)} if self.workers else {}),
         }
+        pictures = {}
         if self.cfg.eval.every and (step + 1) % self.cfg.eval.every == 0 and self.workers:
-            metrics.update(self.evaluate())
+            scores, pictures = self.evaluate()
+            metrics.update(scores)
         echo = (step + 1) % self.cfg.run.log_every == 0 or step + 1 == self.cfg.run.steps
-        self.log.log(step, metrics, echo=echo)
+        self.log.log(step, metrics, echo=echo, images=pictures)
 
 
 def rollout_threads(cpus: float) -> int:

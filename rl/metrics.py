@@ -1,5 +1,6 @@
-"""Where a run's figures go: `metrics.jsonl` (one line per step, flushed), TensorBoard events, Ray metrics (the Ray
-dashboard's Metrics view, through its Prometheus export) and one progress line per step on the terminal."""
+"""Where a run's figures go: `metrics.jsonl` (one line per step, flushed), TensorBoard events (and there the periodic
+evaluation's pictures), Ray metrics (the Ray dashboard's Metrics view, through its Prometheus export) and one
+progress line per step on the terminal."""
 
 from __future__ import annotations
 
@@ -63,7 +64,9 @@ class MetricsLog:
             self.gauges[key] = Gauge(name, description=f"pointrl {key}", tag_keys=("run",))
         return self.gauges[key]
 
-    def log(self, step: int, metrics: dict[str, float], echo: bool = True) -> None:
+    def log(self, step: int, metrics: dict[str, float], echo: bool = True, images: dict | None = None) -> None:
+        """The step's figures, and `images` ({tag: [H, W, 3] uint8}) to TensorBoard only, after any purge of a redone
+        step so that they stay."""
         row = {"step": step + 1, **metrics}
         if row["step"] <= self.last_step:  # redone after a restore: the old lines go
             self.jsonl.close()
@@ -76,6 +79,8 @@ class MetricsLog:
         for key, value in metrics.items():
             self.tensorboard.add_scalar(key, value, step + 1)
             self._gauge(key).set(value, tags={"run": self.run_name})
+        for tag, pixels in (images or {}).items():
+            self.tensorboard.add_image(tag, pixels, step + 1, dataformats="HWC")
         self.tensorboard.flush()
         if echo:
             print(progress_line(step, self.steps, metrics), flush=True)

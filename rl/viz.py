@@ -1,6 +1,7 @@
 """`pointrl viz`: pictures of a policy's answers on held-out objects. Per object one PNG: the rendered image with the
 target and predicted 2D boxes, the predicted 3D box projected through the sample's camera (what RPC scores, GRCA's
 Figure 3) and the 2D keypoints; beside it a 3D view of the cloud with the target and predicted 3D boxes and keypoints.
+The periodic evaluations during training log the same pictures to TensorBoard (`eval.pictures`).
 
     pointrl viz --policy DIR --data DIR [--split test] [--n 8] --out DIR
 """
@@ -33,8 +34,11 @@ def _box2d(axis, box: np.ndarray, colour: str, label: str) -> None:
     axis.plot([x1, x2, x2, x1, x1], [y1, y1, y2, y2, y1], color=colour, lw=1.5, label=label)
 
 
-def draw(sample: Sample, text: str, quant: Quant, rewards: dict[str, float], out: Path) -> None:
-    """One object's PNG: the image side (left) and the cloud side (right)."""
+def draw(
+    sample: Sample, text: str, quant: Quant, rewards: dict[str, float], out: Path | None = None
+) -> np.ndarray | None:
+    """One object's picture: the image side (left) and the cloud side (right). Written to `out` as a PNG, or without
+    `out` returned as RGB pixels [H, W, 3] uint8 (what TensorBoard's add_image takes as HWC)."""
     import matplotlib
 
     matplotlib.use("Agg")  # files, no display
@@ -82,8 +86,39 @@ def draw(sample: Sample, text: str, quant: Quant, rewards: dict[str, float], out
     answer = f"answer {rewards.get('answer', 0):.0f}, bbox3d {rewards.get('bbox3d', 0):.2f}, kpts3d"
     cloud.set_title(f"{answer} {rewards.get('kpts3d', 0):.2f} (green: target, red: predicted)", fontsize=8)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    pixels = None
+    if out is not None:
+        fig.savefig(out, dpi=100)
+    else:
+        fig.set_dpi(100)  # the file's resolution
+        fig.canvas.draw()
+        pixels = np.array(fig.canvas.buffer_rgba())[..., :3]  # [H, W, 3] uint8, a copy that outlives the figure
     plt.close(fig)
+    return pixels
+
+
+def pictures_to_draw(count: int) -> int:
+    """`count`, or 0 with one warning line when matplotlib, a dev dependency only, is not installed: a run goes on
+    without its pictures."""
+    if count:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            print(
+                f"warning: eval.pictures={count} but matplotlib is not installed: the periodic evaluations draw no "
+                "pictures (pip install matplotlib, or set eval.pictures=0)",
+                flush=True,
+            )
+            return 0
+    return count
+
+
+def drawn(samples: list[Sample], texts: list[str], quant: Quant) -> dict[str, np.ndarray]:
+    """Each sample's picture of its answer as pixels [H, W, 3] uint8, by uid (the periodic evaluation's)."""
+    from rl.evaluate import score_texts
+
+    results = score_texts(samples, texts, quant)
+    return {s.uid: draw(s, text, quant, r["rewards"]) for s, text, r in zip(samples, texts, results)}
 
 
 def visualize(

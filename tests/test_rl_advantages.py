@@ -15,6 +15,8 @@ from rl.advantages import (
     background_rewards_advantage,
     broadcast_advantages,
     group_standardize,
+    only_varying,
+    other_fields_credit,
     routed_advantages,
     routed_token_advantages,
 )
@@ -214,3 +216,54 @@ def test_advantage_stats_count_response_tokens_only():
     assert stats["std"] == pytest.approx(statistics.pstdev(values))
     assert stats["abs_max"] == 3.0 and stats["frac_nonzero"] == pytest.approx(3 / 5)
     assert advantage_stats(advantages, torch.zeros(2, 3))["frac_nonzero"] == 0.0
+
+
+def credit_arms(valid, weights):
+    """The two advantage functions a run uses, as `other_fields_credit` takes them: broadcast and routed (λ 0.15)."""
+    return {
+        "broadcast": lambda rewards, masks, response: broadcast_advantages(rewards, valid, weights, response),
+        "routed": lambda rewards, masks, response: routed_advantages(rewards, valid, masks, response, 0.15),
+    }
+
+
+def test_other_fields_credit_is_the_residual_of_broadcast_and_zero_when_routed():
+    # bbox3d [1, 0, 1, 0] and kpts3d [1, 1, 0, 0] are uncorrelated with equal variance: the broadcast sum correlates
+    # with each at 1/sqrt(2), so eps = z(sum) - z(field) has population variance 2 * 0.75 * (1 - 1/sqrt(2)) and
+    # a share 2 - sqrt(2) of the advantage's 0.75 on the field (4 z-scores with sample std: population var 3/4)
+    rewards = {name: torch.zeros(1, 4) for name in ("format", "answer", "rpc", *ROUTED_FIELDS)}
+    rewards["bbox3d"], rewards["kpts3d"] = torch.tensor([[1.0, 0, 1, 0]]), torch.tensor([[1.0, 1, 0, 0]])
+    valid = torch.ones(1, 4, dtype=torch.bool)
+    response_mask = torch.ones(4, 3)
+    masks = {name: torch.zeros(4, 3, dtype=torch.bool) for name in ROUTED_FIELDS}
+    masks["bbox3d"][:, 0] = masks["kpts3d"][:, 2] = True  # one token each per row; bbox2d and kpts2d have none
+    arms = credit_arms(valid, {"bbox3d": 1.0, "kpts3d": 1.0})
+    for arm, advantage_of in arms.items():
+        advantages = advantage_of(rewards, masks, response_mask)
+        credit = other_fields_credit(advantage_of, rewards, valid, advantages, masks)
+        assert set(credit) == {"bbox3d", "kpts3d"}  # a field without tokens is left out
+        for field in ("bbox3d", "kpts3d"):
+            if arm == "broadcast":
+                assert credit[field]["var"] == pytest.approx(1.5 * (1 - 1 / math.sqrt(2)), rel=1e-5)
+                assert credit[field]["share"] == pytest.approx(2 - math.sqrt(2), rel=1e-5)
+            else:
+                assert credit[field] == {"var": 0.0, "share": 0.0}
+
+
+def test_other_fields_credit_weighs_rows_by_their_field_tokens_as_a_full_pass_does():
+    # the probe tokens stand for every token of their span: compare with eps taken on the real [N, T] tokens
+    generator = torch.Generator().manual_seed(0)
+    names = ("format", "answer", "rpc", *ROUTED_FIELDS)
+    rewards = {name: torch.rand(3, 5, generator=generator) for name in names}
+    valid = torch.rand(3, 5, generator=generator) > 0.2
+    response_mask = (torch.arange(12)[None] < torch.randint(4, 13, (15, 1), generator=generator)).float()
+    span = torch.randint(0, 6, (15, 12), generator=generator)  # 4: answer, 5: description
+    masks = {name: (span == k) & response_mask.bool() for k, name in enumerate(ROUTED_FIELDS)}
+    for advantage_of in credit_arms(valid, dict.fromkeys(names, 0.5)).values():
+        advantages = advantage_of(rewards, masks, response_mask)
+        credit = other_fields_credit(advantage_of, rewards, valid, advantages, masks)
+        for field, measured in credit.items():
+            own = advantage_of(only_varying(rewards, valid, field), masks, response_mask)
+            eps = (advantages - own)[masks[field]]
+            assert measured["var"] == pytest.approx(eps.var(correction=0).item(), rel=1e-5, abs=1e-9)
+    assert only_varying(rewards, valid, "bbox3d")["bbox3d"] is rewards["bbox3d"]
+    assert torch.equal(group_standardize(only_varying(rewards, valid, "bbox3d")["rpc"], valid), torch.zeros(3, 5))

@@ -82,14 +82,21 @@ def test_routed_advantage_differs_only_on_the_shifted_field(tokenizer, group):
         [{"text": t, "target": sample.targets.to_reward_target(), "camera": sample.camera.to_dict()} for t in texts[:2]]
     )
     cfg = load_config()
-    routed, _ = policy_gradient_batch(0, rollout, pair, results, tokenizer, cfg.algo, scalar_reward_weights(cfg))
-    broadcast, _ = policy_gradient_batch(
+    routed, routed_metrics = policy_gradient_batch(
+        0, rollout, pair, results, tokenizer, cfg.algo, scalar_reward_weights(cfg)
+    )
+    broadcast, broadcast_metrics = policy_gradient_batch(
         0, rollout, pair, results, tokenizer, load_config(overrides=["algo.name=grpo"]).algo, scalar_reward_weights(cfg)
     )
     shifted = routed.advantages[1][rollout.response_mask[1].bool()]
     assert shifted.min() < 0 and (shifted == 0).any()  # negative on bbox3d (and rpc's background share), 0 elsewhere
     flat = broadcast.advantages[1][rollout.response_mask[1].bool()]
     assert torch.allclose(flat, flat[0].expand_as(flat))  # broadcast: one value on every token
+    # GRCA §3.6: the kpts3d rewards tie, so broadcast's +-1/sqrt(2) on the kpts3d tokens is all other fields' doing
+    assert broadcast_metrics["credit/other_fields_var/kpts3d"] == pytest.approx(0.5, rel=1e-5)
+    assert broadcast_metrics["credit/other_fields_share/kpts3d"] == pytest.approx(1.0, rel=1e-5)
+    measured = [key for key in routed_metrics if key.startswith("credit/other_fields_var/")]
+    assert len(measured) == 4 and all(routed_metrics[key] == 0.0 for key in measured)  # routed: none by construction
 
 
 def test_routed_grpo_weighs_fields_by_algo_routed_field_weights_only(tokenizer, group):

@@ -4,6 +4,7 @@ weight sync, checkpoints and resume, and each algorithm end to end on the tiny p
 import json
 
 import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from data3d.settings import DataSettings, load_settings
 from policies import PointVLM
@@ -68,6 +69,8 @@ def test_grca_steps_sync_versions_checkpoint_and_resume(cluster, warm_policy, tm
         assert row["onpolicy/max_abs_logprob_diff"] < 1e-4  # rollout log-probs == learner log-probs after each sync
         assert row["time/rollout"] > 0 and row["time/learn"] > 0 and row["time/sync"] >= 0
     assert any(row["advantage/frac_nonzero"] > 0 for row in rows)  # rewards differed within a group
+    # GRCA §3.6: routed, no other reward reaches a routed field's tokens
+    assert all(row.get(f"credit/other_fields_var/{f}", 0.0) == 0.0 for row in rows for f in ("bbox3d", "kpts3d"))
     assert not trainable_close(PointVLM.from_pretrained(warm_policy), PointVLM.from_pretrained(final))
     assert "eval/iou3d" in rows[2] and "eval/iou3d" not in rows[1]  # held-out evaluation every 3 steps
     checkpoints = sorted(p for p in (tmp_path / "grca" / "learner").glob("checkpoint_*") if p.is_dir())
@@ -114,6 +117,12 @@ def test_broadcast_grpo_runs(cluster, warm_policy, tmp_path):
     )
     rows = metrics(tmp_path / "grpo")
     assert len(rows) == 2 and all("advantage/std" in r for r in rows)
+    assert all("credit/other_fields_var/bbox3d" in r for r in rows)  # GRCA §3.6, measured on broadcast too
+    # the periodic evaluation at step 2 drew its first eval.pictures (default 2) objects into TensorBoard
+    events = EventAccumulator(str(tmp_path / "grpo" / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    pictures = [tag for tag in events.Tags()["images"] if tag.startswith("eval/picture/")]
+    assert len(pictures) == 2 and all([e.step for e in events.Images(tag)] == [2] for tag in pictures)
 
 
 @pytest.mark.parametrize("algo, key", [("spa", "loss/preference"), ("dpo", "dpo/pairs"), ("sft", "loss/nll")])

@@ -4,6 +4,7 @@ the run seed's prompt order: what Table 3 at CPU scale rests on."""
 import json
 
 import numpy as np
+import pytest
 
 from bench.study import bootstrap_ci, write_study
 from data3d import generate_sample, target_text
@@ -36,7 +37,11 @@ def test_write_study_writes_json_markdown_and_curves(tmp_path):
         point = {m: float(np.mean(v)) for m, v in scores.items()}
         return {"seed": seed, "scores": scores, "curve": [[0, point], [10, point]]}
 
-    results = {"SFT": [run(0, 0.5)], "GRCA + RPC": [run(0, 0.7), run(1, 0.72)]}
+    results = {"SFT": [run(0, 0.5)], "GRCA + RPC": [run(0, 0.7), run(1, 0.72)], "GRPO": [run(0, 0.6)]}
+    routed = {"other_fields_var/bbox3d": 0.0, "other_fields_share/bbox3d": 0.0}
+    for seed, grca in enumerate(results["GRCA + RPC"]):
+        grca["credit"] = {**routed, "other_fields_var/kpts3d": 0.2 + 0.2 * seed}  # kpts3d in the background
+    results["GRPO"][0]["credit"] = {"other_fields_var/bbox3d": 0.4, "other_fields_share/bbox3d": 0.5}
     study = write_study(results, tmp_path, "a study")
     saved = json.loads((tmp_path / "study.json").read_text())
     assert saved["arms"]["GRCA + RPC"]["seeds"] == [0, 1] and study["objects"] == 32
@@ -44,6 +49,11 @@ def test_write_study_writes_json_markdown_and_curves(tmp_path):
     assert low < saved["arms"]["GRCA + RPC"]["mean"]["iou3d"] < high
     table = (tmp_path / "study.md").read_text()
     assert "| GRCA + RPC (2) |" in table and "| SFT (1) |" in table
+    # GRCA §3.6 per trained arm: the means over seeds, a field an arm did not measure shown as "-"
+    assert saved["arms"]["GRCA + RPC"]["credit"]["other_fields_var/kpts3d"] == pytest.approx(0.3)
+    assert "credit" not in saved["arms"]["SFT"]
+    assert "| arm | bbox3d | kpts3d |" in table
+    assert "| GRCA + RPC | 0.000 (0.00) | 0.300 (nan) |" in table and "| GRPO | 0.400 (0.50) | - |" in table
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
