@@ -106,7 +106,7 @@ def logged_rows(run_dir: Path) -> list[dict]:
 def periodic_points(run_dir: Path) -> list[list]:
     """The `eval/...` rows that the controller logged during the run, as curve points [step, {metric: value}]."""
     return [
-        [row["step"] + 1, {k.removeprefix("eval/"): v for k, v in row.items() if k.startswith("eval/")}]
+        [row["step"], {k.removeprefix("eval/"): v for k, v in row.items() if k.startswith("eval/")}]
         for row in logged_rows(run_dir)
         if "eval/iou3d" in row
     ]

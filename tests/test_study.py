@@ -75,3 +75,15 @@ def test_the_run_seed_reorders_the_training_prompts():
     assert order(0) == order(0)
     assert order(0) != order(1)
     assert sorted(order(1)) == list(range(64))
+
+
+def test_a_periodic_evaluation_is_plotted_at_the_number_of_updates_behind_it(tmp_path):
+    """The controller logs step index s (0-based) as row step s + 1, the updates done: the curve uses that number."""
+    from bench.learning_bench import periodic_points
+    from rl.metrics import MetricsLog
+
+    log = MetricsLog(tmp_path, "curve", steps=60)
+    log.log(29, {"loss/total": 1.0}, echo=False)
+    log.log(30, {"loss/total": 1.0, "eval/iou3d": 0.5}, echo=False)  # evaluated after 31 updates
+    log.close()
+    assert periodic_points(tmp_path) == [[31, {"iou3d": 0.5}]]
