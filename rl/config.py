@@ -410,6 +410,9 @@ class EngineConfig:
     lr: float = setting(
         2e-4, "learning rate of each retraining (cosine, after a warm-up of a tenth of the steps)", "> 0"
     )
+    rl_steps: int = setting(
+        0, "steps of the run's algorithm (algo.name) after each retraining's SFT; 0: SFT only", ">= 0"
+    )
     ablation: bool = setting(True, "also run the same loops without the cross-check (Stage 2), for the report")
 
 

@@ -93,7 +93,8 @@ def training_set(cfg: Config, kept: list[Sample], loop: int, out: Path) -> Path:
 
 
 def retrain(cfg: Config, policy_dir: Path, data_dir: Path, run_dir: Path) -> Path:
-    """Stage 3: SFT from the loop's policy on its training set; returns the retrained policy directory."""
+    """Stage 3: SFT from the loop's policy on its training set, then engine.rl_steps of the run's algorithm (algo.name)
+    on the same prompts if asked; returns the retrained policy directory."""
     from rl.driver import run_stage, warmup_config
 
     e = cfg.engine
@@ -104,7 +105,15 @@ def retrain(cfg: Config, policy_dir: Path, data_dir: Path, run_dir: Path) -> Pat
         run=dataclasses.replace(cfg.run, dir=str(run_dir)),
         eval=dataclasses.replace(cfg.eval, every=0),
     )
-    return run_stage(warmup_config(stage), policy_dir, run_dir)
+    policy = run_stage(warmup_config(stage), policy_dir, run_dir)
+    if e.rl_steps and cfg.algo.name != "sft":
+        rl_dir = run_dir / "rl"
+        policy = run_stage(
+            dataclasses.replace(stage, run=dataclasses.replace(stage.run, dir=str(rl_dir), steps=e.rl_steps)),
+            policy,
+            rl_dir,
+        )
+    return policy
 
 
 def evaluate(cfg: Config, policy_dir: Path, out: Path, reliance: bool) -> dict:

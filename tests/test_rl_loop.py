@@ -199,7 +199,11 @@ def test_the_pisa_engine_annotates_checks_retrains_and_continues(cluster, warm_p
     write_benchmark(clouds, 2, 7, test_fraction=0.0, settings=DataSettings(256, 32, 1), progress=False)
     cfg = load_config(
         "demo.yaml",
-        [*SMALL, "engine.loops=2", "engine.num_clouds=2", "engine.steps=2", "sft.batch_size=2", "eval.batch_size=2"],
+        [
+            *SMALL,
+            *("engine.loops=2", "engine.num_clouds=2", "engine.steps=2", "engine.rl_steps=1"),
+            *("sft.batch_size=2", "eval.batch_size=2", "reward.mode=local"),
+        ],
     )
     out = tmp_path / "engine"
     report = run_engine(cfg, warm_policy, clouds, "train", out)
@@ -217,10 +221,12 @@ def test_the_pisa_engine_annotates_checks_retrains_and_continues(cluster, warm_p
                 train = BenchmarkDataset(loop_dir / "data", "train")
                 uids = [train[i].uid for i in range(len(train))]
                 assert len(uids) == 2 * s["kept"] and sum(u.startswith("pisa-") for u in uids) == s["kept"]
-                assert s["policy"] == str((loop_dir / "train" / "policy").resolve())
+                # SFT, then engine.rl_steps of GRCA from it on the same data
+                assert s["policy"] == str((loop_dir / "train" / "rl" / "policy").resolve())
+                assert (loop_dir / "train" / "policy" / "pointvlm.json").is_file()
             assert s["held_out"]["n"] == 2 and ("swap_gap_iou3d" in s["held_out"]) == (s["loop"] == 2)
         # a loop that kept nothing hands its starting policy, the previous loop's, to the next
-        retrained = str((out / arm / "loop2" / "train" / "policy").resolve())
+        retrained = str((out / arm / "loop2" / "train" / "rl" / "policy").resolve())
         assert loops[1]["policy"] == (retrained if loops[1]["kept"] else loops[0]["policy"])
     # the warm policy writes whole JSON objects for some clouds: the ablation (no cross-check) retrains on them
     assert report["arms"]["no_stage2"][0]["kept"] >= 1
