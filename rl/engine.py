@@ -10,7 +10,8 @@ and uses their targets only to report how good the kept annotations are. Out dir
 (`pisa`, and `no_stage2`, the ablation that keeps the medoid annotation unchecked) loop<k>/ with annotations.jsonl
 (each cloud's G outputs), decisions.jsonl (one line per cloud and field: verdict and reason), data/ (the retraining
 set, store format), train/ (the SFT stage; train/policy is the loop's policy) and eval.json; engine_report.md and
-engine_report.json compare them. A loop whose eval.json exists is finished: a rerun continues after it.
+engine_report.json compare them. A loop whose summary.json exists is finished: a rerun with the same arguments and
+config (recorded in engine.json) continues after it; one with others is refused.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from data3d import BenchmarkDataset, Sample, read_meta, write_dataset
 from data3d.serialize import target_text
 from data3d.settings import check_compatible, dataset_settings, load_settings
 from rl.config import Config, ConfigError, data_settings, run_quant
+from rl.config_loading import config_to_dict
 from rl.crosscheck import count_decisions, cross_check, medoid_only
 from rl.evaluate import object_scores
 
@@ -166,6 +168,31 @@ def run_loop(cfg: Config, arm: str, loop: int, policy_dir: Path, clouds: list[Sa
     return summary
 
 
+def check_rerun(out: Path, started: dict) -> None:
+    """Record what the engine in `out` runs with (engine.json); a rerun must be the same run to continue it."""
+    record = out / "engine.json"
+    started = json.loads(json.dumps(started))  # as it reads back: tuples are lists
+    if not record.is_file():
+        out.mkdir(parents=True, exist_ok=True)
+        record.write_text(json.dumps(started, indent=1) + "\n")
+        return
+    before, now = _flat(json.loads(record.read_text())), _flat(started)
+    changed = [f"{key} {before.get(key)!r} vs {value!r}" for key, value in now.items() if before.get(key) != value]
+    if changed:
+        raise ValueError(f"{out} holds an engine run with other settings ({'; '.join(changed[:3])}); use another --out")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    """{"engine": {"steps": 60}} -> {"engine.steps": 60}: the keys a config override names."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _held_out(report: dict) -> dict:
     metrics = {m: report[m] for m in REPORTED}
     if "reliance" in report:
@@ -178,7 +205,8 @@ def run_engine(cfg: Config, policy_dir: Path, clouds_dir: Path, split: str, out:
     from rl.driver import init_ray
 
     clouds = unlabeled_clouds(cfg, policy_dir, clouds_dir, split)
-    out.mkdir(parents=True, exist_ok=True)
+    arguments = {"policy": str(policy_dir), "clouds": str(clouds_dir), "split": split}
+    check_rerun(out, {"arguments": arguments, "config": config_to_dict(cfg)})
     init_ray(cfg)
     baseline_eval = out / "baseline" / "eval.json"
     if not baseline_eval.is_file():

@@ -1,6 +1,7 @@
 """The RL loop on a real local Ray cluster: rollout workers, the Serve reward deployment, the Ray Train learner,
 weight sync, checkpoints and resume, and each algorithm end to end on the tiny policy."""
 
+import dataclasses
 import json
 
 import pytest
@@ -238,3 +239,6 @@ def test_the_pisa_engine_annotates_checks_retrains_and_continues(cluster, warm_p
     assert (out / "no_stage2" / "loop1" / "eval.json").stat().st_mtime_ns == finished  # finished loops stay
     assert (out / "pisa" / "loop2" / "summary.json").is_file()
     assert again["arms"]["no_stage2"] == report["arms"]["no_stage2"]
+    other = dataclasses.replace(cfg, engine=dataclasses.replace(cfg.engine, steps=3))
+    with pytest.raises(ValueError, match="other settings \\(config.engine.steps 2 vs 3\\)"):
+        run_engine(other, warm_policy, clouds, "train", out)
