@@ -13,6 +13,7 @@ encoder and are skipped; any other missing, unexpected or wrongly shaped key is 
 from __future__ import annotations
 
 import argparse
+import re
 import warnings
 from pathlib import Path
 
@@ -121,6 +122,35 @@ def load_into(module: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     module.load_state_dict(state, strict=False)
 
 
+def _point_state(path: str | Path) -> tuple[dict[str, torch.Tensor], str, str]:
+    """(the checkpoint's point-encoder and PointLLM projector tensors, its layout, the encoder's key prefix)."""
+    # read only the prefixed tensors first: a PointLLM checkpoint also holds a whole LLM we do not want in memory
+    state = read_state_dict(path, tuple(p for _, p in LAYOUT_PREFIXES if p) + (POINTLLM_PROJECTOR_PREFIX,))
+    if not any(k.endswith("cls_token") for k in state):
+        state = read_state_dict(path)
+    layout, prefix = detect_layout(set(state))
+    return state, layout, prefix
+
+
+def point_encoder_sizes(path: str | Path) -> tuple[str, dict[str, int]]:
+    """(layout, the `PointEncoderConfig` sizes the checkpoint's tensors fix: width, depth, encoder_dims, point_dims).
+    The head count and the grouping (num_groups, group_size) leave no trace in the weights: the caller gives them."""
+    state, layout, prefix = _point_state(path)
+    encoder = _strip(state, prefix)
+    need = ("cls_token", "reduce_dim.weight", "encoder.first_conv.0.weight")
+    if missing := [k for k in need if k not in encoder]:
+        raise ValueError(f"{path} ({layout} layout, prefix '{prefix}'): no {missing}; not a Point-BERT encoder")
+    width, encoder_dims = encoder["reduce_dim.weight"].shape
+    blocks = {int(m.group(1)) for k in encoder if (m := re.match(r"blocks\.blocks\.(\d+)\.", k))}
+    sizes = dict(
+        width=width,
+        depth=len(blocks),
+        encoder_dims=encoder_dims,
+        point_dims=encoder["encoder.first_conv.0.weight"].shape[1],
+    )
+    return layout, sizes
+
+
 def load_point_checkpoint(path: str | Path, encoder: nn.Module, projector: nn.Module | None = None) -> str:
     """Load a point-encoder checkpoint of any known layout into `encoder`; returns the layout name.
 
@@ -128,11 +158,7 @@ def load_point_checkpoint(path: str | Path, encoder: nn.Module, projector: nn.Mo
     and its shapes match (they do not when the LLM's hidden size differs from PointLLM's): a projector
     left untouched is reported with a warning, never silently.
     """
-    # read only the prefixed tensors first: a PointLLM checkpoint also holds a whole LLM we do not want in memory
-    state = read_state_dict(path, tuple(p for _, p in LAYOUT_PREFIXES if p) + (POINTLLM_PROJECTOR_PREFIX,))
-    if not any(k.endswith("cls_token") for k in state):
-        state = read_state_dict(path)
-    layout, prefix = detect_layout(set(state))
+    state, layout, prefix = _point_state(path)
     load_into(encoder, _strip(state, prefix), f"{path} ({layout} layout, prefix '{prefix}')")
     if projector is not None and layout == "pointllm":
         proj_state = _strip(state, POINTLLM_PROJECTOR_PREFIX)

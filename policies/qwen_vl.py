@@ -37,7 +37,7 @@ positions are also what Qwen2.5-VL uses for every non-image token, and with all 
 1-D RoPE. What this gives up: the image tokens do not get their 2-D grid positions (the fine-tuning learns with that).
 
 Not here (later parts of issue 9): camera-guided fusion, Qwen3-VL (its deepstack features enter inside the language
-model, which `inputs_embeds` cannot carry), the PointLLM / Point-BERT real layouts, `pointrl init`.
+model, which `inputs_embeds` cannot carry). A policy folder from real checkpoints: `pointrl init` (rl/cli_init.py).
 """
 
 from __future__ import annotations

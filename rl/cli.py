@@ -297,10 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
     synth.set_defaults(run=cmd_synth)
 
     from rl.cli_import import add_import_parser
+    from rl.cli_init import add_init_parser
     from rl.engine import add_engine_parser
     from rl.viz import add_viz_parser
 
     add_import_parser(commands, defaults)
+    add_init_parser(commands)
     add_viz_parser(commands)
     add_engine_parser(commands)
 
