@@ -70,11 +70,16 @@ def test_weights_move_forward_except_for_a_restored_learners_rollback():
 
 
 def processes(title: str) -> list[psutil.Process]:
-    """Ray worker processes whose title (Ray sets `ray::<Actor class>...`) starts with `title`."""
-    found = []
+    """The worker processes of this session's Ray cluster (its raylet is a child of this process: another cluster
+    running on the machine is left alone) whose title (Ray sets `ray::<Actor class>...`) starts with `title`."""
+    found, me = [], os.getpid()
     for process in psutil.process_iter(["cmdline"]):
         cmdline = " ".join(process.info["cmdline"] or [])
-        if cmdline.startswith(title):
+        try:
+            ours = any(parent.pid == me for parent in process.parents())
+        except psutil.NoSuchProcess:  # ended while we looked
+            continue
+        if cmdline.startswith(title) and ours:
             found.append(process)
     return found
 
