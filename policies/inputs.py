@@ -10,7 +10,7 @@ from policies.image_encoder import ImageEncoderConfig
 from policies.point_encoder import PointEncoderConfig
 
 LLM_MODES = ("full", "lora", "frozen")
-IMAGE_KINDS = ("patch", "hf", "qwen_vl")  # qwen_vl: the vision tower of a Qwen2.5-VL backbone (policies/qwen_vl.py)
+IMAGE_KINDS = ("patch", "hf", "qwen_vl")  # qwen_vl: the vision tower of a Qwen-VL backbone (policies/qwen_vl.py)
 LLM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -81,7 +81,7 @@ def _checked(cls: type, data: dict, where: str) -> dict:
 class PolicyInputs:
     """A batch of prompts: left-padded chat-template token ids with placeholder tokens, the clouds, and the
     preprocessed images of the rows that have one (`images[i]` belongs to the i-th row where has_image). For a
-    Qwen2.5-VL tower (dynamic resolution) `images` holds those images' patches one after the other, (sum of t*h*w,
+    Qwen-VL tower (dynamic resolution) `images` holds those images' patches one after the other, (sum of t*h*w,
     C*T*P*P) as its image processor writes them, and `image_grid_thw` (B_img, 3) each image's (t, h, w) patch grid."""
 
     input_ids: torch.Tensor  # (B, L) long, left padded
@@ -89,7 +89,7 @@ class PolicyInputs:
     points: torch.Tensor  # (B, N, C) float32
     has_image: torch.Tensor  # (B,) bool
     images: torch.Tensor | None = None  # (B_img, 3, S, S) float32, B_img = has_image.sum()
-    image_grid_thw: torch.Tensor | None = None  # (B_img, 3) long, only for a Qwen2.5-VL tower
+    image_grid_thw: torch.Tensor | None = None  # (B_img, 3) long, only for a Qwen-VL tower
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]

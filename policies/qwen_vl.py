@@ -1,4 +1,5 @@
-"""PointVLM over a Qwen2.5-VL checkpoint folder: its language model decodes, its own vision tower makes the image tokens.
+"""PointVLM over a Qwen-VL checkpoint folder (Qwen2.5-VL or Qwen3-VL): its language model decodes, its own vision tower
+makes the image tokens.
 
 What is read from transformers 5.24 (`transformers/models/qwen2_5_vl/modeling_qwen2_5_vl.py`):
 - The folder (config.json `model_type: qwen2_5_vl`) loads as `Qwen2_5_VLForConditionalGeneration` (through
@@ -38,8 +39,38 @@ would need the grid on every path (HF generate, vLLM prompt_embeds), and neither
 positions are also what Qwen2.5-VL uses for every non-image token, and with all three rows equal M-RoPE is plain
 1-D RoPE. What this gives up: the image tokens do not get their 2-D grid positions (the fine-tuning learns with that).
 
-Not here (later parts of issue 9): camera-guided fusion, Qwen3-VL (its deepstack features enter inside the language
-model, which `inputs_embeds` cannot carry). A policy folder from real checkpoints: `pointrl init` (rl/cli_init.py).
+Qwen3-VL (`model_type: qwen3_vl`, transformers 5.24 `models/qwen3_vl/modeling_qwen3_vl.py`) takes the same code path;
+what differs, and what we chose:
+- Same layout: `Qwen3VLForConditionalGeneration` (also under `AutoModelForImageTextToText`) holds `.model.visual`
+  (`Qwen3VLVisionModel`), `.model.language_model` (`Qwen3VLTextModel`) and `.lm_head`; same image processor class
+  (with its own sizes, read from the folder), same vision tokens. The tower has the same
+  `forward(hidden_states, grid_thw)` and its `pooler_output` is again the merger's output in the LLM's width, in the
+  same merge-window order (no window attention; learned position embeddings resampled to each grid, 2-D RoPE).
+- DeepStack: the tower also returns `deepstack_features`, the outputs of extra mergers after intermediate blocks
+  (`deepstack_visual_indexes`, [8, 16, 24] of 27 blocks by default), which `Qwen3VLModel.forward` hands to the
+  language model as `deepstack_visual_embeds` + `visual_pos_masks`: `Qwen3VLTextModel._deepstack_process` adds them to
+  the hidden states at the image tokens after its first len(...) decoder layers. That happens only when the model
+  encodes `pixel_values` itself; given `inputs_embeds` alone there is none. We give embeddings only, on all three
+  paths, so they agree: the learner and HF `generate` run the model on `inputs_embeds`, and vLLM's `prompt_embeds`
+  cannot carry per-layer additions (vLLM 0.32's own `Qwen3VLForConditionalGeneration` fills its deepstack buffer in
+  `embed_input_ids`, from its own encoder's multimodal embeddings, never for a prompt of embeddings; our Qwen3
+  export has no such hook). Threading them through the learner and HF alone would make rollout and learner
+  log-probs differ. What is given up: the pretrained LLM expects those additions at its image tokens (in its first
+  layers, one per deepstack merger), so its image tokens start off the distribution it was trained on and the
+  fine-tuning has to adapt to that; the tower still computes the deepstack mergers, whose outputs are dropped (so
+  they get no gradient even when the tower trains: the learner's DDP runs with `find_unused_parameters`).
+- Positions: Qwen3-VL's M-RoPE is interleaved (`Qwen3VLTextRotaryEmbedding.recomposition_frequencies`: frequency i
+  takes the height row when i % 3 == 1, the width row when i % 3 == 2, below 3 * their `mrope_section`, else the
+  temporal row), where Qwen2.5-VL cuts contiguous sections; with three equal rows both are 1-D RoPE. A (B, L)
+  `position_ids` becomes four equal rows (the first, text positions, for the attention mask), and
+  `_prepare_position_ids_for_generation` given embeddings builds `cumsum(mask) - 1` on every row with `rope_deltas`
+  0: the learner's positions, as for Qwen2.5-VL (tested: HF rollout, the Qwen3 export's logits bit for bit, vLLM).
+- The language model is Qwen3's decoder (q/k RMSNorm per head, its own `head_dim`, `attention_bias`): vLLM gets it
+  as a `Qwen3ForCausalLM` (`QWEN_VL_FAMILIES`).
+
+Not here (later parts of issue 9): camera-guided fusion. Qwen3-VL-MoE (`qwen3_vl_moe`) is not taken: its language
+model is a MoE decoder, not exported or tested. A policy folder from real checkpoints: `pointrl init`
+(rl/cli_init.py).
 """
 
 from __future__ import annotations
@@ -57,29 +88,36 @@ from policies.image_encoder import ImageEncoderConfig
 from policies.inputs import LLM_DTYPES, PointVLMConfig, PolicyInputs
 from policies.vlm import IMAGE_PATCH, POINT_END, POINT_PATCH, POINT_START, PointVLM
 
-QWEN_VL_TYPES = ("qwen2_5_vl",)
+# The Qwen-VL families (config.json `model_type`), each with the text model its language model is once its M-RoPE rows
+# are equal (what vLLM serves, rollout/vllm_qwen.py) and the fields of that text model's config beyond Qwen2's
+QWEN_VL_FAMILIES = {
+    "qwen2_5_vl": ("Qwen2ForCausalLM", ()),
+    "qwen3_vl": ("Qwen3ForCausalLM", ("head_dim", "attention_bias")),
+}
+QWEN_VL_TYPES = tuple(QWEN_VL_FAMILIES)
 VISION_START, IMAGE_PAD, VISION_END = "<|vision_start|>", "<|image_pad|>", "<|vision_end|>"
 
 
 def is_qwen_vl(directory: str | Path) -> bool:
-    """Whether `directory` is an HF folder of a Qwen2.5-VL model (config.json `model_type`)."""
+    """Whether `directory` is an HF folder of a Qwen-VL model (config.json `model_type` in `QWEN_VL_TYPES`)."""
     config = Path(directory) / "config.json"
     return config.is_file() and json.loads(config.read_text()).get("model_type") in QWEN_VL_TYPES
 
 
 def load_qwen_vl(directory: str | Path, dtype: str):
-    """(the whole `Qwen2_5_VLForConditionalGeneration`, the folder's image processor)."""
+    """(the whole model, `Qwen2_5_VLForConditionalGeneration` or `Qwen3VLForConditionalGeneration`, the folder's
+    image processor)."""
     from transformers import AutoImageProcessor, AutoModelForImageTextToText
 
     directory = Path(directory)
     if not (directory / "preprocessor_config.json").is_file():
-        raise FileNotFoundError(f"{directory}: no preprocessor_config.json (the Qwen2.5-VL image processor)")
+        raise FileNotFoundError(f"{directory}: no preprocessor_config.json (the Qwen-VL image processor)")
     llm = AutoModelForImageTextToText.from_pretrained(directory, dtype=LLM_DTYPES[dtype])
     return llm, AutoImageProcessor.from_pretrained(directory)
 
 
 def qwen_image_config(tower: nn.Module, processor) -> ImageEncoderConfig:
-    """The image config of a Qwen2.5-VL tower: one image token covers patch_size * merge_size pixels square, its
+    """The image config of a Qwen-VL tower: one image token covers patch_size * merge_size pixels square, its
     width is the merger's output (the LLM's hidden size); normalisation is the processor's."""
     cfg = tower.config
     return ImageEncoderConfig(
@@ -93,7 +131,7 @@ def qwen_image_config(tower: nn.Module, processor) -> ImageEncoderConfig:
 
 
 class QwenVisionEncoder(nn.Module):
-    """The Qwen2.5-VL tower: processor patches + grid_thw -> per image its merged tokens (P_i, width) and their
+    """The Qwen-VL tower: processor patches + grid_thw -> per image its merged tokens (P_i, width) and their
     centres (P_i, 2) in [0, 1]^2 (the merged grid is row-major over (h / merge, w / merge), as the processor orders
     the patches in merge windows)."""
 
@@ -107,6 +145,7 @@ class QwenVisionEncoder(nn.Module):
         return (grid_thw.prod(-1) // self.merge**2).tolist()
 
     def forward(self, pixels: torch.Tensor, grid_thw: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        # a Qwen3-VL tower's deepstack_features are left out: no path can give them to vLLM (module docstring)
         merged = self.tower(pixels.to(self.tower.dtype), grid_thw=grid_thw).pooler_output.float()
         out = []
         for tokens, (t, h, w) in zip(merged.split(self.tokens_per_image(grid_thw)), grid_thw.tolist()):
@@ -118,16 +157,16 @@ class QwenVisionEncoder(nn.Module):
 
 
 class QwenVLPointVLM(PointVLM):
-    """`PointVLM` whose `llm` is a whole Qwen2.5-VL model. `PointVLM.from_components(qwen_dir, config)` and
-    `PointVLM.from_pretrained(saved_dir)` build this class when the LLM folder is a Qwen2.5-VL one; `config.image`
+    """`PointVLM` whose `llm` is a whole Qwen-VL model. `PointVLM.from_components(qwen_dir, config)` and
+    `PointVLM.from_pretrained(saved_dir)` build this class when the LLM folder is a Qwen-VL one; `config.image`
     becomes the tower's (`kind="qwen_vl"`, frozen unless `train_image_encoder`), or stays None for points only."""
 
     def __init__(self, config: PointVLMConfig, llm: nn.Module, tokenizer, image_tower=None, image_processor=None):
         missing = [t for t in (VISION_START, IMAGE_PAD, VISION_END) if t not in tokenizer.get_vocab()]
         if config.image is not None and missing:
-            raise ValueError(f"a Qwen2.5-VL policy with images needs the tokens {missing} in its tokenizer")
+            raise ValueError(f"a Qwen-VL policy with images needs the tokens {missing} in its tokenizer")
         if config.image is not None and image_processor is None:
-            raise ValueError("a Qwen2.5-VL policy with images needs its image processor (preprocessor_config.json)")
+            raise ValueError("a Qwen-VL policy with images needs its image processor (preprocessor_config.json)")
         super().__init__(config, llm, tokenizer, image_tower if image_tower is not None else llm.model.visual)
         self.image_processor = image_processor
         if config.image is not None:
@@ -136,13 +175,13 @@ class QwenVLPointVLM(PointVLM):
 
     def _image_encoder(self, image: ImageEncoderConfig, tower: nn.Module | None) -> nn.Module:
         if image.kind != "qwen_vl":
-            raise ValueError(f"a Qwen2.5-VL policy's image.kind is 'qwen_vl', got {image.kind!r}")
+            raise ValueError(f"a Qwen-VL policy's image.kind is 'qwen_vl', got {image.kind!r}")
         return QwenVisionEncoder(tower, image)
 
     def prompt_text(self, instruction: str, with_image: bool = False, image_tokens: int = 0) -> str:
         """The chat-template prompt with the point block and, `with_image`, the image block of `image_tokens`."""
         if with_image and image_tokens <= 0:
-            raise ValueError("a Qwen2.5-VL image block needs its number of image tokens (from its grid_thw)")
+            raise ValueError("a Qwen-VL image block needs its number of image tokens (from its grid_thw)")
         block = POINT_START + POINT_PATCH * self.point_encoder.num_tokens + POINT_END
         if with_image:
             block += VISION_START + IMAGE_PAD * image_tokens + VISION_END
@@ -194,7 +233,7 @@ class QwenVLPointVLM(PointVLM):
     # ---- folders -------------------------------------------------------------------------------------
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """`PointVLM.save_pretrained`; `llm/` is a whole Qwen2.5-VL folder, the image processor included."""
+        """`PointVLM.save_pretrained`; `llm/` is a whole Qwen-VL folder, the image processor included."""
         super().save_pretrained(directory)
         if self.image_processor is not None:
             self.image_processor.save_pretrained(Path(directory) / "llm")
@@ -208,7 +247,7 @@ class QwenVLPointVLM(PointVLM):
     def from_components(
         cls, llm_dir: str | Path, config: PointVLMConfig, point_checkpoint: str | Path | None = None
     ) -> "QwenVLPointVLM":
-        """A fresh policy from a Qwen2.5-VL folder (its tower replaces whatever `config.image` asked for, unless
+        """A fresh policy from a Qwen-VL folder (its tower replaces whatever `config.image` asked for, unless
         that is None) and an optional point-encoder checkpoint."""
         llm, processor = load_qwen_vl(llm_dir, config.llm_dtype)
         if config.image is not None:

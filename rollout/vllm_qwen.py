@@ -1,5 +1,6 @@
-"""A Qwen2.5-VL policy in vLLM: its language model, exported as a plain `Qwen2ForCausalLM` folder, is what vLLM loads;
-weight syncs are renamed to that folder's names.
+"""A Qwen-VL policy in vLLM: its language model, exported as a plain text model folder (`Qwen2ForCausalLM` for
+Qwen2.5-VL, `Qwen3ForCausalLM` for Qwen3-VL: `policies.qwen_vl.QWEN_VL_FAMILIES`), is what vLLM loads; weight syncs are
+renamed to that folder's names.
 
 vLLM samples from `prompt_embeds` that the torch policy builds, the vision tower included (`rollout/vllm_engine.py`),
 so vLLM needs the decoder only. What vLLM 0.32 does with the Qwen2.5-VL folder itself (`policy_dir/llm`), read in its
@@ -28,6 +29,13 @@ logits equal the policy's bit for bit, in transformers) and `tests/test_vllm_qwe
 the learner's to < 1e-4, with images and prompts of three lengths; M-RoPE rows other than the text positions would
 be off by more than 1e-2).
 
+Qwen3-VL, read the same way (not run): vLLM 0.32's `Qwen3VLForConditionalGeneration` (model_executor/models/qwen3_vl.py)
+imports qwen2_5_vl.py and qwen2_vl.py as well, so the same torchvision import stands in its way, and its DeepStack
+features reach the decoder only from its own encoder (`embed_input_ids`), never from prompt embeddings
+(policies/qwen_vl.py). Its language model is Qwen3's decoder (q/k RMSNorm, its own head_dim) held in memory under the
+same names as Qwen2.5-VL's, with interleaved M-RoPE, which is 1-D RoPE as well when the rows are equal: vLLM's
+`Qwen3ForCausalLM` (model_executor/models/qwen3.py) serves it at the same positions (tested as above).
+
 The export is written from the policy in memory (LoRA merged) into a temporary folder per engine, a copy of the
 language model's weights (about 6 GB for the 3B model in bfloat16; it goes under $TMPDIR), since vLLM's Qwen2 loader
 refuses the checkpoint's `visual.*` tensors (`AutoWeightsLoader._load_module`, model_executor/models/utils.py:
@@ -44,13 +52,16 @@ from torch import nn
 
 from policies import PointVLM
 from policies.hf_llm import merged_lora_state
+from policies.qwen_vl import QWEN_VL_FAMILIES
 
-LANGUAGE_MODEL, VISUAL = "model.language_model.", "model.visual."  # transformers 5's Qwen2_5_VLForConditionalGeneration
+# transformers 5's Qwen2_5_VLForConditionalGeneration and Qwen3VLForConditionalGeneration alike
+LANGUAGE_MODEL, VISUAL = "model.language_model.", "model.visual."
 
 
 def text_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A Qwen2.5-VL state (transformers' in-memory names) under `Qwen2ForCausalLM`'s names; the vision tower's tensors
-    are left out (it runs in torch, so vLLM never needs them, even when `train_image_encoder` trains it)."""
+    """A Qwen-VL state (transformers' in-memory names) under its text model's names (`model.*`, `lm_head.*`); the
+    vision tower's tensors are left out (it runs in torch, so vLLM never needs them, even when `train_image_encoder`
+    trains it)."""
     out = {}
     for name, tensor in state.items():
         if name.startswith(LANGUAGE_MODEL):
@@ -58,22 +69,24 @@ def text_names(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         elif name.startswith("lm_head."):
             out[name] = tensor
         elif not name.startswith(VISUAL):
-            raise ValueError(f"a Qwen2.5-VL weight outside {LANGUAGE_MODEL}, {VISUAL} and lm_head: {name!r}")
+            raise ValueError(f"a Qwen-VL weight outside {LANGUAGE_MODEL}, {VISUAL} and lm_head: {name!r}")
     return out
 
 
 def text_config(vl_config, tied: bool):
-    """The `Qwen2Config` of a Qwen2.5-VL model's language model: the same decoder with 1-D RoPE at the same theta.
-    Refused in one line: what would make the two differ (a scaled RoPE, sliding-window layers)."""
-    from transformers import Qwen2Config
+    """The config of a Qwen-VL model's language model as its text model (`QWEN_VL_FAMILIES`): the same decoder with
+    1-D RoPE at the same theta. Refused in one line: what would make the two differ (a scaled RoPE, sliding-window
+    layers)."""
+    import transformers
 
+    architecture, extra_fields = QWEN_VL_FAMILIES[vl_config.model_type]
     text = vl_config.get_text_config()
     rope = dict(text.rope_parameters or {})
     if rope.get("rope_type", "default") != "default":
-        raise ValueError(f"vLLM export of a Qwen2.5-VL policy: RoPE type {rope['rope_type']!r} is not supported")
-    if any(kind != "full_attention" for kind in text.layer_types or ()):
-        raise ValueError("vLLM export of a Qwen2.5-VL policy: sliding-window layers are not supported")
-    return Qwen2Config(
+        raise ValueError(f"vLLM export of a Qwen-VL policy: RoPE type {rope['rope_type']!r} is not supported")
+    if any(kind != "full_attention" for kind in getattr(text, "layer_types", None) or ()):
+        raise ValueError("vLLM export of a Qwen-VL policy: sliding-window layers are not supported")
+    return getattr(transformers, architecture).config_class(
         vocab_size=text.vocab_size,
         hidden_size=text.hidden_size,
         intermediate_size=text.intermediate_size,
@@ -89,7 +102,8 @@ def text_config(vl_config, tied: bool):
         bos_token_id=text.bos_token_id,
         eos_token_id=text.eos_token_id,
         pad_token_id=text.pad_token_id,
-        architectures=["Qwen2ForCausalLM"],
+        architectures=[architecture],
+        **{name: getattr(text, name) for name in extra_fields},
     )
 
 
@@ -98,8 +112,9 @@ def base_model(policy: PointVLM) -> nn.Module:
 
 
 def export_text_model(policy: PointVLM, directory: str | Path) -> Path:
-    """Write the policy's language model (LoRA merged) as a `Qwen2ForCausalLM` folder with the policy's tokenizer;
-    returns `directory`. A tied lm_head is left out, as transformers saves it."""
+    """Write the policy's language model (LoRA merged) as its text model's folder (`Qwen2ForCausalLM` or
+    `Qwen3ForCausalLM`) with the policy's tokenizer; returns `directory`. A tied lm_head is left out, as transformers
+    saves it."""
     directory = Path(directory)
     base = base_model(policy)
     state = merged_lora_state(base) if policy.config.llm_mode == "lora" else base.state_dict()

@@ -1,5 +1,5 @@
-"""`pointrl init` on tiny checkpoints in real on-disk layouts (a Qwen2.5-VL folder, a text LLM with a CLIP vision
-folder, PointLLM and ULIP point-encoder checkpoints), the bad inputs it refuses in one line, and the GRCA paper's
+"""`pointrl init` on tiny checkpoints in real on-disk layouts (Qwen2.5-VL and Qwen3-VL folders, a text LLM with a CLIP
+vision folder, PointLLM and ULIP point-encoder checkpoints), the bad inputs it refuses in one line, and the GRCA paper's
 preset (rl/configs/grca_paper.yaml) over the policy it builds."""
 
 import dataclasses
@@ -20,12 +20,13 @@ TINY_POINT = ["--point-heads", "4", "--point-groups", "32", "--group-size", "16"
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """A tiny Qwen2.5-VL folder, a tiny text LLM folder, a CLIP vision folder, and the source point encoder saved
+    """Tiny Qwen2.5-VL and Qwen3-VL folders, a tiny text LLM folder, a CLIP vision folder, and the source point encoder saved
     under PointLLM's `model.point_backbone.` prefix (safetensors) and ULIP's `module.point_encoder.` (torch)."""
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     root = tmp_path_factory.mktemp("checkpoints")
     build_tiny_qwen_vl(root / "Qwen2.5-VL-tiny")
+    build_tiny_qwen_vl(root / "Qwen3-VL-tiny", family="qwen3_vl")
     build_tiny_policy(out_dir=root / "tiny", seed=1)
     clip = CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
@@ -46,17 +47,22 @@ def assert_same_encoder(policy: PointVLM, state: dict) -> None:
     assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], v) for k, v in state.items())
 
 
-def test_init_from_a_qwen_vl_folder_and_a_pointllm_checkpoint(folders, tmp_path, capsys):
+@pytest.mark.parametrize(
+    "folder, model",
+    [("Qwen2.5-VL-tiny", "Qwen2_5_VLForConditionalGeneration"), ("Qwen3-VL-tiny", "Qwen3VLForConditionalGeneration")],
+)
+def test_init_from_a_qwen_vl_folder_and_a_pointllm_checkpoint(folders, tmp_path, capsys, folder, model):
     root, state = folders
     with pytest.warns(UserWarning, match="PointLLM projector not loaded"):  # the checkpoint holds no projector
-        init("--llm", root / "Qwen2.5-VL-tiny", "--point-encoder", root / "pointllm.safetensors", *TINY_POINT,
+        init("--llm", root / folder, "--point-encoder", root / "pointllm.safetensors", *TINY_POINT,
              "--projector", "linear", "--out", tmp_path / "policy")  # fmt: skip
     out = capsys.readouterr().out
-    assert "a QwenVLPointVLM" in out and "(pointllm layout)" in out and "Qwen2_5_VLForConditionalGeneration" in out
+    assert "a QwenVLPointVLM" in out and "(pointllm layout)" in out and model in out
     assert "point projector: linear" in out
     assert "point_encoder" in out and "frozen" in out and "trainable" in out
     policy = PointVLM.from_pretrained(tmp_path / "policy")
     assert isinstance(policy, QwenVLPointVLM) and policy.config.image.kind == "qwen_vl"
+    assert type(policy.llm).__name__ == model
     assert [type(m).__name__ for m in policy.point_proj] == ["Linear"]  # GRCA eq. 4's linear map
     assert_same_encoder(policy, state)
     assert not any(p.requires_grad for p in policy.point_encoder.parameters())
@@ -81,8 +87,12 @@ def test_init_from_a_text_llm_a_vision_folder_and_a_ulip_checkpoint_with_lora(fo
     [
         ("missing llm", "--llm {root}/nope: no such directory"),
         ("empty llm", "not a Hugging Face model folder (no config.json)"),
-        ("vision llm", "model_type 'clip_vision_model' is neither a causal LM nor Qwen2.5-VL"),
-        ("vision with qwen", "is a Qwen2.5-VL folder, whose own vision tower makes the image tokens; drop --vision"),
+        ("vision llm", "model_type 'clip_vision_model' is neither a causal LM nor a Qwen-VL model ('qwen2_5_vl', "),
+        (
+            "qwen3-vl moe",
+            "model_type 'qwen3_vl_moe' is neither a causal LM nor a Qwen-VL model ('qwen2_5_vl', 'qwen3_vl')",
+        ),
+        ("vision with qwen", "is a Qwen-VL folder, whose own vision tower makes the image tokens; drop --vision"),
         ("not a point checkpoint", "no known point-encoder layout"),
         ("heads the width refuses", "the point encoder's width 64 is not divisible by --point-heads 6"),
         ("out not empty", "is not empty: choose a new directory"),
@@ -94,12 +104,15 @@ def test_bad_input_is_one_line_and_status_2(folders, tmp_path, capsys, case, exp
     (tmp_path / "empty").mkdir()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
+    (tmp_path / "moe").mkdir()  # its MoE language model is neither exported for vLLM nor tested
+    (tmp_path / "moe" / "config.json").write_text('{"model_type": "qwen3_vl_moe"}')
     save_file({"model.layers.0.weight": torch.zeros(2)}, tmp_path / "llm_only.safetensors")
     args = {
         "missing llm": ["--llm", root / "nope"],
         "empty llm": ["--llm", tmp_path / "empty"],
         "vision llm": ["--llm", root / "clip"],
-        "vision with qwen": ["--llm", qwen, "--vision", root / "clip"],
+        "qwen3-vl moe": ["--llm", tmp_path / "moe"],
+        "vision with qwen": ["--llm", root / "Qwen3-VL-tiny", "--vision", root / "clip"],
         "not a point checkpoint": ["--llm", qwen, "--point-encoder", tmp_path / "llm_only.safetensors"],
         "heads the width refuses": ["--llm", qwen, "--point-encoder", ckpt],  # the default 6 heads, width 64
         "out not empty": ["--llm", qwen, "--out", tmp_path / "full"],

@@ -1,12 +1,15 @@
-"""PointVLM over a Qwen2.5-VL folder: a tiny random checkpoint in the real HF layout (transformers' own config classes,
-`policies.tiny.build_tiny_qwen_vl`), loaded through `PointVLM.from_components` / `from_pretrained`."""
+"""PointVLM over a Qwen-VL folder, each family (Qwen2.5-VL, Qwen3-VL): a tiny random checkpoint in the real HF layout
+(transformers' own config classes, `policies.tiny.build_tiny_qwen_vl`), loaded through `PointVLM.from_components` /
+`from_pretrained`. Every test runs for both families (the `family` fixture)."""
+
+import json
 
 import pytest
 import torch
 
 from policies import PointVLM, tiny_config
-from policies.qwen_vl import IMAGE_PAD, QwenVLPointVLM
-from policies.tiny import build_tiny_qwen_vl
+from policies.qwen_vl import IMAGE_PAD, QWEN_VL_FAMILIES, QWEN_VL_TYPES, QwenVLPointVLM
+from policies.tiny import TINY_QWEN_VL, build_tiny_qwen_vl
 
 PROMPTS = ["What is this object?", "What colour is it?", "Give the bounding box of the object in the image, please."]
 SIZES = {(40, 48): (1, 10, 12), (32, 32): (1, 8, 8), (64, 24): (1, 16, 6)}  # image (H, W) -> grid_thw at 4 px / patch
@@ -21,9 +24,14 @@ def images(sizes=((40, 48), None, (32, 32)), seed=0):
     return [None if s is None else torch.randint(0, 256, (*s, 3), generator=g, dtype=torch.uint8) for s in sizes]
 
 
+@pytest.fixture(scope="module", params=QWEN_VL_TYPES)
+def family(request):
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def qwen_dir(tmp_path_factory):
-    return build_tiny_qwen_vl(tmp_path_factory.mktemp("qwen") / "Qwen2.5-VL-tiny", seed=0)
+def qwen_dir(tmp_path_factory, family):
+    return build_tiny_qwen_vl(tmp_path_factory.mktemp(family) / "tiny", seed=0, family=family)
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +44,12 @@ def inputs(policy):
     return policy.prepare(PROMPTS, clouds(), images())
 
 
-def test_the_folder_is_the_real_layout_and_loads_through_the_public_path(qwen_dir, policy):
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
+def test_the_folder_is_the_real_layout_and_loads_through_the_public_path(family, qwen_dir, policy):
     assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json"} <= {
         p.name for p in qwen_dir.iterdir()
     }
-    assert isinstance(policy, QwenVLPointVLM) and isinstance(policy.llm, Qwen2_5_VLForConditionalGeneration)
+    assert json.loads((qwen_dir / "config.json").read_text())["model_type"] == family
+    assert isinstance(policy, QwenVLPointVLM) and type(policy.llm).__name__ == TINY_QWEN_VL[family][1]
     assert policy.image_encoder.tower is policy.llm.model.visual  # one tower, the model's own
     assert policy.config.image.kind == "qwen_vl" and policy.config.image.width == 64  # the merger's output width
     assert policy.token_ids["<image_patch>"] == policy.tokenizer.convert_tokens_to_ids(IMAGE_PAD)
@@ -119,8 +126,30 @@ def test_positions_are_text_positions_on_all_three_mrope_rows(policy, inputs):
         assert torch.allclose(lp * responses[1], learner, atol=1e-5) == same
 
 
+def test_qwen3_vl_deepstack_features_are_left_out_on_every_path(family, policy, inputs):
+    """Qwen3-VL's tower also makes DeepStack features, which the model adds at the image tokens after its first
+    layers when it encodes the pixels itself; given embeddings (all that vLLM's prompt_embeds carry) it runs without
+    them, so learner, HF rollout and vLLM agree. They would change the model's output (what the choice gives up)."""
+    if family != "qwen3_vl":
+        pytest.skip("DeepStack is Qwen3-VL's")
+    with torch.no_grad():
+        deepstack = policy.llm.model.visual(inputs.images, grid_thw=inputs.image_grid_thw).deepstack_features
+        embeds, mask = policy.embed(inputs)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        run = dict(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
+        learner = policy.llm.model(**run).last_hidden_state  # the module the learner and generate run
+        language_model = policy.llm.model.language_model
+        plain = language_model(**run).last_hidden_state
+        slots = inputs.input_ids == policy.token_ids["<image_patch>"]
+        deep = language_model(**run, visual_pos_masks=slots, deepstack_visual_embeds=deepstack).last_hidden_state
+    assert len(deepstack) == 1 and deepstack[0].shape == (int(slots.sum()), 64)  # one merger in the tiny tower
+    assert torch.equal(learner[mask == 1], plain[mask == 1])
+    print(f"\nlast hidden state with DeepStack vs without: max |diff| {(deep - plain)[mask == 1].abs().max():.2e}")
+    assert (deep - plain)[mask == 1].abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("mode", ["full", "lora"])
-def test_save_load_round_trip(qwen_dir, inputs, tmp_path, mode):
+def test_save_load_round_trip(family, qwen_dir, inputs, tmp_path, mode):
     from transformers import AutoImageProcessor, AutoModelForImageTextToText
 
     policy = PointVLM.from_components(qwen_dir, tiny_config(llm_mode=mode)).eval()
@@ -142,8 +171,8 @@ def test_save_load_round_trip(qwen_dir, inputs, tmp_path, mode):
         assert torch.equal(before, after)
     else:  # W + BA merged into plain weights: equal up to float rounding
         assert torch.allclose(before, after, atol=1e-5)
-    plain = AutoModelForImageTextToText.from_pretrained(tmp_path / "saved" / "llm")  # still a Qwen2.5-VL folder
-    assert type(plain).__name__ == "Qwen2_5_VLForConditionalGeneration"
+    plain = AutoModelForImageTextToText.from_pretrained(tmp_path / "saved" / "llm")  # still a Qwen-VL folder
+    assert type(plain).__name__ == TINY_QWEN_VL[family][1]
     assert not any("lora" in k for k in plain.state_dict())
     assert AutoImageProcessor.from_pretrained(tmp_path / "saved" / "llm").patch_size == 4
 
@@ -196,9 +225,12 @@ def test_points_only_policy_over_the_qwen_folder(qwen_dir):
 
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
-def test_the_language_model_exported_for_vllm_is_a_qwen2_with_the_same_logits(qwen_dir, inputs, tmp_path, mode):
-    """What vLLM loads for a Qwen2.5-VL policy (rollout/vllm_qwen.py): the language model as a plain Qwen2, whose 1-D
-    RoPE at the text positions is M-RoPE with three equal rows; a weight sync sends that folder's names."""
+def test_the_language_model_exported_for_vllm_is_its_text_model_with_the_same_logits(
+    family, qwen_dir, inputs, tmp_path, mode
+):
+    """What vLLM loads for a Qwen-VL policy (rollout/vllm_qwen.py): the language model as a plain Qwen2 / Qwen3, whose
+    1-D RoPE at the text positions is M-RoPE with three equal rows (Qwen3-VL's interleaved layout too); a weight sync
+    sends that folder's names."""
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
@@ -212,7 +244,7 @@ def test_the_language_model_exported_for_vllm_is_a_qwen2_with_the_same_logits(qw
                 p.normal_(0, 0.05)  # a trained adapter, so that the merge matters
     export_text_model(policy, tmp_path / "text")
     text = AutoModelForCausalLM.from_pretrained(tmp_path / "text").eval()
-    assert type(text).__name__ == "Qwen2ForCausalLM" and "mrope_section" not in text.config.rope_parameters
+    assert type(text).__name__ == QWEN_VL_FAMILIES[family][0] and "mrope_section" not in text.config.rope_parameters
     with torch.no_grad():
         embeds, mask = policy.embed(inputs)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
@@ -225,9 +257,10 @@ def test_the_language_model_exported_for_vllm_is_a_qwen2_with_the_same_logits(qw
     with safe_open(tmp_path / "text" / "model.safetensors", "pt") as f:
         names = set(f.keys())
     assert not any("visual" in n or "lora" in n for n in names) and "lm_head.weight" not in names  # tied
+    assert ("model.layers.0.self_attn.q_norm.weight" in names) == (family == "qwen3_vl")  # Qwen3's q/k RMSNorm
     payload = reload_payload(policy)
     assert payload and set(payload) <= names | {"lm_head.weight"}
-    # what would make Qwen2 differ from the model is refused in one line
+    # what would make the text model differ from the language model is refused in one line
     config = policy.llm.config if mode == "full" else base_model(policy).config
     config.get_text_config().rope_parameters = {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}
     with pytest.raises(ValueError, match="RoPE type 'yarn' is not supported"):

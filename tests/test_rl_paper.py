@@ -1,11 +1,13 @@
-"""The GRCA paper's recipe end to end on tiny checkpoints in real layouts: `pointrl init` from a Qwen2.5-VL folder and
-a PointLLM-layout point encoder (README's recipe), then GRCA steps with rl/configs/grca_paper.yaml on a real local Ray
-cluster."""
+"""The GRCA paper's recipe end to end on tiny checkpoints in real layouts: `pointrl init` from a Qwen-VL folder (the
+paper's Qwen2.5-VL, and Qwen3-VL) and a PointLLM-layout point encoder (README's recipe), then GRCA steps with
+rl/configs/grca_paper.yaml on a real local Ray cluster."""
 
+import pytest
 import torch
 from safetensors.torch import save_file
 
 from policies import PointVLM, build_tiny_qwen_vl, tiny_config
+from policies.qwen_vl import QWEN_VL_TYPES
 from rl.cli import main as pointrl
 from rl.config_loading import load_config
 from rl.driver import run_stage
@@ -27,13 +29,14 @@ def changed_parts(a: PointVLM, b: PointVLM) -> set[str]:
     }
 
 
-def test_init_then_grca_train_the_trainable_parts_and_keep_the_frozen_ones(cluster, tmp_path):
-    build_tiny_qwen_vl(tmp_path / "Qwen2.5-VL-tiny")
+@pytest.mark.parametrize("family", QWEN_VL_TYPES)
+def test_init_then_grca_train_the_trainable_parts_and_keep_the_frozen_ones(cluster, tmp_path, family):
+    build_tiny_qwen_vl(tmp_path / "Qwen-VL-tiny", family=family)
     save_file(
         with_prefix(randomised_encoder(tiny_config().point).state_dict(), "model.point_backbone."),
         tmp_path / "pointllm.safetensors",
     )
-    recipe = ["--llm", tmp_path / "Qwen2.5-VL-tiny", "--point-encoder", tmp_path / "pointllm.safetensors"]
+    recipe = ["--llm", tmp_path / "Qwen-VL-tiny", "--point-encoder", tmp_path / "pointllm.safetensors"]
     pointrl(["init", *map(str, recipe), *TINY_POINT, "--projector", "linear", "--out", str(tmp_path / "init")])
     init = PointVLM.from_pretrained(tmp_path / "init")
 

