@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from rewards.camera import image_projection
+
 
 @dataclass
 class Camera:
@@ -26,6 +28,11 @@ class Camera:
             "width": self.width,
             "height": self.height,
         }
+
+    def image_projection(self) -> np.ndarray:
+        """(3, 4) matrix onto image-normalised (u, v) (`rewards.camera.image_projection`): what the camera-guided fusion
+        needs of the camera, whatever size the policy resizes the image to."""
+        return image_projection(self.K, self.R, self.t, self.width, self.height)
 
 
 @dataclass

@@ -103,7 +103,8 @@ def make_inputs(policy, count: int, seed: int = 0):
     ]
     points = torch.from_numpy(np.stack([np.asarray(s.points, dtype=np.float32) for s in samples]))
     images = [torch.from_numpy(np.array(s.image)) for s in samples]
-    return policy.prepare([prompt_text(s, Quant()) for s in samples], points, images)
+    projections = [s.camera.image_projection() for s in samples]
+    return policy.prepare([prompt_text(s, Quant()) for s in samples], points, images, projections)
 
 
 def learner_batch(policy, prompts: int, steps: int, seed: int = 1):

@@ -185,18 +185,20 @@ def vision_state(policy: nn.Module, parts: tuple[str, ...]) -> dict[str, torch.T
 
 
 def load_vision_state(policy: nn.Module, path: Path, parts: tuple[str, ...], optional: tuple[str, ...]) -> None:
-    """`vision_state` read back strictly into each present part. A part in `optional` (a training head asked for by a
-    config override on a policy saved without one) that the file lacks keeps its fresh weights."""
+    """`vision_state` read back strictly into each present part. A tensor or part named in `optional` (what a config
+    override adds to a policy saved without it) that the file lacks keeps its fresh weights."""
     from safetensors.torch import load_file
 
     state = load_file(str(path))
+    fresh = vision_state(policy, parts)
+    state |= {
+        k: v for k, v in fresh.items() if k not in state and any(k == o or k.startswith(o + ".") for o in optional)
+    }
     for part in parts:
         module = getattr(policy, part)
         if module is None:
             continue
         part_state = {k[len(part) + 1 :]: v for k, v in state.items() if k.startswith(part + ".")}
-        if part in optional and not part_state:
-            continue
         if part == "image_encoder" and getattr(module, "tower", None) is not None:
             part_state.update({f"tower.{k}": v for k, v in module.tower.state_dict().items()})
         load_into(module, part_state, f"{path} [{part}]")

@@ -11,6 +11,7 @@ from policies.point_encoder import PointEncoderConfig
 
 LLM_MODES = ("full", "lora", "frozen")
 IMAGE_KINDS = ("patch", "hf", "qwen_vl")  # qwen_vl: the vision tower of a Qwen-VL backbone (policies/qwen_vl.py)
+FUSIONS = ("learned", "camera")  # policies/fusion.py: attention by learned position encodings, or plus a camera bias
 LLM_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -21,6 +22,7 @@ class PointVLMConfig:
     point: PointEncoderConfig = field(default_factory=PointEncoderConfig)
     image: ImageEncoderConfig | None = field(default_factory=ImageEncoderConfig)  # None: points only
     fusion_heads: int = 6
+    fusion: str = "learned"  # "learned" | "camera" (policies/fusion.py); a folder saved before the key: learned
     point_proj_hidden: tuple[int, ...] = (1024, 2048)  # PointLLM v1.2's point_proj
     image_proj_hidden: tuple[int, ...] = (1024,)
     llm_mode: str = "full"  # "full" | "lora" | "frozen"
@@ -41,6 +43,8 @@ class PointVLMConfig:
             raise ValueError(f"PointVLMConfig.llm_mode={self.llm_mode!r}: must be one of {LLM_MODES}")
         if self.llm_dtype not in LLM_DTYPES:
             raise ValueError(f"PointVLMConfig.llm_dtype={self.llm_dtype!r}: must be one of {tuple(LLM_DTYPES)}")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"PointVLMConfig.fusion={self.fusion!r}: must be one of {FUSIONS}")
         if self.image is not None and self.image.kind not in IMAGE_KINDS:
             raise ValueError(f"PointVLMConfig.image.kind={self.image.kind!r}: must be one of {IMAGE_KINDS}")
 
@@ -82,7 +86,9 @@ class PolicyInputs:
     """A batch of prompts: left-padded chat-template token ids with placeholder tokens, the clouds, and the
     preprocessed images of the rows that have one (`images[i]` belongs to the i-th row where has_image). For a
     Qwen-VL tower (dynamic resolution) `images` holds those images' patches one after the other, (sum of t*h*w,
-    C*T*P*P) as its image processor writes them, and `image_grid_thw` (B_img, 3) each image's (t, h, w) patch grid."""
+    C*T*P*P) as its image processor writes them, and `image_grid_thw` (B_img, 3) each image's (t, h, w) patch grid.
+    `projections[i]` maps the i-th image's world points onto its image-normalised (u, v) (`data3d.Camera.
+    image_projection`), for the camera-guided fusion; None when some image came without a camera."""
 
     input_ids: torch.Tensor  # (B, L) long, left padded
     attention_mask: torch.Tensor  # (B, L) long
@@ -90,6 +96,7 @@ class PolicyInputs:
     has_image: torch.Tensor  # (B,) bool
     images: torch.Tensor | None = None  # (B_img, 3, S, S) float32, B_img = has_image.sum()
     image_grid_thw: torch.Tensor | None = None  # (B_img, 3) long, only for a Qwen-VL tower
+    projections: torch.Tensor | None = None  # (B_img, 3, 4) float32
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -102,16 +109,19 @@ class PolicyInputs:
             self.has_image.to(device),
             None if self.images is None else self.images.to(device),
             None if self.image_grid_thw is None else self.image_grid_thw.to(device),
+            None if self.projections is None else self.projections.to(device),
         )
 
     def select(self, rows: torch.Tensor | list[int]) -> "PolicyInputs":
         """The rows `rows` (in that order, repeats allowed)."""
         rows = torch.as_tensor(rows, dtype=torch.long, device=self.input_ids.device)
         has_image = self.has_image[rows]
-        images = grid = None
+        images = grid = projections = None
         if self.images is not None and has_image.any():
             image_row = torch.cumsum(self.has_image.long(), 0) - 1
             picked = image_row[rows[has_image]]
+            if self.projections is not None:
+                projections = self.projections[picked]
             if self.image_grid_thw is None:
                 images = self.images[picked]
             else:  # each image is a run of patches: gather the runs of the picked images
@@ -119,11 +129,26 @@ class PolicyInputs:
                 starts = (sizes.cumsum(0) - sizes)[picked].tolist()
                 images = torch.cat([self.images[s : s + n] for s, n in zip(starts, sizes[picked].tolist())])
                 grid = self.image_grid_thw[picked]
-        return PolicyInputs(self.input_ids[rows], self.attention_mask[rows], self.points[rows], has_image, images, grid)
+        return PolicyInputs(
+            self.input_ids[rows], self.attention_mask[rows], self.points[rows], has_image, images, grid, projections
+        )
 
     def repeat_interleave(self, n: int) -> "PolicyInputs":
         """Each row n times in a row: the order of `generate(num_return_sequences=n)`'s outputs."""
         return self.select(torch.arange(len(self)).repeat_interleave(n))
+
+
+def image_projections(projections: list | None, has_image: torch.Tensor) -> torch.Tensor | None:
+    """`PolicyInputs.projections` from one (3, 4) matrix or None per prompt: those of the rows with an image, or None
+    when any of them has none (a policy with the learned fusion reads no camera; the camera fusion names the lack)."""
+    if projections is None:
+        return None
+    if len(projections) != len(has_image):
+        raise ValueError(f"{len(projections)} projections for {len(has_image)} prompts")
+    kept = [p for p, h in zip(projections, has_image.tolist()) if h]
+    if not kept or any(p is None for p in kept):
+        return None
+    return torch.stack([torch.as_tensor(p, dtype=torch.float32).reshape(3, 4) for p in kept])
 
 
 @dataclass

@@ -85,7 +85,7 @@ from torch import nn
 from policies.checkpoints import load_point_checkpoint
 from policies.hf_llm import load_tokenizer
 from policies.image_encoder import ImageEncoderConfig
-from policies.inputs import LLM_DTYPES, PointVLMConfig, PolicyInputs
+from policies.inputs import LLM_DTYPES, PointVLMConfig, PolicyInputs, image_projections
 from policies.vlm import IMAGE_PATCH, POINT_END, POINT_PATCH, POINT_START, PointVLM
 
 # The Qwen-VL families (config.json `model_type`), each with the text model its language model is once its M-RoPE rows
@@ -188,7 +188,7 @@ class QwenVLPointVLM(PointVLM):
         messages = [{"role": "user", "content": f"{block}\n{instruction}"}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def prepare(self, prompts: list[str], points: torch.Tensor, images=None) -> PolicyInputs:
+    def prepare(self, prompts: list[str], points: torch.Tensor, images=None, projections=None) -> PolicyInputs:
         """As `PointVLM.prepare`; each image goes through the folder's processor at its own resolution, so a row's
         image block holds as many tokens as its image gives."""
         points = torch.as_tensor(points, dtype=torch.float32)
@@ -198,7 +198,10 @@ class QwenVLPointVLM(PointVLM):
         counts = iter([] if grid is None else self.image_encoder.tokens_per_image(grid))
         texts = [self.prompt_text(p, h, next(counts) if h else 0) for p, h in zip(prompts, has_image.tolist())]
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        return PolicyInputs(enc["input_ids"], enc["attention_mask"].long(), points, has_image, pixels, grid)
+        projections = image_projections(projections, has_image)
+        return PolicyInputs(
+            enc["input_ids"], enc["attention_mask"].long(), points, has_image, pixels, grid, projections
+        )
 
     def _prepare_images(self, images, batch: int):
         has_image, present = self._present_images(images, batch)
@@ -223,9 +226,10 @@ class QwenVLPointVLM(PointVLM):
         if rows.numel() != len(per_image):
             raise ValueError(f"{len(per_image)} images for {rows.numel()} samples with an image")
         one = torch.ones(1, dtype=torch.bool, device=tokens.device)
+        projections = [None] * len(per_image) if inputs.projections is None else inputs.projections[:, None]
         fused = [
-            self.fusion(tokens[r : r + 1], centers[r : r + 1], image[None], uv, one)
-            for r, (image, uv) in zip(rows.tolist(), per_image)
+            self.fusion(tokens[r : r + 1], centers[r : r + 1], image[None], uv, one, projection)
+            for r, (image, uv), projection in zip(rows.tolist(), per_image, projections)
         ]
         tokens = tokens.index_put((rows,), torch.cat(fused))
         return tokens, self.image_proj(torch.cat([image for image, _ in per_image]))

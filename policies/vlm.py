@@ -36,7 +36,7 @@ from policies.image_encoder import (
     load_vision_tower,
     preprocess_images,
 )
-from policies.inputs import LLM_DTYPES, Generation, PointVLMConfig, PolicyInputs
+from policies.inputs import LLM_DTYPES, Generation, PointVLMConfig, PolicyInputs, image_projections
 from policies.point_encoder import PointBertEncoder
 from policies.reconstruction import PatchReconstructionHead
 
@@ -44,7 +44,7 @@ POINT_START, POINT_PATCH, POINT_END = "<point_start>", "<point_patch>", "<point_
 IMAGE_START, IMAGE_PATCH, IMAGE_END = "<image_start>", "<image_patch>", "<image_end>"
 SPECIAL_TOKENS = (POINT_START, POINT_PATCH, POINT_END, IMAGE_START, IMAGE_PATCH, IMAGE_END)
 VISION_PARTS = ("point_encoder", "image_encoder", "fusion", "point_proj", "image_proj", "align_head", "recon_head")
-TRAINING_HEADS = ("align_head", "recon_head")  # training-only parts; a policy saved without one gets a fresh one
+ADDABLE = ("align_head", "recon_head", "fusion.camera_log_scale")  # config overrides add them: fresh when unsaved
 
 
 class PointVLM(nn.Module):
@@ -79,7 +79,9 @@ class PointVLM(nn.Module):
         self.image_encoder = self.fusion = self.image_proj = None
         if config.image is not None:
             self.image_encoder = self._image_encoder(config.image, image_tower)
-            self.fusion = GeometryGuidedFusion(config.point.width, config.image.width, config.fusion_heads)
+            self.fusion = GeometryGuidedFusion(
+                config.point.width, config.image.width, config.fusion_heads, config.fusion
+            )
             self.image_proj = make_projector(config.image.width, config.image_proj_hidden, hidden)
         self.llm = apply_llm_mode(llm, config)
         self._set_trainable()
@@ -117,21 +119,18 @@ class PointVLM(nn.Module):
         messages = [{"role": "user", "content": f"{block}\n{instruction}"}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
-    def prepare(
-        self,
-        prompts: list[str],
-        points: torch.Tensor,
-        images: torch.Tensor | list[torch.Tensor | None] | None = None,
-    ) -> PolicyInputs:
-        """Instructions + clouds (B, N, C>=point_dims) [+ uint8 images (B, H, W, 3), or a list with None
-        for rows without one] -> left-padded PolicyInputs on the CPU."""
+    def prepare(self, prompts: list[str], points: torch.Tensor, images=None, projections=None) -> PolicyInputs:
+        """Instructions + clouds (B, N, C>=point_dims) [+ uint8 images (B, H, W, 3), or a list with None for rows
+        without one] [+ each row's (3, 4) `data3d.Camera.image_projection` or None] -> left-padded PolicyInputs on
+        the CPU."""
         points = torch.as_tensor(points, dtype=torch.float32)
         if points.dim() != 3 or points.shape[0] != len(prompts):
             raise ValueError(f"points must be (B={len(prompts)}, N, C), got {tuple(points.shape)}")
         has_image, pixels = self._prepare_images(images, len(prompts))
         texts = [self.prompt_text(p, bool(h)) for p, h in zip(prompts, has_image.tolist())]
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        return PolicyInputs(enc["input_ids"], enc["attention_mask"].long(), points, has_image, pixels)
+        ids, mask = enc["input_ids"], enc["attention_mask"].long()
+        return PolicyInputs(ids, mask, points, has_image, pixels, projections=image_projections(projections, has_image))
 
     def _present_images(self, images, batch: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(which prompts have an image (B,), those images), after checking them against the prompts and the policy."""
@@ -192,7 +191,8 @@ class PointVLM(nn.Module):
         """(point tokens after the cross-attention to the images, projected image tokens (B_img, P, hidden))."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.image_encoder_trains):
             image_tokens, uv = self.image_encoder(inputs.images)
-        return self.fusion(tokens, centers, image_tokens, uv, inputs.has_image), self.image_proj(image_tokens)
+        fused = self.fusion(tokens, centers, image_tokens, uv, inputs.has_image, inputs.projections)
+        return fused, self.image_proj(image_tokens)
 
     def embed(self, inputs: PolicyInputs) -> tuple[torch.Tensor, torch.Tensor]:
         """(inputs_embeds (B, L, hidden), attention_mask (B, L)) with the visual features at the placeholders."""
@@ -373,7 +373,7 @@ class PointVLM(nn.Module):
         saved = json.loads((directory / "pointvlm.json").read_text())
         config = PointVLMConfig.from_dict({**saved, **overrides})
         model = _backbone_class(cls, directory / "llm")._with_saved_backbone(directory, config)
-        load_vision_state(model, directory / "vision.safetensors", VISION_PARTS, TRAINING_HEADS)
+        load_vision_state(model, directory / "vision.safetensors", VISION_PARTS, ADDABLE)
         return model
 
     @classmethod

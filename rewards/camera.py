@@ -32,3 +32,11 @@ def project(points: np.ndarray, K: np.ndarray, R: np.ndarray, t: np.ndarray) -> 
     p = cam @ np.swapaxes(K, -1, -2)
     safe = np.where(np.abs(p[..., 2:3]) > MIN_DEPTH, p[..., 2:3], 1.0)
     return p[..., :2] / safe, depth
+
+
+def image_projection(K: np.ndarray, R: np.ndarray, t: np.ndarray, width: float, height: float) -> np.ndarray:
+    """`project` as one (..., 3, 4) matrix P onto image-normalised coordinates: P [X, 1] = d (x / width, y / height, 1)
+    with d the camera depth, so (u, v) in [0, 1]^2 covers the image whatever size an image encoder resizes it to."""
+    K, R, t = (np.asarray(a, dtype=np.float64) for a in (K, R, t))
+    to_unit = np.diag([1.0 / width, 1.0 / height, 1.0])
+    return to_unit @ K @ np.concatenate([R, t[..., None]], axis=-1)

@@ -20,6 +20,7 @@ ALGORITHMS = ("grca", "grpo", "spa", "dpo", "sft")
 ROLLOUT_ALGORITHMS = ("grca", "grpo", "dpo")  # the ones that learn from the policy's own samples
 LLM_MODES = ("full", "lora", "frozen")  # the same as policies.inputs (a test checks it), kept here to stay torch-free
 LLM_DTYPES = ("float32", "bfloat16", "float16")  # likewise policies.inputs.LLM_DTYPES
+FUSIONS = ("learned", "camera")  # likewise policies.inputs.FUSIONS
 ALIGN_CATEGORIES = tuple(sorted(CATEGORIES))  # the cloud-alignment head's outputs: the box (6), these, then colours
 ALIGN_COLOURS = COLOUR_NAMES
 ALIGN_DIMS = 6 + len(ALIGN_CATEGORIES) + len(ALIGN_COLOURS)
@@ -75,6 +76,12 @@ class PolicyConfig:
     lora_r: int = setting(16, "LoRA rank when llm_mode is lora", "> 0")
     dtype: str = setting("float32", "LLM weight dtype (the encoders always run in float32)", choices=LLM_DTYPES)
     train_point_encoder: bool = setting(False, "train the point encoder too (on for a from-scratch tiny encoder)")
+    fusion: str | None = setting(
+        None,
+        "point-image cross-attention: learned (position encodings only) or camera (plus a bias by the image distance "
+        "to each group's projection, policies/fusion.py); null: the policy's own (learned for the tiny policy)",
+        choices=FUSIONS,
+    )
     hidden_size: int = setting(64, "LLM width of the tiny policy built when init is null", "> 0")
     num_layers: int = setting(2, "LLM layers of the tiny policy built when init is null", "> 0")
 
@@ -447,6 +454,8 @@ def policy_overrides(cfg: Config) -> dict:
         "llm_dtype": cfg.policy.dtype,
         "train_point_encoder": cfg.policy.train_point_encoder,
     }
+    if cfg.policy.fusion is not None:
+        overrides["fusion"] = cfg.policy.fusion  # learned -> camera adds the bias scales fresh (policies/fusion.py)
     if cfg.algo.name == "sft" and cfg.sft.align_weight > 0:
         overrides["align_dims"] = ALIGN_DIMS  # a policy saved without the head gets a fresh one
     if recon_weight(cfg) > 0:

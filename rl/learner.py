@@ -125,11 +125,13 @@ def _sum_over_ranks(count: int, world: int, device: torch.device) -> int:
 
 
 def load_reference(cfg, policy_dir) -> PointVLM | None:
-    """The frozen initial policy that DPO and a KL term compare against, in the policy's LLM dtype (so that reference
-    and policy log-probs come from the same arithmetic); None when the algorithm needs none."""
+    """The frozen initial policy that DPO and a KL term compare against, in the policy's LLM dtype and fusion (so that
+    reference and policy log-probs come from the same arithmetic); None when the algorithm needs none."""
     if cfg.algo.name not in NEEDS_REFERENCE and cfg.algo.kl_beta == 0:
         return None
-    return PointVLM.from_pretrained(policy_dir, llm_dtype=policy_overrides(cfg)["llm_dtype"]).eval()
+    overrides = policy_overrides(cfg)
+    same = {key: overrides[key] for key in ("llm_dtype", "fusion") if key in overrides}
+    return PointVLM.from_pretrained(policy_dir, **same).eval()
 
 
 def _mean_over_ranks(stats: dict[str, float], world: int, device: torch.device) -> dict[str, float]:

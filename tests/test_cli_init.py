@@ -131,6 +131,7 @@ def test_the_paper_preset_loads_and_its_freezing_holds_on_the_policy_init_builds
     cfg = load_config("grca_paper.yaml")
     stage1 = load_config("grca_paper_sft.yaml")
     assert (cfg.algo.name, cfg.policy.train_point_encoder, cfg.policy.llm_mode) == ("grca", False, "full")
+    assert cfg.policy.fusion == "camera"  # §3.1's geometry-guided cross-attention sees the camera
     assert (stage1.algo.name, stage1.rollout.prompts_per_step, stage1.policy) == ("sft", 128, cfg.policy)
     with pytest.warns(UserWarning, match="projector not loaded"):
         init("--llm", root / "Qwen2.5-VL-tiny", "--point-encoder", root / "pointllm.safetensors", *TINY_POINT,
@@ -141,3 +142,4 @@ def test_the_paper_preset_loads_and_its_freezing_holds_on_the_policy_init_builds
         frozen = {name.split(".")[0] for name, p in policy.named_parameters() if not p.requires_grad}
         assert {"point_encoder", "image_encoder"} <= frozen and not {"point_encoder", "image_encoder"} & set(trains)
         assert {"fusion", "point_proj", "llm"} <= set(trains)  # §4.2: the cross-attention and projector train
+        assert policy.config.fusion == "camera" and policy.fusion.camera_log_scale.requires_grad

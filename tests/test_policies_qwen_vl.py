@@ -8,8 +8,10 @@ import pytest
 import torch
 
 from policies import PointVLM, tiny_config
+from policies.inputs import FUSIONS
 from policies.qwen_vl import IMAGE_PAD, QWEN_VL_FAMILIES, QWEN_VL_TYPES, QwenVLPointVLM
 from policies.tiny import TINY_QWEN_VL, build_tiny_qwen_vl
+from tests.test_policies_fusion import views
 
 PROMPTS = ["What is this object?", "What colour is it?", "Give the bounding box of the object in the image, please."]
 SIZES = {(40, 48): (1, 10, 12), (32, 32): (1, 8, 8), (64, 24): (1, 16, 6)}  # image (H, W) -> grid_thw at 4 px / patch
@@ -35,13 +37,14 @@ def qwen_dir(tmp_path_factory, family):
 
 
 @pytest.fixture(scope="module")
-def policy(qwen_dir):
-    return PointVLM.from_components(qwen_dir, tiny_config()).eval()
+def policy(qwen_dir, request):
+    """The policy; with the fusion a test names (`parametrize("policy", FUSIONS, indirect=True)`), else learned."""
+    return PointVLM.from_components(qwen_dir, tiny_config(fusion=getattr(request, "param", "learned"))).eval()
 
 
 @pytest.fixture(scope="module")
 def inputs(policy):
-    return policy.prepare(PROMPTS, clouds(), images())
+    return policy.prepare(PROMPTS, clouds(), images(), views(clouds(), images()))
 
 
 def test_the_folder_is_the_real_layout_and_loads_through_the_public_path(family, qwen_dir, policy):
@@ -81,6 +84,7 @@ def test_image_tokens_follow_each_images_size(policy):
             assert torch.allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("policy", FUSIONS, indirect=True)
 def test_images_change_the_point_tokens_only_where_present(policy, inputs):
     with torch.no_grad():
         fused, _ = policy.visual_features(inputs)
@@ -89,6 +93,7 @@ def test_images_change_the_point_tokens_only_where_present(policy, inputs):
     assert not torch.allclose(fused[0], plain[0]) and not torch.allclose(fused[2], plain[2])
 
 
+@pytest.mark.parametrize("policy", FUSIONS, indirect=True)
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
 def test_hf_rollout_logprobs_equal_the_learners(policy, inputs, temperature):
     out = policy.generate(inputs, num_return_sequences=3, temperature=temperature, max_new_tokens=12, seed=0)

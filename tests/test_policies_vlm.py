@@ -8,6 +8,8 @@ from safetensors.torch import save_file
 
 from policies import PointVLM, PointVLMConfig, build_tiny_policy, tiny_config
 from policies.generation import stop_mask
+from policies.inputs import FUSIONS
+from tests.test_policies_fusion import views
 
 PROMPTS = ["What is this object?", "What colour is it?", "Give the bounding box of the object in the image, please."]
 
@@ -26,13 +28,14 @@ def images(seed=0):
 
 
 @pytest.fixture(scope="module")
-def policy():
-    return build_tiny_policy(seed=0).eval()
+def policy(request):
+    """The tiny policy; with the fusion a test names (`parametrize("policy", FUSIONS, indirect=True)`), else learned."""
+    return build_tiny_policy(seed=0, config=tiny_config(fusion=getattr(request, "param", "learned"))).eval()
 
 
 @pytest.fixture(scope="module")
 def inputs(policy):
-    return policy.prepare(PROMPTS, clouds(), images())
+    return policy.prepare(PROMPTS, clouds(), images(), views(clouds(), images()))
 
 
 def test_prepare_left_pads_with_one_placeholder_block_per_row(policy, inputs):
@@ -62,6 +65,7 @@ def test_embed_places_visual_features_at_the_placeholders(policy, inputs):
     assert torch.equal(embeds[text], token_embeds[text])
 
 
+@pytest.mark.parametrize("policy", FUSIONS, indirect=True)
 def test_images_change_the_point_tokens_only_where_present(policy, inputs):
     without = policy.prepare(PROMPTS, clouds())
     with torch.no_grad():
@@ -88,6 +92,7 @@ def test_logprobs_match_a_plain_forward_of_each_unpadded_row(policy, inputs):
             assert (batched[b, len(response) :] == 0).all()
 
 
+@pytest.mark.parametrize("policy", FUSIONS, indirect=True)
 def test_generate_samples_distinct_continuations_whose_logprobs_the_learner_reproduces(policy, inputs):
     out = policy.generate(inputs, num_return_sequences=4, max_new_tokens=16, seed=0)
     assert out.response_ids.shape[0] == 12 and len(out.texts) == 12
@@ -102,6 +107,7 @@ def test_generate_samples_distinct_continuations_whose_logprobs_the_learner_repr
     assert torch.equal(out.response_ids, again.response_ids)
 
 
+@pytest.mark.parametrize("policy", FUSIONS, indirect=True)
 def test_top_p_sampling_reports_the_untruncated_tempered_logprobs(policy, inputs):
     out = policy.generate(inputs, num_return_sequences=2, temperature=0.7, top_p=0.9, max_new_tokens=12, seed=1)
     with torch.no_grad():

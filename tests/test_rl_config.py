@@ -13,6 +13,7 @@ from rewards import REWARDS
 from rl.config import (
     ALGORITHMS,
     CONFIG_DIR,
+    FUSIONS,
     LLM_DTYPES,
     LLM_MODES,
     ROUTABLE_FIELDS,
@@ -296,6 +297,7 @@ def test_enums_agree_with_the_policy():
     source = ast.parse((Path(__file__).parents[1] / "policies" / "inputs.py").read_text())
     assigned = {name.id: node.value for node in source.body if isinstance(node, ast.Assign) for name in node.targets}
     assert LLM_MODES == ast.literal_eval(assigned["LLM_MODES"])
+    assert FUSIONS == ast.literal_eval(assigned["FUSIONS"])
     assert LLM_DTYPES == tuple(ast.literal_eval(key) for key in assigned["LLM_DTYPES"].keys)
 
 

@@ -38,7 +38,7 @@ def test_init_then_grca_train_the_trainable_parts_and_keep_the_frozen_ones(clust
     )
     recipe = ["--llm", tmp_path / "Qwen-VL-tiny", "--point-encoder", tmp_path / "pointllm.safetensors"]
     pointrl(["init", *map(str, recipe), *TINY_POINT, "--projector", "linear", "--out", str(tmp_path / "init")])
-    init = PointVLM.from_pretrained(tmp_path / "init")
+    init = PointVLM.from_pretrained(tmp_path / "init", fusion="camera")  # as the preset's run loads it
 
     # The tiny random policy's samples all score 0, so the GRCA loss has no gradient; the patch-reconstruction loss
     # (recon.rl_weight) gives every trainable part one, which is what shows the freezing hold in the RL learner.
@@ -51,3 +51,5 @@ def test_init_then_grca_train_the_trainable_parts_and_keep_the_frozen_ones(clust
     assert all(r["reward/missing"] == 0.0 for r in rows)
     # the cross-attention (fusion), the projector and the LLM learn; Point-BERT and the Qwen tower stay as loaded
     assert changed_parts(init, final) == {"fusion", "point_proj", "llm"}
+    assert final.config.fusion == "camera"
+    assert not torch.equal(init.fusion.camera_log_scale, final.fusion.camera_log_scale)  # the camera bias trains

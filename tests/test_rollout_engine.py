@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from data3d import generate_sample, prompt_text
-from policies import build_tiny_policy
+from policies import build_tiny_policy, tiny_config
+from policies.inputs import FUSIONS
 from rewards import Quant
 from rollout import (
     HFEngine,
@@ -26,8 +27,9 @@ G = 4
 
 
 @pytest.fixture(scope="module")
-def policy():
-    return build_tiny_policy(seed=0).eval()
+def policy(request):
+    """The tiny policy; with the fusion a test names (`parametrize("policy", FUSIONS, indirect=True)`), else learned."""
+    return build_tiny_policy(seed=0, config=tiny_config(fusion=getattr(request, "param", "learned"))).eval()
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +72,7 @@ def test_policy_inputs_names_the_samples_whose_clouds_do_not_fit(policy, samples
         policy_inputs(policy, [])
 
 
+@pytest.mark.parametrize("policy", FUSIONS, indirect=True)
 def test_hf_engine_samples_distinct_groups_whose_logprobs_and_texts_the_policy_reproduces(policy, samples):
     engine = HFEngine(policy, version=5)
     inputs = policy_inputs(policy, samples)
