@@ -1,80 +1,75 @@
-"""Sampling helpers for `PointVLM.generate`: the log-probs of sampled tokens at the sampling temperature, and the
-response mask."""
+"""Sampling for `PointVLM.generate`: a decode loop that shares each prompt's prefix across its samples and records
+the sampled tokens' log-probs at the sampling temperature; the response mask; chunked log-probs for the learner."""
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 from torch import nn
-from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import TopPLogitsWarper
 
 
-class SampledLogprobs(LogitsProcessor):
-    """Placed after the temperature warper and before top-p, it sees each step's logits / T. At every step it
-    records the token sampled at the step before under that step's log-softmax, so only one (B, V) distribution
-    is held at a time instead of all T of them."""
-
-    def __init__(self) -> None:
-        self.previous: torch.Tensor | None = None
-        self.steps: list[torch.Tensor] = []
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.previous is not None:
-            self.steps.append(self.previous.gather(1, input_ids[:, -1:]).squeeze(1))
-        self.previous = scores.float().log_softmax(-1)
-        return scores
-
-    def collect(self, sequences: torch.Tensor) -> torch.Tensor:
-        """(B, T) log-probs of the generated `sequences` (B, T)."""
-        if self.previous is None or len(self.steps) != sequences.shape[1] - 1:
-            raise RuntimeError(
-                f"recorded {len(self.steps) + (self.previous is not None)} sampling steps for "
-                f"{sequences.shape[1]} generated tokens; generate ran steps this recorder did not expect"
-            )
-        last = self.previous.gather(1, sequences[:, -1:]).squeeze(1)
-        return torch.stack(self.steps + [last], dim=1)
+def _cache_keyword(llm: nn.Module) -> str:
+    """transformers renamed `past_key_values` to `cache` (5.2x); the vLLM lane's venv pins one before the rename."""
+    return "cache" if "cache" in inspect.signature(llm.get_decoder().forward).parameters else "past_key_values"
 
 
-class SuppressStopTokens(LogitsProcessor):
-    """No stop token before `min_new_tokens` tokens have been generated. The generated ids are all that `generate`
-    passes here (the prompt goes in as embeddings), so their count is the number of new tokens."""
-
-    def __init__(self, min_new_tokens: int, stop_ids: list[int]) -> None:
-        self.min_new_tokens = min_new_tokens
-        self.stop_ids = list(stop_ids)
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if input_ids.shape[1] < self.min_new_tokens:
-            scores = scores.clone()
-            scores[:, self.stop_ids] = float("-inf")
-        return scores
-
-
-def sampling_processors(
-    recorder: SampledLogprobs,
+@torch.no_grad()
+def sample_responses(
+    llm: nn.Module,
+    embeds: torch.Tensor,
+    mask: torch.Tensor,
+    n: int,
     do_sample: bool,
     temperature: float,
     top_p: float,
-    min_new_tokens: int = 0,
-    stop_ids: list[int] | None = None,
-) -> LogitsProcessorList:
-    """The temperature warper, the recorder, the stop-token suppression of `min_new_tokens`, then the nucleus warper
-    (generate itself is called with neutral values): the recorded log-probs are those of logits / T, what
-    `PointVLM.logprobs(..., temperature=T)` recomputes, and not of the top-p truncated distribution (RL refuses
-    top_p < 1 for that reason) nor of the one without stop tokens (transformers' own `min_new_tokens` would run
-    before the recorder). Greedy decoding records raw ones."""
+    max_new_tokens: int,
+    min_new_tokens: int,
+    stop_ids: list[int],
+    pad_id: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """n responses per prompt from left-padded `embeds` (B, L, hidden) -> (ids, log-probs), each (B x n, T), row
+    b * n + g; after a row's stop token, pad ids (their log-probs are of no distribution and get masked).
+
+    The prompt is run once per prompt and its KV cache repeated n times: the n samples share their prefix (what
+    `generate(num_return_sequences=n)` recomputes n times). The draws are transformers' own: softmax(logits / T) into
+    `torch.multinomial` on the global generator, so a seed gives the tokens `generate` gives. The log-probs are those
+    of logits / T (greedy: of the raw logits), taken before the nucleus cut and before the stop tokens are suppressed
+    for the first `min_new_tokens` tokens: what `PointVLM.logprobs(..., temperature=T)` recomputes (RL refuses
+    top_p < 1 for that reason)."""
     if temperature <= 0 or not 0 < top_p <= 1:
         raise ValueError(f"need temperature > 0 and 0 < top_p <= 1, got temperature={temperature}, top_p={top_p}")
-    processors: list[LogitsProcessor] = []
-    if do_sample and temperature != 1.0:
-        processors.append(TemperatureLogitsWarper(temperature))
-    processors.append(recorder)
-    if min_new_tokens > 0:
-        if not stop_ids:
-            raise ValueError("min_new_tokens > 0 needs the stop ids to suppress")
-        processors.append(SuppressStopTokens(min_new_tokens, stop_ids))
-    if do_sample and top_p < 1.0:
-        processors.append(TopPLogitsWarper(top_p))
-    return LogitsProcessorList(processors)
+    if min_new_tokens > 0 and not stop_ids:
+        raise ValueError("min_new_tokens > 0 needs the stop ids to suppress")
+    temperature = temperature if do_sample else 1.0
+    cache = _cache_keyword(llm)
+    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    out = llm(inputs_embeds=embeds, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1)
+    kv, logits = out[cache], out.logits[:, -1].float().repeat_interleave(n, 0)  # [B x n, V]
+    kv.batch_repeat_interleave(n)
+    mask, position = mask.repeat_interleave(n, 0), mask.sum(-1, keepdim=True).repeat_interleave(n, 0)
+    stops = torch.tensor(stop_ids, device=mask.device)
+    done = torch.zeros(len(mask), dtype=torch.bool, device=mask.device)
+    tokens, logprobs = [], []
+    for step in range(max_new_tokens):
+        scores = logits / temperature
+        logprob = scores.log_softmax(-1)
+        if step < min_new_tokens:
+            scores[:, stop_ids] = float("-inf")
+        if do_sample and top_p < 1.0:
+            scores = TopPLogitsWarper(top_p)(None, scores)
+        token = torch.multinomial(scores.softmax(-1), 1).squeeze(1) if do_sample else scores.argmax(-1)
+        token = token.masked_fill(done, pad_id)
+        tokens.append(token)
+        logprobs.append(logprob.gather(1, token[:, None]).squeeze(1))
+        done |= torch.isin(token, stops)
+        if done.all():
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = llm(input_ids=token[:, None], attention_mask=mask, position_ids=position, use_cache=True, **{cache: kv})
+        logits, position = out.logits[:, -1].float(), position + 1
+    return torch.stack(tokens, dim=1), torch.stack(logprobs, dim=1)
 
 
 def stop_mask(ids: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:

@@ -20,11 +20,10 @@ from torch import nn
 from policies.checkpoints import load_point_checkpoint, load_trainable_state, load_vision_state, vision_state
 from policies.fusion import GeometryGuidedFusion, make_projector
 from policies.generation import (
-    SampledLogprobs,
     chunked_token_logprobs,
     find_stop_ids,
     reset_generation_config,
-    sampling_processors,
+    sample_responses,
     stop_mask,
 )
 from policies.hf_llm import apply_llm_mode, load_tokenizer, merged_lora_state
@@ -302,35 +301,29 @@ class PointVLM(nn.Module):
         seed: int | None = None,
         min_new_tokens: int = 0,
     ) -> Generation:
-        """Sample G responses per prompt; their log-probs are those of softmax(logits / temperature), before top-p
-        and before the stop tokens are suppressed for the first `min_new_tokens` tokens (greedy decoding: of the raw
-        logits).
+        """Sample G responses per prompt (`sample_responses`: the prompt's prefix is shared by its G samples); their
+        log-probs are those of softmax(logits / temperature), before top-p and before the stop tokens are suppressed
+        for the first `min_new_tokens` tokens (greedy decoding: of the raw logits).
 
-        `seed` seeds torch's global generator (transformers samples with torch.multinomial on it)."""
+        `seed` seeds torch's global generator (the draws are torch.multinomial on it, as in transformers)."""
         embeds, mask = self.embed(inputs)
         if seed is not None:
             torch.manual_seed(seed)
-        recorder = SampledLogprobs()
-        out = self.llm.generate(
-            # expanded here rather than by num_return_sequences, which transformers refuses for greedy decoding
-            inputs_embeds=embeds.repeat_interleave(num_return_sequences, dim=0),
-            attention_mask=mask.repeat_interleave(num_return_sequences, dim=0),
-            logits_processor=sampling_processors(
-                recorder, do_sample, temperature, top_p, min_new_tokens, self.stop_ids
-            ),
-            do_sample=do_sample,
-            temperature=1.0,
-            top_p=1.0,
-            **({"top_k": 0} if do_sample else {}),
-            repetition_penalty=1.0,
-            max_new_tokens=max_new_tokens,
-            eos_token_id=self.stop_ids,
-            pad_token_id=self.tokenizer.pad_token_id,
-            return_dict_in_generate=True,
-        )
-        ids = out.sequences
+        ids, logprobs = sample_responses(
+            self.llm,
+            embeds,
+            mask,
+            num_return_sequences,
+            do_sample,
+            temperature,
+            top_p,
+            max_new_tokens,
+            min_new_tokens,
+            self.stop_ids,
+            self.tokenizer.pad_token_id,
+        )  # [B x G, T]
         mask = stop_mask(ids, self.stop_ids)
-        logprobs = recorder.collect(ids) * mask
+        logprobs = logprobs * mask
         kept = ids.masked_fill(mask == 0, self.tokenizer.pad_token_id)
         texts = self.tokenizer.batch_decode(kept, skip_special_tokens=True)
         return Generation(ids, mask, logprobs, texts)

@@ -21,7 +21,7 @@ The vLLM 0.32 APIs used, and why (paths under site-packages/vllm/):
   `SamplingConfig`). `min_tokens` (`rollout.min_new_tokens`) works as a logits processor that runs before sampling
   (`MinTokensLogitsProcessor`, v1/sample/logits_processor/builtin.py, not argmax-invariant), so the processed
   log-probs of a response's first min_tokens tokens are of the distribution without the stop tokens, where the HF
-  engine records the full one (`policies.generation.sampling_processors`). A request with n > 1 gives its g-th
+  engine records the full one (`policies.generation.sample_responses`). A request with n > 1 gives its g-th
   child the seed `seed + g` (v1/engine/parallel_sampling.py, `ParentRequest._get_child_sampling_params`), so prompt
   p gets the seed `base + p * n` in a `SamplingParams` of its own: one shared seed would give every prompt the same
   random draws.

@@ -130,6 +130,30 @@ def test_greedy_generation_repeats_within_a_group(policy, inputs):
     assert torch.equal(out.response_ids[0::2], out.response_ids[1::2])
 
 
+@pytest.mark.parametrize(
+    "sampling",
+    [dict(do_sample=True, temperature=0.7), dict(do_sample=True, temperature=1.0, top_p=0.8), dict(do_sample=False)],
+    ids=["tempered", "nucleus", "greedy"],
+)
+def test_the_decode_loop_draws_the_tokens_transformers_generate_draws(policy, inputs, sampling):
+    # the loop shares each prompt's prefix across its samples; its draws must still be generate's, seed for seed
+    ours = policy.generate(inputs, num_return_sequences=3, max_new_tokens=14, seed=5, **sampling)
+    with torch.no_grad():
+        embeds, mask = policy.embed(inputs)
+        torch.manual_seed(5)
+        reference = policy.llm.generate(
+            inputs_embeds=embeds.repeat_interleave(3, 0),
+            attention_mask=mask.repeat_interleave(3, 0),
+            max_new_tokens=14,
+            top_k=0 if sampling["do_sample"] else None,
+            eos_token_id=policy.stop_ids,
+            pad_token_id=policy.tokenizer.pad_token_id,
+            **sampling,
+        )
+    assert torch.equal(ours.response_ids, reference[:, : ours.response_ids.shape[1]])
+    assert reference.shape[1] == ours.response_ids.shape[1]
+
+
 def test_stop_mask_keeps_the_first_stop_token():
     ids = torch.tensor([[5, 6, 2, 7, 2], [5, 5, 5, 5, 5], [2, 9, 9, 9, 9]])
     assert stop_mask(ids, [2]).tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]
