@@ -27,6 +27,7 @@ bench: install
 	$(BIN)/python bench/rewards_bench.py
 	$(BIN)/python bench/data_bench.py
 	$(BIN)/python bench/learner_bench.py
+	$(BIN)/python bench/decode_bench.py
 
 bench-learning: install
 	$(BIN)/python bench/learning_bench.py --study table3

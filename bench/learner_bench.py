@@ -14,6 +14,7 @@ import time
 import torch
 
 from data3d import generate_sample
+from policies.inputs import PolicyInputs
 from policies.tiny import build_tiny_policy
 from policies.vlm import PointVLM
 from rl.config import DATA_DEFAULTS
@@ -44,16 +45,20 @@ def after(policy: PointVLM, prompts, owners: list[int], responses, micro: int) -
     return time.perf_counter() - began
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def demo_arguments(description: str, repeats: int) -> argparse.ArgumentParser:
+    """The options of a benchmark on the demo-sized policy: its size, the batch, the interleaved rounds, threads."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group", type=int, default=4)
-    parser.add_argument("--micro", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=6)
+    parser.add_argument("--repeats", type=int, default=repeats)
     parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args()
+    return parser
+
+
+def demo_policy_and_prompts(args: argparse.Namespace) -> tuple[PointVLM, PolicyInputs]:
+    """A tiny policy of the demo's size and `args.prompts` prompts on the demo's data settings; sets the threads."""
     torch.set_num_threads(args.threads)
     policy = build_tiny_policy(seed=0, hidden_size=args.hidden, num_layers=args.layers)
     d = DATA_DEFAULTS
@@ -61,7 +66,14 @@ def main() -> None:
         generate_sample(0, i, num_points=d.num_points, image_size=d.image_size, num_kpts=d.num_kpts)
         for i in range(args.prompts)
     ]
-    prompts = policy_inputs(policy, samples)
+    return policy, policy_inputs(policy, samples)
+
+
+def main() -> None:
+    parser = demo_arguments(__doc__.splitlines()[0], repeats=6)
+    parser.add_argument("--micro", type=int, default=16)
+    args = parser.parse_args()
+    policy, prompts = demo_policy_and_prompts(args)
     with torch.no_grad():
         responses = policy.eval().generate(prompts, num_return_sequences=args.group, max_new_tokens=160, seed=0)
     owners = [row // args.group for row in range(len(responses.response_ids))]

@@ -1,0 +1,100 @@
+"""Policies against a base policy on the same held-out objects, object by object: each metric's paired difference with
+its 95% bootstrap CI over the objects, and each 3D box coordinate's mean signed error in bins (a systematic shift of a
+coordinate, which a mean IoU hides). With --mix A, each policy is also compared at (1 - A) x base + A x policy, its
+weights interpolated with the base's (WiSE-FT, Wortsman et al. 2022; WARP's interpolation towards the initialization).
+
+    python bench/compare_policies.py BASE POLICY [POLICY ...] [--mix 0.5] [--config demo.yaml] [key=value ...]
+
+The held-out objects are the run configuration's (the demo's: 256 generated with seed 1), decoded greedily.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.study import STUDY_METRICS, bootstrap_ci  # noqa: E402
+from data3d.serialize import target_fields  # noqa: E402
+from rl.config import run_quant  # noqa: E402
+from rl.config_loading import load_config  # noqa: E402
+from rl.controller import held_out_samples  # noqa: E402
+from rl.driver import held_out_answerer  # noqa: E402
+from rl.evaluate import object_scores  # noqa: E402
+
+WEIGHT_FILES = ("vision.safetensors", "llm/model.safetensors")
+
+
+def interpolated(base: Path, policy: Path, alpha: float, out: Path) -> Path:
+    """A copy of `policy` whose float weights are (1 - alpha) x base's + alpha x its own (the same architecture)."""
+    shutil.copytree(policy, out)
+    for name in WEIGHT_FILES:
+        start, end = load_file(base / name), load_file(policy / name)
+        if start.keys() != end.keys():
+            raise SystemExit(f"--mix: {base} and {policy} hold different tensors in {name}")
+        mixed = {k: (start[k].double() * (1 - alpha) + v.double() * alpha).to(v.dtype) for k, v in end.items()}
+        save_file({k: mixed[k] if v.is_floating_point() else v for k, v in end.items()}, out / name, {"format": "pt"})
+    return out
+
+
+def box_errors(samples, texts: list[str], quant) -> np.ndarray:
+    """(parsed answers, 6) predicted minus true bbox3d in bins, for the answers whose JSON holds a 6-number box."""
+    errors = []
+    for sample, text in zip(samples, texts):
+        try:
+            box = json.loads(text[text.index("{") : text.rindex("}") + 1])["bbox3d"]
+            errors.append(np.subtract(box, target_fields(sample, quant)["bbox3d"], dtype=float))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return np.array(errors).reshape(-1, 6)
+
+
+def report(name: str, scores: dict, base: dict, errors: np.ndarray) -> str:
+    cells = []
+    for metric in STUDY_METRICS:
+        diff = np.subtract(scores[metric], base[metric])
+        low, high = bootstrap_ci(diff[None])
+        cells.append(f"{metric} {np.mean(scores[metric]):.4f} ({diff.mean():+.4f} [{low:+.4f}, {high:+.4f}])")
+    shift = " ".join(f"{c} {e:+.2f}" for c, e in zip(("xmin", "ymin", "zmin", "xmax", "ymax", "zmax"), errors.mean(0)))
+    return f"{name}\n  " + "\n  ".join(cells) + f"\n  bbox3d mean signed error (bins, n={len(errors)}): {shift}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("base", type=Path)
+    parser.add_argument("policies", type=Path, nargs="+")
+    parser.add_argument("--mix", type=float, help="also compare (1 - MIX) x base + MIX x each policy, 0 < MIX < 1")
+    parser.add_argument("--config", default="demo.yaml")
+    args, overrides = parser.parse_known_args()
+    if args.mix is not None and not 0 < args.mix < 1:
+        raise SystemExit(f"--mix must lie strictly between 0 and 1, got {args.mix}")
+    cfg = load_config(args.config, ["eval.reliance=false", *overrides])
+    samples, quant = held_out_samples(cfg), run_quant(cfg)
+
+    def measured(policy: Path) -> tuple[dict, np.ndarray]:
+        texts = held_out_answerer(cfg, policy)(samples)
+        return object_scores(samples, texts, quant), box_errors(samples, texts, quant)
+
+    base, base_errors = measured(args.base)
+    print(f"{len(samples)} held-out objects; differences are against {args.base} (paired, 95% bootstrap CI)")
+    print(report(str(args.base), base, base, base_errors))
+    with tempfile.TemporaryDirectory() as scratch:
+        for index, policy in enumerate(args.policies):
+            scores, errors = measured(policy)
+            print(report(str(policy), scores, base, errors))
+            if args.mix is not None:
+                mixed = interpolated(args.base, policy, args.mix, Path(scratch) / str(index))
+                scores, errors = measured(mixed)
+                print(report(f"{args.mix:g} x {policy} + {1 - args.mix:g} x base", scores, base, errors))
+
+
+if __name__ == "__main__":
+    main()
