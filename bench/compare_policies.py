@@ -1,6 +1,6 @@
 """Policies against a base policy on the same held-out objects, object by object: each metric's paired difference with
-its 95% bootstrap CI over the objects, and each 3D box coordinate's mean signed error in bins (a systematic shift of a
-coordinate, which a mean IoU hides). With --mix A, each policy is also compared at (1 - A) x base + A x policy, its
+its 95% bootstrap CI over the objects, and each 3D box coordinate's mean signed and absolute error in bins (a
+systematic shift of a coordinate, which a mean IoU hides). With --mix A, each policy is also compared at (1 - A) x base + A x policy, its
 weights interpolated with the base's (WiSE-FT, Wortsman et al. 2022; WARP's interpolation towards the initialization).
 
     python bench/compare_policies.py BASE POLICY [POLICY ...] [--mix 0.5] [--config demo.yaml] [key=value ...]
@@ -63,8 +63,11 @@ def report(name: str, scores: dict, base: dict, errors: np.ndarray) -> str:
         diff = np.subtract(scores[metric], base[metric])
         low, high = bootstrap_ci(diff[None])
         cells.append(f"{metric} {np.mean(scores[metric]):.4f} ({diff.mean():+.4f} [{low:+.4f}, {high:+.4f}])")
-    shift = " ".join(f"{c} {e:+.2f}" for c, e in zip(("xmin", "ymin", "zmin", "xmax", "ymax", "zmax"), errors.mean(0)))
-    return f"{name}\n  " + "\n  ".join(cells) + f"\n  bbox3d mean signed error (bins, n={len(errors)}): {shift}"
+    coordinates = ("xmin", "ymin", "zmin", "xmax", "ymax", "zmax")
+    shift = " ".join(f"{c} {e:+.2f}" for c, e in zip(coordinates, errors.mean(0)))
+    spread = " ".join(f"{c} {e:.2f}" for c, e in zip(coordinates, np.abs(errors).mean(0)))
+    boxes = f"bbox3d error in bins over {len(errors)} parsed boxes: mean {shift}; mean absolute {spread}"
+    return f"{name}\n  " + "\n  ".join(cells) + f"\n  {boxes}"
 
 
 def main() -> None:
