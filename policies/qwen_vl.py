@@ -68,8 +68,9 @@ what differs, and what we chose:
 - The language model is Qwen3's decoder (q/k RMSNorm per head, its own `head_dim`, `attention_bias`): vLLM gets it
   as a `Qwen3ForCausalLM` (`QWEN_VL_FAMILIES`).
 
-Not here (later parts of issue 9): camera-guided fusion. Qwen3-VL-MoE (`qwen3_vl_moe`) is not taken: its language
-model is a MoE decoder, not exported or tested. A policy folder from real checkpoints: `pointrl init`
+The camera-guided fusion (`fusion="camera"`, policies/fusion.py) works here as on any tower: the point tokens attend
+to the tower's merged image tokens, biased by where each group projects. Qwen3-VL-MoE (`qwen3_vl_moe`) is not taken:
+its language model is a MoE decoder, not exported or tested. A policy folder from real checkpoints: `pointrl init`
 (rl/cli_init.py).
 """
 
