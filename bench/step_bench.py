@@ -62,6 +62,7 @@ LABELS = {"grpo": "pointrl GRPO", "grca": "pointrl GRCA", "trl": "TRL GRPOTraine
 # (row, pointrl's phase, TRL's phase); None: the arm has no such phase
 PHASES = [
     ("generate (rollout)", "rollout", "generate"),
+    ("  of which in the engine", "rollout_engine", None),
     ("reward", "reward", "reward"),
     ("old log-probs + advantages", None, "score_rest"),
     ("learn: 2 AdamW steps", "learn", "train"),
@@ -119,7 +120,7 @@ def run_pointrl(algo: str, args, policy_dir: Path, run_dir: Path, env: dict) -> 
         if tokens != expected:
             sys.exit(f"pointrl's {algo} step {row['step']} generated {tokens} tokens, not {expected}")
     for row in rows[1:]:  # the first step is the warm-up
-        times = {name: row[f"time/{name}"] for name in ("rollout", "reward", "learn", "sync", "step")}
+        times = {name: row[f"time/{name}"] for name in ("rollout", "rollout_engine", "reward", "learn", "sync", "step")}
         times["rest"] = times["step"] - sum(times[n] for n in ("rollout", "reward", "learn", "sync"))
         steps.append(times)
     return steps

@@ -246,6 +246,10 @@ class Controller:
         metrics.update(
             {
                 "time/rollout": rolled - began,
+                # the slowest worker's time inside its engine (embedding and decoding); the rest of time/rollout is
+                # the call through Ray (dispatch, the samples' trip, building the inputs, the batch's return). In
+                # one_step_off mode the rollout ran during the update before, so this can exceed time/rollout
+                "time/rollout_engine": rollout.seconds,
                 "time/reward": scored - rolled,
                 "rollout/tokens_per_s": rollout.tokens_generated / max(rolled - began, 1e-9),
                 "rollout/version": float(rollout.version),

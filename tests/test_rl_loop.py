@@ -69,6 +69,7 @@ def test_grca_steps_sync_versions_checkpoint_and_resume(cluster, warm_policy, tm
         assert row["reward/missing"] == 0.0 and 0.0 <= row["reward/format"] <= 1.0
         assert row["onpolicy/max_abs_logprob_diff"] < 1e-4  # rollout log-probs == learner log-probs after each sync
         assert row["time/rollout"] > 0 and row["time/learn"] > 0 and row["time/sync"] >= 0
+        assert 0 < row["time/rollout_engine"] < row["time/rollout"]  # the engine runs inside the Ray call
     assert any(row["advantage/frac_nonzero"] > 0 for row in rows)  # rewards differed within a group
     # GRCA §3.6: routed, no other reward reaches a routed field's tokens
     assert all(row.get(f"credit/other_fields_var/{f}", 0.0) == 0.0 for row in rows for f in ("bbox3d", "kpts3d"))
