@@ -46,6 +46,12 @@ def apply_llm_mode(llm: nn.Module, config: PointVLMConfig) -> nn.Module:
     return llm
 
 
+def base_llm(llm: nn.Module, llm_mode: str) -> nn.Module:
+    """The plain HF model under a policy's LLM: in LoRA mode peft's base model (the adapters injected into it), else
+    the LLM itself."""
+    return llm.get_base_model() if llm_mode == "lora" else llm
+
+
 def merged_lora_state(base: nn.Module) -> dict[str, torch.Tensor]:
     """The plain-model state dict of a LoRA-injected model with W + scale * B A merged into each weight."""
     from peft.tuners.lora import LoraLayer

@@ -134,8 +134,10 @@ def cmd_init(args: argparse.Namespace) -> None:
 
 def _built(policy, args: argparse.Namespace, layout: str | None) -> list[str]:
     """What each part was built from."""
+    from policies.hf_llm import base_llm
+
     cfg, p = policy.config, policy.config.point
-    llm = policy.llm.get_base_model() if cfg.llm_mode == "lora" else policy.llm
+    llm = base_llm(policy.llm, cfg.llm_mode)
     mode = f"LoRA rank {cfg.lora_r}" if cfg.llm_mode == "lora" else "full fine-tuning"
     if layout is None:
         point = "fresh, no --point-encoder (train it: policy.train_point_encoder=true)"

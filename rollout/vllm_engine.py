@@ -56,7 +56,7 @@ from pathlib import Path
 import torch
 
 from policies import PointVLM, PolicyInputs
-from policies.hf_llm import merged_lora_state
+from policies.hf_llm import base_llm, merged_lora_state
 from policies.qwen_vl import QwenVLPointVLM
 from rollout.engine import RolloutBatch, SamplingConfig, check_one_uid_per_prompt, check_version_order
 from rollout.vllm_qwen import export_text_model, text_names
@@ -114,7 +114,7 @@ def reload_payload(policy: PointVLM) -> dict[str, torch.Tensor]:
 
 
 def _embedding_name(policy: PointVLM) -> str:
-    llm = policy.llm.get_base_model() if policy.config.llm_mode == "lora" else policy.llm
+    llm = base_llm(policy.llm, policy.config.llm_mode)
     table = llm.get_input_embeddings()
     return next(name for name, module in llm.named_modules() if module is table)
 

@@ -48,10 +48,9 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from torch import nn
 
 from policies import PointVLM
-from policies.hf_llm import merged_lora_state
+from policies.hf_llm import base_llm, merged_lora_state
 from policies.qwen_vl import QWEN_VL_FAMILIES
 
 # transformers 5's Qwen2_5_VLForConditionalGeneration and Qwen3VLForConditionalGeneration alike
@@ -107,16 +106,12 @@ def text_config(vl_config, tied: bool):
     )
 
 
-def base_model(policy: PointVLM) -> nn.Module:
-    return policy.llm.get_base_model() if policy.config.llm_mode == "lora" else policy.llm
-
-
 def export_text_model(policy: PointVLM, directory: str | Path) -> Path:
     """Write the policy's language model (LoRA merged) as its text model's folder (`Qwen2ForCausalLM` or
     `Qwen3ForCausalLM`) with the policy's tokenizer; returns `directory`. A tied lm_head is left out, as transformers
     saves it."""
     directory = Path(directory)
-    base = base_model(policy)
+    base = base_llm(policy.llm, policy.config.llm_mode)
     state = merged_lora_state(base) if policy.config.llm_mode == "lora" else base.state_dict()
     tied = base.lm_head.weight is base.get_input_embeddings().weight
     weights = {

@@ -239,8 +239,9 @@ def test_the_language_model_exported_for_vllm_is_its_text_model_with_the_same_lo
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
+    from policies.hf_llm import base_llm
     from rollout.vllm_engine import reload_payload
-    from rollout.vllm_qwen import base_model, export_text_model, text_config
+    from rollout.vllm_qwen import export_text_model, text_config
 
     policy = PointVLM.from_components(qwen_dir, tiny_config(llm_mode=mode)).eval()
     with torch.no_grad():
@@ -253,7 +254,9 @@ def test_the_language_model_exported_for_vllm_is_its_text_model_with_the_same_lo
     with torch.no_grad():
         embeds, mask = policy.embed(inputs)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        ours = base_model(policy)(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
+        ours = base_llm(policy.llm, policy.config.llm_mode)(
+            inputs_embeds=embeds, attention_mask=mask, position_ids=positions
+        ).logits
         exported = text(inputs_embeds=embeds, attention_mask=mask, position_ids=positions).logits
     if mode == "full":  # the same arithmetic: bit for bit
         assert torch.equal(ours[mask == 1], exported[mask == 1])
@@ -266,7 +269,7 @@ def test_the_language_model_exported_for_vllm_is_its_text_model_with_the_same_lo
     payload = reload_payload(policy)
     assert payload and set(payload) <= names | {"lm_head.weight"}
     # what would make the text model differ from the language model is refused in one line
-    config = policy.llm.config if mode == "full" else base_model(policy).config
+    config = policy.llm.config if mode == "full" else base_llm(policy.llm, policy.config.llm_mode).config
     config.get_text_config().rope_parameters = {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}
     with pytest.raises(ValueError, match="RoPE type 'yarn' is not supported"):
         text_config(config, tied=True)
