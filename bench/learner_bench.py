@@ -1,6 +1,7 @@
 """One GRPO/GRCA learner pass (forward and backward over P prompts x G samples) as the learner runs it now, beside the
 way it ran before in the same run and interleaved with it: each prompt's inputs repeated G times (every cloud and image
-encoded G times) and the old policy's log-probs recomputed in one more forward pass instead of taken from the rollout.
+encoded G times, every prompt run through the LLM G times) and the old policy's log-probs recomputed in one more
+forward pass instead of taken from the rollout. Now each cloud is encoded, and each prompt's prefix run, once.
   python bench/learner_bench.py [--hidden 128] [--layers 4] [--prompts 8] [--group 4] [--micro 16] [--repeats 6]
 The default policy is the demo's (hidden 128, 4 layers, its point and image encoders), on the demo's data settings.
 """
@@ -36,7 +37,8 @@ def before(policy: PointVLM, prompts, owners: list[int], responses, micro: int) 
 
 
 def after(policy: PointVLM, prompts, owners: list[int], responses, micro: int) -> float:
-    """The learner now: the rollout's log-probs as the old policy's, and each prompt encoded once per micro-batch."""
+    """The learner now: the rollout's log-probs as the old policy's, and each prompt encoded and run through the LLM
+    once per micro-batch (its G responses continue from its KV cache)."""
     began = time.perf_counter()
     for rows in micro_batches(len(owners), micro):
         answered, expand = answered_prompts(prompts, [owners[r] for r in rows])

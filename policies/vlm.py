@@ -20,9 +20,9 @@ from torch import nn
 from policies.checkpoints import load_point_checkpoint, load_trainable_state, load_vision_state, vision_state
 from policies.fusion import GeometryGuidedFusion, make_projector
 from policies.generation import (
-    chunked_token_logprobs,
     find_stop_ids,
     reset_generation_config,
+    response_logprobs,
     sample_responses,
     stop_mask,
 )
@@ -249,43 +249,22 @@ class PointVLM(nn.Module):
         """Per-token log-probs (B, T) of the responses after the prompts under softmax(logits / temperature), 0 where
         masked. Give RL the sampling temperature, so that these are the log-probs of the policy that sampled. With
         `align`, also `align_logits` from the same point-encoder pass. `chunk` > 0 scores that many response tokens
-        at a time from the LLM's last hidden states (`chunked_token_logprobs`): the same values without a float32
+        at a time from the LLM's last hidden states (`token_logprobs`): the same values without a float32
         (B, T, vocabulary) logits tensor. `expand` (R,): response r answers prompt `expand[r]` of `inputs`, whose clouds
-        and images are then encoded once however many of the responses share them (G samples of one prompt)."""
+        and images are then encoded, and whose prefix runs through the LLM, once however many of the responses share
+        them (G samples of one prompt)."""
         embeds, mask, point_features, _ = self._embed(inputs)
-        if expand is not None:
-            expand = expand.to(self.device)
-            embeds, mask, point_features = embeds[expand], mask[expand], point_features[expand]
         response_ids, response_mask = response_ids.to(self.device), response_mask.to(self.device).long()
-        if response_ids.shape[0] != embeds.shape[0] or response_ids.shape != response_mask.shape:
+        rows = len(expand) if expand is not None else embeds.shape[0]
+        if response_ids.shape[0] != rows or response_ids.shape != response_mask.shape:
             raise ValueError(
                 f"responses {tuple(response_ids.shape)} / mask {tuple(response_mask.shape)} do not match "
-                f"{embeds.shape[0]} prompts (use inputs.repeat_interleave(G) for G samples per prompt)"
+                f"{rows} prompts (use inputs.repeat_interleave(G) for G samples per prompt)"
             )
-        response_embeds = self.llm.get_input_embeddings()(response_ids).to(embeds.dtype)
-        full_mask = torch.cat([mask, response_mask], dim=1)
-        # the position ids transformers' generate uses for left-padded prompts, so both passes agree
-        position_ids = (full_mask.cumsum(-1) - 1).masked_fill(full_mask == 0, 0)
-        steps = response_ids.shape[1]
-        llm_inputs = {
-            "inputs_embeds": torch.cat([embeds, response_embeds], dim=1),
-            "attention_mask": full_mask,
-            "position_ids": position_ids,
-            "use_cache": False,
-        }
-        if chunk:
-            if getattr(self.llm.config, "final_logit_softcapping", None) or hasattr(self.llm.config, "logit_scale"):
-                raise ValueError(
-                    "chunked log-probs apply the output layer alone, but this LLM's forward also scales "
-                    "or caps its logits; set learner.logprob_chunk=0"
-                )
-            hidden = self.llm.get_decoder()(**llm_inputs).last_hidden_state[:, -(steps + 1) : -1]
-            logprobs = chunked_token_logprobs(
-                hidden, self.llm.get_output_embeddings(), response_ids, temperature, chunk
-            )
-        else:
-            logits = self.llm(**llm_inputs, logits_to_keep=steps + 1).logits[:, :-1].float() / temperature
-            logprobs = logits.gather(-1, response_ids[..., None]).squeeze(-1) - logits.logsumexp(-1)
+        if expand is not None:
+            expand = expand.to(self.device)
+            point_features = point_features[expand]
+        logprobs = response_logprobs(self.llm, embeds, mask, expand, response_ids, response_mask, temperature, chunk)
         logprobs = logprobs * response_mask
         return (logprobs, self._align(point_features)) if align else logprobs
 

@@ -34,9 +34,9 @@ def serve_rewards(timeout_s: float, replicas: int = 1, cpus_per_replica: float =
     try:
         handle = serve.get_app_handle(APP_NAME)
     except Exception:  # noqa: BLE001 - Serve raises several kinds when the app or Serve itself is absent
-        handle = serve.run(
-            reward_application(num_cpus=cpus_per_replica, max_replicas=replicas), name=APP_NAME, route_prefix=None
-        )
+        serve.start(proxy_location="Disabled")  # a handle is all training needs: no HTTP proxy to keep busy
+        app = reward_application(num_cpus=cpus_per_replica, max_replicas=replicas)
+        handle = serve.run(app, name=APP_NAME, route_prefix=None)
 
     def call(samples: list[dict], quant: dict) -> list[dict | None]:
         try:

@@ -23,20 +23,24 @@ def reward_application(
     max_replicas: int = 2,
     target_ongoing_requests: float = 2.0,
 ):
-    """A bound Serve application of the reward service, autoscaling between min and max replicas."""
+    """A bound Serve application of the reward service, autoscaling between min and max replicas (a fixed count
+    when they are equal: autoscaling's metrics would cost CPU for nothing)."""
     app = create_app(token, limits)
-
-    @serve.deployment(
-        name="RewardService",
-        ray_actor_options={"num_cpus": num_cpus},
-        autoscaling_config={
-            "min_replicas": min_replicas,
-            "max_replicas": max_replicas,
-            "target_ongoing_requests": target_ongoing_requests,
-            "upscale_delay_s": 2.0,
-            "downscale_delay_s": 30.0,
-        },
+    scaling = (
+        {"num_replicas": min_replicas}
+        if min_replicas == max_replicas
+        else {
+            "autoscaling_config": {
+                "min_replicas": min_replicas,
+                "max_replicas": max_replicas,
+                "target_ongoing_requests": target_ongoing_requests,
+                "upscale_delay_s": 2.0,
+                "downscale_delay_s": 30.0,
+            }
+        }
     )
+
+    @serve.deployment(name="RewardService", ray_actor_options={"num_cpus": num_cpus}, **scaling)
     @serve.ingress(app)
     class RewardService:
         def score(self, samples: list[dict], quant: dict | None = None) -> list[dict]:

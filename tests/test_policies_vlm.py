@@ -7,8 +7,9 @@ import torch
 from safetensors.torch import save_file
 
 from policies import PointVLM, PointVLMConfig, build_tiny_policy, tiny_config
-from policies.generation import stop_mask
+from policies.generation import draw_tokens, stop_mask
 from policies.inputs import FUSIONS
+from rl.sharding import enable_activation_checkpointing
 from tests.test_policies_fusion import views
 
 PROMPTS = ["What is this object?", "What colour is it?", "Give the bounding box of the object in the image, please."]
@@ -130,28 +131,33 @@ def test_greedy_generation_repeats_within_a_group(policy, inputs):
     assert torch.equal(out.response_ids[0::2], out.response_ids[1::2])
 
 
-@pytest.mark.parametrize(
-    "sampling",
-    [dict(do_sample=True, temperature=0.7), dict(do_sample=True, temperature=1.0, top_p=0.8), dict(do_sample=False)],
-    ids=["tempered", "nucleus", "greedy"],
-)
-def test_the_decode_loop_draws_the_tokens_transformers_generate_draws(policy, inputs, sampling):
-    # the loop shares each prompt's prefix across its samples; its draws must still be generate's, seed for seed
-    ours = policy.generate(inputs, num_return_sequences=3, max_new_tokens=14, seed=5, **sampling)
+def test_the_greedy_decode_loop_gives_transformers_generates_tokens(policy, inputs):
+    # the loop shares each prompt's prefix across its samples; its logits must still be generate's (the sampled
+    # paths' logits are checked against the learner's recomputation above)
+    ours = policy.generate(inputs, num_return_sequences=3, max_new_tokens=14, do_sample=False)
     with torch.no_grad():
         embeds, mask = policy.embed(inputs)
-        torch.manual_seed(5)
         reference = policy.llm.generate(
             inputs_embeds=embeds.repeat_interleave(3, 0),
             attention_mask=mask.repeat_interleave(3, 0),
             max_new_tokens=14,
-            top_k=0 if sampling["do_sample"] else None,
+            do_sample=False,
             eos_token_id=policy.stop_ids,
             pad_token_id=policy.tokenizer.pad_token_id,
-            **sampling,
         )
     assert torch.equal(ours.response_ids, reference[:, : ours.response_ids.shape[1]])
     assert reference.shape[1] == ours.response_ids.shape[1]
+
+
+def test_draw_tokens_samples_each_rows_distribution_and_never_a_zero_probability_token():
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2], [0.7, 0.0, 0.1, 0.2, 0.0], [0.0, 0.0, 0.0, 0.0, 1.0]])
+    torch.manual_seed(0)
+    draws = torch.stack([draw_tokens(probs) for _ in range(20000)])  # [20000, 3]
+    frequencies = torch.stack([torch.bincount(draws[:, row], minlength=5) for row in range(3)]) / 20000
+    assert torch.allclose(frequencies, probs, atol=0.015)  # 4.5 standard errors at p = 0.5
+    assert (probs.gather(1, draws.T) > 0).all()
+    torch.manual_seed(0)
+    assert torch.equal(draw_tokens(probs), draws[0])  # the global generator's seed fixes the draws
 
 
 def test_stop_mask_keeps_the_first_stop_token():
@@ -269,26 +275,55 @@ def test_config_round_trips_and_names_bad_keys():
         PointVLMConfig(llm_mode="qlora")
 
 
-def test_expanded_prompts_score_like_repeated_ones_and_encode_each_cloud_once(policy, inputs):
+@pytest.mark.parametrize("chunk", [0, 3])
+def test_expanded_prompts_score_like_repeated_ones_encoding_each_cloud_and_prefix_once(policy, inputs, chunk):
     owners = torch.tensor([0, 0, 1, 2, 2, 2])  # G samples of each prompt, as the learner's micro-batches hold them
     responses = policy.tokenize_responses(['{"answer": "chair"}', "{}", '{"answer": "red"}', "x", "{}", "{}"])
     encoded: list[int] = []
-    hook = policy.point_encoder.encoder.register_forward_hook(lambda _m, args, _o: encoded.append(args[0].shape[0]))
+    layer_inputs: list[tuple[int, int]] = []
+    hooks = [
+        policy.point_encoder.encoder.register_forward_hook(lambda _m, args, _o: encoded.append(args[0].shape[0])),
+        policy.llm.get_decoder()
+        .layers[0]
+        .register_forward_hook(lambda _m, args, _o: layer_inputs.append(tuple(args[0].shape[:2]))),
+    ]
     try:
-        repeated = policy.logprobs(inputs.select(owners), *responses)
-        expanded = policy.logprobs(inputs, *responses, expand=owners)
+        repeated = policy.logprobs(inputs.select(owners), *responses, chunk=chunk)
+        expanded = policy.logprobs(inputs, *responses, chunk=chunk, expand=owners)
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     assert encoded == [6, 3]  # the expanded call encoded the three clouds once each
+    prompt, steps = inputs.input_ids.shape[1], responses[0].shape[1]
+    # the repeated call ran 6 full sequences; the expanded one 3 prefixes, then 6 responses on their cached keys
+    assert layer_inputs == [(6, prompt + steps), (3, prompt), (6, steps - 1)]
     assert torch.allclose(expanded, repeated, atol=1e-5)
-    # and the gradient through the shared encoding is the sum over the samples that share it
+    # and the gradients through the shared encoding and the shared prefix are the sums over the samples sharing them
     weights = torch.randn(6, 1)
     grads = []
     for call in (
-        lambda: policy.logprobs(inputs.select(owners), *responses),
-        lambda: policy.logprobs(inputs, *responses, expand=owners),
+        lambda: policy.logprobs(inputs.select(owners), *responses, chunk=chunk),
+        lambda: policy.logprobs(inputs, *responses, chunk=chunk, expand=owners),
     ):
         policy.zero_grad()
         (call() * weights).sum().backward()
-        grads.append(policy.point_proj[0].weight.grad.clone())
-    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+        grads.append(
+            [
+                policy.point_proj[0].weight.grad.clone(),
+                policy.llm.get_decoder().layers[0].mlp.up_proj.weight.grad.clone(),
+            ]
+        )
+    for repeated_grad, expanded_grad in zip(*grads):
+        assert torch.allclose(repeated_grad, expanded_grad, atol=1e-5)
+
+
+def test_activation_checkpointing_scores_expanded_prompts_on_full_sequences(inputs):
+    # checkpointed layers keep no KV cache, so there the prefix cannot be shared: the full sequences run instead
+    policy = build_tiny_policy(seed=0).train()
+    owners = torch.tensor([0, 0, 1])
+    responses = policy.tokenize_responses(['{"answer": "chair"}', "{}", "x"])
+    repeated = policy.logprobs(inputs.select(owners), *responses)
+    enable_activation_checkpointing(policy)
+    expanded = policy.logprobs(inputs, *responses, expand=owners)
+    assert torch.allclose(expanded, repeated, atol=1e-5)
+    expanded.sum().backward()  # through the checkpointed layers
