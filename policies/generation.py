@@ -75,9 +75,10 @@ def sample_responses(
 
 def draw_tokens(probs: torch.Tensor) -> torch.Tensor:
     """One token per row of `probs` (B, V) by inverting its CDF at one uniform draw per row. `torch.multinomial`,
-    which transformers' `generate` calls, spends about as long as a whole decoder step of the demo's model on
-    16 x 2,037 probabilities; this draws B numbers instead of B x V. A zero-probability token (a suppressed stop, a
-    nucleus cut) is never drawn: its CDF step is flat."""
+    which transformers' `generate` calls, draws one exponential number per vocabulary entry (a single sample without
+    replacement); on the demo model's 16 x 2,037 probabilities that took about as long as a decoder step. This draws B
+    numbers instead of B x V. A zero-probability token (a suppressed stop, a nucleus cut) is never drawn: its CDF step
+    is flat."""
     cdf = probs.double().cumsum(-1)  # float64: the CDF's rounding stays far below any token's probability
     u = torch.rand(len(probs), 1, dtype=torch.float64, device=probs.device) * cdf[:, -1:]
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp(max=probs.shape[-1] - 1)
