@@ -15,11 +15,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from policies.hf_llm import base_llm
 
-def decoder_layers(llm: nn.Module) -> list[nn.Module]:
-    """The LLM's repeated blocks: the modules of the classes its `_no_split_modules` names (Qwen2DecoderLayer, ...),
-    the unit that transformers itself never splits across devices."""
-    base = llm.get_base_model() if hasattr(llm, "get_base_model") else llm
+
+def decoder_layers(base: nn.Module) -> list[nn.Module]:
+    """The plain HF model's repeated blocks (`policies.hf_llm.base_llm`): the modules of the classes its
+    `_no_split_modules` names (Qwen2DecoderLayer, ...), the unit that transformers itself never splits across devices."""
     names = set(getattr(base, "_no_split_modules", None) or ())
     layers = [module for module in base.modules() if type(module).__name__ in names]
     if not layers:
@@ -43,7 +44,7 @@ def shard_policy(policy: nn.Module, device: torch.device, world: int, mixed_prec
         if mixed_precision
         else MixedPrecisionPolicy()
     )
-    for layer in decoder_layers(policy.llm):
+    for layer in decoder_layers(base_llm(policy.llm, policy.config.llm_mode)):
         fully_shard(layer, mesh=mesh, mp_policy=layer_precision)
     fully_shard(policy, mesh=mesh)
     # the learner scores with policy.logprobs (and reconstruct_patches), not forward: FSDP2's hooks (gather the root's
@@ -55,7 +56,7 @@ def shard_policy(policy: nn.Module, device: torch.device, world: int, mixed_prec
 def enable_activation_checkpointing(policy: nn.Module) -> None:
     """Each LLM decoder layer recomputed in backward (transformers' own checkpointing, non-reentrant, so that it
     composes with DDP and FSDP2 and needs no input that requires grad)."""
-    llm = policy.llm.get_base_model() if hasattr(policy.llm, "get_base_model") else policy.llm
+    llm = base_llm(policy.llm, policy.config.llm_mode)
     llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
