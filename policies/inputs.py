@@ -159,3 +159,19 @@ class Generation:
     response_mask: torch.Tensor  # (B*G, T) long, 1 up to and including the first stop token
     logprobs: torch.Tensor  # (B*G, T) float32, raw-distribution log-probs of the sampled tokens, 0 where masked
     texts: list[str]  # decoded responses without special tokens
+
+
+def place_features(embeds: torch.Tensor, slots: torch.Tensor, features: torch.Tensor, what: str) -> torch.Tensor:
+    """Write features (R, n, hidden) over the n placeholder slots of each row that has any, in order; features
+    (sum of n, hidden) fill every slot, row after row, when the rows hold different numbers of them."""
+    counts = slots.sum(dim=1)
+    rows_with = counts > 0
+    if features.dim() == 2:
+        if counts.sum() != features.shape[0]:
+            raise ValueError(f"{what} placeholders per row {counts.tolist()} do not match {features.shape[0]} tokens")
+    elif rows_with.sum() != features.shape[0] or (counts[rows_with] != features.shape[1]).any():
+        raise ValueError(
+            f"{what} placeholders per row {counts.tolist()} do not match {features.shape[0]} feature sets "
+            f"of {features.shape[1]} tokens"
+        )
+    return embeds.masked_scatter(slots[..., None], features.to(embeds.dtype))

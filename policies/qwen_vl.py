@@ -86,8 +86,8 @@ from torch import nn
 from policies.checkpoints import load_point_checkpoint
 from policies.hf_llm import load_tokenizer
 from policies.image_encoder import ImageEncoderConfig
-from policies.inputs import LLM_DTYPES, PointVLMConfig, PolicyInputs, image_projections
-from policies.vlm import IMAGE_PATCH, POINT_END, POINT_PATCH, POINT_START, PointVLM
+from policies.inputs import LLM_DTYPES, PointVLMConfig, PolicyInputs
+from policies.vlm import IMAGE_PATCH, PointVLM
 
 # The Qwen-VL families (config.json `model_type`), each with the text model its language model is once its M-RoPE rows
 # are equal (what vLLM serves, rollout/vllm_qwen.py) and the fields of that text model's config beyond Qwen2's
@@ -179,30 +179,13 @@ class QwenVLPointVLM(PointVLM):
             raise ValueError(f"a Qwen-VL policy's image.kind is 'qwen_vl', got {image.kind!r}")
         return QwenVisionEncoder(tower, image)
 
-    def prompt_text(self, instruction: str, with_image: bool = False, image_tokens: int = 0) -> str:
-        """The chat-template prompt with the point block and, `with_image`, the image block of `image_tokens`."""
-        if with_image and image_tokens <= 0:
-            raise ValueError("a Qwen-VL image block needs its number of image tokens (from its grid_thw)")
-        block = POINT_START + POINT_PATCH * self.point_encoder.num_tokens + POINT_END
-        if with_image:
-            block += VISION_START + IMAGE_PAD * image_tokens + VISION_END
-        messages = [{"role": "user", "content": f"{block}\n{instruction}"}]
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    IMAGE_BLOCK = (VISION_START, IMAGE_PAD, VISION_END)
 
-    def prepare(self, prompts: list[str], points: torch.Tensor, images=None, projections=None) -> PolicyInputs:
-        """As `PointVLM.prepare`; each image goes through the folder's processor at its own resolution, so a row's
-        image block holds as many tokens as its image gives."""
-        points = torch.as_tensor(points, dtype=torch.float32)
-        if points.dim() != 3 or points.shape[0] != len(prompts):
-            raise ValueError(f"points must be (B={len(prompts)}, N, C), got {tuple(points.shape)}")
-        has_image, pixels, grid = self._prepare_images(images, len(prompts))
+    def _image_tokens(self, has_image: torch.Tensor, grid: torch.Tensor | None) -> list[int]:
+        """Each image goes through the folder's processor at its own resolution, so a row's image block holds as many
+        tokens as its image gives (its grid_thw)."""
         counts = iter([] if grid is None else self.image_encoder.tokens_per_image(grid))
-        texts = [self.prompt_text(p, h, next(counts) if h else 0) for p, h in zip(prompts, has_image.tolist())]
-        enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        projections = image_projections(projections, has_image)
-        return PolicyInputs(
-            enc["input_ids"], enc["attention_mask"].long(), points, has_image, pixels, grid, projections
-        )
+        return [next(counts) if h else 0 for h in has_image.tolist()]
 
     def _prepare_images(self, images, batch: int):
         has_image, present = self._present_images(images, batch)
@@ -218,7 +201,7 @@ class QwenVLPointVLM(PointVLM):
 
     def _fuse_image(self, tokens: torch.Tensor, centers: torch.Tensor, inputs: PolicyInputs):
         """Each image's tokens (their number follows its size) meet the point tokens of its row in the fusion; the
-        image features come back as (sum of P_i, hidden), row after row, for `_place`."""
+        image features come back as (sum of P_i, hidden), row after row, for `place_features`."""
         if inputs.image_grid_thw is None:
             raise ValueError("the images carry no image_grid_thw: prepare them with this policy's `prepare`")
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.image_encoder_trains):

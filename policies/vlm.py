@@ -35,7 +35,7 @@ from policies.image_encoder import (
     load_vision_tower,
     preprocess_images,
 )
-from policies.inputs import LLM_DTYPES, Generation, PointVLMConfig, PolicyInputs, image_projections
+from policies.inputs import LLM_DTYPES, Generation, PointVLMConfig, PolicyInputs, image_projections, place_features
 from policies.point_encoder import PointBertEncoder
 from policies.reconstruction import PatchReconstructionHead
 
@@ -107,14 +107,18 @@ class PointVLM(nn.Module):
 
     # ---- prompts -------------------------------------------------------------------------------------
 
-    def prompt_text(self, instruction: str, with_image: bool = False) -> str:
-        """The chat-template prompt for one instruction, with the point (and image) placeholder block."""
+    IMAGE_BLOCK = (IMAGE_START, IMAGE_PATCH, IMAGE_END)  # the markers and placeholder of an image's tokens
+
+    def prompt_text(self, instruction: str, image_tokens: int = 0) -> str:
+        """The chat-template prompt for one instruction, with the point block and, when `image_tokens` > 0, an image
+        block of that many placeholders."""
         if not getattr(self.tokenizer, "chat_template", None):
             name = self.tokenizer.name_or_path
             raise ValueError(f"tokenizer {name!r} has no chat template; set tokenizer.chat_template")
         block = POINT_START + POINT_PATCH * self.point_encoder.num_tokens + POINT_END
-        if with_image:
-            block += IMAGE_START + IMAGE_PATCH * self.image_encoder.num_tokens + IMAGE_END
+        if image_tokens > 0:
+            start, patch, end = self.IMAGE_BLOCK
+            block += start + patch * image_tokens + end
         messages = [{"role": "user", "content": f"{block}\n{instruction}"}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
@@ -125,11 +129,17 @@ class PointVLM(nn.Module):
         points = torch.as_tensor(points, dtype=torch.float32)
         if points.dim() != 3 or points.shape[0] != len(prompts):
             raise ValueError(f"points must be (B={len(prompts)}, N, C), got {tuple(points.shape)}")
-        has_image, pixels = self._prepare_images(images, len(prompts))
-        texts = [self.prompt_text(p, bool(h)) for p, h in zip(prompts, has_image.tolist())]
+        has_image, pixels, grid = self._prepare_images(images, len(prompts))
+        texts = [self.prompt_text(p, n) for p, n in zip(prompts, self._image_tokens(has_image, grid))]
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-        ids, mask = enc["input_ids"], enc["attention_mask"].long()
-        return PolicyInputs(ids, mask, points, has_image, pixels, projections=image_projections(projections, has_image))
+        projections = image_projections(projections, has_image)
+        return PolicyInputs(
+            enc["input_ids"], enc["attention_mask"].long(), points, has_image, pixels, grid, projections
+        )
+
+    def _image_tokens(self, has_image: torch.Tensor, grid: torch.Tensor | None) -> list[int]:
+        """Each row's number of image placeholders: the encoder's fixed count with an image, 0 without."""
+        return [self.image_encoder.num_tokens if h else 0 for h in has_image.tolist()]
 
     def _present_images(self, images, batch: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(which prompts have an image (B,), those images), after checking them against the prompts and the policy."""
@@ -142,11 +152,12 @@ class PointVLM(nn.Module):
         has_image = torch.tensor([im is not None for im in images], dtype=torch.bool)
         return has_image, [torch.as_tensor(im) for im in images if im is not None]
 
-    def _prepare_images(self, images, batch: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _prepare_images(self, images, batch: int) -> tuple[torch.Tensor, torch.Tensor | None, None]:
+        """(which rows have an image, their pixels, no patch grid: every image is resized to one size)."""
         has_image, present = self._present_images(images, batch)
         if not present:
-            return has_image, None
-        return has_image, torch.cat([preprocess_images(im[None], self.config.image) for im in present])
+            return has_image, None, None
+        return has_image, torch.cat([preprocess_images(im[None], self.config.image) for im in present]), None
 
     def tokenize_responses(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Response texts -> right-padded ids (B, T) ending in the EOS token, and their mask (B, T)."""
@@ -203,9 +214,9 @@ class PointVLM(nn.Module):
         inputs = inputs.to(self.device)
         embeds = self.llm.get_input_embeddings()(inputs.input_ids)
         point_features, image_features, groups = self._visual(inputs, patch_mask)
-        embeds = _place(embeds, inputs.input_ids == self.token_ids[POINT_PATCH], point_features, "point")
+        embeds = place_features(embeds, inputs.input_ids == self.token_ids[POINT_PATCH], point_features, "point")
         if image_features is not None:
-            embeds = _place(embeds, inputs.input_ids == self.token_ids[IMAGE_PATCH], image_features, "image")
+            embeds = place_features(embeds, inputs.input_ids == self.token_ids[IMAGE_PATCH], image_features, "image")
         elif (inputs.input_ids == self.token_ids[IMAGE_PATCH]).any():
             raise ValueError("prompts hold <image_patch> placeholders but the inputs carry no images")
         return embeds, inputs.attention_mask, point_features, groups
@@ -388,19 +399,3 @@ def _backbone_class(cls: type, llm_dir: str | Path) -> type:
     from policies.qwen_vl import QwenVLPointVLM, is_qwen_vl
 
     return QwenVLPointVLM if cls is PointVLM and is_qwen_vl(llm_dir) else cls
-
-
-def _place(embeds: torch.Tensor, slots: torch.Tensor, features: torch.Tensor, what: str) -> torch.Tensor:
-    """Write features (R, n, hidden) over the n placeholder slots of each row that has any, in order; features
-    (sum of n, hidden) fill every slot, row after row, when the rows hold different numbers of them."""
-    counts = slots.sum(dim=1)
-    rows_with = counts > 0
-    if features.dim() == 2:
-        if counts.sum() != features.shape[0]:
-            raise ValueError(f"{what} placeholders per row {counts.tolist()} do not match {features.shape[0]} tokens")
-    elif rows_with.sum() != features.shape[0] or (counts[rows_with] != features.shape[1]).any():
-        raise ValueError(
-            f"{what} placeholders per row {counts.tolist()} do not match {features.shape[0]} feature sets "
-            f"of {features.shape[1]} tokens"
-        )
-    return embeds.masked_scatter(slots[..., None], features.to(embeds.dtype))
