@@ -1,9 +1,11 @@
 """Policies against a base policy on the same held-out objects, object by object: each metric's paired difference with
 its 95% bootstrap CI over the objects, and each 3D box coordinate's mean signed and absolute error in bins (a
-systematic shift of a coordinate, which a mean IoU hides). With --mix A, each policy is also compared at (1 - A) x base + A x policy, its
-weights interpolated with the base's (WiSE-FT, Wortsman et al. 2022; WARP's interpolation towards the initialization).
+systematic shift of a coordinate, which a mean IoU hides). With --mix A, each policy is also compared at (1 - A) x
+base + A x policy, its weights interpolated with the base's (WiSE-FT, Wortsman et al. 2022; WARP's interpolation
+towards the initialization). With --pool the policies are the seeds of one arm: their scores are also pooled, each
+metric's mean and paired difference with its 95% bootstrap CI over seeds and objects (`bench.study.bootstrap_ci`).
 
-    python bench/compare_policies.py BASE POLICY [POLICY ...] [--mix 0.5] [--config demo.yaml] [key=value ...]
+    python bench/compare_policies.py BASE POLICY [POLICY ...] [--mix 0.5] [--pool] [--config demo.yaml] [key=value ...]
 
 The held-out objects are the run configuration's (the demo's: 256 generated with seed 1), decoded greedily.
 """
@@ -70,11 +72,27 @@ def report(name: str, scores: dict, base: dict, errors: np.ndarray) -> str:
     return f"{name}\n  " + "\n  ".join(cells) + f"\n  {boxes}"
 
 
+def pooled(runs: list[dict], base: dict) -> str:
+    """The runs (each metric's per-object scores) as seeds of one arm: the mean and the paired difference to `base`
+    of each metric, each with its 95% bootstrap CI over seeds and objects."""
+    cells = []
+    for metric in STUDY_METRICS:
+        scores = np.array([run[metric] for run in runs], dtype=float)  # [seeds, objects]
+        diff = scores - np.asarray(base[metric], dtype=float)[None]
+        (low, high), (diff_low, diff_high) = bootstrap_ci(scores), bootstrap_ci(diff)
+        cells.append(
+            f"{metric} {scores.mean():.4f} [{low:.4f}, {high:.4f}] "
+            f"({diff.mean():+.4f} [{diff_low:+.4f}, {diff_high:+.4f}])"
+        )
+    return f"pooled over {len(runs)} seeds\n  " + "\n  ".join(cells)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("base", type=Path)
     parser.add_argument("policies", type=Path, nargs="+")
     parser.add_argument("--mix", type=float, help="also compare (1 - MIX) x base + MIX x each policy, 0 < MIX < 1")
+    parser.add_argument("--pool", action="store_true", help="the policies are seeds of one arm: also pool them")
     parser.add_argument("--config", default="demo.yaml")
     args, overrides = parser.parse_known_args()
     if args.mix is not None and not 0 < args.mix < 1:
@@ -89,14 +107,18 @@ def main() -> None:
     base, base_errors = measured(args.base)
     print(f"{len(samples)} held-out objects; differences are against {args.base} (paired, 95% bootstrap CI)")
     print(report(str(args.base), base, base, base_errors))
+    runs = []
     with tempfile.TemporaryDirectory() as scratch:
         for index, policy in enumerate(args.policies):
             scores, errors = measured(policy)
+            runs.append(scores)
             print(report(str(policy), scores, base, errors))
             if args.mix is not None:
                 mixed = interpolated(args.base, policy, args.mix, Path(scratch) / str(index))
                 scores, errors = measured(mixed)
                 print(report(f"{args.mix:g} x {policy} + {1 - args.mix:g} x base", scores, base, errors))
+    if args.pool:
+        print(pooled(runs, base))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
-"""bench/compare_policies.py's parts: the weight interpolation between two policy folders and the per-coordinate
-box errors."""
+"""bench/compare_policies.py's parts: the weight interpolation between two policy folders, the per-coordinate box
+errors and the pooling of several seeds of one arm."""
 
 import json
 import subprocess
@@ -10,7 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bench.compare_policies import WEIGHT_FILES, box_errors, interpolated
+from bench.compare_policies import WEIGHT_FILES, box_errors, interpolated, pooled
+from bench.study import STUDY_METRICS
 from data3d import generate_sample
 from data3d.serialize import target_text
 from policies import PointVLM, build_tiny_policy
@@ -53,3 +54,19 @@ def test_a_mix_outside_the_open_interval_is_refused(tmp_path, alpha):
     )
     assert run.returncode != 0 and "--mix must lie strictly between 0 and 1" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_pooled_seeds_give_the_mean_and_the_paired_difference_with_intervals_over_seeds_and_objects():
+    rng = np.random.default_rng(0)
+    base = {m: rng.uniform(0, 1, 64) for m in STUDY_METRICS}
+    same_gain = [{m: v + 0.1 for m, v in base.items()} for _ in range(3)]
+    line = pooled(same_gain, base).splitlines()[1].strip()  # the first metric's line
+    metric = STUDY_METRICS[0]
+    mean = base[metric].mean() + 0.1
+    assert line.startswith(f"{metric} {mean:.4f} [")
+    assert line.endswith("(+0.1000 [+0.1000, +0.1000])")  # every seed and object gains exactly 0.1
+    seeds_apart = [{m: v + shift for m, v in base.items()} for shift in (-0.2, 0.0, 0.3)]
+    text = pooled(seeds_apart, base)
+    low, high = (float(x) for x in text.splitlines()[1].split("(")[1].split("[")[1].rstrip("])").split(", "))
+    assert low < 0.1 / 3 < high and high - low > 0.2  # the interval holds the seed-to-seed spread
+    assert text.startswith("pooled over 3 seeds")
