@@ -59,12 +59,19 @@ def box_errors(samples, texts: list[str], quant) -> np.ndarray:
     return np.array(errors).reshape(-1, 6)
 
 
+def paired_difference(scores: np.ndarray, base) -> str:
+    """Scores [seeds, objects] minus the base's per-object scores: "(mean [95% CI])", the CI bootstrapped over seeds
+    and objects (`bench.study.bootstrap_ci`; over the objects alone for one seed)."""
+    diff = scores - np.asarray(base, dtype=float)[None]
+    low, high = bootstrap_ci(diff)
+    return f"({diff.mean():+.4f} [{low:+.4f}, {high:+.4f}])"
+
+
 def report(name: str, scores: dict, base: dict, errors: np.ndarray) -> str:
     cells = []
     for metric in STUDY_METRICS:
-        diff = np.subtract(scores[metric], base[metric])
-        low, high = bootstrap_ci(diff[None])
-        cells.append(f"{metric} {np.mean(scores[metric]):.4f} ({diff.mean():+.4f} [{low:+.4f}, {high:+.4f}])")
+        one_seed = np.asarray(scores[metric], dtype=float)[None]  # [1, objects]
+        cells.append(f"{metric} {one_seed.mean():.4f} {paired_difference(one_seed, base[metric])}")
     coordinates = ("xmin", "ymin", "zmin", "xmax", "ymax", "zmax")
     shift = " ".join(f"{c} {e:+.2f}" for c, e in zip(coordinates, errors.mean(0)))
     spread = " ".join(f"{c} {e:.2f}" for c, e in zip(coordinates, np.abs(errors).mean(0)))
@@ -78,12 +85,8 @@ def pooled(runs: list[dict], base: dict) -> str:
     cells = []
     for metric in STUDY_METRICS:
         scores = np.array([run[metric] for run in runs], dtype=float)  # [seeds, objects]
-        diff = scores - np.asarray(base[metric], dtype=float)[None]
-        (low, high), (diff_low, diff_high) = bootstrap_ci(scores), bootstrap_ci(diff)
-        cells.append(
-            f"{metric} {scores.mean():.4f} [{low:.4f}, {high:.4f}] "
-            f"({diff.mean():+.4f} [{diff_low:+.4f}, {diff_high:+.4f}])"
-        )
+        low, high = bootstrap_ci(scores)
+        cells.append(f"{metric} {scores.mean():.4f} [{low:.4f}, {high:.4f}] {paired_difference(scores, base[metric])}")
     return f"pooled over {len(runs)} seeds\n  " + "\n  ".join(cells)
 
 
