@@ -164,8 +164,9 @@ class RolloutConfig:
     mode: str = setting(
         "sync",
         "sync: each step's rollouts use the weights of the step before; one_step_off: step k+1's rollouts run "
-        "while the learner trains on step k (lag 1, needs max_staleness >= 1; the loss's ratio is to the "
-        "rollout's own log-probs, truncated at algo.max_is_weight)",
+        "while the learner trains on step k (lag 1, needs max_staleness >= 1; decoupled PPO: the ratio is clipped "
+        "around the learner's recomputed log-probs, each token weighed by min(pi_learner / pi_rollout, "
+        "algo.max_is_weight))",
         choices=("sync", "one_step_off"),
     )
     max_restarts: int = setting(
@@ -221,8 +222,9 @@ class AlgoConfig:
     kl_beta: float = setting(0.0, "beta of the k3 KL to a frozen reference (0: no reference model)", ">= 0")
     max_is_weight: float = setting(
         2.0,
-        "rollout.mode=one_step_off: the largest importance weight pi_theta / pi_rollout of a token's unclipped "
-        "loss term (truncated importance sampling, dual-clip PPO)",
+        "rollout.mode=one_step_off: the cap C of each token's importance weight min(pi_learner / pi_rollout, C), a "
+        "constant multiplier of its clipped term (truncated importance sampling: a token at the cap keeps its "
+        "gradient)",
         "> 0",
     )
 
@@ -267,12 +269,12 @@ class LearnerConfig:
     grad_accum: int = setting(1, "micro-batches accumulated per optimizer step", "> 0")
     micro_batch_size: int = setting(8, "samples per forward/backward on each learner worker", "> 0")
     epochs: int = setting(1, "optimization epochs over one rollout batch", "> 0")
-    recompute_old_logprobs: bool = setting(
-        False,
-        "GRCA/GRPO: recompute the old policy's log-probs with the learner (one more forward pass) instead of taking "
-        "the rollout's, and log their largest difference (onpolicy/max_abs_logprob_diff) and, one step off, the "
-        "importance weights; set it where the rollout engine's arithmetic differs from the learner's (vLLM in "
-        "bfloat16 on GPUs), so that the ratio starts at 1",
+    recompute_old_logprobs: bool | None = setting(
+        None,
+        "GRCA/GRPO: the learner recomputes the old policy's log-probs (one more forward pass) as the ratio's "
+        "denominator instead of taking the rollout's, and logs how far they differ (onpolicy/*_abs_logprob_diff); "
+        "null: whenever the rollout's arithmetic may differ from the learner's (policy.dtype below float32, a "
+        "rollout.vllm.dtype other than policy.dtype, rollout.mode=one_step_off), where false is refused",
     )
     max_failures: int = setting(
         3,
@@ -484,3 +486,27 @@ def data_settings(cfg: Config) -> DataSettings:
 def run_quant(cfg: Config) -> Quant:
     """The coordinate quantization of a run: prompts, targets, rewards and evaluation all use this one."""
     return Quant(bins=cfg.reward.bins)
+
+
+def recompute_reasons(cfg: Config) -> list[str]:
+    """Why the rollout's log-probs cannot be the ratio's denominator in this run (empty: they can): the rollout's
+    arithmetic may differ from the learner's, or the rollout policy is older than the learner's (policies/roles.py
+    states the precision contract)."""
+    reasons = []
+    if cfg.policy.dtype != "float32":
+        reasons.append(
+            f"policy.dtype={cfg.policy.dtype} (a KV-cached decode and the learner's full pass round differently)"
+        )
+    vllm_dtype = cfg.rollout.vllm.dtype
+    if cfg.rollout.backend == "vllm" and vllm_dtype not in ("auto", cfg.policy.dtype):
+        reasons.append(f"rollout.vllm.dtype={vllm_dtype} differs from policy.dtype={cfg.policy.dtype}")
+    if cfg.rollout.mode == "one_step_off":
+        reasons.append("rollout.mode=one_step_off (decoupled PPO clips around the learner's own log-probs)")
+    return reasons
+
+
+def recomputes_old_logprobs(cfg: Config) -> bool:
+    """Whether the learner scores the old policy itself: learner.recompute_old_logprobs, or when it is null, whether
+    `recompute_reasons` has any."""
+    chosen = cfg.learner.recompute_old_logprobs
+    return bool(recompute_reasons(cfg)) if chosen is None else chosen

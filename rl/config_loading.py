@@ -20,7 +20,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from rl.config import CHECKS, CONFIG_DIR, MOVED_KEYS, ROLLOUT_ALGORITHMS, Config, ConfigError
+from rl.config import CHECKS, CONFIG_DIR, MOVED_KEYS, ROLLOUT_ALGORITHMS, Config, ConfigError, recompute_reasons
 
 
 class _Loader(yaml.SafeLoader):
@@ -207,7 +207,37 @@ def _validated(layers: list[tuple[Any, str]]) -> Config:
             "sampling)",
             origins,
         )
+    _check_precision(cfg, origins)
     return cfg
+
+
+def _check_precision(cfg: Config, origins: dict[str, str]) -> None:
+    """The precision contract of policies/roles.py: what would train wrong in silence is refused in one line."""
+    dtype = cfg.policy.dtype
+    if dtype == "float16":
+        raise _fail(
+            "policy.dtype",
+            "is float16, whose small gradients underflow without loss scaling, which the learner does not do; use "
+            "bfloat16",
+            origins,
+        )
+    if dtype != "float32" and cfg.learner.strategy == "ddp" and cfg.policy.llm_mode == "full":
+        raise _fail(
+            "learner.strategy",
+            f"is ddp with policy.dtype={dtype} and policy.llm_mode=full: DDP would train the LLM's weights in "
+            f"{dtype}, where AdamW's small steps round away (a weight of 0.02 moves only in steps of 1.2e-4); set "
+            f"learner.strategy=fsdp2 (float32 master weights, {dtype} compute, any number of workers) or "
+            "policy.dtype=float32",
+            origins,
+        )
+    reasons = recompute_reasons(cfg)
+    if cfg.learner.recompute_old_logprobs is False and cfg.algo.name in ("grca", "grpo") and reasons:
+        raise _fail(
+            "learner.recompute_old_logprobs",
+            f"is false, but the rollout's log-probs cannot be the ratio's denominator here: {'; '.join(reasons)}; "
+            "set it to true or null",
+            origins,
+        )
 
 
 def describe(cfg: Config) -> str:

@@ -182,13 +182,15 @@ def warmup_config(cfg: Config) -> Config:
     )
 
 
-def held_out_answerer(cfg: Config, policy_dir: Path):
-    """The policy of `policy_dir` as an answerer with the run's evaluation settings (section eval), in this process."""
+def held_out_answerer(cfg: Config, policy_dir: Path, device: str | None = None):
+    """The policy of `policy_dir` as an answerer with the run's evaluation settings (section eval), in this process,
+    on the evaluation role's device (`policies.roles.process_device`; `device` overrides)."""
     from policies import PointVLM
+    from policies.roles import process_device
     from rl.evaluate import policy_answerer
 
     return policy_answerer(
-        PointVLM.from_pretrained(policy_dir).eval(),
+        PointVLM.from_pretrained(policy_dir).eval().to(process_device("evaluation", device)),
         batch_size=cfg.eval.batch_size,
         max_new_tokens=cfg.eval.max_new_tokens,
         greedy=cfg.eval.greedy,
@@ -197,13 +199,37 @@ def held_out_answerer(cfg: Config, policy_dir: Path):
     )
 
 
-def evaluate_policy(cfg: Config, policy_dir: Path, out: Path) -> dict:
-    from rl.evaluate import evaluate, write_report
+def evaluation_resources(cfg: Config) -> dict[str, float]:
+    """What the held-out evaluation takes between stages, when neither learner nor rollout workers hold anything:
+    the larger of their CPU reservations (Ray gives a task OMP_NUM_THREADS = its CPUs) and one GPU where either
+    role has GPUs, so that a 3B evaluation never decodes on the driver's CPUs."""
+    uses_gpus = cfg.rollout.gpus_per_worker > 0 or cfg.learner.use_gpu
+    return {
+        "num_cpus": max(cfg.rollout.cpus_per_worker, cfg.learner.cpus_per_worker),
+        "num_gpus": 1.0 if uses_gpus else 0.0,
+    }
 
+
+def _evaluate_report(config: dict, policy_dir: str) -> dict:
+    """The body of the evaluation task: the report of `evaluate_policy`, computed where Ray placed the task."""
+    from rl.config_loading import config_from_dict
+    from rl.evaluate import evaluate
+
+    cfg = config_from_dict(config)
     samples = held_out_samples(cfg)
-    report = evaluate(held_out_answerer(cfg, policy_dir), samples, run_quant(cfg), reliance=cfg.eval.reliance)
+    report = evaluate(held_out_answerer(cfg, Path(policy_dir)), samples, run_quant(cfg), reliance=cfg.eval.reliance)
     source = f"{cfg.data.dir}:{cfg.eval.split}" if cfg.data.dir else f"generated with seed {cfg.data.seed + 1}"
-    report["meta"] = {"policy": str(policy_dir), "samples": len(samples), "held_out": source}
+    report["meta"] = {"policy": policy_dir, "samples": len(samples), "held_out": source}
+    return report
+
+
+def evaluate_policy(cfg: Config, policy_dir: Path, out: Path) -> dict:
+    """The held-out evaluation of `policy_dir` (a path every node reads: shared storage on a cluster), run by a Ray
+    task with `evaluation_resources`; the driver only writes the report it returns to `out`."""
+    from rl.evaluate import write_report
+
+    task = ray.remote(_evaluate_report).options(**evaluation_resources(cfg), max_retries=0)
+    report = ray.get(task.remote(config_to_dict(cfg), str(Path(policy_dir).resolve())))
     write_report(report, out)
     return report
 

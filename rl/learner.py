@@ -27,6 +27,7 @@ import torch.distributed as dist
 from torch.optim.lr_scheduler import LambdaLR
 
 from policies import PointVLM
+from policies.roles import process_device, stored_llm_dtype
 from rl.batches import LearnBatch
 from rl.config import policy_overrides
 from rl.config_loading import config_from_dict
@@ -124,14 +125,25 @@ def _sum_over_ranks(count: int, world: int, device: torch.device) -> int:
     return int(total)
 
 
-def load_reference(cfg, policy_dir) -> PointVLM | None:
-    """The frozen initial policy that DPO and a KL term compare against, in the policy's LLM dtype and fusion (so that
-    reference and policy log-probs come from the same arithmetic); None when the algorithm needs none."""
+def learner_overrides(cfg) -> dict:
+    """`policy_overrides` with the dtype the learner stores the LLM in (`policies.roles.stored_llm_dtype`: float32
+    masters under FSDP2), so that the weights AdamW updates can take its small steps."""
+    sharded = cfg.learner.strategy == "fsdp2"
+    return {**policy_overrides(cfg), "llm_dtype": stored_llm_dtype(cfg.policy.dtype, sharded)}
+
+
+def load_reference(cfg, policy_dir, device: torch.device, world: int) -> PointVLM | None:
+    """The frozen initial policy that DPO and a KL term compare against, stored, sharded and computing as the
+    learner's policy (its LLM dtype, fusion and FSDP2 precision), so that at step 0 the two score every token alike;
+    None when the algorithm needs none. Under FSDP2 every rank must call it (it shards)."""
     if cfg.algo.name not in NEEDS_REFERENCE and cfg.algo.kl_beta == 0:
         return None
-    overrides = policy_overrides(cfg)
+    overrides = learner_overrides(cfg)
     same = {key: overrides[key] for key in ("llm_dtype", "fusion") if key in overrides}
-    return PointVLM.from_pretrained(policy_dir, **same).eval()
+    reference = PointVLM.from_pretrained(policy_dir, **same).eval().requires_grad_(False)
+    if cfg.learner.strategy == "fsdp2":
+        shard_policy(reference, device, world, cfg.policy.dtype)
+    return reference.to(device)
 
 
 def _mean_over_ranks(stats: dict[str, float], world: int, device: torch.device) -> dict[str, float]:
@@ -152,7 +164,7 @@ def _save_checkpoint(policy: PointVLM, optimizer, scheduler, state: dict, direct
 def _restore(cfg, loop_config: dict, world: int):
     """The policy (sharded under FSDP2), its scorer, optimizer, LR schedule and progress: from the newest checkpoint
     when there is one, else from the stage's initial policy."""
-    device, sharded = ray.train.torch.get_device(), cfg.learner.strategy == "fsdp2"
+    device, sharded = process_device("learner"), cfg.learner.strategy == "fsdp2"
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else tempfile.TemporaryDirectory() as resume_dir:
         resume_dir, resumed = Path(resume_dir), checkpoint is not None
@@ -164,11 +176,11 @@ def _restore(cfg, loop_config: dict, world: int):
             )
         # a DDP checkpoint holds the whole policy; an FSDP2 one its shards, read over the stage's initial policy
         policy_dir = resume_dir / "policy" if resumed and not sharded else loop_config["policy_dir"]
-        policy = PointVLM.from_pretrained(policy_dir, **policy_overrides(cfg))
+        policy = PointVLM.from_pretrained(policy_dir, **learner_overrides(cfg))
         if cfg.learner.activation_checkpointing:
             enable_activation_checkpointing(policy)
         if sharded:
-            shard_policy(policy, device, world, mixed_precision=device.type == "cuda")
+            shard_policy(policy, device, world, cfg.policy.dtype)
             scorer = ResponseScorer(policy, cfg.learner.logprob_chunk)
         else:
             scorer = ray.train.torch.prepare_model(
@@ -178,13 +190,20 @@ def _restore(cfg, loop_config: dict, world: int):
         trainable = [p for p in policy.parameters() if p.requires_grad]
         optimizer, scheduler = make_optimizer(trainable, cfg)
         if resumed:
-            saved = torch.load(resume_dir / ("schedule.pt" if sharded else "optimizer.pt"), weights_only=True)
+            saved = read_saved(resume_dir / ("schedule.pt" if sharded else "optimizer.pt"), device)
             if sharded:
                 load_sharded(policy, optimizer, resume_dir / "shards")
             else:
                 optimizer.load_state_dict(saved["optimizer"])
             scheduler.load_state_dict(saved["scheduler"])
     return policy, scorer, optimizer, scheduler, trainable, state
+
+
+def read_saved(path: Path, device: torch.device) -> dict:
+    """A `torch.save`d optimizer or schedule state, onto this rank's `device`: the file records the saving rank's
+    devices, and Ray Train shows every rank all the GPUs of its node, so without `map_location` every rank would
+    load it onto cuda:0."""
+    return torch.load(path, map_location=device, weights_only=True)
 
 
 def _publish(policy: PointVLM, rank: int, world: int, sharded: bool, sync: WeightSync, send) -> None:
@@ -252,9 +271,7 @@ def learner_loop(loop_config: dict) -> None:
     torch.manual_seed(cfg.run.seed + rank)
     sharded = cfg.learner.strategy == "fsdp2"
     policy, scorer, optimizer, scheduler, trainable, state = _restore(cfg, loop_config, world)
-    reference = load_reference(cfg, loop_config["policy_dir"])
-    if reference is not None:
-        reference.to(policy.device)
+    reference = load_reference(cfg, loop_config["policy_dir"], policy.device, world)
     accumulator = Accumulator(optimizer, trainable, cfg.learner.grad_accum, cfg.learner.grad_clip)
     start, skipped_steps = state["step"], state.get("skipped_steps", 0)
     publish = partial(_publish, policy, rank, world, sharded, WeightSync(cfg.sync.transport, cfg.sync.bucket_mb))

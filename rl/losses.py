@@ -60,22 +60,28 @@ def clipped_surrogate_loss(
     mask: Tensor,
     clip_eps: float = DEFAULT_CLIP_EPS,
     clip_eps_high: float | None = None,
-    max_ratio: float | None = None,
+    is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """-min(ratio A, clip(ratio, 1 - eps, 1 + eps_high) A), reduced by `mean_of_sample_means`.
 
-    `clip_eps_high` defaults to `clip_eps` (symmetric). `max_ratio` truncates the importance weight of the unclipped
-    term (dual-clip PPO, Ye et al. 2020): where the rollout came from an older policy (`rollout.mode=one_step_off`)
-    the ratio to it starts away from 1, and a token with a negative advantage and a large ratio would otherwise
-    weigh without bound. Stats over response tokens: `clip_fraction` (the clipped term is the smaller one, so the
-    token gets no gradient), `approx_kl` (mean of old - new log-prob), `ratio_mean`."""
+    `clip_eps_high` defaults to `clip_eps` (symmetric). `is_weights` (N, T), for rollouts from an older policy
+    (`rollout.mode=one_step_off`): decoupled PPO (Hilton et al. 2022, "Batch size-invariance for policy
+    optimization"; AReaL): `old_logprobs` are then the proximal policy's (the learner's current weights, recomputed),
+    the ratio is clipped around it, and each token's term is multiplied by its truncated importance weight
+    pi_prox / pi_rollout (`truncated_importance_weights`), a constant, so that a token at the cap keeps its
+    gradient. Stats over response tokens: `clip_fraction` (the clipped term is the smaller one, so the token gets no
+    gradient), `approx_kl` (mean of old - new log-prob), `ratio_mean`."""
     _check_token_tensors(mask, logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages)
     high = clip_eps if clip_eps_high is None else clip_eps_high
     log_ratio = _masked(logprobs - old_logprobs, mask)
     ratio = log_ratio.exp()  # eq. 15: rho_t = pi_theta / pi_old
-    unclipped = (ratio if max_ratio is None else ratio.clamp(max=max_ratio)) * advantages
+    unclipped = ratio * advantages
     clipped = ratio.clamp(1.0 - clip_eps, 1.0 + high) * advantages
-    loss = mean_of_sample_means(-torch.minimum(unclipped, clipped), mask)
+    surrogate = torch.minimum(unclipped, clipped)
+    if is_weights is not None:
+        _check_token_tensors(mask, is_weights=is_weights)
+        surrogate = is_weights.detach() * surrogate
+    loss = mean_of_sample_means(-surrogate, mask)
     with torch.no_grad():
         stats = {
             "clip_fraction": _masked_token_mean((clipped < unclipped).float(), mask),
@@ -85,20 +91,22 @@ def clipped_surrogate_loss(
     return loss, stats
 
 
-def importance_weight_stats(
-    logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor, max_weight: float
-) -> dict[str, float]:
-    """How far the rollout policy is from the policy about to be trained: the per-token importance weights
-    pi_theta / pi_rollout over the response tokens, their mean and max, and the fraction above `max_weight` (which
-    the loss truncates)."""
-    _check_token_tensors(mask, logprobs=logprobs, rollout_logprobs=rollout_logprobs)
-    weights = _masked(logprobs - rollout_logprobs, mask).exp()
+# truncated importance sampling (Espeholt et al. 2018, IMPALA's rho-bar): min(pi_prox / pi_rollout, C)
+def truncated_importance_weights(
+    prox_logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor, max_weight: float
+) -> tuple[Tensor, dict[str, float]]:
+    """The per-token weights min(pi_prox / pi_rollout, `max_weight`) (N, T) that correct a stale rollout's tokens
+    towards the proximal policy (1 off the mask), and their statistics before truncation over the response
+    tokens: mean, max and the fraction above `max_weight`."""
+    _check_token_tensors(mask, prox_logprobs=prox_logprobs, rollout_logprobs=rollout_logprobs)
+    weights = _masked(prox_logprobs - rollout_logprobs, mask).exp()
     on = mask.bool()
-    return {
+    stats = {
         "offpolicy/is_weight_mean": _masked_token_mean(weights, mask),
         "offpolicy/is_weight_max": float(weights[on].max()) if on.any() else 1.0,
         "offpolicy/is_truncated_fraction": _masked_token_mean((weights > max_weight).float(), mask),
     }
+    return weights.clamp(max=max_weight), stats
 
 
 def k3_kl(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor) -> Tensor:

@@ -28,20 +28,24 @@ def decoder_layers(base: nn.Module) -> list[nn.Module]:
     return layers
 
 
-def shard_policy(policy: nn.Module, device: torch.device, world: int, mixed_precision: bool = False) -> None:
+def shard_policy(policy: nn.Module, device: torch.device, world: int, compute_dtype: str = "float32") -> None:
     """FSDP2 in place: each LLM decoder layer its own group (gathered only while it runs), then the policy root
-    (encoders, projectors, embeddings, head). `mixed_precision` (GPU): the decoder layers compute in bfloat16 and
-    reduce gradients in float32; the encoders keep float32, as in the rollout workers."""
+    (encoders, projectors, embeddings, head). The parameters stay as stored (the learner's float32 masters,
+    `policies.roles.stored_llm_dtype`); with `compute_dtype` below float32 the decoder layers are gathered and
+    compute in it and reduce their gradients in float32, while the root computes in float32 (the encoders as in
+    every role; the embeddings and output head too, which keeps the log-softmax over the vocabulary exact)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard, register_fsdp_forward_method
+
+    from policies.inputs import LLM_DTYPES
 
     if device.type == "cuda":
         torch.cuda.set_device(device)
     policy.to(device)
     mesh = init_device_mesh(device.type, (world,))
     layer_precision = (
-        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-        if mixed_precision
+        MixedPrecisionPolicy(param_dtype=LLM_DTYPES[compute_dtype], reduce_dtype=torch.float32)
+        if compute_dtype != "float32"
         else MixedPrecisionPolicy()
     )
     for layer in decoder_layers(base_llm(policy.llm, policy.config.llm_mode)):

@@ -10,17 +10,17 @@ import torch
 from policies import PointVLM
 from policies.reconstruction import random_patch_mask
 from rl.batches import LearnBatch, alignment_targets
-from rl.config import ALIGN_CATEGORIES, recon_weight, run_quant
+from rl.config import ALIGN_CATEGORIES, recomputes_old_logprobs, recon_weight, run_quant
 from rl.losses import (
     clipped_surrogate_loss,
     cloud_alignment_loss,
     dpo_loss,
-    importance_weight_stats,
     kl_penalty,
     masked_sample_sum,
     nll_loss,
     patch_reconstruction_loss,
     spa_loss,
+    truncated_importance_weights,
 )
 from rl.sharding import (
     clip_gradients,
@@ -126,17 +126,20 @@ def policy_gradient_update(scorer, policy, reference, batch: LearnBatch, cfg, ac
     # every log-prob at the sampling temperature, so that the ratio's denominator is the policy that sampled
     temperature, size, chunk = cfg.rollout.temperature, cfg.learner.micro_batch_size, cfg.learner.logprob_chunk
     ref = sequence_logprobs(reference, prompts, owners, ids, mask, size, temperature, chunk) if reference else None
-    # the behaviour policy's log-probs are the rollout's; one_step_off, that policy is one version older than the
-    # learner's, so the ratio starts away from 1 and is truncated
-    off_policy = cfg.rollout.mode == "one_step_off"
-    behaviour, max_ratio, stats, losses = rollout_logprobs, (cfg.algo.max_is_weight if off_policy else None), {}, []
-    if cfg.learner.recompute_old_logprobs:
-        old = sequence_logprobs(policy, prompts, owners, ids, mask, size, temperature, chunk)
-        stats["onpolicy/max_abs_logprob_diff"] = float(((old - rollout_logprobs).abs() * mask).max())
-        if off_policy:
-            stats.update(importance_weight_stats(old, rollout_logprobs, mask, cfg.algo.max_is_weight))
-        else:
-            behaviour = old
+    # the ratio's denominator: the rollout's own log-probs where its arithmetic is the learner's, else the learner's
+    # recomputation (rl.config.recomputes_old_logprobs); one_step_off, that recomputation is the proximal policy of
+    # decoupled PPO and each token is weighed by its truncated importance weight to the one-version-older rollout
+    behaviour, is_weights, stats, losses = rollout_logprobs, None, {}, []
+    if recomputes_old_logprobs(cfg):
+        behaviour = sequence_logprobs(policy, prompts, owners, ids, mask, size, temperature, chunk)
+        gap = (behaviour - rollout_logprobs).abs() * mask
+        stats["onpolicy/max_abs_logprob_diff"] = float(gap.max())
+        stats["onpolicy/mean_abs_logprob_diff"] = float(gap.sum() / mask.sum().clamp(min=1))
+        if cfg.rollout.mode == "one_step_off":
+            is_weights, is_stats = truncated_importance_weights(
+                behaviour, rollout_logprobs, mask, cfg.algo.max_is_weight
+            )
+            stats.update(is_stats)
     for _ in range(cfg.learner.epochs):
         chunks = micro_batches(len(ids), size)
         accumulator.epoch(len(chunks))
@@ -151,7 +154,7 @@ def policy_gradient_update(scorer, policy, reference, batch: LearnBatch, cfg, ac
                 mask[rows],
                 cfg.algo.clip_eps,
                 cfg.algo.clip_eps_high,
-                max_ratio,
+                None if is_weights is None else is_weights[rows],
             )
             loss, info = with_reconstruction(loss, info, extras, cfg)
             if ref is not None:

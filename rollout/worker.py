@@ -16,6 +16,7 @@ import torch
 
 from data3d import Sample
 from policies import PointVLM
+from policies.roles import process_device
 from rollout.batching import policy_inputs
 from rollout.engine import RolloutBatch, RolloutEngine, SamplingConfig, concat_batches, split_evenly
 from rollout.hf_engine import HFEngine
@@ -47,7 +48,9 @@ class RolloutWorker:
     """One policy copy and its engine. Use it as a Ray actor through `make_rollout_workers`; `policy_dir` must be
     readable where the actor runs. `policy_overrides` replace saved config fields (`PointVLM.from_pretrained`),
     e.g. the learner's llm_mode, so that the published trainable tensors fit. `torch_threads` caps torch's
-    intra-op threads so that actors sharing CPUs do not oversubscribe them."""
+    intra-op threads so that actors sharing CPUs do not oversubscribe them. The policy's modules (the whole policy
+    with `hf`; the encoders, projectors and embedding table that build vLLM's prompt embeddings with `vllm`) live
+    on the GPU Ray assigned to this actor, else on the CPU (`policies.roles.process_device`; `device` overrides)."""
 
     def __init__(
         self,
@@ -57,9 +60,11 @@ class RolloutWorker:
         version: int = 0,
         policy_overrides: dict | None = None,
         engine_options: dict | None = None,
+        device: str | None = None,
     ):
         torch.set_num_threads(torch_threads)
-        self.policy = PointVLM.from_pretrained(policy_dir, **(policy_overrides or {})).eval()
+        self.device = process_device("rollout", device)
+        self.policy = PointVLM.from_pretrained(policy_dir, **(policy_overrides or {})).eval().to(self.device)
         self.engine = make_engine(backend, self.policy, policy_dir, version, **(engine_options or {}))
 
     def ping(self) -> bool:

@@ -170,9 +170,13 @@ def test_warmup_and_schedule_advance_once_per_rl_step(samples):
     assert logged == pytest.approx(expected) and used == pytest.approx([lr for lr in expected for _ in range(2)])
 
 
-def test_the_reference_model_takes_the_policy_dtype(tmp_path):
+def test_the_reference_model_is_stored_as_the_learners_policy(tmp_path):
     build_tiny_policy(out_dir=tmp_path / "policy")  # saved in float32
-    assert load_reference(config(), tmp_path / "policy") is None  # GRPO without a KL term needs none
-    reference = load_reference(config("algo.name=dpo", "policy.dtype=bfloat16"), tmp_path / "policy")
+    cpu = torch.device("cpu")
+    assert load_reference(config(), tmp_path / "policy", cpu, 1) is None  # GRPO without a KL term needs none
+    # a DDP learner in bfloat16 trains LoRA adapters over a bfloat16 base: the reference is that base
+    lora = config("algo.name=dpo", "policy.dtype=bfloat16", "policy.llm_mode=lora")
+    reference = load_reference(lora, tmp_path / "policy", cpu, 1)
     assert reference.llm.dtype == torch.bfloat16 and not reference.training
-    assert load_reference(config("algo.kl_beta=0.01"), tmp_path / "policy").llm.dtype == torch.float32
+    assert not any(p.requires_grad for p in reference.parameters())
+    assert load_reference(config("algo.kl_beta=0.01"), tmp_path / "policy", cpu, 1).llm.dtype == torch.float32
