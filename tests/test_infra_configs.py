@@ -181,3 +181,63 @@ def test_every_node_mounts_the_shared_storage_where_the_jobs_keep_their_paths(cl
         for container in pod["containers"]:
             mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
             assert "persistentVolumeClaim" in volumes[mounts[SHARED]]
+
+
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) of each instruction of a Dockerfile, strictly: comment lines and blank lines
+    dropped, `\\` continuations joined; an unknown or lower-case instruction or a heredoc fails the test."""
+    keywords = {"FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME", "USER"}
+    keywords |= {"WORKDIR", "ARG", "ONBUILD", "STOPSIGNAL", "HEALTHCHECK", "SHELL"}
+    instructions, pending = [], ""
+    for line in path.read_text().splitlines():
+        if not pending and (not line.strip() or line.lstrip().startswith("#")):
+            continue
+        pending += line.rstrip()
+        if pending.endswith("\\"):
+            pending = pending[:-1] + " "
+            continue
+        keyword, _, arguments = pending.strip().partition(" ")
+        assert keyword in keywords and "<<" not in arguments, pending
+        instructions.append((keyword, arguments.strip()))
+        pending = ""
+    assert not pending, f"{path}: ends inside a continued line"
+    return instructions
+
+
+def pip_installs(commands: list[str]) -> list[list[str]]:
+    """The arguments of each `pip install` in shell commands, options without a value (--quiet) dropped."""
+    installs = []
+    for command in commands:
+        for part in command.split("&&"):
+            words = shlex.split(part)
+            if words[:2] == ["pip", "install"]:
+                installs.append([w for w in words[2:] if w == "-e" or not w.startswith("-")])
+    return installs
+
+
+def test_the_dockerfile_builds_the_cluster_image_with_the_checkout_installed_as_the_cluster_installs_it(cluster_yaml):
+    instructions = dockerfile_instructions(INFRA / "Dockerfile")
+    assert [args for keyword, args in instructions if keyword == "FROM"] == [cluster_yaml["docker"]["image"]]
+    assert instructions[0][0] == "FROM"
+    checkout = next(iter(cluster_yaml["file_mounts"]))
+    for keyword, args in instructions:
+        if keyword in ("COPY", "ADD"):
+            words = [w for w in shlex.split(args) if not w.startswith("--")]
+            assert "--from" not in args and all((ROOT / src).exists() for src in words[:-1]), args
+            assert words == [".", checkout]  # the checkout, where cluster.yaml mounts it
+    # torch pinned first, then the project with its gpu extra: the install of cluster.yaml's setup_commands
+    runs = [args for keyword, args in instructions if keyword == "RUN"]
+    assert pip_installs(runs) == pip_installs(cluster_yaml["setup_commands"])
+    assert pip_installs(runs) == [["torch==2.13.0"], ["-e", f"{checkout}[gpu]"]]
+    # what never travels to the nodes stays out of the build context too
+    lines = (ROOT / ".dockerignore").read_text().splitlines()
+    ignored = {line.strip().removeprefix("**/") for line in lines if not line.startswith("#")}
+    assert set(cluster_yaml["rsync_exclude"]) <= ignored
+
+
+def test_the_rayjob_runs_the_image_its_documented_build_command_tags(rayjob):
+    build = commented_command(INFRA / "rayjob.yaml", "docker build")
+    assert build == commented_command(INFRA / "Dockerfile", "docker build")  # one command, documented in both
+    dockerfile, tag, context = build[build.index("-f") + 1], build[build.index("-t") + 1], build[-1]
+    assert (ROOT / dockerfile) == INFRA / "Dockerfile" and context == "."  # from the repository root
+    assert {c["image"] for pod in pod_specs(rayjob) for c in pod["containers"]} == {tag}
