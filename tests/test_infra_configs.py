@@ -241,3 +241,15 @@ def test_the_rayjob_runs_the_image_its_documented_build_command_tags(rayjob):
     dockerfile, tag, context = build[build.index("-f") + 1], build[build.index("-t") + 1], build[-1]
     assert (ROOT / dockerfile) == INFRA / "Dockerfile" and context == "."  # from the repository root
     assert {c["image"] for pod in pod_specs(rayjob) for c in pod["containers"]} == {tag}
+
+
+def test_the_gpu_extra_installs_only_packages_the_code_imports_lazily():
+    extra = [re.match(r"[A-Za-z0-9_.-]+", d).group() for d in PYPROJECT["project"]["optional-dependencies"]["gpu"]]
+    assert "deepspeed" not in extra  # FSDP2 is the sharded strategy; nothing imports DeepSpeed
+    include = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+    sources = [f.read_text() for pattern in include for f in ROOT.glob(f"{pattern.rstrip('*')}/**/*.py")]
+    for package in extra:
+        module = package.lower().replace("-", "_")
+        # indented: inside a function, so a CPU install without the extra still imports the package
+        lazily = re.compile(rf"^[ \t]+(import|from) {module}\b", re.M)
+        assert any(lazily.search(source) for source in sources), package
