@@ -26,9 +26,7 @@ from rl.batches import (
 )
 from rl.config import Config, ConfigError, policy_overrides, run_quant, scalar_reward_weights
 from rl.metrics import MetricsLog
-from rl.placement import (
-    uses_rollouts,
-)
+from rl.placement import takes_turns_on_gpus, uses_rollouts
 from rl.viz import pictures_to_draw
 
 
@@ -116,7 +114,8 @@ class Controller:
             else []
         )
         # colocated vLLM gives the GPU memory back while the learner trains on the same GPU
-        self.sleeps = bool(self.workers) and cfg.placement.mode == "colocated" and cfg.rollout.backend == "vllm"
+        self.engines = EngineTurns(lambda name: call_engines(self.workers, name), takes_turns_on_gpus(cfg))
+        self.engines.sleep()  # the learner loads its policy onto the GPUs next; its first publication wakes them
         self.reward_fn = (
             make_reward_fn(
                 cfg.reward.mode, cfg.reward.url, cfg.reward.timeout_s, cfg.reward.replicas, cfg.reward.cpus_per_replica
@@ -143,6 +142,7 @@ class Controller:
 
         began = time.perf_counter()
         self.version, self.published = version, weights
+        self.engines.wake()  # weights load only into an engine that is awake (a restored learner's rollback too)
         self._on_workers("weight sync", lambda: relay(self.workers, version, weights, rollback))
         return time.perf_counter() - began
 
@@ -232,8 +232,7 @@ class Controller:
             return target_batch(step, self.version, samples, self.quant, corrupted), {}
         began = time.perf_counter()
         rollout = self._rollout(step)
-        if self.sleeps:
-            call_engines(self.workers, "sleep")  # until finish_step: the learner has the GPU
+        self.engines.sleep()  # until the next publication: the learner has the GPU
         rolled = time.perf_counter()
         results = score_rollouts(rollout, samples, self.reward_fn, self.quant)
         scored = time.perf_counter()
@@ -294,8 +293,6 @@ class Controller:
 
     def finish_step(self, step: int, learner_stats: dict[str, float], weights) -> None:
         """After the update: publish version step + 1 to the rollout workers, then record the step's metrics."""
-        if self.sleeps:
-            call_engines(self.workers, "wake_up")  # weights can only be loaded into an engine that is awake
         sync = self.publish(step + 1, weights)
         metrics = {
             **self.step_metrics,
@@ -310,6 +307,26 @@ class Controller:
             metrics.update(scores)
         echo = (step + 1) % self.cfg.run.log_every == 0 or step + 1 == self.cfg.run.steps
         self.log.log(step, metrics, echo=echo, images=pictures)
+
+
+class EngineTurns:
+    """The rollout side of a GPU that a colocated learner shares, one step in order: the engines roll out, sleep
+    (vLLM level 1: weights to host memory, KV cache freed), the learner takes the GPU, trains and hands it back
+    (rl.sharding.move_learner) before it publishes, then the engines wake and the new weights load. `call(name)` runs
+    `engine.<name>()` on every rollout worker; without `sleeps` (disaggregated, or the HF engine) nothing is called."""
+
+    def __init__(self, call, sleeps: bool):
+        self.call, self.sleeps, self.awake = call, sleeps, True
+
+    def sleep(self) -> None:
+        if self.sleeps and self.awake:
+            self.call("sleep")
+            self.awake = False
+
+    def wake(self) -> None:
+        if self.sleeps and not self.awake:
+            self.call("wake_up")
+            self.awake = True
 
 
 def rollout_threads(cpus: float) -> int:

@@ -16,6 +16,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -31,10 +32,12 @@ from policies.roles import process_device, stored_llm_dtype
 from rl.batches import LearnBatch
 from rl.config import policy_overrides
 from rl.config_loading import config_from_dict
+from rl.placement import takes_turns_on_gpus
 from rl.sharding import (
     enable_activation_checkpointing,
     full_state,
     load_sharded,
+    move_learner,
     published_state,
     save_sharded,
     shard_policy,
@@ -206,13 +209,20 @@ def read_saved(path: Path, device: torch.device) -> dict:
     return torch.load(path, map_location=device, weights_only=True)
 
 
-def _publish(policy: PointVLM, rank: int, world: int, sharded: bool, sync: WeightSync, send) -> None:
+def _publish(policy: PointVLM, rank: int, world: int, sharded: bool, sync: WeightSync, release, send: Callable) -> None:
     """Rank 0 puts the whole trainable tensors (on the CPU) into the object store and hands the controller their
-    refs through `send(published)`; under FSDP2 every rank takes part in gathering them. Every rank returns once the
-    workers hold them, so that none asks for the next batch before its rollouts can use the new version."""
+    refs through `send(published)`; under FSDP2 every rank takes part in gathering them. `release` (colocated vLLM:
+    `rl.sharding.move_learner` to the CPU), when given, runs on every rank before anything is sent, since sending wakes the
+    engines that share these GPUs. Every rank returns once the workers hold the weights, so that none asks for the
+    next batch before its rollouts can use the new version."""
     weights = published_state(policy) if sharded or rank == 0 else None
+    published = sync.put(weights) if rank == 0 else None
+    if release is not None:
+        release()
+        if world > 1:
+            dist.barrier()
     if rank == 0:
-        ray.get(send(sync.put(weights)))
+        ray.get(send(published))
     if world > 1:
         dist.barrier()
 
@@ -274,11 +284,18 @@ def learner_loop(loop_config: dict) -> None:
     reference = load_reference(cfg, loop_config["policy_dir"], policy.device, world)
     accumulator = Accumulator(optimizer, trainable, cfg.learner.grad_accum, cfg.learner.grad_clip)
     start, skipped_steps = state["step"], state.get("skipped_steps", 0)
-    publish = partial(_publish, policy, rank, world, sharded, WeightSync(cfg.sync.transport, cfg.sync.bucket_mb))
+    # colocated vLLM: the learner holds its GPU only between a batch (the engines asleep) and its publication
+    turns = takes_turns_on_gpus(cfg)
+    device = policy.device
+    release = partial(move_learner, policy, optimizer, reference, torch.device("cpu")) if turns else None
+    sync = WeightSync(cfg.sync.transport, cfg.sync.bucket_mb)
+    publish = partial(_publish, policy, rank, world, sharded, sync, release)
     publish(partial(controller.publish.remote, start, rollback=True))
     for step in range(start, cfg.run.steps):
         batch: LearnBatch = ray.get(controller.next_batch.remote(step, rank, world))
         began = time.perf_counter()
+        if turns:
+            move_learner(policy, optimizer, reference, device)
         lag = step - batch.version
         if lag > cfg.rollout.max_staleness:
             raise RuntimeError(

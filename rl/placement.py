@@ -65,6 +65,12 @@ def uses_rollouts(cfg: Config) -> bool:
     return cfg.algo.name in ROLLOUT_ALGORITHMS and not (cfg.algo.name == "dpo" and cfg.dpo.pairs_file)
 
 
+def takes_turns_on_gpus(cfg: Config) -> bool:
+    """Whether learner and rollout engines take turns on each GPU's memory (rl.controller.EngineTurns): colocated
+    vLLM engines sleep while the learner trains. A colocated HF rollout worker keeps its policy on the GPU."""
+    return cfg.placement.mode == "colocated" and cfg.rollout.backend == "vllm" and uses_rollouts(cfg)
+
+
 def check_config(cfg: Config) -> None:
     """The placement and sharding choices that cannot run whatever the cluster; raises ConfigError in one line."""
     share, colocated = cfg.rollout.gpus_per_worker, cfg.placement.mode == "colocated"
@@ -89,6 +95,26 @@ def check_config(cfg: Config) -> None:
             f"rollout.num_workers: {cfg.rollout.num_workers} with placement.mode=colocated and "
             f"learner.num_workers={cfg.learner.num_workers}; each GPU holds one of each, so they must be "
             "equal"
+        )
+    vllm = cfg.rollout.vllm
+    if cfg.rollout.backend == "vllm" and colocated and vllm.tensor_parallel_size > 1:
+        raise ConfigError(
+            f"rollout.vllm.tensor_parallel_size: {vllm.tensor_parallel_size} with placement.mode=colocated, where "
+            "each rollout worker has part of one GPU; use 1, or placement.mode=disaggregated with "
+            "rollout.gpus_per_worker equal to it"
+        )
+    if cfg.rollout.backend == "vllm" and colocated and vllm.gpu_memory_utilization > share:
+        raise ConfigError(
+            f"rollout.vllm.gpu_memory_utilization: {vllm.gpu_memory_utilization} with placement.mode=colocated and "
+            f"rollout.gpus_per_worker={share}; the engine may hold at most its share of the GPU's memory while it "
+            "is awake (the learner keeps its CUDA context and NCCL buffers in the rest); set it to at most "
+            f"{share}"
+        )
+    if cfg.rollout.backend == "vllm" and not colocated and 0 < share and share != vllm.tensor_parallel_size:
+        raise ConfigError(
+            f"rollout.gpus_per_worker: {share} with rollout.vllm.tensor_parallel_size="
+            f"{vllm.tensor_parallel_size}; a vLLM engine shards its LLM over exactly the GPUs its worker holds, "
+            "so they must be equal"
         )
     if cfg.learner.strategy == "fsdp2" and cfg.policy.llm_mode != "full":
         raise ConfigError(

@@ -123,3 +123,20 @@ def full_state(policy: nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def move_learner(
+    policy: nn.Module, optimizer: torch.optim.Optimizer, reference: nn.Module | None, device: torch.device
+) -> None:
+    """The learner's parameters (FSDP2's shards as they are sharded), AdamW's moments and the reference onto
+    `device`. A colocated learner moves them to the CPU before the rollout engines on its GPUs wake, freeing the CUDA
+    cache, and back after they sleep (rl.controller.EngineTurns says the order)."""
+    policy.to(device)
+    for state in optimizer.state.values():
+        for key, value in state.items():
+            if torch.is_tensor(value) and value.dim() > 0:  # AdamW's step counter stays where it is
+                state[key] = value.to(device)
+    if reference is not None:
+        reference.to(device)
+    if device.type == "cpu" and torch.cuda.is_available():
+        torch.cuda.empty_cache()

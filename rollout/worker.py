@@ -124,12 +124,13 @@ def make_rollout_workers(
     engine_options: dict | None = None,
     placement_group=None,
     max_restarts: int = 0,
+    device: str | None = None,
 ) -> list:
     """n `RolloutWorker` actors on the running Ray cluster, each loaded from `policy_dir` (with `policy_overrides`)
     at `version`; returns once all are up, so that a bad directory or a missing backend fails here rather than at
     the first rollout. With a reserved `placement_group` (rl.placement), worker i runs in its bundle i. A worker
     whose process dies is restarted by Ray up to `max_restarts` times, from `policy_dir` at `version`: whoever
-    holds newer weights must publish them to it again (rl.controller does)."""
+    holds newer weights must publish them to it again (rl.controller does). `device`: see `RolloutWorker`."""
     if n < 1:
         raise ValueError(f"make_rollout_workers: need n >= 1 workers, got {n}")
     if backend not in BACKENDS:
@@ -145,7 +146,7 @@ def make_rollout_workers(
             scheduling_strategy=None
             if placement_group is None
             else PlacementGroupSchedulingStrategy(placement_group, placement_group_bundle_index=i),
-        ).remote(str(policy_dir), backend, torch_threads, version, policy_overrides, engine_options)
+        ).remote(str(policy_dir), backend, torch_threads, version, policy_overrides, engine_options, device)
         for i in range(n)
     ]
     ray.get([w.ping.remote() for w in workers])

@@ -194,6 +194,7 @@ def where_rollouts_run(cfg, group, policy_dir) -> list[dict]:
         cfg.rollout.cpus_per_worker,
         gpus_per_worker=cfg.rollout.gpus_per_worker,
         placement_group=group,
+        device="cpu",  # the GPUs are logical: the policy stays on the CPU, placement is what is checked
     )
     try:
         return ray.get(
