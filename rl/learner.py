@@ -149,13 +149,32 @@ def load_reference(cfg, policy_dir, device: torch.device, world: int) -> PointVL
     return reference.to(device)
 
 
-def _mean_over_ranks(stats: dict[str, float], world: int, device: torch.device) -> dict[str, float]:
+def rank_terms(stats: dict[str, float], keys: list[str], rows: int) -> torch.Tensor:
+    """(2, K) float64: this rank's weight x value and weight of each of `keys`, to be summed over ranks. A `loss/*`
+    statistic weighs the rows (DPO: pairs) it was averaged over, any other one 1; a key the rank lacks weighs 0."""
+    weights = [(rows if key.startswith("loss/") else 1) if key in stats else 0 for key in keys]
+    values = [stats.get(key, 0.0) for key in keys]
+    return torch.tensor([[w * v for w, v in zip(weights, values)], weights], dtype=torch.float64)
+
+
+def weighted_means(keys: list[str], summed: torch.Tensor) -> dict[str, float]:
+    """Each key's mean over ranks from the summed `rank_terms`; a key no rank gave weight is left out (a 0 there
+    would read as a measured loss)."""
+    return {key: total / weight for key, (total, weight) in zip(keys, summed.T.tolist()) if weight > 0}
+
+
+def _mean_over_ranks(stats: dict[str, float], rows: int, world: int, device: torch.device) -> dict[str, float]:
+    """The step's statistics over ranks, each `loss/*` weighted by the rows (pairs) of the rank that measured it.
+    Ranks need not report the same keys (a DPO rank without pairs has no loss), so the key names are gathered first:
+    an all-reduce of tensors of different lengths aborts gloo."""
     if world == 1:
         return stats
-    keys = sorted(stats)
-    values = torch.tensor([stats[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(values)
-    return dict(zip(keys, (values / world).tolist()))
+    names: list[list[str]] = [[] for _ in range(world)]
+    dist.all_gather_object(names, sorted(stats))
+    keys = sorted(set().union(*names))
+    summed = rank_terms(stats, keys, rows).to(device)  # NCCL reduces only GPU tensors
+    dist.all_reduce(summed)
+    return weighted_means(keys, summed.cpu())
 
 
 def _save_checkpoint(policy: PointVLM, optimizer, scheduler, state: dict, directory: Path) -> None:
@@ -311,7 +330,7 @@ def learner_loop(loop_config: dict) -> None:
                 "time/learn": time.perf_counter() - began,
             }
         )
-        stats = _mean_over_ranks(stats, world, policy.device)
+        stats = _mean_over_ranks(stats, learning_rows(batch, cfg.algo.name), world, policy.device)
         publish(partial(controller.finish_step.remote, step, stats))
         if (step + 1) % cfg.checkpoint.every == 0 or step + 1 == cfg.run.steps:
             _checkpoint(
