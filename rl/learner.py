@@ -16,6 +16,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections import deque
 from functools import partial
 from pathlib import Path
 
@@ -187,13 +188,16 @@ def _restore(cfg, loop_config: dict, world: int):
     return policy, scorer, optimizer, scheduler, trainable, state
 
 
-def _publish(policy: PointVLM, rank: int, world: int, sharded: bool, sync: WeightSync, send) -> None:
-    """Rank 0 puts the whole trainable tensors (on the CPU) into the object store and hands the controller their
-    refs through `send(published)`; under FSDP2 every rank takes part in gathering them. Every rank returns once the
-    workers hold them, so that none asks for the next batch before its rollouts can use the new version."""
-    weights = published_state(policy) if sharded or rank == 0 else None
+def _publish(policy: PointVLM, rank: int, world: int, sync: WeightSync, send) -> None:
+    """Rank 0 streams the whole trainable tensors (on the CPU) into the object store, a bucket at a time, and hands
+    the controller their refs through `send(published)`; under FSDP2 every other rank runs the same gathers (its
+    generator yields nothing). Every rank returns once the workers hold them, so that none asks for the next batch
+    before its rollouts can use the new version."""
+    tensors = published_state(policy, rank)
     if rank == 0:
-        ray.get(send(sync.put(weights)))
+        ray.get(send(sync.put(tensors)))
+    else:
+        deque(tensors, maxlen=0)  # runs the gathers, keeps nothing
     if world > 1:
         dist.barrier()
 
@@ -257,7 +261,7 @@ def learner_loop(loop_config: dict) -> None:
         reference.to(policy.device)
     accumulator = Accumulator(optimizer, trainable, cfg.learner.grad_accum, cfg.learner.grad_clip)
     start, skipped_steps = state["step"], state.get("skipped_steps", 0)
-    publish = partial(_publish, policy, rank, world, sharded, WeightSync(cfg.sync.transport, cfg.sync.bucket_mb))
+    publish = partial(_publish, policy, rank, world, WeightSync(cfg.sync.transport, cfg.sync.bucket_mb))
     publish(partial(controller.publish.remote, start, rollback=True))
     for step in range(start, cfg.run.steps):
         batch: LearnBatch = ray.get(controller.next_batch.remote(step, rank, world))
