@@ -324,7 +324,11 @@ class SyncConfig:
         "ray (nccl and ipc need GPUs and vLLM's weight-transfer API: not built yet)",
         SYNC_TRANSPORTS,
     )
-    bucket_mb: float = setting(0.0, "object-store buckets of at most this many MiB per version (0: one object)", ">= 0")
+    # rank 0 then holds about one bucket on the host, not the model; 0 keeps a version one object (tiny models:
+    # vLLM's msgpack caps one reload at 4 GiB)
+    bucket_mb: float = setting(
+        512.0, "weights travel in buckets of at most this many MiB (a larger tensor alone); 0: one object", ">= 0"
+    )
 
 
 @dataclass

@@ -16,6 +16,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections import deque
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -228,14 +229,15 @@ def read_saved(path: Path, device: torch.device) -> dict:
     return torch.load(path, map_location=device, weights_only=True)
 
 
-def _publish(policy: PointVLM, rank: int, world: int, sharded: bool, sync: WeightSync, release, send: Callable) -> None:
-    """Rank 0 puts the whole trainable tensors (on the CPU) into the object store and hands the controller their
-    refs through `send(published)`; under FSDP2 every rank takes part in gathering them. `release` (colocated vLLM:
-    `rl.sharding.move_learner` to the CPU), when given, runs on every rank before anything is sent, since sending wakes the
-    engines that share these GPUs. Every rank returns once the workers hold the weights, so that none asks for the
-    next batch before its rollouts can use the new version."""
-    weights = published_state(policy) if sharded or rank == 0 else None
-    published = sync.put(weights) if rank == 0 else None
+def _publish(policy: PointVLM, rank: int, world: int, sync: WeightSync, release, send: Callable) -> None:
+    """Rank 0 streams the whole trainable tensors (on the CPU) into the object store, a bucket at a time, and hands
+    the controller their refs through `send(published)`; under FSDP2 every other rank runs the same gathers (its
+    generator yields nothing). `release` (colocated vLLM: `rl.sharding.move_learner` to the CPU), when given, runs
+    on every rank before anything is sent, since sending wakes the engines that share these GPUs. Every rank returns
+    once the workers hold the weights, so that none asks for the next batch before its rollouts can use the new
+    version."""
+    tensors = published_state(policy, rank)
+    published = sync.put(tensors) if rank == 0 else deque(tensors, maxlen=0)  # other ranks: the gathers, kept nowhere
     if release is not None:
         release()
         if world > 1:
@@ -308,7 +310,7 @@ def learner_loop(loop_config: dict) -> None:
     device = policy.device
     release = partial(move_learner, policy, optimizer, reference, torch.device("cpu")) if turns else None
     sync = WeightSync(cfg.sync.transport, cfg.sync.bucket_mb)
-    publish = partial(_publish, policy, rank, world, sharded, sync, release)
+    publish = partial(_publish, policy, rank, world, sync, release)
     publish(partial(controller.publish.remote, start, rollback=True))
     for step in range(start, cfg.run.steps):
         batch: LearnBatch = ray.get(controller.next_batch.remote(step, rank, world))

@@ -10,6 +10,7 @@ torch 2.13 APIs used: `torch.distributed.fsdp.fully_shard`, `register_fsdp_forwa
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -77,17 +78,19 @@ def clip_gradients(params: list[nn.Parameter], max_norm: float) -> float:
     return float(total)
 
 
-def published_state(policy: nn.Module) -> dict[str, torch.Tensor]:
-    """The trainable tensors whole and on the CPU (what the rollout workers load). With FSDP2 each is gathered from
-    the shards, a collective: every rank calls this, in the same order."""
+def published_state(policy: nn.Module, rank: int) -> Iterator[tuple[str, torch.Tensor]]:
+    """The trainable tensors whole and on the CPU (what the rollout workers load), one at a time, for
+    `WeightSync.put` to stream into the object store. With FSDP2 each is gathered from the shards as it comes, a
+    collective: every rank must run the generator to its end, in the same order; only rank 0 yields (copies to the
+    CPU), every other rank drops each gathered tensor at once and yields nothing."""
     from torch.distributed.tensor import DTensor
 
-    state = {}
     for name, param in policy.named_parameters():
         if param.requires_grad:
             tensor = param.detach()
-            state[name] = (tensor.full_tensor() if isinstance(tensor, DTensor) else tensor).cpu()
-    return state
+            whole = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+            if rank == 0:
+                yield name, whole.cpu()
 
 
 def save_sharded(policy: nn.Module, optimizer: torch.optim.Optimizer, directory: Path) -> None:

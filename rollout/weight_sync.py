@@ -1,7 +1,10 @@
 """The one seam through which the learner's weights reach the rollout workers, as numbered versions.
 
 Transport `ray` (the only one built): learner rank 0 puts the trainable CPU tensors into the object store itself
-(`WeightSync.put`), in buckets of at most `bucket_mb` MiB so that a large model is not one giant object, and hands
+(`WeightSync.put`), in buckets of at most `bucket_mb` MiB (`sync.bucket_mb`, 512 by default). It reads them one at a
+time from `rl.sharding.published_state` (under FSDP2 each is gathered whole as it comes, a collective every rank
+runs) and puts each bucket as soon as it is full, so rank 0's host holds about one bucket, never the whole model, and
+no object nears the object store's or msgpack's limits (a tensor larger than a bucket travels alone). It hands
 the controller a `Published`: ObjectRefs wrapped in a dataclass. Ray resolves only ObjectRefs passed as top-level
 arguments, so the 0.1-CPU controller relays the refs unread (`relay`) and every worker fetches the buckets itself
 (`fetch`), zero-copy from its node's shared memory, and its policy takes those read-only views as its parameters
@@ -20,6 +23,7 @@ GPUs and are not built; they are refused by name.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import ray
@@ -45,7 +49,7 @@ class WeightSync:
     """The learner's side: `put(state)` -> `Published`. A transport that is not built is refused here too, for a
     caller that bypasses the config's check."""
 
-    def __init__(self, transport: str = "ray", bucket_mb: float = 0.0):
+    def __init__(self, transport: str = "ray", bucket_mb: float = 512.0):
         if transport not in TRANSPORTS:
             raise ValueError(f"sync.transport: expected one of {', '.join(TRANSPORTS)}, got {transport!r}")
         if transport not in BUILT:
@@ -57,23 +61,25 @@ class WeightSync:
             raise ValueError(f"sync.bucket_mb: expected >= 0, got {bucket_mb}")
         self.transport, self.bucket_bytes = transport, int(bucket_mb * 2**20)
 
-    def put(self, state: dict[str, torch.Tensor]) -> Published:
-        buckets, current, size = [], [], 0
-        for name, tensor in state.items():
+    def put(self, tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> Published:
+        """`tensors` (a dict, or (name, tensor) pairs such as `rl.sharding.published_state`'s generator) into the
+        object store, each bucket put as soon as it is full: a generator is read one tensor at a time, so the host
+        holds about one bucket, never the model (with bucket_mb=0, the whole version is one object)."""
+        pairs = tensors.items() if isinstance(tensors, Mapping) else tensors
+        refs, names, nbytes, current, size = [], [], 0, [], 0
+        for name, tensor in pairs:
             entry = _encode(name, tensor)
             # a bucket closes before it would overflow; a tensor larger than a bucket travels alone
             if current and self.bucket_bytes and size + entry[3].nbytes > self.bucket_bytes:
-                buckets.append(current)
+                refs.append(ray.put(current))
                 current, size = [], 0
             current.append(entry)
             size += entry[3].nbytes
+            names.append(name)
+            nbytes += entry[3].nbytes
         if current:
-            buckets.append(current)
-        return Published(
-            buckets=tuple(ray.put(bucket) for bucket in buckets),
-            names=tuple(state),
-            nbytes=sum(entry[3].nbytes for bucket in buckets for entry in bucket),
-        )
+            refs.append(ray.put(current))
+        return Published(buckets=tuple(refs), names=tuple(names), nbytes=nbytes)
 
 
 def _encode(name: str, tensor: torch.Tensor) -> tuple:

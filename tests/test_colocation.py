@@ -70,7 +70,7 @@ def test_a_colocated_step_hands_the_gpu_over_in_order(local_ray):
         log.append(f"engine loads {len(published.names)} tensors")
         return ray.put(None)
 
-    publish = [policy, 0, 1, False, WeightSync(), release]
+    publish = [policy, 0, 1, WeightSync(), release]
     engines.sleep()  # the controller, once its engines are up: the learner loads its policy next
     _publish(*publish, send)  # the learner's first publication (a rollback after a restart)
     engines.sleep()  # step 0: rollouts done, the batch goes to the learner

@@ -86,7 +86,7 @@ def sharded_rank(rank: int, store: str, out: str, batch: LearnBatch) -> None:
         policy = build_tiny_policy(seed=0)
         shard_policy(policy, torch.device("cpu"), WORLD)
         optimizer, stats, grads = one_step(policy, cfg, batch.shard(rank, WORLD), WORLD)
-        stepped = published_state(policy)
+        stepped = dict(published_state(policy, rank))
         # a sharded checkpoint read back into a policy that starts elsewhere (another seed) and a fresh optimizer
         save_sharded(policy, optimizer, f"{out}/shards")
         restored = build_tiny_policy(seed=1)
@@ -97,7 +97,7 @@ def sharded_rank(rank: int, store: str, out: str, batch: LearnBatch) -> None:
             (a["exp_avg"].to_local() - b["exp_avg"].to_local()).abs().max().item()
             for a, b in zip(optimizer.state.values(), restored_optimizer.state.values(), strict=True)
         ]
-        reread = published_state(restored)
+        reread = dict(published_state(restored, rank))
         whole = full_state(policy)  # rank 0 gets it all
         if rank == 0:
             export = build_tiny_policy(seed=2)

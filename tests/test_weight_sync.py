@@ -1,9 +1,12 @@
-"""Weight sync on a real local Ray cluster: the learner puts the tensors into the object store, a real Controller
-relays only their refs, and each rollout worker fetches them itself and ends up with the learner's exact tensors,
-whole versions only (rollout/weight_sync.py)."""
+"""Weight sync on a real local Ray cluster: the learner puts the tensors into the object store, a bucket at a time as
+they come, a real Controller relays only their refs, and each rollout worker fetches them itself and ends up with the
+learner's exact tensors, whole versions only (rollout/weight_sync.py). Under FSDP2 (2 gloo ranks) only rank 0 yields
+the gathered tensors (rl/sharding.py: published_state)."""
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 
 ray = pytest.importorskip("ray")
 
@@ -13,8 +16,9 @@ from policies.vlm import VISION_PARTS  # noqa: E402
 from rl.config import SYNC_TRANSPORTS, ConfigError, policy_overrides  # noqa: E402
 from rl.config_loading import config_to_dict, load_config  # noqa: E402
 from rl.controller import Controller  # noqa: E402
+from rl.sharding import published_state, shard_policy  # noqa: E402
 from rollout import make_rollout_workers, policy_inputs  # noqa: E402
-from rollout.weight_sync import TRANSPORTS, Published, WeightSync  # noqa: E402
+from rollout.weight_sync import TRANSPORTS, Published, WeightSync, fetch  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +177,57 @@ def test_unbuilt_transports_are_refused_in_one_line():
         load_config("grca.yaml", ["sync.transport=nccl"])
     with pytest.raises(ValueError, match="sync.transport=ipc needs GPUs .* not built yet"):
         WeightSync("ipc")
+
+
+def test_a_generator_is_bucketed_as_it_is_read_and_no_bucket_exceeds_the_limit(setup, monkeypatch):
+    # 40 tensors of 1-40 KiB and one of 300 KiB, in buckets of at most 100 KiB
+    sizes = [1 + i for i in range(20)] + [300] + [21 + i for i in range(20)]
+    tensors = [(f"t{i}", torch.full((kib * 256,), float(i))) for i, kib in enumerate(sizes)]
+    taken, taken_at_put = [0], []
+
+    def stream():
+        for pair in tensors:
+            taken[0] += 1
+            yield pair
+
+    real_put = ray.put
+
+    def put(value):  # the real ray.put, recording how much of the generator had been read when it ran
+        taken_at_put.append(taken[0])
+        return real_put(value)
+
+    monkeypatch.setattr(ray, "put", put)
+    published = WeightSync(bucket_mb=100 / 1024).put(stream())
+    monkeypatch.undo()
+    buckets = ray.get(list(published.buckets))
+    limit = 100 * 2**10
+    sizes_of = [sum(e[3].nbytes for e in bucket) for bucket in buckets]
+    assert all(size <= limit or len(bucket) == 1 for size, bucket in zip(sizes_of, buckets))
+    assert [len(b) for b in buckets if sum(e[3].nbytes for e in b) > limit] == [1]  # the 300 KiB tensor, alone
+    # greedy: a bucket closed only because the next tensor would not fit
+    assert all(size + first[0][3].nbytes > limit for size, first in zip(sizes_of, buckets[1:]))
+    # lazily: each bucket was put when the tensor that overflowed it had been read, not after the whole stream
+    assert taken_at_put == [sum(map(len, buckets[: i + 1])) + 1 for i in range(len(buckets) - 1)] + [len(tensors)]
+    assert all(torch.equal(fetched, tensors[i][1]) for i, fetched in enumerate(fetch(published).values()))
+
+
+def published_on_rank(rank: int, store: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        policy = build_tiny_policy(seed=0)
+        shard_policy(policy, torch.device("cpu"), 2)
+        tensors = published_state(policy, rank)
+        kept = [(name, tensor) for name, tensor in tensors]  # every rank runs all the gathers, in order
+        torch.save(dict(kept), f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_under_fsdp2_only_rank_0_yields_the_gathered_tensors(tmp_path):
+    mp.spawn(published_on_rank, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2, join=True)
+    whole = build_tiny_policy(seed=0).trainable_state_dict()
+    on_rank0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    assert torch.load(tmp_path / "rank1.pt", weights_only=True) == {}  # rank 1 gathered, kept nothing
+    assert list(on_rank0) == list(whole)
+    assert all(t.device.type == "cpu" and torch.equal(t, whole[k]) for k, t in on_rank0.items())
