@@ -36,9 +36,9 @@ def sample_responses(
     The prompt is run once per prompt and its KV cache repeated n times: the n samples share their prefix (what
     `generate(num_return_sequences=n)` recomputes n times). Each token is drawn from softmax(logits / T) by
     `draw_tokens`, on torch's global generator, so a seed fixes the draws. The log-probs are those
-    of logits / T (greedy: of the raw logits), taken before the nucleus cut and before the stop tokens are suppressed
-    for the first `min_new_tokens` tokens: what `PointVLM.logprobs(..., temperature=T)` recomputes (RL refuses
-    top_p < 1 for that reason)."""
+    of logits / T (greedy: of the raw logits), taken before the nucleus cut (RL refuses top_p < 1 for that reason)
+    and after the stop tokens are suppressed for the first `min_new_tokens` tokens, the distribution each token was
+    drawn from, as vLLM reports it: what `PointVLM.logprobs(..., temperature=T, min_new_tokens=...)` recomputes."""
     if temperature <= 0 or not 0 < top_p <= 1:
         raise ValueError(f"need temperature > 0 and 0 < top_p <= 1, got temperature={temperature}, top_p={top_p}")
     if min_new_tokens > 0 and not stop_ids:
@@ -55,9 +55,9 @@ def sample_responses(
     tokens, logprobs = [], []
     for step in range(max_new_tokens):
         scores = logits / temperature
-        logprob = scores.log_softmax(-1)
         if step < min_new_tokens:
             scores[:, stop_ids] = float("-inf")
+        logprob = scores.log_softmax(-1)
         if do_sample and top_p < 1.0:
             scores = TopPLogitsWarper(top_p)(None, scores)
         token = draw_tokens(scores.softmax(-1)) if do_sample else scores.argmax(-1)
@@ -91,24 +91,41 @@ def stop_mask(ids: torch.Tensor, stop_ids: list[int]) -> torch.Tensor:
     return (stops_before == 0).long()
 
 
+def scored(logits: torch.Tensor, ids: torch.Tensor, start: int, suppress: tuple[int, list[int]]) -> torch.Tensor:
+    """log softmax(`logits`) (B, t, V) at `ids` (B, t), the logits of response positions start .. start + t - 1;
+    `suppress` = (min_new_tokens, stop_ids): the stop tokens' logits are -inf before position min_new_tokens, as
+    they were when those tokens were drawn (`sample_responses`, vLLM's min_tokens)."""
+    min_new_tokens, stop_ids = suppress
+    if start < min_new_tokens:
+        logits = logits.clone()
+        logits[:, : min_new_tokens - start, stop_ids] = float("-inf")
+    return logits.gather(-1, ids[..., None]).squeeze(-1) - logits.logsumexp(-1)
+
+
 def token_logprobs(
-    hidden: torch.Tensor, head: nn.Module, ids: torch.Tensor, temperature: float, chunk: int = 0
+    hidden: torch.Tensor,
+    head: nn.Module,
+    ids: torch.Tensor,
+    temperature: float,
+    chunk: int = 0,
+    suppress: tuple[int, list[int]] = (0, []),
 ) -> torch.Tensor:
-    """log softmax(head(hidden) / temperature) at `ids` (B, T). `chunk` > 0 scores that many positions at a time, and
-    with gradients each chunk runs under activation checkpointing, so its float32 logits are recomputed in backward
-    rather than kept: at most (B, chunk, vocabulary) of them exist at once, forward or backward."""
+    """log softmax(head(hidden) / temperature) at `ids` (B, T), the stops suppressed as `scored` says. `chunk` > 0
+    scores that many positions at a time, and with gradients each chunk runs under activation checkpointing, so its
+    float32 logits are recomputed in backward rather than kept: at most (B, chunk, vocabulary) of them exist at
+    once, forward or backward."""
     from torch.utils.checkpoint import checkpoint
 
-    def score(h: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
-        logits = head(h).float() / temperature
-        return logits.gather(-1, i[..., None]).squeeze(-1) - logits.logsumexp(-1)
+    def score(h: torch.Tensor, i: torch.Tensor, start: int) -> torch.Tensor:
+        return scored(head(h).float() / temperature, i, start, suppress)
 
     if not chunk:
-        return score(hidden, ids)
+        return score(hidden, ids, 0)
     parts = []
     for start in range(0, ids.shape[1], chunk):
         h, i = hidden[:, start : start + chunk], ids[:, start : start + chunk]
-        parts.append(checkpoint(score, h, i, use_reentrant=False) if torch.is_grad_enabled() else score(h, i))
+        grad = torch.is_grad_enabled()
+        parts.append(checkpoint(score, h, i, start, use_reentrant=False) if grad else score(h, i, start))
     return torch.cat(parts, dim=1)
 
 
@@ -155,6 +172,7 @@ def response_logprobs(
     ids_mask: torch.Tensor,
     temperature: float,
     chunk: int = 0,
+    suppress: tuple[int, list[int]] = (0, []),
 ) -> torch.Tensor:
     """`PointVLM.logprobs` before masking: (R, T) log-probs of the responses `ids` after the left-padded prompts
     `embeds` (P, L, hidden), response r answering prompt `expand[r]` (None: prompt r). Where prompts are shared by
@@ -167,7 +185,7 @@ def response_logprobs(
         checkpointed = any(getattr(module, "gradient_checkpointing", False) for module in llm.modules())
         if len(expand) > len(embeds) and plain_head and not checkpointed:
             hidden = shared_prefix_hidden(llm.get_decoder(), embeds, mask, expand, response_embeds, ids_mask)
-            return token_logprobs(hidden, head, ids, temperature, chunk)
+            return token_logprobs(hidden, head, ids, temperature, chunk, suppress)
         embeds, mask = embeds[expand], mask[expand]
     full_mask = torch.cat([mask, ids_mask], dim=1)
     # the position ids transformers' generate uses for left-padded prompts, so both passes agree
@@ -185,9 +203,9 @@ def response_logprobs(
                 "or caps its logits; set learner.logprob_chunk=0"
             )
         hidden = llm.get_decoder()(**inputs).last_hidden_state[:, -(steps + 1) : -1]
-        return token_logprobs(hidden, head, ids, temperature, chunk)
+        return token_logprobs(hidden, head, ids, temperature, chunk, suppress)
     logits = llm(**inputs, logits_to_keep=steps + 1).logits[:, :-1].float() / temperature
-    return logits.gather(-1, ids[..., None]).squeeze(-1) - logits.logsumexp(-1)
+    return scored(logits, ids, 0, suppress)
 
 
 def find_stop_ids(llm: nn.Module, tokenizer) -> list[int]:

@@ -256,6 +256,7 @@ class PointVLM(nn.Module):
         align: bool = False,
         chunk: int = 0,
         expand: torch.Tensor | None = None,
+        min_new_tokens: int = 0,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Per-token log-probs (B, T) of the responses after the prompts under softmax(logits / temperature), 0 where
         masked. Give RL the sampling temperature, so that these are the log-probs of the policy that sampled. With
@@ -263,7 +264,9 @@ class PointVLM(nn.Module):
         at a time from the LLM's last hidden states (`token_logprobs`): the same values without a float32
         (B, T, vocabulary) logits tensor. `expand` (R,): response r answers prompt `expand[r]` of `inputs`, whose clouds
         and images are then encoded, and whose prefix runs through the LLM, once however many of the responses share
-        them (G samples of one prompt)."""
+        them (G samples of one prompt). `min_new_tokens`: the responses were drawn with the stop tokens suppressed
+        before that position (`rollout.min_new_tokens`); their log-probs are of that distribution, as the rollout
+        engines record them."""
         embeds, mask, point_features, _ = self._embed(inputs)
         response_ids, response_mask = response_ids.to(self.device), response_mask.to(self.device).long()
         rows = len(expand) if expand is not None else embeds.shape[0]
@@ -275,7 +278,10 @@ class PointVLM(nn.Module):
         if expand is not None:
             expand = expand.to(self.device)
             point_features = point_features[expand]
-        logprobs = response_logprobs(self.llm, embeds, mask, expand, response_ids, response_mask, temperature, chunk)
+        suppress = (min_new_tokens, self.stop_ids)
+        logprobs = response_logprobs(
+            self.llm, embeds, mask, expand, response_ids, response_mask, temperature, chunk, suppress
+        )
         logprobs = logprobs * response_mask
         return (logprobs, self._align(point_features)) if align else logprobs
 

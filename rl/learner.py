@@ -66,12 +66,15 @@ class ResponseScorer(torch.nn.Module):
         align: bool = False,
         recon: tuple | None = None,
         expand: torch.Tensor | None = None,
+        min_new_tokens: int = 0,
     ) -> tuple[torch.Tensor, dict]:
         """(response log-probs, extras). With `align`, extras["align"] is the cloud-alignment head's outputs (from
         the same encoder pass); with `recon` = (prompts, patch_mask), extras["recon"] the (predicted, true) masked
-        patches of `PointVLM.reconstruct_patches` (a prompt-only pass of its own). `expand`: see
+        patches of `PointVLM.reconstruct_patches` (a prompt-only pass of its own). `expand`, `min_new_tokens`: see
         `PointVLM.logprobs`."""
-        out = self.policy.logprobs(inputs, response_ids, response_mask, temperature, align, self.chunk, expand)
+        out = self.policy.logprobs(
+            inputs, response_ids, response_mask, temperature, align, self.chunk, expand, min_new_tokens
+        )
         logprobs, extras = (out[0], {"align": out[1]}) if align else (out, {})
         if recon is not None:
             extras["recon"] = self.policy.reconstruct_patches(*recon)

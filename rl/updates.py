@@ -84,14 +84,25 @@ def sequence_logprobs(
     size: int,
     temperature: float = 1.0,
     chunk: int = 0,
+    min_new_tokens: int = 0,
 ) -> torch.Tensor:
     """Per-token log-probs of every response (response r answers prompt `owners[r]`) without gradients, in
-    micro-batches."""
+    micro-batches (`min_new_tokens`: `PointVLM.logprobs`)."""
     parts = []
     with torch.no_grad():
         for rows in micro_batches(len(ids), size):
             answered, expand = answered_prompts(prompts, [owners[r] for r in rows])
-            parts.append(policy.logprobs(answered, ids[rows], mask[rows], temperature, chunk=chunk, expand=expand))
+            parts.append(
+                policy.logprobs(
+                    answered,
+                    ids[rows],
+                    mask[rows],
+                    temperature,
+                    chunk=chunk,
+                    expand=expand,
+                    min_new_tokens=min_new_tokens,
+                )
+            )
     return torch.cat(parts)
 
 
@@ -123,15 +134,17 @@ def policy_gradient_update(scorer, policy, reference, batch: LearnBatch, cfg, ac
     ids, mask, advantages, rollout_logprobs = on_device(
         policy.device, batch.response_ids, batch.response_mask, batch.advantages, batch.rollout_logprobs
     )
-    # every log-prob at the sampling temperature, so that the ratio's denominator is the policy that sampled
+    # every log-prob at the sampling temperature and with the stops suppressed before rollout.min_new_tokens, so that
+    # the ratio's denominator is the distribution the rollout drew from
     temperature, size, chunk = cfg.rollout.temperature, cfg.learner.micro_batch_size, cfg.learner.logprob_chunk
-    ref = sequence_logprobs(reference, prompts, owners, ids, mask, size, temperature, chunk) if reference else None
+    scoring = (size, temperature, chunk, cfg.rollout.min_new_tokens)
+    ref = sequence_logprobs(reference, prompts, owners, ids, mask, *scoring) if reference else None
     # the ratio's denominator: the rollout's own log-probs where its arithmetic is the learner's, else the learner's
     # recomputation (rl.config.recomputes_old_logprobs); one_step_off, that recomputation is the proximal policy of
     # decoupled PPO and each token is weighed by its truncated importance weight to the one-version-older rollout
     behaviour, is_weights, stats, losses = rollout_logprobs, None, {}, []
     if recomputes_old_logprobs(cfg):
-        behaviour = sequence_logprobs(policy, prompts, owners, ids, mask, size, temperature, chunk)
+        behaviour = sequence_logprobs(policy, prompts, owners, ids, mask, *scoring)
         gap = (behaviour - rollout_logprobs).abs() * mask
         stats["onpolicy/max_abs_logprob_diff"] = float(gap.max())
         stats["onpolicy/mean_abs_logprob_diff"] = float(gap.sum() / mask.sum().clamp(min=1))
@@ -146,7 +159,9 @@ def policy_gradient_update(scorer, policy, reference, batch: LearnBatch, cfg, ac
         for rows in chunks:
             answered, expand = answered_prompts(prompts, [owners[r] for r in rows])
             recon = reconstruction_request(policy, answered, cfg)
-            logp, extras = scorer(answered, ids[rows], mask[rows], temperature, recon=recon, expand=expand)
+            logp, extras = scorer(
+                answered, ids[rows], mask[rows], temperature, recon=recon, expand=expand, min_new_tokens=cfg.rollout.min_new_tokens
+            )
             loss, info = clipped_surrogate_loss(
                 logp,
                 behaviour[rows],

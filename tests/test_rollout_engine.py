@@ -91,7 +91,7 @@ def test_hf_engine_samples_distinct_groups_whose_logprobs_and_texts_the_policy_r
     assert torch.allclose(batch.logprobs, relearned, atol=1e-4)
 
 
-def test_min_new_tokens_makes_every_row_that_long_and_logprobs_stay_the_full_distributions(samples):
+def test_min_new_tokens_makes_every_row_that_long_and_learner_and_engine_score_the_distribution_drawn_from(samples):
     policy = build_tiny_policy(seed=0).eval()
     # the stop tokens made likely at every step, so that without the knob most rows end early
     bias = torch.zeros(policy.llm.config.vocab_size)
@@ -100,12 +100,18 @@ def test_min_new_tokens_makes_every_row_that_long_and_logprobs_stay_the_full_dis
     engine, inputs, uids = HFEngine(policy), policy_inputs(policy, samples), [s.uid for s in samples]
     free = engine.generate(inputs, uids, SamplingConfig(n=G, max_new_tokens=12, seed=0))
     assert (free.response_mask.sum(1) < 12).any()  # the test would pass without the knob otherwise
-    forced = engine.generate(inputs, uids, SamplingConfig(n=G, max_new_tokens=12, min_new_tokens=12, seed=0))
-    assert forced.response_mask.sum(1).tolist() == [12] * (3 * G) and forced.tokens_generated == 12 * 3 * G
-    # recorded before the stop tokens are suppressed: what the learner recomputes, so the ratio starts at 1
-    with torch.no_grad():
-        relearned = policy.logprobs(inputs.repeat_interleave(G), forced.response_ids, forced.response_mask)
-    assert torch.allclose(forced.logprobs, relearned, atol=1e-4)
+    for min_new, chunk in ((12, 0), (6, 4)):  # chunks of 4 start before and after position 6
+        forced = engine.generate(inputs, uids, SamplingConfig(n=G, max_new_tokens=12, min_new_tokens=min_new, seed=0))
+        if min_new == 12:
+            assert forced.response_mask.sum(1).tolist() == [12] * (3 * G) and forced.tokens_generated == 12 * 3 * G
+        # recorded after the stops are suppressed (as vLLM records them): what the learner recomputes, so that the
+        # ratio starts at 1; the full distributions would put the likely stops' mass in every denominator
+        args = (inputs.repeat_interleave(G), forced.response_ids, forced.response_mask)
+        with torch.no_grad():
+            relearned = policy.logprobs(*args, chunk=chunk, min_new_tokens=min_new)
+            full = policy.logprobs(*args)
+        assert torch.allclose(forced.logprobs, relearned, atol=1e-4)
+        assert (forced.logprobs - full)[:, :min_new].min() > 0.1
     with pytest.raises(ValueError, match="min_new_tokens <= max_new_tokens"):
         SamplingConfig(max_new_tokens=12, min_new_tokens=13)
 

@@ -134,7 +134,15 @@ def test_min_new_tokens_reaches_vllm_as_min_tokens(full, samples):
     inputs, uids = inputs_of(full, samples[:2])
     forced = SamplingConfig(n=G, temperature=TEMPERATURE, max_new_tokens=24, min_new_tokens=24, seed=7)
     assert full.sampling_params(forced, 2)[0].min_tokens == 24
-    assert full.generate(inputs, uids, forced).response_mask.sum(1).tolist() == [24] * (2 * G)
+    batch = full.generate(inputs, uids, forced)
+    assert batch.response_mask.sum(1).tolist() == [24] * (2 * G)
+    # vLLM reports the distribution after min_tokens suppressed the stops, which is what the learner scores
+    rows = inputs.repeat_interleave(G)
+    with torch.no_grad():
+        relearned = full.policy.logprobs(
+            rows, batch.response_ids, batch.response_mask, temperature=TEMPERATURE, min_new_tokens=24
+        )
+    assert (relearned - batch.logprobs).abs().max() < 1e-4
 
 
 def test_what_vllm_would_refuse_is_refused_up_front():
