@@ -160,7 +160,13 @@ def policy_gradient_update(scorer, policy, reference, batch: LearnBatch, cfg, ac
             answered, expand = answered_prompts(prompts, [owners[r] for r in rows])
             recon = reconstruction_request(policy, answered, cfg)
             logp, extras = scorer(
-                answered, ids[rows], mask[rows], temperature, recon=recon, expand=expand, min_new_tokens=cfg.rollout.min_new_tokens
+                answered,
+                ids[rows],
+                mask[rows],
+                temperature,
+                recon=recon,
+                expand=expand,
+                min_new_tokens=cfg.rollout.min_new_tokens,
             )
             loss, info = clipped_surrogate_loss(
                 logp,
