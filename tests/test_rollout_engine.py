@@ -211,17 +211,19 @@ def test_vllm_weight_payload_is_the_saved_hf_model_under_its_own_names(tmp_path)
     from transformers import AutoModelForCausalLM
 
     from policies import tiny_config
-    from rollout.vllm_engine import llm_weights
+    from rollout.vllm_engine import reload_groups
 
     for mode in ("full", "lora", "frozen"):
         policy = build_tiny_policy(seed=1, config=tiny_config(llm_mode=mode))
+        policy.save_pretrained(tmp_path / mode / "base")  # the folder vLLM loads: LoRA's base is read from it
         with torch.no_grad():
             for name, p in policy.llm.named_parameters():
                 if "lora_B" in name:
                     p.normal_(0, 0.05)  # a trained adapter, so that the merge matters
         policy.save_pretrained(tmp_path / mode)
         saved = AutoModelForCausalLM.from_pretrained(tmp_path / mode / "llm").state_dict()
-        weights = llm_weights(policy)
+        groups = reload_groups(policy, policy.trainable_state_dict(), tmp_path / mode / "base" / "llm")
+        weights = [pair for group in groups for pair in group]
         if mode == "frozen":
             assert weights == []
             continue

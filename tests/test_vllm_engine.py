@@ -28,6 +28,7 @@ HIDDEN = 128
 OPTIONS = {"kv_cache_gib": 0.25, "max_model_len": 1024, "enforce_eager": True}
 G = 4
 TEMPERATURE = 0.7
+BUCKET_MB = 0.25  # the tiny LLM's 8 parent modules take several reload calls
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +60,43 @@ def full_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def full(full_dir):
-    """A vLLM engine over a full-mode tiny policy (the engine's policy builds the prompt embeddings)."""
-    engine = VLLMEngine(full_dir, policy=PointVLM.from_pretrained(full_dir), **OPTIONS)
+    """A vLLM engine over a full-mode tiny policy (the engine's policy builds the prompt embeddings), syncing in
+    buckets small enough that one update takes several reload calls."""
+    engine = VLLMEngine(full_dir, policy=PointVLM.from_pretrained(full_dir), bucket_mb=BUCKET_MB, **OPTIONS)
     yield engine
     engine.close()
+
+
+@pytest.fixture(scope="module")
+def learner(full_dir):
+    """The HF policy with the engine's initial weights (the engine's own policy no longer holds its decoder)."""
+    return PointVLM.from_pretrained(full_dir).eval()
+
+
+def reload_calls(engine, monkeypatch) -> list[dict[str, int]]:
+    """The tensors (name -> bytes) of each reload call the engine makes, read from its blob's safetensors header on
+    the way to the real `collective_rpc` (the tensors themselves are not kept)."""
+    calls, real = [], engine.llm.collective_rpc
+
+    def rpc(method, *args, **kwargs):
+        if method == "pointrl_reload_weights":
+            blob = kwargs["args"][0]
+            header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])
+            calls.append(
+                {k: v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"}
+            )
+        return real(method, *args, **kwargs)
+
+    monkeypatch.setattr(engine.llm, "collective_rpc", rpc)
+    return calls
+
+
+def assert_bucketed(calls: list[dict], limit: int) -> None:
+    """Several calls, none over `limit` bytes unless it carries one parent module alone, no module split."""
+    parents = [{name.rsplit(".", 2)[0] for name in call} for call in calls]
+    assert len(calls) > 2
+    assert all(sum(call.values()) <= limit or len(p) == 1 for call, p in zip(calls, parents))
+    assert sum(map(len, parents)) == len(set().union(*parents))  # each parent module in exactly one call
 
 
 def inputs_of(engine, samples):
@@ -83,7 +117,7 @@ def learner_logprobs(policy, inputs, batch, temperature):
         return policy.logprobs(rows, batch.response_ids, batch.response_mask, temperature=temperature)
 
 
-def test_prompt_embeds_give_g_samples_per_prompt_with_the_learners_logprobs(full, samples):
+def test_prompt_embeds_give_g_samples_per_prompt_with_the_learners_logprobs(full, learner, samples):
     inputs, uids = inputs_of(full, samples[:2])
     batch = full.generate(inputs, uids, sampled())
     assert batch.uids == uids and batch.group_size == G and batch.version == 0
@@ -92,20 +126,20 @@ def test_prompt_embeds_give_g_samples_per_prompt_with_the_learners_logprobs(full
     for p in range(2):
         group = batch.response_ids[p * G : (p + 1) * G]
         assert len({tuple(row.tolist()) for row in group}) > 1  # G distinct draws, not one row repeated
-    expected = learner_logprobs(full.policy, inputs, batch, TEMPERATURE)
+    expected = learner_logprobs(learner, inputs, batch, TEMPERATURE)
     assert (expected - batch.logprobs).abs().max() < 1e-4  # the PPO ratio starts at exactly 1
     assert torch.all(batch.logprobs[batch.response_mask == 0] == 0)
 
 
-def test_greedy_decodes_once_and_repeats_the_row_like_the_hf_engine(full, samples):
+def test_greedy_decodes_once_and_repeats_the_row_like_the_hf_engine(full, learner, samples):
     inputs, uids = inputs_of(full, samples[:2])
     batch = full.generate(inputs, uids, greedy())  # vLLM refuses n > 1 at temperature 0
     for p in range(2):
         group = batch.response_ids[p * G : (p + 1) * G]
         assert torch.equal(group, group[:1].expand_as(group))
-    hf = HFEngine(full.policy).generate(inputs, uids, greedy())
+    hf = HFEngine(learner).generate(inputs, uids, greedy())
     assert torch.equal(batch.response_ids, hf.response_ids) and batch.texts == hf.texts
-    assert (learner_logprobs(full.policy, inputs, batch, 1.0) - batch.logprobs).abs().max() < 1e-4
+    assert (learner_logprobs(learner, inputs, batch, 1.0) - batch.logprobs).abs().max() < 1e-4
     full.sleep()  # what a colocated run does around learning; vLLM's CPU build ignores it, and the engine goes on
     full.wake_up()
     assert torch.equal(full.generate(inputs, uids, greedy()).response_ids, batch.response_ids)
@@ -156,12 +190,33 @@ def test_what_vllm_would_refuse_is_refused_up_front():
         VLLMEngine("unused", kv_cache_bytes=1)  # an engine option that does not exist, refused by name
 
 
-def test_a_full_weight_update_gives_the_outputs_of_the_hf_policy_with_those_weights(full, full_dir, samples):
+def test_the_engines_torch_policy_holds_no_decoder(full, learner):
+    from rollout.vllm_engine import served_names
+
+    def held(policy) -> int:
+        return sum(p.nbytes for p in policy.llm.parameters() if p.device.type != "meta")
+
+    table = learner.llm.get_input_embeddings().weight.nbytes
+    served = dict(full.policy.named_parameters())
+    assert served_names(full.policy) and all(served[n].device.type == "meta" for n in served_names(full.policy))
+    assert held(full.policy) == table < held(learner)  # of the LLM, only the input-embedding table is left
+    assert held(learner) - held(full.policy) == sum(served[n].nbytes for n in served_names(full.policy))
+
+
+def test_a_full_weight_update_gives_the_outputs_of_the_hf_policy_with_those_weights(
+    full, full_dir, samples, monkeypatch
+):
     inputs, uids = inputs_of(full, samples)
     before = full.generate(inputs, uids, greedy())
     trained = spread(PointVLM.from_pretrained(full_dir), seed=1).eval()  # other weights, same names
+    calls = reload_calls(full, monkeypatch)
     full.load_weights(trained.trainable_state_dict(), version=1)
     assert full.version == 1
+    assert_bucketed(calls, int(BUCKET_MB * 2**20))
+    sent = {name for call in calls for name in call}
+    assert sent == {name.removeprefix("llm.") for name in trained.trainable_state_dict() if name.startswith("llm.")} | {
+        "lm_head.weight"  # tied: sent under its own name too
+    }
     after = full.generate(inputs, uids, greedy())
     assert not torch.equal(before.response_ids, after.response_ids)
     hf = HFEngine(trained).generate(inputs, uids, greedy())
@@ -183,15 +238,20 @@ def trained_adapter(policy: PointVLM, seed: int = 1) -> PointVLM:
     return policy
 
 
-def test_lora_updates_are_merged_and_a_partly_adapted_fused_layer_stays_whole(tmp_path_factory, samples):
+def test_lora_updates_are_merged_and_a_partly_adapted_fused_layer_stays_whole(tmp_path_factory, samples, monkeypatch):
     # only q and v adapted: vLLM fuses q, k and v into one qkv_proj, which must be reloaded whole
     path = build(tmp_path_factory, "lora", llm_mode="lora", lora_target_modules=("q_proj", "v_proj"))
-    engine = VLLMEngine(path, **OPTIONS)  # the engine loads the policy itself
+    engine = VLLMEngine(path, bucket_mb=0.1, **OPTIONS)  # the engine loads the policy itself
     try:
         inputs, uids = inputs_of(engine, samples)
         before = engine.generate(inputs, uids, greedy())
         trained = trained_adapter(PointVLM.from_pretrained(path).eval())
+        calls = reload_calls(engine, monkeypatch)
         engine.load_weights(trained.trainable_state_dict(), version=1)
+        # each adapted layer's attention block, whole (k_proj read from the folder vLLM loaded), one per call
+        assert [sorted({n.rsplit(".", 1)[0] for n in call}) for call in calls] == [
+            [f"model.layers.{i}.self_attn.{m}_proj" for m in "koqv"] for i in range(2)
+        ]
         after = engine.generate(inputs, uids, greedy())
         assert not torch.equal(before.response_ids, after.response_ids)
         hf = HFEngine(trained).generate(inputs, uids, greedy())

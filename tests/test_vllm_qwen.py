@@ -55,6 +55,12 @@ def policy_dir(tmp_path_factory, request):
 
 
 @pytest.fixture(scope="module")
+def learner(policy_dir):
+    """The HF policy with the engine's weights (the engine's own policy no longer holds its decoder)."""
+    return PointVLM.from_pretrained(policy_dir).eval()
+
+
+@pytest.fixture(scope="module")
 def engine(policy_dir):
     engine = VLLMEngine(policy_dir, **OPTIONS)  # loads the policy itself, as a rollout worker does
     yield engine
@@ -86,36 +92,36 @@ def test_the_engine_serves_the_language_model_as_its_text_model_folder(engine):
     assert not engine.llm.model_config.uses_mrope  # 1-D RoPE: positions are one row
 
 
-def test_g_samples_from_prompt_embeds_with_images_have_the_learners_logprobs(engine):
+def test_g_samples_from_prompt_embeds_with_images_have_the_learners_logprobs(engine, learner):
     inputs, uids = prepared(engine.policy)
     assert inputs.has_image.tolist() == [True, False, True] and len(set(inputs.attention_mask.sum(1).tolist())) == 3
     batch = engine.generate(inputs, uids, sampled(n=G))
     assert batch.response_ids.shape[0] == 3 * G and batch.tokens_generated > 0
     for p in range(3):
         assert len({tuple(row.tolist()) for row in batch.response_ids[p * G : (p + 1) * G]}) > 1
-    learner = learner_logprobs(engine.policy, inputs, batch, TEMPERATURE)
-    print(f"\nmax |vLLM - learner| log-prob: {(learner - batch.logprobs).abs().max():.2e}")
-    assert (learner - batch.logprobs).abs().max() < 1e-4  # the positions agree: the PPO ratio starts at 1
+    expected = learner_logprobs(learner, inputs, batch, TEMPERATURE)
+    print(f"\nmax |vLLM - learner| log-prob: {(expected - batch.logprobs).abs().max():.2e}")
+    assert (expected - batch.logprobs).abs().max() < 1e-4  # the positions agree: the PPO ratio starts at 1
     # the check is sensitive to positions: the same equal rows explicitly agree, other height/width rows do not
-    equal = logprobs_at(engine.policy, inputs, batch, TEMPERATURE, lambda t: t[None].expand(3, -1, -1))
-    assert (equal - learner).abs().max() < 1e-5
+    equal = logprobs_at(learner, inputs, batch, TEMPERATURE, lambda t: t[None].expand(3, -1, -1))
+    assert (equal - expected).abs().max() < 1e-5
 
     def other(text):
         rows = text[None].repeat(3, 1, 1)
         rows[1:] //= 2
         return rows
 
-    shifted = logprobs_at(engine.policy, inputs, batch, TEMPERATURE, other)
+    shifted = logprobs_at(learner, inputs, batch, TEMPERATURE, other)
     print(f"max |vLLM - learner| with other M-RoPE rows: {(shifted - batch.logprobs).abs().max():.2e}")
     assert (shifted - batch.logprobs).abs().max() > 1e-2
 
 
-def test_greedy_decodes_what_the_hf_engine_decodes(engine):
+def test_greedy_decodes_what_the_hf_engine_decodes(engine, learner):
     inputs, uids = prepared(engine.policy)
     batch = engine.generate(inputs, uids, greedy(n=2))
-    hf = HFEngine(engine.policy).generate(inputs, uids, greedy(n=2))
+    hf = HFEngine(learner).generate(inputs, uids, greedy(n=2))
     assert torch.equal(batch.response_ids, hf.response_ids) and batch.texts == hf.texts
-    assert (learner_logprobs(engine.policy, inputs, batch, 1.0) - batch.logprobs).abs().max() < 1e-4
+    assert (learner_logprobs(learner, inputs, batch, 1.0) - batch.logprobs).abs().max() < 1e-4
 
 
 def check_synced(engine, trained, inputs, uids, before):
