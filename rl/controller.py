@@ -336,11 +336,13 @@ def rollout_threads(cpus: float) -> int:
 
 
 def vllm_options(cfg: Config) -> dict | None:
-    """The vLLM engine's options (`rollout.vllm`); colocated, the engine must be able to sleep."""
+    """The vLLM engine's options (`rollout.vllm`, and `sync.bucket_mb` for its reload calls); colocated, the engine
+    must be able to sleep."""
     if cfg.rollout.backend != "vllm":
         return None
     return {
         **dataclasses.asdict(cfg.rollout.vllm),
+        "bucket_mb": cfg.sync.bucket_mb,
         **({"enable_sleep_mode": True} if cfg.placement.mode == "colocated" else {}),
     }
 

@@ -65,6 +65,7 @@ class RolloutWorker:
         torch.set_num_threads(torch_threads)
         self.device = process_device("rollout", device)
         self.policy = PointVLM.from_pretrained(policy_dir, **(policy_overrides or {})).eval().to(self.device)
+        self.backend = backend
         self.engine = make_engine(backend, self.policy, policy_dir, version, **(engine_options or {}))
 
     def ping(self) -> bool:
@@ -104,6 +105,11 @@ class RolloutWorker:
     ) -> torch.Tensor:
         """This worker's raw log-probs (R, T) of responses to `samples`, R = len(samples) * G in the order of
         `generate` (the on-policy check compares them with the learner's)."""
+        if self.backend == "vllm":
+            raise ValueError(
+                "RolloutWorker.logprobs: a vllm worker's torch policy holds no decoder (vLLM serves it); score with "
+                "the learner's policy, or use the hf backend"
+            )
         rows = response_ids.shape[0]
         if rows % len(samples):
             raise ValueError(f"{rows} responses do not split into groups over {len(samples)} samples")

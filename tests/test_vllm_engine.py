@@ -164,7 +164,7 @@ def test_a_seed_repeats_and_each_prompt_draws_its_own_streams(full, samples):
     assert both[:G] == first[:G] and both[G:] != both[:G]
 
 
-def test_min_new_tokens_reaches_vllm_as_min_tokens(full, samples):
+def test_min_new_tokens_reaches_vllm_as_min_tokens(full, learner, samples):
     inputs, uids = inputs_of(full, samples[:2])
     forced = SamplingConfig(n=G, temperature=TEMPERATURE, max_new_tokens=24, min_new_tokens=24, seed=7)
     assert full.sampling_params(forced, 2)[0].min_tokens == 24
@@ -173,7 +173,7 @@ def test_min_new_tokens_reaches_vllm_as_min_tokens(full, samples):
     # vLLM reports the distribution after min_tokens suppressed the stops, which is what the learner scores
     rows = inputs.repeat_interleave(G)
     with torch.no_grad():
-        relearned = full.policy.logprobs(
+        relearned = learner.logprobs(
             rows, batch.response_ids, batch.response_mask, temperature=TEMPERATURE, min_new_tokens=24
         )
     assert (relearned - batch.logprobs).abs().max() < 1e-4
