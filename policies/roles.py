@@ -82,3 +82,18 @@ def stored_llm_dtype(compute_dtype: str, sharded: bool) -> str:
     if compute_dtype not in LLM_DTYPES:
         raise ValueError(f"unknown LLM dtype {compute_dtype!r}: choose one of {tuple(LLM_DTYPES)}")
     return "float32" if sharded else compute_dtype
+
+
+def move_to(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """`module.to(device)` for every parameter and buffer that holds memory; meta tensors (a vLLM worker's decoder,
+    which vLLM serves: rollout.vllm_engine.drop_served_weights) stay as they are, where `Module.to` would refuse
+    them. A rollout worker moves its policy after its engine is built, so that vLLM sizes its memory on a GPU that
+    the torch copy of the LLM never occupied."""
+    for part in module.modules():
+        for param in part.parameters(recurse=False):
+            if not param.is_meta:
+                param.data = param.data.to(device)
+        for name, buffer in part.named_buffers(recurse=False):
+            if not buffer.is_meta:
+                part._buffers[name] = buffer.to(device)
+    return module

@@ -16,7 +16,7 @@ import torch
 
 from data3d import Sample
 from policies import PointVLM
-from policies.roles import process_device
+from policies.roles import move_to, process_device
 from rollout.batching import policy_inputs
 from rollout.engine import RolloutBatch, RolloutEngine, SamplingConfig, concat_batches, split_evenly
 from rollout.hf_engine import HFEngine
@@ -64,9 +64,10 @@ class RolloutWorker:
     ):
         torch.set_num_threads(torch_threads)
         self.device = process_device("rollout", device)
-        self.policy = PointVLM.from_pretrained(policy_dir, **(policy_overrides or {})).eval().to(self.device)
+        self.policy = PointVLM.from_pretrained(policy_dir, **(policy_overrides or {})).eval()
         self.backend = backend
         self.engine = make_engine(backend, self.policy, policy_dir, version, **(engine_options or {}))
+        move_to(self.policy, self.device)  # after vLLM has taken its memory and freed the torch decoder
 
     def ping(self) -> bool:
         return True

@@ -8,7 +8,7 @@ import pytest
 import ray
 import torch
 
-from policies.roles import process_device, role_device
+from policies.roles import move_to, process_device, role_device
 from policies.tiny import build_tiny_policy
 from rl.config_loading import load_config
 from rl.driver import evaluate_policy, evaluation_resources
@@ -52,6 +52,14 @@ def test_a_rollout_worker_puts_its_policy_and_engine_on_its_device(tmp_path):
     assert worker.device == torch.device("meta")
     assert {p.device.type for p in worker.policy.parameters()} == {"meta"}
     assert worker.engine.policy is worker.policy
+
+
+def test_a_policy_moves_without_the_meta_tensors_that_vllm_serves():
+    module = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 2, device="meta"))
+    with pytest.raises(NotImplementedError):
+        module.to("cpu")  # what a vLLM worker's policy, its decoder dropped, cannot do
+    move_to(module, torch.device("cpu"))
+    assert module[0].weight.device.type == "cpu" and module[1].weight.is_meta
 
 
 def test_resumed_optimizer_state_loads_onto_the_ranks_device(tmp_path):
