@@ -6,6 +6,7 @@ clouds), DPO (pairs against a frozen reference); and the gradient accumulation t
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from policies import PointVLM
 from policies.reconstruction import random_patch_mask
@@ -237,7 +238,9 @@ def preference_update(scorer, policy, reference, batch: LearnBatch, cfg, accumul
         reference, prompts, owners, ids, mask, cfg.learner.micro_batch_size, chunk=cfg.learner.logprob_chunk
     )
     answered, expand = answered_prompts(prompts, owners)
-    losses = []
+    # DDP and FSDP2 average the ranks' gradients while each rank's loss is the mean over its own pairs: weighed by its
+    # share of all the pairs, the step follows the mean over every pair (a rank without pairs does not halve it)
+    share, losses = rank_share(len(batch.pairs), policy.device), []
     for _ in range(cfg.learner.epochs):
         accumulator.epoch(1)
         logp, _ = scorer(answered, ids, mask, expand=expand)
@@ -246,9 +249,19 @@ def preference_update(scorer, policy, reference, batch: LearnBatch, cfg, accumul
             continue
         seq, ref_seq, k = masked_sample_sum(logp, mask), masked_sample_sum(ref, mask), len(chosen)
         loss, info = dpo_loss(seq[:k], seq[k:], ref_seq[:k], ref_seq[k:], cfg.dpo.beta)
-        accumulator.backward(loss)
+        accumulator.backward(share * loss)
         losses.append({**info, "total": float(loss.detach())})
     return loss_means(losses)
+
+
+def rank_share(count: int, device: torch.device) -> float:
+    """count x world / (count summed over the ranks): how much this rank's mean loss must weigh so that the ranks'
+    averaged gradient is the mean over all of their items (1 in a single process). Every rank must call it."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return 1.0
+    total = torch.tensor([count], dtype=torch.int64, device=device)  # NCCL reduces only GPU tensors
+    dist.all_reduce(total)
+    return count * dist.get_world_size() / max(int(total), 1)
 
 
 UPDATES = {

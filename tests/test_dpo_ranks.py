@@ -90,6 +90,18 @@ def test_dpo_on_two_ranks_survives_a_rank_without_pairs_and_weights_losses_by_pa
     assert own and {k: first[k] for k in own} == pytest.approx(own)
     assert first["learner/skipped"] == 0.0 and first["learner/grad_norm"] > 0
 
+    # the gradient too: DDP averages the ranks' gradients, so rank 0's loss weighs twice (its share of the pairs),
+    # and the step follows rank 0's pairs alone, as one process would on them
+    cfg = config()
+    policy, reference = build_tiny_policy(seed=0), build_tiny_policy(seed=0).eval()
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer, scheduler = make_optimizer(trainable, cfg)
+    accumulator = Accumulator(optimizer, trainable, cfg.learner.grad_accum, cfg.learner.grad_clip)
+    alone = learn_step(
+        ResponseScorer(policy), policy, reference, batches[0].shard(0, WORLD), cfg, accumulator, scheduler
+    )
+    assert first["learner/grad_norm"] == pytest.approx(alone["learner/grad_norm"], rel=1e-4)
+
     # step 1: 2 pairs against 1
     a, b = ranks[0]["local"][1], ranks[1]["local"][1]
     for key in (k for k in a if k.startswith("loss/")):
