@@ -28,13 +28,6 @@ COLOCATED = [
 ]
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    ray.init(num_cpus=1, include_dashboard=False, namespace="pointrl-colocation")
-    yield
-    ray.shutdown()
-
-
 def trained_learner():
     policy = build_tiny_policy(seed=0)
     cfg = load_config("grca.yaml")
@@ -55,7 +48,7 @@ def test_the_learner_moves_its_parameters_moments_and_reference_off_the_device()
     assert {state["step"].device.type for state in optimizer.state.values()} == {"cpu"}
 
 
-def test_a_colocated_step_hands_the_gpu_over_in_order(local_ray):
+def test_a_colocated_step_hands_the_gpu_over_in_order(cluster):
     log = []
     engines = EngineTurns(lambda name: log.append(f"engine {name}"), sleeps=True)
     policy, optimizer = trained_learner()
