@@ -89,11 +89,6 @@ def move_to(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     which vLLM serves: rollout.vllm_engine.drop_served_weights) stay as they are, where `Module.to` would refuse
     them. A rollout worker moves its policy after its engine is built, so that vLLM sizes its memory on a GPU that
     the torch copy of the LLM never occupied."""
-    for part in module.modules():
-        for param in part.parameters(recurse=False):
-            if not param.is_meta:
-                param.data = param.data.to(device)
-        for name, buffer in part.named_buffers(recurse=False):
-            if not buffer.is_meta:
-                part._buffers[name] = buffer.to(device)
+    # Module.to's own conversion (tied weights stay tied), told to leave meta tensors alone
+    module._apply(lambda tensor: tensor if tensor.is_meta else tensor.to(device))
     return module
