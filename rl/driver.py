@@ -182,15 +182,15 @@ def warmup_config(cfg: Config) -> Config:
     )
 
 
-def held_out_answerer(cfg: Config, policy_dir: Path, device: str | None = None):
+def held_out_answerer(cfg: Config, policy_dir: Path):
     """The policy of `policy_dir` as an answerer with the run's evaluation settings (section eval), in this process,
-    on the evaluation role's device (`policies.roles.process_device`; `device` overrides)."""
+    on the evaluation role's device (`policies.roles.process_device`)."""
     from policies import PointVLM
     from policies.roles import process_device
     from rl.evaluate import policy_answerer
 
     return policy_answerer(
-        PointVLM.from_pretrained(policy_dir).eval().to(process_device("evaluation", device)),
+        PointVLM.from_pretrained(policy_dir).eval().to(process_device("evaluation")),
         batch_size=cfg.eval.batch_size,
         max_new_tokens=cfg.eval.max_new_tokens,
         greedy=cfg.eval.greedy,

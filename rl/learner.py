@@ -42,6 +42,7 @@ from rl.sharding import (
     published_state,
     save_sharded,
     shard_policy,
+    sum_over_ranks,
 )
 from rl.updates import UPDATES, Accumulator, learning_rows
 from rollout.weight_sync import WeightSync
@@ -109,7 +110,7 @@ def learn_step(
     reaches the optimizer: AdamW would still move the weights on its stale momentum and weight decay."""
     lr = scheduler.get_last_lr()[0]
     accumulator.grad_norms.clear()
-    skipped = _sum_over_ranks(learning_rows(batch, cfg.algo.name), world, policy.device) == 0
+    skipped = sum_over_ranks(learning_rows(batch, cfg.algo.name), world, policy.device) == 0
     stats = {}
     if not skipped:
         policy.train()
@@ -122,14 +123,6 @@ def learn_step(
         "learner/lr": lr,
         "learner/skipped": float(skipped),
     }
-
-
-def _sum_over_ranks(count: int, world: int, device: torch.device) -> int:
-    if world == 1:
-        return count
-    total = torch.tensor([count], dtype=torch.int64, device=device)  # NCCL reduces only GPU tensors
-    dist.all_reduce(total)
-    return int(total)
 
 
 def learner_overrides(cfg) -> dict:

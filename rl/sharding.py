@@ -78,6 +78,15 @@ def clip_gradients(params: list[nn.Parameter], max_norm: float) -> float:
     return float(total)
 
 
+def sum_over_ranks(count: int, world: int, device: torch.device) -> int:
+    """`count` summed over the `world` ranks (a collective when there are several: every rank calls it)."""
+    if world == 1:
+        return count
+    total = torch.tensor([count], dtype=torch.int64, device=device)  # NCCL reduces only GPU tensors
+    torch.distributed.all_reduce(total)
+    return int(total)
+
+
 def published_state(policy: nn.Module, rank: int) -> Iterator[tuple[str, torch.Tensor]]:
     """The trainable tensors whole and on the CPU (what the rollout workers load), one at a time, for
     `WeightSync.put` to stream into the object store. With FSDP2 each is gathered from the shards as it comes, a

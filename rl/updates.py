@@ -23,9 +23,7 @@ from rl.losses import (
     spa_loss,
     truncated_importance_weights,
 )
-from rl.sharding import (
-    clip_gradients,
-)
+from rl.sharding import clip_gradients, sum_over_ranks
 from rollout.batching import policy_inputs
 
 
@@ -257,11 +255,8 @@ def preference_update(scorer, policy, reference, batch: LearnBatch, cfg, accumul
 def rank_share(count: int, device: torch.device) -> float:
     """count x world / (count summed over the ranks): how much this rank's mean loss must weigh so that the ranks'
     averaged gradient is the mean over all of their items (1 in a single process). Every rank must call it."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
-        return 1.0
-    total = torch.tensor([count], dtype=torch.int64, device=device)  # NCCL reduces only GPU tensors
-    dist.all_reduce(total)
-    return count * dist.get_world_size() / max(int(total), 1)
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    return count * world / max(sum_over_ranks(count, world, device), 1) if world > 1 else 1.0
 
 
 UPDATES = {
