@@ -28,9 +28,9 @@ from bench.study import STUDY_METRICS, bootstrap_ci  # noqa: E402
 from data3d.serialize import target_fields  # noqa: E402
 from rl.config import run_quant  # noqa: E402
 from rl.config_loading import load_config  # noqa: E402
-from rl.controller import held_out_samples  # noqa: E402
-from rl.driver import held_out_answerer  # noqa: E402
-from rl.evaluate import object_scores  # noqa: E402
+from rl.eval.evaluate import object_scores  # noqa: E402
+from rl.runtime.data import held_out_samples  # noqa: E402
+from rl.runtime.driver import held_out_answerer  # noqa: E402
 
 WEIGHT_FILES = ("vision.safetensors", "llm/model.safetensors")
 

@@ -18,8 +18,8 @@ from data3d import generate_sample
 from policies.inputs import PolicyInputs
 from policies.tiny import build_tiny_policy
 from policies.vlm import PointVLM
+from rl.algorithms.update import answered_prompts, micro_batches
 from rl.config import DATA_DEFAULTS
-from rl.updates import answered_prompts, micro_batches
 from rollout.batching import policy_inputs
 
 

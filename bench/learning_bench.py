@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.study import write_study  # noqa: E402
 from rl.config import Config, run_quant  # noqa: E402
 from rl.config_loading import load_config  # noqa: E402
-from rl.controller import held_out_samples  # noqa: E402
-from rl.driver import held_out_answerer, init_ray, initial_policy, run_stage, warmup_config  # noqa: E402
-from rl.evaluate import object_scores, swapped_clouds  # noqa: E402
+from rl.eval.evaluate import object_scores, swapped_clouds  # noqa: E402
+from rl.runtime.data import held_out_samples, held_out_seed  # noqa: E402
+from rl.runtime.driver import held_out_answerer, init_ray, initial_policy, run_stage, warmup_config  # noqa: E402
 
 SPA = ["algo.name=spa"]
 STUDIES = {  # arm -> its overrides of the base configuration, per study
@@ -169,7 +169,7 @@ def main(argv: list[str]) -> None:
     init = initial_policy(base, out)
     swap = study == "spa"
     samples = held_out_samples(base)
-    print(f"{TITLES[study]}\n{len(samples)} held-out objects (seed {base.data.seed + 1}), {seeds} seed(s) per arm")
+    print(f"{TITLES[study]}\n{len(samples)} held-out objects (seed {held_out_seed(base)}), {seeds} seed(s) per arm")
     start = out / "sft" / "policy"
     if not (start / "pointvlm.json").exists():  # the final policy is written atomically: there means finished
         start = run_stage(warmup_config(base), init, out / "sft")

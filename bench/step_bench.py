@@ -134,11 +134,11 @@ def bench_data(args, policy_dir: Path) -> dict:
     from policies.hf_llm import load_tokenizer
     from rl.config import run_quant, scalar_reward_weights
     from rl.config_loading import load_config
-    from rl.controller import TrainingSet
+    from rl.runtime.data import training_prompts
     from rollout.batching import policy_inputs
 
     cfg = load_config("grpo.yaml", pointrl_overrides(args, policy_dir, policy_dir.parent / "unused"))
-    data = TrainingSet(cfg, "train", cfg.data.train_size)
+    data = training_prompts(cfg)
     samples = [s for step in range(args.steps) for s in data.take(step, args.prompts)]
     policy = PointVLM.from_pretrained(policy_dir)
     quant = run_quant(cfg)

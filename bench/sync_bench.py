@@ -23,7 +23,7 @@ from policies import PointVLM
 from policies.tiny import build_tiny_policy
 from rl.config import policy_overrides
 from rl.config_loading import config_to_dict, load_config
-from rl.controller import Controller
+from rl.runtime.controller import Controller
 from rollout.weight_sync import WeightSync
 
 

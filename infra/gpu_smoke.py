@@ -36,7 +36,16 @@ from functools import partial
 from pathlib import Path
 
 G = 8
-RAY_FREE = ("policies", "data3d", "rewards", "rl.advantages", "rl.losses", "rl.token_spans", "rl.config", "rl.metrics")
+RAY_FREE = (
+    "policies",
+    "data3d",
+    "rewards",
+    "rl.algorithms.advantages",
+    "rl.algorithms.losses",
+    "rl.algorithms.token_spans",
+    "rl.config",
+    "rl.runtime.metrics",
+)
 LOGPROB_TOL = {"float32": {"max": 1e-3, "mean": 1e-4}, "bfloat16": {"max": 0.5, "mean": 0.02}}
 # fp32 parameters after one AdamW step (which moves them by ~FSDP_LR), and log-probs after it; eps 1e-6 so that a
 # near-zero gradient's update is not a +-lr coin flip under CUDA's non-deterministic atomics

@@ -1,4 +1,4 @@
-"""The training paths themselves on one GPU, in minutes: GRCA runs through `rl.driver.main` on a local Ray with the
+"""The training paths themselves on one GPU, in minutes: GRCA runs through `rl.runtime.driver.main` on a local Ray with the
 machine's GPU, and one table says what works.
 
 Each run is 3 GRCA steps from a tiny random-init policy (its SFT warm-up skipped), G = 4, with its held-out
@@ -69,7 +69,7 @@ def overrides(outdir: Path, name: str, cpu: bool) -> list[str]:
 
 def run_grca(outdir: Path, name: str, cpu: bool, extra: list[str]) -> dict:
     """One GRCA run through the driver; its first step's precision figures and what every step logged."""
-    from rl.driver import main
+    from rl.runtime.driver import main
 
     started = time.perf_counter()
     reports = main("grca.yaml", [*overrides(outdir, name, cpu), *extra])

@@ -31,7 +31,9 @@ class PointVLMConfig:
     train_image_encoder: bool | None = None  # None: train the from-scratch patch encoder, freeze an HF tower
     train_fusion: bool = True
     train_projector: bool = True
-    align_dims: int = 0  # outputs of the cloud-alignment head on the mean point token (rl.losses); 0: no head
+    align_dims: int = (
+        0  # outputs of the cloud-alignment head on the mean point token (rl.algorithms.losses); 0: no head
+    )
     recon_head: bool = False  # the masked point-patch reconstruction head (policies.reconstruction), training-only
     lora_r: int = 16
     lora_alpha: int = 32

@@ -71,7 +71,7 @@ what differs, and what we chose:
 The camera-guided fusion (`fusion="camera"`, policies/fusion.py) works here as on any tower: the point tokens attend
 to the tower's merged image tokens, biased by where each group projects. Qwen3-VL-MoE (`qwen3_vl_moe`) is not taken:
 its language model is a MoE decoder, not exported or tested. A policy folder from real checkpoints: `pointrl init`
-(rl/cli_init.py).
+(rl/cli/init.py).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ The precision contract (`policy.dtype` is the LLM's compute dtype in every role;
 float32):
 - rollout, reference, evaluation: the LLM's weights are stored in `policy.dtype`;
 - learner (and its reference): under FSDP2 the weights are float32 masters, and the LLM's decoder layers compute in
-  `policy.dtype` through FSDP2's `MixedPrecisionPolicy` (rl/sharding.py); DDP trains only float32 weights (a float32
+  `policy.dtype` through FSDP2's `MixedPrecisionPolicy` (rl/runtime/sharding.py); DDP trains only float32 weights (a float32
   LLM, or LoRA adapters, which peft keeps in float32). Stored in bfloat16, a weight of scale 0.02 cannot take an AdamW step of
   1e-5 (bfloat16's spacing there is 1.2e-4): the update rounds away and the weight never moves.
 Rollout engines decode with a KV cache and the learner scores in one full pass; in float32 those agree to ~1e-6, in

@@ -23,6 +23,7 @@ class ModelOutput(msgspec.Struct):
 
 
 FIELDS: tuple[str, ...] = ModelOutput.__struct_fields__
+GEOMETRY_FIELDS: tuple[str, ...] = ("bbox2d", "bbox3d", "kpts2d", "kpts3d")  # the coordinate fields
 FIELD_TYPES: dict[str, object] = get_type_hints(ModelOutput, include_extras=True)
 
 DEFAULT_BINS = 1000

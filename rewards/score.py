@@ -14,9 +14,8 @@ from rewards.camera import BOX_EDGES, MIN_DEPTH, box3d_corners, project
 from rewards.geometry import box_iou, is_inverted, keypoint_containment, reprojection_consistency
 from rewards.parse import parse_output, read_canonical
 from rewards.request import Batch, RewardRequest, convert_request, normalize_answer, to_batch
-from rewards.schema import FIELDS, REWARDS, Quant, dequantize
+from rewards.schema import FIELDS, GEOMETRY_FIELDS, REWARDS, Quant, dequantize
 
-_COORDINATE_FIELDS = ("bbox2d", "bbox3d", "kpts2d", "kpts3d")
 _RPC_WHY = {
     1: "rpc: needs a well-formed bbox2d and bbox3d",
     2: "rpc: the predicted 3D box is inverted",
@@ -196,7 +195,7 @@ def _score(request: RewardRequest) -> list[dict]:
         "kpts3d": keypoint_containment(predicted.kpts3d, predicted.owner3d, batch.bbox3d, batch.num_kpts3d),
         "rpc": np.where(rpc_why == 0, rpc, 0.0),
     }
-    for name in _COORDINATE_FIELDS:
+    for name in GEOMETRY_FIELDS:
         rewards[name] = np.where(valid[name], rewards[name], 0.0)
     _explain(fields, valid, pred2d, pred3d, batch, rpc_why)
 

@@ -13,11 +13,10 @@ from typing import Any
 
 from data3d.settings import DataSettings
 from data3d.shapes import CATEGORIES, COLOUR_NAMES
-from rewards.schema import FIELDS, REWARDS, Quant
+from rewards.schema import FIELDS, GEOMETRY_FIELDS, REWARDS, Quant
+from rl.algorithms import ALGORITHMS
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-ALGORITHMS = ("grca", "grpo", "spa", "dpo", "sft")
-ROLLOUT_ALGORITHMS = ("grca", "grpo", "dpo")  # the ones that learn from the policy's own samples
 LLM_MODES = ("full", "lora", "frozen")  # the same as policies.inputs (a test checks it), kept here to stay torch-free
 LLM_DTYPES = ("float32", "bfloat16", "float16")  # likewise policies.inputs.LLM_DTYPES
 FUSIONS = ("learned", "camera")  # likewise policies.inputs.FUSIONS
@@ -210,14 +209,14 @@ class AlgoConfig:
         ">= 0",
     )
     routed_fields: list[str] = setting(
-        ["bbox2d", "bbox3d", "kpts2d", "kpts3d"],
+        list(GEOMETRY_FIELDS),
         "fields whose tokens get their own advantage (eq. 10); the others join the background",
         choices=ROUTABLE_FIELDS,
     )
     routed_field_weights: dict[str, float] = setting(
         dict.fromkeys(ROUTABLE_FIELDS, 1.0), "scale of each routed field's advantage on its tokens", ">= 0"
     )
-    clip_eps: float = setting(0.2, "epsilon of the clipped probability ratio (eq. 15)", "> 0")
+    clip_eps: float = setting(0.2, "epsilon of the clipped probability ratio (eqs. 15-16)", "> 0")
     clip_eps_high: float | None = setting(None, "upper clip epsilon; null: clip_eps", "> 0")
     kl_beta: float = setting(0.0, "beta of the k3 KL to a frozen reference (0: no reference model)", ">= 0")
     max_is_weight: float = setting(
@@ -286,7 +285,7 @@ class LearnerConfig:
 
 @dataclass
 class PlacementConfig:
-    """where learner and rollout workers run (rl/placement.py plans it from the Ray cluster's resources)"""
+    """where learner and rollout workers run (rl/runtime/placement.py plans it from the Ray cluster's resources)"""
 
     mode: str = setting(
         "disaggregated",
@@ -360,8 +359,12 @@ class EvalConfig:
 class SpaConfig:
     """SPA: clean vs 3D-corrupted input, same response"""
 
-    beta: float = setting(1.0, "beta scaling log P(y|x) - log P(y|x') (the paper's eq. 5 has none, i.e. 1)", "> 0")
-    nll_weight: float = setting(1.0, "weight of the NLL anchor on the clean input (the paper gives no number)", ">= 0")
+    beta: float = setting(
+        1.0, "beta scaling log P(y|x) - log P(y|x') (SPA eq. 5 and Table A1 have none, i.e. 1)", "> 0"
+    )
+    nll_weight: float = setting(
+        1.0, "weight of the NLL anchor on the clean input, one token-mean SFT loss (the paper gives no number)", ">= 0"
+    )
     corruption: str = setting("mask", "how x' is made (Table 2: mask is best)", choices=("mask", "gaussian", "drop"))
     mask_ratio: float = setting(
         0.5, "share of the points removed, in whole groups around FPS centres (the paper: best in 25-50%)", "in [0, 1)"
@@ -374,7 +377,7 @@ class SpaConfig:
 class DpoConfig:
     """DPO against a frozen reference"""
 
-    beta: float = setting(0.1, "beta of the DPO loss", "> 0")
+    beta: float = setting(0.1, "beta of the DPO loss (SPA paper, appendix A.2)", "> 0")
     pairs_file: str | None = setting(
         None, 'JSONL of {"uid", "chosen", "rejected"}; null: each group\'s highest vs lowest total reward'
     )
@@ -462,18 +465,9 @@ def policy_overrides(cfg: Config) -> dict:
     }
     if cfg.policy.fusion is not None:
         overrides["fusion"] = cfg.policy.fusion  # learned -> camera adds the bias scales fresh (policies/fusion.py)
-    if cfg.algo.name == "sft" and cfg.sft.align_weight > 0:
-        overrides["align_dims"] = ALIGN_DIMS  # a policy saved without the head gets a fresh one
-    if recon_weight(cfg) > 0:
-        overrides["recon_head"] = True
-    return overrides
+    from rl.algorithms import algorithm  # torch: only a process that builds a policy asks
 
-
-def recon_weight(cfg: Config) -> float:
-    """The weight of the patch reconstruction loss in this run's algorithm (0: no reconstruction pass)."""
-    return {"sft": cfg.recon.sft_weight, "grca": cfg.recon.rl_weight, "grpo": cfg.recon.rl_weight}.get(
-        cfg.algo.name, 0.0
-    )
+    return {**overrides, **algorithm(cfg.algo.name).heads(cfg)}  # the training heads the algorithm's losses read
 
 
 def scalar_reward_weights(cfg: Config) -> dict[str, float]:

@@ -20,7 +20,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 
 import yaml
 
-from rl.config import CHECKS, CONFIG_DIR, MOVED_KEYS, ROLLOUT_ALGORITHMS, Config, ConfigError, recompute_reasons
+from rl.config import CHECKS, CONFIG_DIR, MOVED_KEYS, Config, ConfigError, recompute_reasons
 
 
 class _Loader(yaml.SafeLoader):
@@ -198,7 +198,10 @@ def _validated(layers: list[tuple[Any, str]]) -> Config:
         )
     if len(cfg.learner.betas) != 2:
         raise _fail("learner.betas", f"expected two values (beta1, beta2), got {cfg.learner.betas}", origins)
-    if cfg.rollout.top_p < 1 and cfg.algo.name in ROLLOUT_ALGORITHMS:
+    from rl.algorithms import algorithm  # imports torch: a config is checked whole only where a run starts
+
+    learns = algorithm(cfg.algo.name)
+    if cfg.rollout.top_p < 1 and learns.rollouts(cfg):
         raise _fail(
             "rollout.top_p",
             f"is {cfg.rollout.top_p} with algo.name={cfg.algo.name}: top-p < 1 is not "
@@ -207,12 +210,13 @@ def _validated(layers: list[tuple[Any, str]]) -> Config:
             "sampling)",
             origins,
         )
-    _check_precision(cfg, origins)
+    _check_precision(cfg, learns.clips_ratio, origins)
     return cfg
 
 
-def _check_precision(cfg: Config, origins: dict[str, str]) -> None:
-    """The precision contract of policies/roles.py: what would train wrong in silence is refused in one line."""
+def _check_precision(cfg: Config, clips_ratio: bool, origins: dict[str, str]) -> None:
+    """The precision contract of policies/roles.py: what would train wrong in silence is refused in one line
+    (`clips_ratio`: the algorithm's loss is a ratio over the rollout's log-probs)."""
     dtype = cfg.policy.dtype
     if dtype == "float16":
         raise _fail(
@@ -231,7 +235,7 @@ def _check_precision(cfg: Config, origins: dict[str, str]) -> None:
             origins,
         )
     reasons = recompute_reasons(cfg)
-    if cfg.learner.recompute_old_logprobs is False and cfg.algo.name in ("grca", "grpo") and reasons:
+    if cfg.learner.recompute_old_logprobs is False and clips_ratio and reasons:
         raise _fail(
             "learner.recompute_old_logprobs",
             f"is false, but the rollout's log-probs cannot be the ratio's denominator here: {'; '.join(reasons)}; "

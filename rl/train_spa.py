@@ -8,6 +8,6 @@ import pathlib
 import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # a checkout's packages, when run as a script
-from rl.driver import main  # noqa: E402
+from rl.runtime.driver import main  # noqa: E402
 
 main("spa.yaml")

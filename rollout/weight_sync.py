@@ -2,7 +2,7 @@
 
 Transport `ray` (the only one built): learner rank 0 puts the trainable CPU tensors into the object store itself
 (`WeightSync.put`), in buckets of at most `bucket_mb` MiB (`sync.bucket_mb`, 512 by default). It reads them one at a
-time from `rl.sharding.published_state` (under FSDP2 each is gathered whole as it comes, a collective every rank
+time from `rl.runtime.sharding.published_state` (under FSDP2 each is gathered whole as it comes, a collective every rank
 runs) and puts each bucket as soon as it is full, so rank 0's host holds about one bucket, never the whole model, and
 no object nears the object store's or msgpack's limits (a tensor larger than a bucket travels alone). It hands
 the controller a `Published`: ObjectRefs wrapped in a dataclass. Ray resolves only ObjectRefs passed as top-level
@@ -64,7 +64,7 @@ class WeightSync:
         self.transport, self.bucket_bytes = transport, int(bucket_mb * 2**20)
 
     def put(self, tensors: Mapping[str, torch.Tensor] | Iterable[tuple[str, torch.Tensor]]) -> Published:
-        """`tensors` (a dict, or (name, tensor) pairs such as `rl.sharding.published_state`'s generator) into the
+        """`tensors` (a dict, or (name, tensor) pairs such as `rl.runtime.sharding.published_state`'s generator) into the
         object store, each bucket put as soon as it is full: a generator is read one tensor at a time, so the host
         holds about one bucket, never the model (with bucket_mb=0, the whole version is one object)."""
         pairs = tensors.items() if isinstance(tensors, Mapping) else tensors

@@ -135,9 +135,9 @@ def make_rollout_workers(
 ) -> list:
     """n `RolloutWorker` actors on the running Ray cluster, each loaded from `policy_dir` (with `policy_overrides`)
     at `version`; returns once all are up, so that a bad directory or a missing backend fails here rather than at
-    the first rollout. With a reserved `placement_group` (rl.placement), worker i runs in its bundle i. A worker
+    the first rollout. With a reserved `placement_group` (rl.runtime.placement), worker i runs in its bundle i. A worker
     whose process dies is restarted by Ray up to `max_restarts` times, from `policy_dir` at `version`: whoever
-    holds newer weights must publish them to it again (rl.controller does). `device`: see `RolloutWorker`."""
+    holds newer weights must publish them to it again (rl.runtime.controller does). `device`: see `RolloutWorker`."""
     if n < 1:
         raise ValueError(f"make_rollout_workers: need n >= 1 workers, got {n}")
     if backend not in BACKENDS:

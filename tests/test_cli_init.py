@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 
 from policies import PointVLM, build_tiny_policy, build_tiny_qwen_vl, tiny_config
 from policies.qwen_vl import QwenVLPointVLM
-from rl.cli import main
+from rl.cli.main import main
 from rl.config import policy_overrides
 from rl.config_loading import load_config
 from tests.test_policies_encoder import randomised_encoder, with_prefix

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from data3d.store import BenchmarkDataset, DatasetError, read_meta
-from rl.cli import main
+from rl.cli.main import main
 
 SMALL = ["--num-points", "32", "--image-size", "16", "--num-kpts", "2", "--shard-size", "4"]
 

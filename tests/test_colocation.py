@@ -1,5 +1,5 @@
-"""Colocated vLLM hands each GPU's memory over in one order (rl.controller.EngineTurns, rl.learner._publish,
-rl.sharding.move_learner): the engines sleep after their rollouts, the learner takes the GPU and trains, hands it back
+"""Colocated vLLM hands each GPU's memory over in one order (rl.runtime.controller.EngineTurns, rl.runtime.learner._publish,
+rl.runtime.sharding.move_learner): the engines sleep after their rollouts, the learner takes the GPU and trains, hands it back
 (parameters, AdamW's moments and the reference to host memory, the CUDA cache freed) before anything is sent, and the
 engines wake before any weights load, a restored learner's rollback included. Recorded on the CPU with a fake engine
 and a real learner's state; the config refuses engine settings that cannot share a GPU."""
@@ -11,12 +11,13 @@ import ray
 import torch
 
 from policies.tiny import build_tiny_policy
+from rl.algorithms.update import make_optimizer
 from rl.config import ConfigError
 from rl.config_loading import load_config
-from rl.controller import EngineTurns
-from rl.learner import _publish, make_optimizer
-from rl.placement import check_config, takes_turns_on_gpus
-from rl.sharding import move_learner
+from rl.runtime.controller import EngineTurns
+from rl.runtime.learner import _publish
+from rl.runtime.placement import check_config, takes_turns_on_gpus
+from rl.runtime.sharding import move_learner
 from rollout.weight_sync import Published, WeightSync
 
 COLOCATED = [

@@ -1,4 +1,4 @@
-"""3DCQA: the choice-question generator (data3d/cqa.py) and the circular evaluation (rl/evaluate_cqa.py), scored
+"""3DCQA: the choice-question generator (data3d/cqa.py) and the circular evaluation (rl/eval/cqa.py), scored
 with answerers that know the answer, follow a prior, or read the cloud."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 
 from data3d import generate_sample
 from data3d.cqa import ABILITIES, LETTERS, choice_questions
-from rl.evaluate_cqa import answer_field, ask_all, chosen_option, evaluate_cqa, format_cqa
+from rl.eval.cqa import answer_field, ask_all, chosen_option, evaluate_cqa, format_cqa
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""PiSA's Stage 2 (rl.crosscheck) on the procedural benchmark: the ground truth passes, and each kind of wrong
+"""PiSA's Stage 2 (rl.pisa.crosscheck) on the procedural benchmark: the ground truth passes, and each kind of wrong
 annotation is dropped or repaired for the reason the decision names."""
 
 import json
@@ -9,7 +9,7 @@ from data3d.annotate import box3d
 from data3d.benchmark import generate_sample
 from data3d.serialize import target_fields, target_text
 from data3d.settings import DataSettings
-from rl.crosscheck import (
+from rl.pisa.crosscheck import (
     MIN_VIEW_COVERAGE,
     Annotation,
     cloud_colour,

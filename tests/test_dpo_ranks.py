@@ -13,11 +13,13 @@ import torch.multiprocessing as mp
 from data3d import generate_sample
 from policies.tiny import build_tiny_policy
 from rewards import REWARDS
-from rl.batches import LearnBatch, preference_batch
+from rl.algorithms import algorithm
+from rl.algorithms.batch import LearnBatch
+from rl.algorithms.dpo import preference_batch
+from rl.algorithms.update import ResponseScorer, learn_step, make_learner
 from rl.config import run_quant, scalar_reward_weights
 from rl.config_loading import load_config
-from rl.learner import ResponseScorer, _mean_over_ranks, learn_step, make_optimizer, rank_terms, weighted_means
-from rl.updates import Accumulator, learning_rows
+from rl.runtime.learner import _mean_over_ranks, rank_terms, weighted_means
 from rollout.batching import policy_inputs
 from rollout.engine import SamplingConfig
 from rollout.hf_engine import HFEngine
@@ -60,14 +62,12 @@ def dpo_rank(rank: int, store: str, out: str, batches: list[LearnBatch]) -> None
         policy, reference = build_tiny_policy(seed=0), build_tiny_policy(seed=0).eval()
         # as ray.train.torch.prepare_model wraps it in learner_loop
         scorer = torch.nn.parallel.DistributedDataParallel(ResponseScorer(policy), find_unused_parameters=True)
-        trainable = [p for p in policy.parameters() if p.requires_grad]
-        optimizer, scheduler = make_optimizer(trainable, cfg)
-        accumulator = Accumulator(optimizer, trainable, cfg.learner.grad_accum, cfg.learner.grad_clip)
+        learner, dpo = make_learner(policy, cfg, reference, WORLD, scorer), algorithm("dpo")
         local, reduced, pairs = [], [], []
         for batch in batches:
             shard = batch.shard(rank, WORLD)
-            stats = learn_step(scorer, policy, reference, shard, cfg, accumulator, scheduler, WORLD)
-            rows = learning_rows(shard, cfg.algo.name)
+            stats = learn_step(learner, dpo, shard, cfg)
+            rows = dpo.learning_rows(shard)
             local.append(stats)
             reduced.append(_mean_over_ranks(stats, rows, WORLD, policy.device))
             pairs.append(rows)
@@ -94,12 +94,7 @@ def test_dpo_on_two_ranks_survives_a_rank_without_pairs_and_weights_losses_by_pa
     # and the step follows rank 0's pairs alone, as one process would on them
     cfg = config()
     policy, reference = build_tiny_policy(seed=0), build_tiny_policy(seed=0).eval()
-    trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer, scheduler = make_optimizer(trainable, cfg)
-    accumulator = Accumulator(optimizer, trainable, cfg.learner.grad_accum, cfg.learner.grad_clip)
-    alone = learn_step(
-        ResponseScorer(policy), policy, reference, batches[0].shard(0, WORLD), cfg, accumulator, scheduler
-    )
+    alone = learn_step(make_learner(policy, cfg, reference), algorithm("dpo"), batches[0].shard(0, WORLD), cfg)
     assert first["learner/grad_norm"] == pytest.approx(alone["learner/grad_norm"], rel=1e-4)
 
     # step 1: 2 pairs against 1
@@ -136,4 +131,4 @@ def test_a_missing_reward_never_enters_a_dpo_pair():
     valid = batch.valid.tolist()
     assert batch.pairs == [(0, 1), (3, 2), (5, 4)]  # prompts 0, 1 and 2; prompt 3 has one reward left
     assert all(valid[a] and valid[b] for a, b in batch.pairs)
-    assert [learning_rows(batch.shard(r, WORLD), "dpo") for r in range(WORLD)] == [2, 1]
+    assert [algorithm("dpo").learning_rows(batch.shard(r, WORLD)) for r in range(WORLD)] == [2, 1]

@@ -1,4 +1,4 @@
-"""What a run cannot do is refused by `rl.driver.main` in one line, before Ray starts or the SFT warm-up runs
+"""What a run cannot do is refused by `rl.runtime.driver.main` in one line, before Ray starts or the SFT warm-up runs
 (issue: a missing policy.init failed after 47 s inside Ray, an odd prompts_per_step after the whole warm-up)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import ray
 
-from rl.driver import main
+from rl.runtime.driver import main
 
 
 @pytest.mark.parametrize(
@@ -32,7 +32,7 @@ def test_a_run_that_cannot_work_exits_2_with_one_line_before_ray_starts(tmp_path
 def test_a_policy_directory_is_accepted_and_the_warm_up_batch_is_not_checked_without_a_warm_up(tmp_path):
     from policies.tiny import build_tiny_policy
     from rl.config_loading import parse_cli
-    from rl.driver import check_run
+    from rl.runtime.driver import check_run
 
     build_tiny_policy(out_dir=tmp_path / "policy")
     check_run(

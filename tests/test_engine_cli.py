@@ -5,7 +5,7 @@ import pytest
 from data3d.benchmark import write_benchmark
 from data3d.settings import DataSettings, save_settings
 from policies.tiny import build_tiny_policy
-from rl.cli import main
+from rl.cli.main import main
 
 SETTINGS = DataSettings(num_points=256, image_size=32, num_kpts=1)
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from rl.learner import write_atomically
-from rl.metrics import MetricsLog
+from rl.runtime.learner import write_atomically
+from rl.runtime.metrics import MetricsLog
 from rollout.engine import check_version_order
 from tests.test_rl_loop import SMALL, config, metrics
 
@@ -107,7 +107,7 @@ class KillAfter(threading.Thread):
 def run_killing(tmp_path: Path, init_policy: Path, algo: str, after: int, title: str, *extra: str) -> list[dict]:
     """A run of STEPS steps in which the first process titled `title` is SIGKILLed once `after` steps are logged;
     returns its metrics rows."""
-    from rl.driver import run_stage
+    from rl.runtime.driver import run_stage
 
     run_dir = tmp_path / algo
     killer = KillAfter(run_dir, after, title)

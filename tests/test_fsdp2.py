@@ -1,7 +1,7 @@
 """FSDP2 and the learner's memory options on real torch.distributed (gloo, 2 processes on the CPU): one sharded
 AdamW step equals the single-process step, sharded checkpoints read back exactly, the gathered export equals the
 shards; chunked log-probs and activation checkpointing give the values and gradients of the plain pass. Then the
-FSDP2 learner end to end: `rl.driver.main` runs the SFT warm-up and a GRPO step with 2 Ray Train ranks on a real
+FSDP2 learner end to end: `rl.runtime.driver.main` runs the SFT warm-up and a GRPO step with 2 Ray Train ranks on a real
 local Ray cluster, and a second run resumes from the sharded checkpoint."""
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import torch.multiprocessing as mp
 
 from data3d import generate_sample
 from policies.tiny import build_tiny_policy
-from rl.batches import LearnBatch, rollout_batch
+from rl.algorithms import algorithm
+from rl.algorithms.batch import LearnBatch, rollout_batch
+from rl.algorithms.update import learn_step, make_learner, make_optimizer
 from rl.config import run_quant
 from rl.config_loading import load_config
-from rl.driver import main, run_stage
-from rl.learner import ResponseScorer, learn_step, make_optimizer
-from rl.sharding import full_state, load_sharded, published_state, save_sharded, shard_policy
-from rl.updates import Accumulator
+from rl.runtime.driver import main, run_stage
+from rl.runtime.sharding import full_state, load_sharded, published_state, save_sharded, shard_policy
 from rollout.batching import policy_inputs
 from rollout.engine import SamplingConfig
 from rollout.hf_engine import HFEngine
@@ -60,8 +60,8 @@ def one_step(policy, cfg, batch, world: int):
     from torch.distributed.tensor import DTensor
 
     trainable = {name: p for name, p in policy.named_parameters() if p.requires_grad}
-    optimizer, scheduler = make_optimizer(list(trainable.values()), cfg)
-    grads = {}
+    learner = make_learner(policy, cfg, world=world)
+    optimizer, grads = learner.accumulator.optimizer, {}
 
     def keep(*_):  # every rank runs it at its optimizer step, so the gathers line up
         grads.update(
@@ -73,8 +73,7 @@ def one_step(policy, cfg, batch, world: int):
         )
 
     optimizer.register_step_pre_hook(keep)
-    accumulator = Accumulator(optimizer, list(trainable.values()), cfg.learner.grad_accum, cfg.learner.grad_clip)
-    stats = learn_step(ResponseScorer(policy), policy, None, batch, cfg, accumulator, scheduler, world)
+    stats = learn_step(learner, algorithm(cfg.algo.name), batch, cfg)
     return optimizer, stats, grads
 
 
@@ -173,7 +172,7 @@ def test_chunked_logprobs_equal_the_full_pass():
 
 
 def test_activation_checkpointing_keeps_values_and_gradients():
-    from rl.sharding import enable_activation_checkpointing
+    from rl.runtime.sharding import enable_activation_checkpointing
 
     policy = build_tiny_policy(seed=0).train()
     inputs, ids, mask = scoring_inputs(policy)

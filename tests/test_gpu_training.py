@@ -1,5 +1,5 @@
 """infra/gpu_training.py on this machine: without CUDA it says so in one line and exits 2; its `--cpu` mode runs the
-real training path (rl.driver.main on a local Ray: HF rollouts, the FSDP2 learner in bfloat16 with float32 masters,
+real training path (rl.runtime.driver.main on a local Ray: HF rollouts, the FSDP2 learner in bfloat16 with float32 masters,
 a reference, the evaluation task) and its precision checks pass."""
 
 import json

@@ -21,7 +21,7 @@ from data3d.primitives import sample_surface
 from data3d.settings import DataSettings, dataset_settings, save_settings
 from data3d.store import BenchmarkDataset, read_meta
 from rewards import score_batch
-from rl.cli import main
+from rl.cli.main import main
 
 # 1000 bins: the ground truth's box at IoU >= 0.99 is then a property of the import, not of a coarse quantization
 # (at the default 64 bins a rounded box can lose a few hundredths against the true one)

@@ -16,7 +16,7 @@ import ray
 import yaml
 
 from rl.config_loading import load_config
-from rl.placement import plan_placement, uses_rollouts
+from rl.runtime.placement import plan_placement, uses_rollouts
 
 ROOT = Path(__file__).resolve().parents[1]
 INFRA = ROOT / "infra"

@@ -116,8 +116,8 @@ def test_tiny_policy_overfits_eight_samples_by_reading_their_clouds():
 
 def test_an_alignment_head_added_to_a_saved_policy_trains_and_round_trips(tmp_path):
     from policies import PointVLM
+    from rl.algorithms.losses import cloud_alignment_loss
     from rl.config import ALIGN_CATEGORIES, ALIGN_DIMS
-    from rl.losses import cloud_alignment_loss
 
     build_tiny_policy(out_dir=tmp_path / "plain", seed=0)
     policy = PointVLM.from_pretrained(tmp_path / "plain", align_dims=ALIGN_DIMS, train_point_encoder=True)

@@ -9,7 +9,7 @@ from safetensors.torch import save_file
 from policies import PointVLM, PointVLMConfig, build_tiny_policy, tiny_config
 from policies.generation import draw_tokens, stop_mask
 from policies.inputs import FUSIONS
-from rl.sharding import enable_activation_checkpointing
+from rl.runtime.sharding import enable_activation_checkpointing
 from tests.test_policies_fusion import views
 
 PROMPTS = ["What is this object?", "What colour is it?", "Give the bounding box of the object in the image, please."]

@@ -13,12 +13,13 @@ from data3d import generate_sample
 from policies import PointVLM
 from policies.roles import stored_llm_dtype
 from policies.tiny import build_tiny_policy
-from rl.batches import rollout_batch
+from rl.algorithms import algorithm
+from rl.algorithms.batch import rollout_batch
+from rl.algorithms.update import learn_step, make_learner
 from rl.config import ConfigError, recomputes_old_logprobs, run_quant
 from rl.config_loading import load_config
-from rl.learner import ResponseScorer, learn_step, learner_overrides, load_reference, make_optimizer
-from rl.sharding import shard_policy
-from rl.updates import Accumulator
+from rl.runtime.learner import learner_overrides, load_reference
+from rl.runtime.sharding import shard_policy
 from rollout.batching import policy_inputs
 from rollout.engine import SamplingConfig
 from rollout.hf_engine import HFEngine
@@ -67,19 +68,14 @@ def bf16_rank(rank: int, store: str, policy_dir: str, out: str, batch) -> None:
             policy = PointVLM.from_pretrained(policy_dir, **learner_overrides(cfg))
             shard_policy(policy, torch.device("cpu"), WORLD, cfg.policy.dtype)
             reference = load_reference(cfg, policy_dir, torch.device("cpu"), WORLD)
-            trainable = [p for p in policy.parameters() if p.requires_grad]
-            optimizer, scheduler = make_optimizer(trainable, cfg)
-            accumulator = Accumulator(optimizer, trainable, cfg.learner.grad_accum, cfg.learner.grad_clip)
+            learner = make_learner(policy, cfg, reference, WORLD)
             before = layer_weights(policy)
             shard = batch.shard(rank, WORLD)
-            stats = [
-                learn_step(ResponseScorer(policy), policy, reference, shard, cfg, accumulator, scheduler, WORLD)
-                for _ in range(STEPS)
-            ]
+            stats = [learn_step(learner, algorithm(cfg.algo.name), shard, cfg) for _ in range(STEPS)]
             after = layer_weights(policy)
             results[lr] = {
                 "first": stats[0],
-                "dtypes": {str(p.dtype) for p in trainable},
+                "dtypes": {str(p.dtype) for p in learner.accumulator.params},
                 "moved": sum(int((after[k] != before[k]).sum()) for k in before),
                 "elements": sum(t.numel() for t in before.values()),
             }

@@ -10,12 +10,12 @@ import torch
 from data3d import generate_sample
 from policies import PointVLM, build_tiny_policy, tiny_config
 from policies.reconstruction import random_patch_mask
-from rl.batches import LearnBatch, rollout_batch
+from rl.algorithms import algorithm
+from rl.algorithms.batch import LearnBatch, rollout_batch
+from rl.algorithms.losses import patch_reconstruction_loss
+from rl.algorithms.update import learn_step, make_learner
 from rl.config import policy_overrides, run_quant
 from rl.config_loading import ConfigError, load_config
-from rl.learner import ResponseScorer, learn_step, make_optimizer
-from rl.losses import patch_reconstruction_loss
-from rl.updates import Accumulator
 from rollout.batching import policy_inputs
 from rollout.engine import SamplingConfig
 from rollout.hf_engine import HFEngine
@@ -136,9 +136,7 @@ def test_the_learner_adds_the_weighted_reconstruction_loss_to_sft_and_grca(algo)
     )
     policy = build_tiny_policy(seed=0, config=tiny_config(**policy_overrides(cfg))).eval()
     samples = [generate_sample(0, i, num_points=256, image_size=32, num_kpts=1) for i in range(2)]
-    trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer, scheduler = make_optimizer(trainable, cfg)
-    accumulator = Accumulator(optimizer, trainable, cfg.learner.grad_accum, cfg.learner.grad_clip)
+    learner = make_learner(policy, cfg)
     if algo == "sft":
         batch = LearnBatch(step=0, version=0, samples=samples, group_size=1, response_texts=['{"answer": "x"}'] * 2)
     else:
@@ -147,6 +145,6 @@ def test_the_learner_adds_the_weighted_reconstruction_loss_to_sft_and_grca(algo)
         advantages = torch.tensor([1.0, -1.0, -1.0, 1.0])[:, None] * rollout.response_mask
         batch = rollout_batch(0, rollout, samples, torch.ones(2 * G, dtype=torch.bool), advantages=advantages)
     before = policy.recon_head.mask_token.detach().clone()
-    stats = learn_step(ResponseScorer(policy), policy, None, batch, cfg, accumulator, scheduler)
+    stats = learn_step(learner, algorithm(algo), batch, cfg)
     assert 0.0 < stats["loss/recon"] < 10.0
     assert not torch.equal(before, policy.recon_head.mask_token)  # the head trained in the same optimizer step

@@ -9,7 +9,7 @@ ray = pytest.importorskip("ray")
 from ray import serve  # noqa: E402
 
 from rewards import score_batch  # noqa: E402
-from rl.reward_client import serve_rewards  # noqa: E402
+from rl.runtime.reward_client import serve_rewards  # noqa: E402
 from serve.ray_app import APP_NAME  # noqa: E402
 
 EXAMPLE = json.loads(resources.files("serve").joinpath("example_request.json").read_text())

@@ -1,4 +1,4 @@
-"""Group standardization, GRCA routing and broadcast GRPO (rl/advantages.py) against hand computations."""
+"""Group standardization, GRCA routing and broadcast GRPO (rl/algorithms/advantages.py) against hand computations."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import statistics
 import pytest
 import torch
 
-from rl.advantages import (
+from rl.algorithms.advantages import (
     ROUTED_FIELDS,
     advantage_stats,
     background_rewards_advantage,

@@ -6,12 +6,18 @@ import torch
 from data3d import generate_sample, target_text
 from policies.tiny import build_tiny_tokenizer
 from rewards import score_batch
-from rl.batches import policy_gradient_batch, reward_table, score_rollouts
-from rl.config import run_quant, scalar_reward_weights
+from rl.algorithms import algorithm
+from rl.algorithms.batch import reward_table, score_rollouts
+from rl.config import run_quant
 from rl.config_loading import load_config
-from rl.reward_client import make_reward_fn
+from rl.runtime.reward_client import make_reward_fn
 from rollout.engine import RolloutBatch
 from serve.server import free_port
+
+
+def scored_batch(step, rollout, samples, results, tokenizer, cfg):
+    """The token advantages of the run's algorithm (GRCA, or GRPO with algo.name=grpo) for a scored rollout."""
+    return algorithm(cfg.algo.name).scored_batch(step, rollout, samples, results, tokenizer, cfg)
 
 
 @pytest.fixture(scope="module")
@@ -62,9 +68,7 @@ def test_missing_samples_get_zero_advantage_and_leave_the_statistics(tokenizer, 
     rollout = rollout_of(tokenizer, texts, 1)
     results = score_rollouts(rollout, [sample], make_reward_fn("local"), run_quant(load_config()))
     results[3] = None  # the reward service lost this one
-    batch, metrics = policy_gradient_batch(
-        0, rollout, [sample], results, tokenizer, load_config().algo, scalar_reward_weights(load_config())
-    )
+    batch, metrics = scored_batch(0, rollout, [sample], results, tokenizer, load_config())
     assert metrics["reward/missing"] == 1.0
     assert (batch.advantages[3] == 0).all()
     table, valid = reward_table(results, 1, 4)
@@ -82,11 +86,9 @@ def test_routed_advantage_differs_only_on_the_shifted_field(tokenizer, group):
         [{"text": t, "target": sample.targets.to_reward_target(), "camera": sample.camera.to_dict()} for t in texts[:2]]
     )
     cfg = load_config()
-    routed, routed_metrics = policy_gradient_batch(
-        0, rollout, pair, results, tokenizer, cfg.algo, scalar_reward_weights(cfg)
-    )
-    broadcast, broadcast_metrics = policy_gradient_batch(
-        0, rollout, pair, results, tokenizer, load_config(overrides=["algo.name=grpo"]).algo, scalar_reward_weights(cfg)
+    routed, routed_metrics = scored_batch(0, rollout, pair, results, tokenizer, cfg)
+    broadcast, broadcast_metrics = scored_batch(
+        0, rollout, pair, results, tokenizer, load_config(overrides=["algo.name=grpo"])
     )
     shifted = routed.advantages[1][rollout.response_mask[1].bool()]
     assert shifted.min() < 0 and (shifted == 0).any()  # negative on bbox3d (and rpc's background share), 0 elsewhere
@@ -108,7 +110,7 @@ def test_routed_grpo_weighs_fields_by_algo_routed_field_weights_only(tokenizer, 
 
     def advantages(*overrides):
         cfg = load_config(overrides=list(overrides))
-        batch, _ = policy_gradient_batch(0, rollout, [sample], results, tokenizer, cfg.algo, scalar_reward_weights(cfg))
+        batch, _ = scored_batch(0, rollout, [sample], results, tokenizer, cfg)
         return batch.advantages
 
     plain = advantages()
@@ -124,7 +126,7 @@ def test_shards_keep_groups_whole(tokenizer, group):
     rollout = rollout_of(tokenizer, texts * 2, 2)
     results = score_rollouts(rollout, samples, make_reward_fn("local"), run_quant(load_config()))
     cfg = load_config()
-    batch, _ = policy_gradient_batch(0, rollout, samples, results, tokenizer, cfg.algo, scalar_reward_weights(cfg))
+    batch, _ = scored_batch(0, rollout, samples, results, tokenizer, cfg)
     second = batch.shard(1, 2)
     assert second.samples == [samples[1]] and second.response_texts == texts
     assert torch.equal(second.advantages, batch.advantages[4:])

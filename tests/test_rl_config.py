@@ -303,6 +303,6 @@ def test_enums_agree_with_the_policy():
 
 @pytest.mark.parametrize("cpus, threads", [(0.25, 1), (0.5, 1), (1.0, 1), (2.0, 2), (3.5, 3)])
 def test_a_rollout_worker_runs_torch_on_the_whole_cpus_ray_reserved_for_it(cpus, threads):
-    from rl.controller import rollout_threads
+    from rl.runtime.controller import rollout_threads
 
     assert rollout_threads(cpus) == threads

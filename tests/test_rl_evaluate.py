@@ -8,8 +8,8 @@ import pytest
 
 from data3d import generate_sample, target_text, write_benchmark
 from data3d.settings import DataSettings, save_settings
-from rl.batches import corrupt
-from rl.evaluate import METRICS, TEXT_METRICS, evaluate, format_comparison, format_table, swapped_clouds
+from rl.algorithms.spa import corrupt
+from rl.eval.evaluate import METRICS, TEXT_METRICS, evaluate, format_comparison, format_table, swapped_clouds
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_empty_split_is_a_clear_error():
 
 def test_pointrl_eval_on_a_tiny_policy_and_dataset(tmp_path):
     from policies.tiny import build_tiny_policy
-    from rl.cli import main
+    from rl.cli.main import main
 
     settings = DataSettings(num_points=256, image_size=32, num_kpts=2, bins=50)
     write_benchmark(tmp_path / "data", 6, seed=1, test_fraction=0.5, settings=settings, relevance=0.5, progress=False)
@@ -143,7 +143,7 @@ def test_pointrl_eval_on_a_tiny_policy_and_dataset(tmp_path):
 
 def test_pointrl_eval_refuses_data_written_with_other_settings(tmp_path):
     from policies.tiny import build_tiny_policy
-    from rl.cli import main
+    from rl.cli.main import main
 
     write_benchmark(
         tmp_path / "data",

@@ -10,11 +10,12 @@ import torch
 
 from data3d import generate_sample
 from policies.tiny import build_tiny_policy
-from rl.batches import rollout_batch
+from rl.algorithms import algorithm
+from rl.algorithms.batch import rollout_batch
+from rl.algorithms.update import Accumulator, learn_step, make_learner
 from rl.config import run_quant
 from rl.config_loading import load_config
-from rl.learner import ResponseScorer, learn_step, load_reference, make_optimizer
-from rl.updates import Accumulator
+from rl.runtime.learner import load_reference
 from rollout.batching import policy_inputs
 from rollout.engine import SamplingConfig
 from rollout.hf_engine import HFEngine
@@ -95,10 +96,7 @@ class Rank:
 
     def __init__(self, cfg, seed: int = 0):
         self.cfg, self.policy = cfg, build_tiny_policy(seed=seed).eval()
-        trainable = [p for p in self.policy.parameters() if p.requires_grad]
-        self.optimizer, self.scheduler = make_optimizer(trainable, cfg)
-        self.accumulator = Accumulator(self.optimizer, trainable, cfg.learner.grad_accum, cfg.learner.grad_clip)
-        self.scorer = ResponseScorer(self.policy)
+        self.learner = make_learner(self.policy, cfg)
 
     def rollout(self, samples, seed: int = 0):
         """G sampled responses per sample at the run's temperature, with the log-probs the rollout engine reports."""
@@ -111,7 +109,7 @@ class Rank:
         return rollout_batch(0, rollout, samples, torch.tensor(valid), advantages=advantages)
 
     def step(self, batch):
-        return learn_step(self.scorer, self.policy, None, batch, self.cfg, self.accumulator, self.scheduler)
+        return learn_step(self.learner, algorithm(self.cfg.algo.name), batch, self.cfg)
 
 
 def test_a_step_without_any_reward_leaves_weights_and_optimizer_untouched(samples):
@@ -120,7 +118,7 @@ def test_a_step_without_any_reward_leaves_weights_and_optimizer_untouched(sample
     first = rank.step(rank.batch(samples, rollout, [1.0, -1.0, -1.0, 1.0], [True] * 4))
     assert first["learner/skipped"] == 0.0 and first["learner/grad_norm"] > 0
     weights = {k: v.clone() for k, v in rank.policy.trainable_state_dict().items()}
-    moments = {k: v["exp_avg"].clone() for k, v in rank.optimizer.state.items()}
+    moments = {k: v["exp_avg"].clone() for k, v in rank.learner.accumulator.optimizer.state.items()}
     assert any(m.abs().max() > 0 for m in moments.values())  # AdamW would move on this momentum alone
 
     # the reward service was down: every sample missing, advantages 0
@@ -128,7 +126,7 @@ def test_a_step_without_any_reward_leaves_weights_and_optimizer_untouched(sample
     assert stats["learner/skipped"] == 1.0 and stats["learner/grad_norm"] == 0.0 and "loss/total" not in stats
     after = rank.policy.trainable_state_dict()
     assert all(torch.equal(after[k], weights[k]) for k in weights)
-    assert all(torch.equal(rank.optimizer.state[p]["exp_avg"], m) for p, m in moments.items())
+    assert all(torch.equal(rank.learner.accumulator.optimizer.state[p]["exp_avg"], m) for p, m in moments.items())
 
 
 def test_the_learner_recomputes_the_rollout_logprobs_at_the_sampling_temperature(samples):
@@ -163,7 +161,9 @@ def test_warmup_and_schedule_advance_once_per_rl_step(samples):
     # two micro-batches a step make two optimizer steps a step; the schedule still counts RL steps
     rank = Rank(config("learner.warmup_steps=2", "learner.schedule=linear", "run.steps=4"))
     used: list[float] = []
-    rank.optimizer.register_step_pre_hook(lambda optimizer, *_: used.append(optimizer.param_groups[0]["lr"]))
+    rank.learner.accumulator.optimizer.register_step_pre_hook(
+        lambda optimizer, *_: used.append(optimizer.param_groups[0]["lr"])
+    )
     batch = rank.batch(samples, rank.rollout(samples), [1.0, -1.0, -1.0, 1.0], [True] * 4)
     logged = [rank.step(batch)["learner/lr"] for _ in range(4)]
     expected = [1e-2 * f for f in (0.5, 1.0, 1.0, 0.5)]  # warm-up 1/2, 2/2, then linear decay over steps 2..3

@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from data3d.settings import DataSettings, load_settings
 from policies import PointVLM
 from rl.config_loading import load_config
-from rl.driver import main, run_stage
+from rl.runtime.driver import main, run_stage
 
 # two training prompts with one keypoint each (targets of ~115 tokens) keep every stage to seconds on 2 CPUs
 SMALL = [
@@ -195,7 +195,7 @@ def test_the_pisa_engine_annotates_checks_retrains_and_continues(cluster, warm_p
     redoes only the loop whose summary is gone."""
     from data3d import BenchmarkDataset
     from data3d.benchmark import write_benchmark
-    from rl.engine import run_engine
+    from rl.pisa.loop import run_engine
 
     clouds = tmp_path / "clouds"
     write_benchmark(clouds, 2, 7, test_fraction=0.0, settings=DataSettings(256, 32, 1), progress=False)

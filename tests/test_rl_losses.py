@@ -1,4 +1,4 @@
-"""The losses (rl/losses.py): values on hand-computed cases and the direction of one SGD step on free logits."""
+"""The losses (rl/algorithms/losses.py): values on hand-computed cases and the direction of one SGD step on free logits."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from rl.losses import (
+from rl.algorithms.losses import (
     clipped_surrogate_loss,
     cloud_alignment_loss,
     dpo_loss,
@@ -82,7 +82,7 @@ def test_surrogate_step_raises_positive_and_lowers_negative_advantage_tokens():
     mask = torch.ones(3, 5)
     mask[1, 4] = 0
     before = gather(logits, targets).detach()
-    loss, _ = clipped_surrogate_loss(gather(logits, targets), before, advantages, mask)
+    loss, _ = clipped_surrogate_loss(gather(logits, targets), before, advantages, mask, clip_eps=0.2)
     sgd_step(logits, loss)
     change = gather(logits, targets).detach() - before
     on = mask.bool()
@@ -105,7 +105,9 @@ def test_clipping_stops_the_gradient_outside_the_trust_region():
     assert grad[0] == 0 and grad[1] == 0 and grad[2] > 0 and grad[3] > 0
     assert stats["clip_fraction"] == pytest.approx(2 / 4)
     logits.grad = None
-    loss, stats = clipped_surrogate_loss(gather(logits, targets), old, advantages, mask, clip_eps_high=0.7)
+    loss, stats = clipped_surrogate_loss(
+        gather(logits, targets), old, advantages, mask, clip_eps=0.2, clip_eps_high=0.7
+    )
     loss.backward()
     grad = logits.grad.abs().sum(-1)[0]
     assert grad[0] > 0 and grad[1] == 0 and stats["clip_fraction"] == pytest.approx(1 / 4)  # 1.65 < 1 + 0.7
@@ -201,7 +203,9 @@ def test_spa_step_widens_the_clean_vs_masked_gap(nll_weight):
         return masked_sample_sum(gather(clean_logits, targets) - gather(masked_logits, targets), mask).detach()
 
     before = margins()
-    loss, _ = spa_loss(gather(clean_logits, targets), gather(masked_logits, targets), mask, nll_weight=nll_weight)
+    loss, _ = spa_loss(
+        gather(clean_logits, targets), gather(masked_logits, targets), mask, beta=1.0, nll_weight=nll_weight
+    )
     loss.backward()
     with torch.no_grad():
         for logits in (clean_logits, masked_logits):
@@ -211,7 +215,7 @@ def test_spa_step_widens_the_clean_vs_masked_gap(nll_weight):
 
 def test_dpo_is_log2_at_equal_logprobs_and_matches_a_hand_case():
     equal = torch.tensor([-5.0, -2.0])
-    loss, stats = dpo_loss(equal, equal, equal, equal)
+    loss, stats = dpo_loss(equal, equal, equal, equal, beta=0.1)
     assert loss.item() == pytest.approx(math.log(2)) and stats["reward_margin"] == 0.0
     loss, stats = dpo_loss(
         torch.tensor([-4.0, -10.0]),
@@ -224,7 +228,7 @@ def test_dpo_is_log2_at_equal_logprobs_and_matches_a_hand_case():
     assert loss.item() == pytest.approx(sum(-math.log(sigmoid(m)) for m in margins) / 2, rel=1e-6)
     assert stats["accuracy"] == 0.5 and stats["reward_margin"] == pytest.approx(sum(margins) / 2)
     with pytest.raises(ValueError, match="four"):
-        dpo_loss(equal, equal, equal, torch.zeros(3))
+        dpo_loss(equal, equal, equal, torch.zeros(3), beta=0.1)
 
 
 def test_dpo_step_raises_chosen_and_lowers_rejected():
@@ -232,7 +236,7 @@ def test_dpo_step_raises_chosen_and_lowers_rejected():
     mask = torch.ones(2, 4)
     before = masked_sample_sum(gather(logits, targets), mask).detach()
     sequence = masked_sample_sum(gather(logits, targets), mask)
-    loss, _ = dpo_loss(sequence[:1], sequence[1:], before[:1], before[1:])
+    loss, _ = dpo_loss(sequence[:1], sequence[1:], before[:1], before[1:], beta=0.1)
     sgd_step(logits, loss, lr=1.0)
     after = masked_sample_sum(gather(logits, targets), mask).detach()
     assert after[0] > before[0] and after[1] < before[1]

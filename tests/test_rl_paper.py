@@ -8,9 +8,9 @@ from safetensors.torch import save_file
 
 from policies import PointVLM, build_tiny_qwen_vl, tiny_config
 from policies.qwen_vl import QWEN_VL_TYPES
-from rl.cli import main as pointrl
+from rl.cli.main import main as pointrl
 from rl.config_loading import load_config
-from rl.driver import run_stage
+from rl.runtime.driver import run_stage
 from tests.test_cli_init import TINY_POINT
 from tests.test_policies_encoder import randomised_encoder, with_prefix
 from tests.test_rl_loop import SMALL, metrics

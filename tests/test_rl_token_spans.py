@@ -1,4 +1,4 @@
-"""Character spans -> token masks (rl/token_spans.py) on the real tiny byte-level BPE tokenizer."""
+"""Character spans -> token masks (rl/algorithms/token_spans.py) on the real tiny byte-level BPE tokenizer."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 
 from policies.tiny import build_tiny_tokenizer
 from rewards.parse import parse_output
-from rl.advantages import ROUTED_FIELDS
-from rl.token_spans import batch_field_masks, batch_token_char_offsets, field_token_masks, token_char_offsets
+from rl.algorithms.advantages import ROUTED_FIELDS
+from rl.algorithms.token_spans import batch_field_masks, batch_token_char_offsets, field_token_masks, token_char_offsets
 
 ALL_FIELDS = ("answer", "description", *ROUTED_FIELDS)
 TARGET = (

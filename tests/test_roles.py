@@ -11,8 +11,8 @@ import torch
 from policies.roles import move_to, process_device, role_device
 from policies.tiny import build_tiny_policy
 from rl.config_loading import load_config
-from rl.driver import evaluate_policy, evaluation_resources
-from rl.learner import read_saved
+from rl.runtime.driver import evaluate_policy, evaluation_resources
+from rl.runtime.learner import read_saved
 from rollout.worker import RolloutWorker, make_rollout_workers
 
 NO_CUDA = "given GPU 0 by Ray, but torch sees no CUDA device"

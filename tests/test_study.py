@@ -9,8 +9,8 @@ import pytest
 from bench.study import bootstrap_ci, write_study
 from data3d import generate_sample, target_text
 from rl.config_loading import load_config
-from rl.controller import TrainingSet
-from rl.evaluate import METRICS, object_scores, score_answers
+from rl.eval.evaluate import METRICS, object_scores, score_answers
+from rl.runtime.data import TrainingSet
 
 
 def test_the_bootstrap_interval_holds_the_mean_and_widens_with_seed_to_seed_spread():
@@ -70,7 +70,7 @@ def test_object_scores_are_the_report_per_object():
 def test_the_run_seed_reorders_the_training_prompts():
     def order(seed):
         cfg = load_config("grca.yaml", [f"run.seed={seed}"])
-        return TrainingSet(cfg, "train", 64).order.tolist()
+        return TrainingSet(cfg, "train", 64, cfg.data.seed).order.tolist()
 
     assert order(0) == order(0)
     assert order(0) != order(1)
@@ -80,7 +80,7 @@ def test_the_run_seed_reorders_the_training_prompts():
 def test_a_periodic_evaluation_is_plotted_at_the_number_of_updates_behind_it(tmp_path):
     """The controller logs step index s (0-based) as row step s + 1, the updates done: the curve uses that number."""
     from bench.learning_bench import periodic_points
-    from rl.metrics import MetricsLog
+    from rl.runtime.metrics import MetricsLog
 
     log = MetricsLog(tmp_path, "curve", steps=60)
     log.log(29, {"loss/total": 1.0}, echo=False)

@@ -12,7 +12,7 @@ import pytest
 from data3d import generate_sample, target_text, write_benchmark
 from data3d.settings import DataSettings, save_settings
 from rewards import Quant
-from rl.viz import draw, predicted_geometry
+from rl.eval.viz import draw, predicted_geometry
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -44,7 +44,7 @@ def test_a_broken_answer_draws_only_what_parsed(tmp_path):
 
 def test_pointrl_viz_writes_a_picture_per_object(tmp_path, capsys):
     from policies.tiny import build_tiny_policy
-    from rl.cli import main
+    from rl.cli.main import main
 
     settings = DataSettings(num_points=256, image_size=32, num_kpts=2, bins=50)
     write_benchmark(tmp_path / "data", 6, seed=1, test_fraction=0.5, settings=settings, progress=False)
@@ -66,7 +66,7 @@ def test_a_picture_as_pixels_is_the_png_and_reads_back_from_tensorboard(tmp_path
     import matplotlib.image
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from rl.metrics import MetricsLog
+    from rl.runtime.metrics import MetricsLog
 
     sample = generate_sample(2, 3, num_points=256, image_size=64, num_kpts=4)
     answer = target_text(sample, Quant())
@@ -90,16 +90,14 @@ def test_a_picture_as_pixels_is_the_png_and_reads_back_from_tensorboard(tmp_path
 
 
 def test_drawn_pictures_by_uid_and_none_without_matplotlib(tmp_path):
-    from rl.viz import drawn, pictures_to_draw
+    from rl.eval.viz import drawn, pictures_to_draw
 
     samples = [generate_sample(2, i, num_points=256, image_size=32, num_kpts=2) for i in range(2)]
     pictures = drawn(samples, ["not json", target_text(samples[1])], Quant())
     assert list(pictures) == [s.uid for s in samples] and all(p.shape[-1] == 3 for p in pictures.values())
     assert drawn([], [], Quant()) == {} and pictures_to_draw(2) == 2 and pictures_to_draw(0) == 0
     # a machine without matplotlib (a dev dependency only): the count drops to 0 with one warning, the run goes on
-    script = (
-        "import sys; sys.modules['matplotlib'] = None; from rl.viz import pictures_to_draw; print(pictures_to_draw(2))"
-    )
+    script = "import sys; sys.modules['matplotlib'] = None; from rl.eval.viz import pictures_to_draw; print(pictures_to_draw(2))"
     repository = str(Path(__file__).resolve().parents[1])
     done = subprocess.run(
         [sys.executable, "-c", script],

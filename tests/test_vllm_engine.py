@@ -282,9 +282,9 @@ def test_three_grca_steps_with_vllm_rollouts_on_a_local_ray_cluster(tmp_path):
     import ray
 
     from rl.config_loading import load_config
-    from rl.driver import run_stage
+    from rl.runtime.driver import run_stage
 
-    # the two prompts the run trains on (rl.controller.TrainingSet with the data settings below)
+    # the two prompts the run trains on (rl.runtime.data.TrainingSet with the data settings below)
     prompts = [generate_sample(0, i, num_points=256, image_size=32, num_kpts=1) for i in range(2)]
     policy_dir = tmp_path / "policy"
     warm(build_tiny_policy(hidden_size=HIDDEN), prompts).save_pretrained(policy_dir)

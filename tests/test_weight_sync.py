@@ -1,7 +1,7 @@
 """Weight sync on a real local Ray cluster: the learner puts the tensors into the object store, a bucket at a time as
 they come, a real Controller relays only their refs, and each rollout worker fetches them itself and ends up with the
 learner's exact tensors, whole versions only (rollout/weight_sync.py). Under FSDP2 (2 gloo ranks) only rank 0 yields
-the gathered tensors (rl/sharding.py: published_state)."""
+the gathered tensors (rl/runtime/sharding.py: published_state)."""
 
 import pytest
 import torch
@@ -15,8 +15,8 @@ from policies import PointVLM, build_tiny_policy  # noqa: E402
 from policies.vlm import VISION_PARTS  # noqa: E402
 from rl.config import SYNC_TRANSPORTS, ConfigError, policy_overrides  # noqa: E402
 from rl.config_loading import config_to_dict, load_config  # noqa: E402
-from rl.controller import Controller  # noqa: E402
-from rl.sharding import published_state, shard_policy  # noqa: E402
+from rl.runtime.controller import Controller  # noqa: E402
+from rl.runtime.sharding import published_state, shard_policy  # noqa: E402
 from rollout import make_rollout_workers, policy_inputs  # noqa: E402
 from rollout.weight_sync import TRANSPORTS, Published, WeightSync, fetch  # noqa: E402
 

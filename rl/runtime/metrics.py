@@ -8,16 +8,15 @@ import json
 import re
 from pathlib import Path
 
-REWARD_ORDER = ("format", "answer", "bbox2d", "bbox3d", "kpts2d", "kpts3d", "rpc")
+from rewards.schema import REWARDS
+
 TIME_ORDER = ("rollout", "reward", "learn", "sync")
 
 
 def progress_line(step: int, steps: int, metrics: dict[str, float]) -> str:
     """`step 3/20 | format 0.95 ... rpc 0.55 | loss 0.012 | rollout 4.1s reward 0.2s learn 2.3s sync 0.1s`."""
     parts = [f"step {step + 1}/{steps}"]
-    rewards = " ".join(
-        f"{name} {metrics[f'reward/{name}']:.3f}" for name in REWARD_ORDER if f"reward/{name}" in metrics
-    )
+    rewards = " ".join(f"{name} {metrics[f'reward/{name}']:.3f}" for name in REWARDS if f"reward/{name}" in metrics)
     if rewards:
         parts.append(rewards)
     if "loss/total" in metrics:

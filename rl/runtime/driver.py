@@ -1,8 +1,8 @@
-"""The driver: `run_stage` starts one stage, its controller (rl/controller.py: prompts -> rollouts -> rewards ->
+"""The driver: `run_stage` starts one stage, its controller (rl/runtime/controller.py: prompts -> rollouts -> rewards ->
 advantages -> weight sync -> metrics) and its learner under Ray Train, and `main` chains the stages of a run (SFT
 warm-up, the algorithm, evaluation). Every entry script `rl/train_*.py` is `main` with its default YAML.
 
-Placement (`rl/placement.py`) is planned from the cluster before a stage starts: the rollout workers' placement
+Placement (`rl/runtime/placement.py`) is planned from the cluster before a stage starts: the rollout workers' placement
 group is reserved first, then Ray Train's learner workers take theirs (colocated: the rest of each rollout GPU).
 
 Run directory (`run.dir`): config.yaml, metrics.jsonl, tensorboard/, learner/ (Ray Train checkpoints), policy/ (the
@@ -20,10 +20,12 @@ import ray
 
 from data3d import read_meta
 from data3d.settings import DataSettings, dataset_settings, save_settings
+from rl.algorithms import ALGORITHMS, algorithm
 from rl.config import Config, ConfigError, data_settings, run_quant
 from rl.config_loading import config_to_dict, parse_cli, save_config
-from rl.controller import Controller, check_engine_sleep, held_out_samples
-from rl.placement import (
+from rl.runtime.controller import Controller, check_engine_sleep
+from rl.runtime.data import held_out_samples, held_out_seed
+from rl.runtime.placement import (
     PlacementError,
     check_config,
     learner_scaling,
@@ -45,7 +47,7 @@ def check_run(cfg: Config) -> None:
             "directory that PointVLM.save_pretrained or a run's policy/ wrote, or null to start from SFT"
         )
     stages = [("rollout.prompts_per_step", cfg)]
-    if not cfg.policy.init and cfg.algo.name != "sft":  # run_stages runs the SFT warm-up first
+    if not cfg.policy.init and algorithm(cfg.algo.name).warm_up:  # run_stages runs the SFT warm-up first
         stages.append(("sft.batch_size", warmup_config(cfg)))
     for name, stage in stages:
         if stage.rollout.prompts_per_step % cfg.learner.num_workers:
@@ -64,10 +66,10 @@ def check_run(cfg: Config) -> None:
 def check_one_step_off(cfg: Config) -> None:
     """rollout.mode=one_step_off overlaps step k+1's rollouts with step k's update: it needs an algorithm whose loss
     weighs the lag (GRCA, GRPO), a staleness bound that admits it, and GPUs that are not taken in turns."""
-    if cfg.algo.name not in ("grca", "grpo"):
+    if not algorithm(cfg.algo.name).clips_ratio:
         raise ConfigError(
-            f"rollout.mode: one_step_off is for grca and grpo (their ratio corrects for the older rollout policy), "
-            f"not {cfg.algo.name}; use rollout.mode=sync"
+            f"rollout.mode: one_step_off is for {' and '.join(n for n in ALGORITHMS if algorithm(n).clips_ratio)} "
+            f"(their ratio corrects for the older rollout policy), not {cfg.algo.name}; use rollout.mode=sync"
         )
     if cfg.rollout.max_staleness < 1:
         raise ConfigError(
@@ -108,7 +110,7 @@ def run_stage(cfg: Config, policy_dir: Path, run_dir: Path) -> Path:
     from ray.train.torch import TorchTrainer
     from ray.util.placement_group import remove_placement_group
 
-    from rl.learner import learner_loop
+    from rl.runtime.learner import learner_loop
 
     check_run(cfg)
     plan = plan_on_cluster(cfg, uses_rollouts(cfg))  # a cluster that cannot hold the stage is refused in one line
@@ -141,7 +143,7 @@ def run_stage(cfg: Config, policy_dir: Path, run_dir: Path) -> Path:
                 name="learner",
                 storage_path=str(run_dir),
                 checkpoint_config=CheckpointConfig(num_to_keep=cfg.checkpoint.keep),
-                # a dead learner worker: the group restarts from the newest checkpoint (rl.learner._restore)
+                # a dead learner worker: the group restarts from the newest checkpoint (rl.runtime.learner._restore)
                 failure_config=FailureConfig(max_failures=cfg.learner.max_failures),
             ),
         )
@@ -187,7 +189,7 @@ def held_out_answerer(cfg: Config, policy_dir: Path):
     on the evaluation role's device (`policies.roles.process_device`)."""
     from policies import PointVLM
     from policies.roles import process_device
-    from rl.evaluate import policy_answerer
+    from rl.eval.evaluate import policy_answerer
 
     return policy_answerer(
         PointVLM.from_pretrained(policy_dir).eval().to(process_device("evaluation")),
@@ -213,12 +215,12 @@ def evaluation_resources(cfg: Config) -> dict[str, float]:
 def _evaluate_report(config: dict, policy_dir: str) -> dict:
     """The body of the evaluation task: the report of `evaluate_policy`, computed where Ray placed the task."""
     from rl.config_loading import config_from_dict
-    from rl.evaluate import evaluate
+    from rl.eval.evaluate import evaluate
 
     cfg = config_from_dict(config)
     samples = held_out_samples(cfg)
     report = evaluate(held_out_answerer(cfg, Path(policy_dir)), samples, run_quant(cfg), reliance=cfg.eval.reliance)
-    source = f"{cfg.data.dir}:{cfg.eval.split}" if cfg.data.dir else f"generated with seed {cfg.data.seed + 1}"
+    source = f"{cfg.data.dir}:{cfg.eval.split}" if cfg.data.dir else f"generated with seed {held_out_seed(cfg)}"
     report["meta"] = {"policy": policy_dir, "samples": len(samples), "held_out": source}
     return report
 
@@ -226,7 +228,7 @@ def _evaluate_report(config: dict, policy_dir: str) -> dict:
 def evaluate_policy(cfg: Config, policy_dir: Path, out: Path) -> dict:
     """The held-out evaluation of `policy_dir` (a path every node reads: shared storage on a cluster), run by a Ray
     task with `evaluation_resources`; the driver only writes the report it returns to `out`."""
-    from rl.evaluate import write_report
+    from rl.eval.evaluate import write_report
 
     task = ray.remote(_evaluate_report).options(**evaluation_resources(cfg), max_retries=0)
     report = ray.get(task.remote(config_to_dict(cfg), str(Path(policy_dir).resolve())))
@@ -254,7 +256,7 @@ def run_stages(cfg: Config, run_dir: Path) -> dict:
     policy_dir = Path(cfg.policy.init) if cfg.policy.init else None
     if policy_dir is None:
         policy_dir = initial_policy(cfg, run_dir)
-        if cfg.algo.name != "sft":
+        if algorithm(cfg.algo.name).warm_up:
             policy_dir = run_stage(warmup_config(cfg), policy_dir, run_dir / "sft")
             reports["sft"] = evaluate_policy(cfg, policy_dir, run_dir / "eval_sft.json")
     final_dir = run_stage(cfg, policy_dir, run_dir)
@@ -266,7 +268,7 @@ def main(default_config: str, argv: list[str] | None = None) -> dict:
     """Parse `[--config PATH] [key=value ...]`, run the stages, evaluate, print SFT vs final side by side."""
     import sys
 
-    from rl.evaluate import format_ceiling, format_comparison, format_table
+    from rl.eval.evaluate import format_ceiling, format_comparison, format_table
 
     cfg = parse_cli(sys.argv[1:] if argv is None else argv, default_config)
     try:

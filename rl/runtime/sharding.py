@@ -1,6 +1,6 @@
 """FSDP2 for the learner (`learner.strategy=fsdp2`): the policy sharded per LLM decoder layer and then as a whole, its
-gradients clipped over the shards, its weights gathered whole for the rollout workers and the final export, and
-sharded checkpoints that every rank writes. Plus the options that either strategy can use: activation checkpointing,
+weights gathered whole for the rollout workers and the final export, and sharded checkpoints that every rank writes
+(the gradient clipping over shards is `rl.algorithms.update.clip_gradients`). Plus the options that either strategy can use: activation checkpointing,
 and the whole-tensor CPU copy of the trainable weights that the controller publishes.
 
 torch 2.13 APIs used: `torch.distributed.fsdp.fully_shard`, `register_fsdp_forward_method`, `MixedPrecisionPolicy`;
@@ -65,28 +65,6 @@ def enable_activation_checkpointing(policy: nn.Module) -> None:
     llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
 
 
-def clip_gradients(params: list[nn.Parameter], max_norm: float) -> float:
-    """`clip_grad_norm_` that also takes FSDP2's sharded gradients: the total norm is made whole (over every rank's
-    shard) before it scales the gradients and is returned."""
-    from torch.distributed.tensor import DTensor
-
-    grads = [p.grad for p in params if p.grad is not None]
-    total = torch.nn.utils.get_total_norm(grads)
-    if isinstance(total, DTensor):
-        total = total.full_tensor()
-    torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
-    return float(total)
-
-
-def sum_over_ranks(count: int, world: int, device: torch.device) -> int:
-    """`count` summed over the `world` ranks (a collective when there are several: every rank calls it)."""
-    if world == 1:
-        return count
-    total = torch.tensor([count], dtype=torch.int64, device=device)  # NCCL reduces only GPU tensors
-    torch.distributed.all_reduce(total)
-    return int(total)
-
-
 def published_state(policy: nn.Module, rank: int) -> Iterator[tuple[str, torch.Tensor]]:
     """The trainable tensors whole and on the CPU (what the rollout workers load), one at a time, for
     `WeightSync.put` to stream into the object store. With FSDP2 each is gathered from the shards as it comes, a
@@ -142,7 +120,7 @@ def move_learner(
 ) -> None:
     """The learner's parameters (FSDP2's shards as they are sharded), AdamW's moments and the reference onto
     `device`. A colocated learner moves them to the CPU before the rollout engines on its GPUs wake, freeing the CUDA
-    cache, and back after they sleep (rl.controller.EngineTurns says the order)."""
+    cache, and back after they sleep (rl.runtime.controller.EngineTurns says the order)."""
     policy.to(device)
     for state in optimizer.state.values():
         for key, value in state.items():

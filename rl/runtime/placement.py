@@ -24,7 +24,7 @@ import copy
 import time
 from dataclasses import dataclass
 
-from rl.config import ROLLOUT_ALGORITHMS, Config, ConfigError
+from rl.config import Config, ConfigError
 
 EPS = 1e-9
 NODE_ID_LABEL = "ray.io/node-id"  # the label Ray gives every node (ray._raylet.RAY_NODE_ID_KEY)
@@ -62,11 +62,13 @@ class Plan:
 def uses_rollouts(cfg: Config) -> bool:
     """Whether a stage runs rollout workers: the algorithms that learn from their own samples (DPO from a pairs file
     does not)."""
-    return cfg.algo.name in ROLLOUT_ALGORITHMS and not (cfg.algo.name == "dpo" and cfg.dpo.pairs_file)
+    from rl.algorithms import algorithm  # imports torch, which planning alone does not need
+
+    return algorithm(cfg.algo.name).rollouts(cfg)
 
 
 def takes_turns_on_gpus(cfg: Config) -> bool:
-    """Whether learner and rollout engines take turns on each GPU's memory (rl.controller.EngineTurns): colocated
+    """Whether learner and rollout engines take turns on each GPU's memory (rl.runtime.controller.EngineTurns): colocated
     vLLM engines sleep while the learner trains. A colocated HF rollout worker keeps its policy on the GPU."""
     return cfg.placement.mode == "colocated" and cfg.rollout.backend == "vllm" and uses_rollouts(cfg)
 

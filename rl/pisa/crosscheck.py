@@ -37,8 +37,8 @@ from rewards.camera import box3d_corners, project
 from rewards.geometry import box_iou
 from rewards.parse import parse_output
 from rewards.request import normalize_answer
-from rewards.schema import FIELDS
-from rl.viz import predicted_geometry
+from rewards.schema import FIELDS, GEOMETRY_FIELDS
+from rl.eval.viz import predicted_geometry
 
 VIEW_AZIMUTHS = (0.0, 90.0, 180.0, 270.0)  # four sides, from 20 degrees above
 VIEW_ELEVATION, VIEW_DISTANCE, VIEW_FILL = 20.0, 3.0, 0.8
@@ -80,7 +80,7 @@ class Annotation:
         return (
             self.answer is not None
             and self.description is not None
-            and {"bbox2d", "bbox3d", "kpts2d", "kpts3d"} <= g.keys()
+            and set(GEOMETRY_FIELDS) <= g.keys()
             and len(g["kpts2d"]) == len(sample.targets.kpts2d)
             and len(g["kpts3d"]) == len(sample.targets.kpts3d)
         )
@@ -284,7 +284,7 @@ def medoid_only(sample: Sample, texts: list[str], quant: Quant) -> tuple[Sample 
     if not best.complete(sample):
         return None, [Decision(sample.uid, "all", "dropped", "incomplete")]
     if _named(best.description, COLOUR_NAMES) is None or _named(best.description, CATEGORIES) is None:
-        # the SFT's cloud-alignment loss needs both (rl.batches.alignment_targets)
+        # the SFT's cloud-alignment loss needs both (rl.algorithms.sft.alignment_targets)
         return None, [Decision(sample.uid, "all", "dropped", "description names no colour or category")]
     targets = {**best.geometry, "answer": best.answer, "description": best.description}
     return _annotated(sample, targets), [Decision(sample.uid, "all", "kept", "no cross-check")]

@@ -218,7 +218,7 @@ def cmd_synth(args: argparse.Namespace) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from rl.evaluate import run_eval
+    from rl.eval.evaluate import run_eval
 
     try:
         run_eval(
@@ -296,10 +296,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.set_defaults(run=cmd_synth)
 
-    from rl.cli_import import add_import_parser
-    from rl.cli_init import add_init_parser
-    from rl.engine import add_engine_parser
-    from rl.viz import add_viz_parser
+    from rl.cli.import_data import add_import_parser
+    from rl.cli.init import add_init_parser
+    from rl.eval.viz import add_viz_parser
+    from rl.pisa.loop import add_engine_parser
 
     add_import_parser(commands, defaults)
     add_init_parser(commands)
@@ -330,7 +330,3 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     args.run(args)
-
-
-if __name__ == "__main__":
-    main()

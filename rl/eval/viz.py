@@ -115,7 +115,7 @@ def pictures_to_draw(count: int) -> int:
 
 def drawn(samples: list[Sample], texts: list[str], quant: Quant) -> dict[str, np.ndarray]:
     """Each sample's picture of its answer as pixels [H, W, 3] uint8, by uid (the periodic evaluation's)."""
-    from rl.evaluate import score_texts
+    from rl.eval.evaluate import score_texts
 
     results = score_texts(samples, texts, quant)
     return {s.uid: draw(s, text, quant, r["rewards"]) for s, text, r in zip(samples, texts, results)}
@@ -125,7 +125,7 @@ def visualize(
     policy_dir: str, data_dir: str, out_dir: str, split: str = "test", n: int = 8, max_new_tokens: int = 320
 ) -> list[Path]:
     """Greedy answers of the policy on the first `n` samples of the split, one PNG per object; returns the paths."""
-    from rl.evaluate import load_policy_and_split, policy_answerer, score_texts
+    from rl.eval.evaluate import load_policy_and_split, policy_answerer, score_texts
 
     policy, samples, settings = load_policy_and_split(policy_dir, data_dir, split, n)
     quant = settings.quant()

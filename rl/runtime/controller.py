@@ -1,6 +1,7 @@
 """The controller of one stage: the single Ray actor that owns the data, the rollout workers and the reward client,
-builds each step's batch once (prompts -> rollouts -> rewards -> advantages), relays each new weights version to
-the rollout workers and records the step's metrics. The learner ranks (rl/learner.py) pull their shards from it.
+builds each step's batch once through the algorithm (it is the algorithm's BatchSource: prompts, rollouts, rewards),
+relays each new weights version to
+the rollout workers and records the step's metrics. The learner ranks (rl/runtime/learner.py) pull their shards from it.
 """
 
 from __future__ import annotations
@@ -13,69 +14,15 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from data3d import BenchmarkDataset, Sample, generate_sample
-from rl.batches import (
-    LearnBatch,
-    corrupt,
-    file_pairs_batch,
-    policy_gradient_batch,
-    preference_batch,
-    read_pairs_file,
-    score_rollouts,
-    target_batch,
-)
-from rl.config import Config, ConfigError, policy_overrides, run_quant, scalar_reward_weights
-from rl.metrics import MetricsLog
-from rl.placement import takes_turns_on_gpus, uses_rollouts
-from rl.viz import pictures_to_draw
-
-
-class TrainingSet:
-    """The prompts of a run: a `pointrl synth` split read lazily, or the procedural benchmark generated on the fly."""
-
-    def __init__(self, cfg: Config, split: str, size: int, seed_offset: int = 0):
-        self.dataset = BenchmarkDataset(cfg.data.dir, split) if cfg.data.dir else None
-        self.size = len(self.dataset) if self.dataset is not None else size
-        self.cfg, self.seed = cfg, cfg.data.seed + seed_offset
-        self.cache: dict[int, Sample] = {}
-        if self.size == 0:
-            raise ValueError(f"data: the {split} split of {cfg.data.dir} is empty")
-        # the run's seed reorders the prompts too: runs that differ only in run.seed see them in other orders
-        self.order = np.random.default_rng([self.seed, cfg.run.seed]).permutation(self.size)
-
-    def __getitem__(self, index: int) -> Sample:
-        if index not in self.cache:
-            d = self.cfg.data
-            self.cache[index] = (
-                self.dataset[index]
-                if self.dataset is not None
-                else generate_sample(
-                    self.seed,
-                    index,
-                    num_points=d.num_points,
-                    image_size=d.image_size,
-                    num_kpts=d.num_kpts,
-                    relevance=d.relevance,
-                )
-            )
-        return self.cache[index]
-
-    def by_uid(self, uid: str) -> Sample:
-        if not hasattr(self, "index_of"):
-            self.index_of = {self[i].uid: i for i in range(self.size)}
-        if uid not in self.index_of:
-            raise KeyError(f"uid {uid!r} is not in the training data")
-        return self[self.index_of[uid]]
-
-    def take(self, step: int, count: int) -> list[Sample]:
-        """The prompts of `step`: a seeded permutation walked in order, so a resumed run continues the sequence."""
-        return [self[int(self.order[(step * count + j) % self.size])] for j in range(count)]
-
-
-def held_out_samples(cfg: Config) -> list[Sample]:
-    """The evaluation prompts: the dataset's eval split, or generated with another seed (objects never trained on)."""
-    held_out = TrainingSet(cfg, cfg.eval.split, cfg.data.eval_size, seed_offset=1)
-    return [held_out[i] for i in range(min(held_out.size, cfg.data.eval_size))]
+from data3d import Sample
+from rl.algorithms import algorithm
+from rl.algorithms.batch import LearnBatch, rollout_sampling, score_rollouts
+from rl.config import Config, ConfigError, policy_overrides, run_quant
+from rl.eval.viz import pictures_to_draw
+from rl.runtime.data import held_out_samples, training_prompts
+from rl.runtime.metrics import MetricsLog
+from rl.runtime.placement import takes_turns_on_gpus
+from rollout.engine import RolloutBatch
 
 
 @ray.remote(num_cpus=0.1)
@@ -88,15 +35,15 @@ class Controller:
 
         from policies import load_tokenizer
         from rl.config_loading import config_from_dict
-        from rl.reward_client import make_reward_fn
+        from rl.runtime.reward_client import make_reward_fn
         from rollout.worker import make_rollout_workers
 
         torch.set_num_threads(1)
         self.cfg = cfg = config_from_dict(config)
-        self.data = TrainingSet(cfg, "train", cfg.data.train_size)
+        self.data = training_prompts(cfg)
         self.quant = run_quant(cfg)
-        self.pairs = read_pairs_file(cfg.dpo.pairs_file) if cfg.algo.name == "dpo" and cfg.dpo.pairs_file else None
-        self.rollouts = uses_rollouts(cfg)
+        self.algorithm = algorithm(cfg.algo.name)
+        self.rollouts = self.algorithm.rollouts(cfg)
         self.workers = (
             make_rollout_workers(
                 cfg.rollout.num_workers,
@@ -172,22 +119,10 @@ class Controller:
 
     def _launch(self, step: int) -> list:
         """Start step `step`'s rollouts on the workers with the version they hold now; returns the refs."""
-        from rollout.engine import SamplingConfig
         from rollout.worker import launch_on_workers
 
-        cfg = self.cfg
-        sampling = SamplingConfig(
-            n=cfg.rollout.group_size,
-            temperature=cfg.rollout.temperature,
-            top_p=cfg.rollout.top_p,
-            max_new_tokens=cfg.rollout.max_new_tokens,
-            min_new_tokens=cfg.rollout.min_new_tokens,
-            # one stream per sampled output of the run: prompt p of step k draws from
-            # seed + (k * prompts + p) * G onwards (rollout.worker.launch_on_workers)
-            seed=cfg.run.seed * 100_003 + step * cfg.rollout.prompts_per_step * cfg.rollout.group_size,
-        )
-        samples = self.data.take(step, cfg.rollout.prompts_per_step)
-        return launch_on_workers(self.workers, samples, sampling, self.quant, cfg.data.use_images, self.version)
+        sampling, use_images = rollout_sampling(self.cfg, step), self.cfg.data.use_images
+        return launch_on_workers(self.workers, self.prompts(step), sampling, self.quant, use_images, self.version)
 
     def _rollout(self, step: int):
         """Step `step`'s rollouts. one_step_off: those launched while the learner trained on the step before (one
@@ -208,66 +143,51 @@ class Controller:
             self.prefetched[step + 1] = self._launch(step + 1)
         return rollout
 
-    def _prepare(self, step: int) -> tuple[LearnBatch, dict[str, float]]:
-        cfg = self.cfg
-        if self.pairs:
-            count = cfg.rollout.prompts_per_step
-            chosen = [self.pairs[(step * count + j) % len(self.pairs)] for j in range(count)]
-            samples = [self.data.by_uid(uid) for uid, _, _ in chosen]
-            return file_pairs_batch(
-                step, self.version, samples, [c for _, c, _ in chosen], [r for _, _, r in chosen]
-            ), {}
-        samples = self.data.take(step, cfg.rollout.prompts_per_step)
-        if not self.rollouts:
-            corrupted = None
-            if cfg.algo.name == "spa":
-                corrupted = corrupt(
-                    samples,
-                    cfg.spa.corruption,
-                    cfg.run.seed + step,
-                    mask_ratio=cfg.spa.mask_ratio,
-                    noise_std=cfg.spa.noise_std,
-                    drop_ratio=cfg.spa.drop_ratio,
-                )
-            return target_batch(step, self.version, samples, self.quant, corrupted), {}
+    # the BatchSource the algorithm builds each step's batch from (rl.algorithms.batch)
+    def prompts(self, step: int) -> list[Sample]:
+        return self.data.take(step, self.cfg.rollout.prompts_per_step)
+
+    def sample(self, uid: str) -> Sample:
+        return self.data.by_uid(uid)
+
+    def rollout(self, step: int) -> RolloutBatch:
         began = time.perf_counter()
         rollout = self._rollout(step)
         self.engines.sleep()  # until the next publication: the learner has the GPU
-        rolled = time.perf_counter()
+        seconds = time.perf_counter() - began
+        self.rollout_timing = {
+            "time/rollout": seconds,
+            # the slowest worker's time inside its engine (embedding and decoding); the rest of time/rollout is
+            # the call through Ray (dispatch, the samples' trip, building the inputs, the batch's return). In
+            # one_step_off mode the rollout ran during the update before, so this can exceed time/rollout
+            "time/rollout_engine": rollout.seconds,
+            "rollout/tokens_per_s": rollout.tokens_generated / max(seconds, 1e-9),
+            "rollout/version": float(rollout.version),
+        }
+        return rollout
+
+    def score(self, rollout: RolloutBatch, samples: list[Sample]) -> list[dict | None]:
+        began = time.perf_counter()
         results = score_rollouts(rollout, samples, self.reward_fn, self.quant)
-        scored = time.perf_counter()
-        if cfg.algo.name == "dpo":
-            batch, metrics = preference_batch(step, rollout, samples, results, scalar_reward_weights(cfg))
-        else:
-            batch, metrics = policy_gradient_batch(
-                step, rollout, samples, results, self.tokenizer, cfg.algo, scalar_reward_weights(cfg)
-            )
-        metrics.update(
-            {
-                "time/rollout": rolled - began,
-                # the slowest worker's time inside its engine (embedding and decoding); the rest of time/rollout is
-                # the call through Ray (dispatch, the samples' trip, building the inputs, the batch's return). In
-                # one_step_off mode the rollout ran during the update before, so this can exceed time/rollout
-                "time/rollout_engine": rollout.seconds,
-                "time/reward": scored - rolled,
-                "rollout/tokens_per_s": rollout.tokens_generated / max(rolled - began, 1e-9),
-                "rollout/version": float(rollout.version),
-            }
-        )
-        return batch, metrics
+        self.rollout_timing["time/reward"] = time.perf_counter() - began
+        return results
 
     def next_batch(self, step: int, rank: int, world: int) -> LearnBatch:
         """This rank's shard of step `step`'s batch (built on the first request of the step)."""
-        if self.step_batch is None or self.step_batch.step != step:  # world divides the prompts: rl.driver.check_run
+        if (
+            self.step_batch is None or self.step_batch.step != step
+        ):  # world divides the prompts: rl.runtime.driver.check_run
             self.step_started = time.perf_counter()
-            self.step_batch, self.step_metrics = self._prepare(step)
+            self.rollout_timing = {}
+            self.step_batch, metrics = self.algorithm.batch(step, self, self.cfg)
+            self.step_metrics = {**metrics, **self.rollout_timing}
         return self.step_batch.shard(rank, world)
 
     def evaluate(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """Greedy answers of the just-published policy on held-out prompts, scored in process (`eval/...`), and the
         pictures of the first `eval.pictures` of them (`eval/picture/<uid>`, as `pointrl viz` draws them)."""
-        from rl.evaluate import score_answers
-        from rl.viz import drawn
+        from rl.eval.evaluate import score_answers
+        from rl.eval.viz import drawn
         from rollout.engine import SamplingConfig
         from rollout.worker import generate_on_workers
 
@@ -312,7 +232,7 @@ class Controller:
 class EngineTurns:
     """The rollout side of a GPU that a colocated learner shares, one step in order: the engines roll out, sleep
     (vLLM level 1: weights to host memory, KV cache freed), the learner takes the GPU, trains and hands it back
-    (rl.sharding.move_learner) before it publishes, then the engines wake and the new weights load. `call(name)` runs
+    (rl.runtime.sharding.move_learner) before it publishes, then the engines wake and the new weights load. `call(name)` runs
     `engine.<name>()` on every rollout worker; without `sleeps` (disaggregated, or the HF engine) nothing is called."""
 
     def __init__(self, call, sleeps: bool):

@@ -1,12 +1,12 @@
 """`pointrl import`: real dataset files on disk into a dataset directory (`data3d.importer` does the work; this is
-its command line, its checks and its report). Registered by `rl.cli.build_parser`."""
+its command line, its checks and its report). Registered by `rl.cli.main.build_parser`."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from rl.cli import _usage_error, writing_dataset
+from rl.cli.main import _usage_error, writing_dataset
 
 IMPORT_SOURCES = ("shapenet", "modelnet40", "objaverse")
 SKIPPED_SHOWN = 20  # reasons printed for unreadable objects; the count is always whole

@@ -23,7 +23,7 @@ from rouge_score import rouge_scorer
 from data3d import BenchmarkDataset, Sample, reward_sample, target_text
 from data3d.settings import SETTINGS_FILE, check_compatible, dataset_settings, load_settings
 from rewards import Quant, score_batch
-from rl.batches import corrupt
+from rl.algorithms.spa import corrupt
 
 Answerer = Callable[[list[Sample]], list[str]]
 
@@ -38,7 +38,7 @@ REWARD_OF_METRIC = {
     "format_rate": "format",
 }
 TEXT_METRICS = ("bleu", "rougeL")
-SUITES = ("geometry", "3dcqa", "all")  # `pointrl eval --suite`: the JSON fields, 3DCQA (rl/evaluate_cqa.py) or both
+SUITES = ("geometry", "3dcqa", "all")  # `pointrl eval --suite`: the JSON fields, 3DCQA (rl/eval/cqa.py) or both
 _NOTHING_PARSED = "no JSON object"
 
 
@@ -299,7 +299,7 @@ def run_eval(
         print(format_table(report))
         print(format_ceiling(report))
     if suite in ("3dcqa", "all"):
-        from rl.evaluate_cqa import CQA_MAX_NEW_TOKENS, evaluate_cqa, format_cqa
+        from rl.eval.cqa import CQA_MAX_NEW_TOKENS, evaluate_cqa, format_cqa
 
         answerer = policy_answerer(policy, batch_size, CQA_MAX_NEW_TOKENS, greedy, use_images, quant=quant)
         report["3dcqa"] = evaluate_cqa(answerer, samples)

@@ -19,9 +19,10 @@ from itertools import combinations
 import torch
 from torch import Tensor
 
+from rewards.schema import GEOMETRY_FIELDS
 from rl.config import ROUTABLE_FIELDS
 
-ROUTED_FIELDS: tuple[str, ...] = ("bbox2d", "bbox3d", "kpts2d", "kpts3d")
+ROUTED_FIELDS = GEOMETRY_FIELDS  # routed by default (algo.routed_fields), and measured by other_fields_credit
 
 
 def _check_group_shapes(rewards: Tensor, valid: Tensor, name: str = "rewards") -> None:

@@ -17,7 +17,7 @@ import numpy as np
 from data3d import Sample
 from data3d.cqa import ABILITIES, LETTERS, ChoiceQuestion, choice_questions
 from rewards.request import normalize_answer
-from rl.evaluate import Answerer, swapped_clouds
+from rl.eval.evaluate import Answerer, swapped_clouds
 
 ANSWER_KEY = '"answer"'
 CQA_MAX_NEW_TOKENS = 24  # "answer" is the output's first key: its value is out long before the JSON closes

@@ -1,18 +1,17 @@
 """The learner: the loop each Ray Train worker runs (DDP or FSDP2, over gloo on CPU and NCCL on GPUs).
 
-Each step it takes its shard of the controller's batch, runs the algorithm's update on it (`rl/updates.py`: the old
-log-probs, then `learner.epochs` passes of micro-batches with AdamW, gradient accumulation and clipping), steps the
-LR schedule, and rank 0 hands the new trainable
-weights to the controller, which pushes them to the rollout workers as the next version. Every `checkpoint.every`
-steps a checkpoint goes through `ray.train.report`: DDP's rank 0 writes policy + optimizer + step; with FSDP2
-(`rl/sharding.py`) every rank writes its shards (DCP) and the final policy is gathered whole for the export. A
-restarted run resumes from the latest. `learn_step` is one step of one rank without Ray, so tests run it in process.
+Each step it takes its shard of the controller's batch and runs the algorithm's update on it
+(`rl.algorithms.update.learn_step`: `learner.epochs` passes of micro-batches with AdamW, gradient accumulation and
+clipping, then the LR schedule's step), and rank 0 hands the new trainable weights to the controller, which pushes
+them to the rollout workers as the next version. Every `checkpoint.every` steps a checkpoint goes through
+`ray.train.report`: DDP's rank 0 writes policy + optimizer + step; with FSDP2 (`rl/runtime/sharding.py`) every rank
+writes its shards (DCP) and the final policy is gathered whole for the export. A restarted run resumes from the
+latest.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 import time
@@ -26,15 +25,16 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-from torch.optim.lr_scheduler import LambdaLR
 
 from policies import PointVLM
 from policies.roles import process_device, stored_llm_dtype
-from rl.batches import LearnBatch
-from rl.config import policy_overrides
+from rl.algorithms import algorithm
+from rl.algorithms.batch import LearnBatch
+from rl.algorithms.update import Learner, ResponseScorer, learn_step, make_learner
+from rl.config import Config, policy_overrides
 from rl.config_loading import config_from_dict
-from rl.placement import takes_turns_on_gpus
-from rl.sharding import (
+from rl.runtime.placement import takes_turns_on_gpus
+from rl.runtime.sharding import (
     enable_activation_checkpointing,
     full_state,
     load_sharded,
@@ -42,87 +42,8 @@ from rl.sharding import (
     published_state,
     save_sharded,
     shard_policy,
-    sum_over_ranks,
 )
-from rl.updates import UPDATES, Accumulator, learning_rows
 from rollout.weight_sync import WeightSync
-
-NEEDS_REFERENCE = ("dpo",)
-
-
-class ResponseScorer(torch.nn.Module):
-    """DDP synchronizes gradients of what flows through `forward`; for a policy that is its response log-probs
-    (`chunk`: learner.logprob_chunk) and the outputs of its training heads."""
-
-    def __init__(self, policy: PointVLM, chunk: int = 0):
-        super().__init__()
-        self.policy, self.chunk = policy, chunk
-
-    def forward(
-        self,
-        inputs,
-        response_ids: torch.Tensor,
-        response_mask: torch.Tensor,
-        temperature: float = 1.0,
-        align: bool = False,
-        recon: tuple | None = None,
-        expand: torch.Tensor | None = None,
-        min_new_tokens: int = 0,
-    ) -> tuple[torch.Tensor, dict]:
-        """(response log-probs, extras). With `align`, extras["align"] is the cloud-alignment head's outputs (from
-        the same encoder pass); with `recon` = (prompts, patch_mask), extras["recon"] the (predicted, true) masked
-        patches of `PointVLM.reconstruct_patches` (a prompt-only pass of its own). `expand`, `min_new_tokens`: see
-        `PointVLM.logprobs`."""
-        out = self.policy.logprobs(
-            inputs, response_ids, response_mask, temperature, align, self.chunk, expand, min_new_tokens
-        )
-        logprobs, extras = (out[0], {"align": out[1]}) if align else (out, {})
-        if recon is not None:
-            extras["recon"] = self.policy.reconstruct_patches(*recon)
-        return logprobs, extras
-
-
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """The LR multiplier of RL step `step` (0-based) of `total`: linear warm-up over the first `warmup` RL steps, then
-    constant, cosine or linear decay to 0 over the remaining ones."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return {"constant": 1.0, "cosine": 0.5 * (1 + math.cos(math.pi * progress)), "linear": 1.0 - progress}[schedule]
-
-
-def make_optimizer(params: list[torch.nn.Parameter], cfg) -> tuple[torch.optim.AdamW, LambdaLR]:
-    """AdamW over the trainable tensors and its LR schedule, which `learn_step` advances once per RL step (however
-    many optimizer steps the step makes), so that the schedule follows `run.steps` whatever the batch shapes."""
-    learner = cfg.learner
-    optimizer = torch.optim.AdamW(params, lr=learner.lr, betas=tuple(learner.betas), weight_decay=learner.weight_decay)
-    scheduler = LambdaLR(optimizer, lambda s: lr_factor(s, cfg.run.steps, learner.warmup_steps, learner.schedule))
-    return optimizer, scheduler
-
-
-def learn_step(
-    scorer, policy: PointVLM, reference, batch: LearnBatch, cfg, accumulator: Accumulator, scheduler, world: int = 1
-) -> dict[str, float]:
-    """One RL step of one rank: the algorithm's epochs over this rank's shard through `accumulator`, then the LR
-    schedule's next step. Returns the loss statistics and `learner/*` (grad_norm, the lr this step used, skipped).
-
-    A step where no rank has anything to learn from (the reward service was down, so every sample is missing) never
-    reaches the optimizer: AdamW would still move the weights on its stale momentum and weight decay."""
-    lr = scheduler.get_last_lr()[0]
-    accumulator.grad_norms.clear()
-    skipped = sum_over_ranks(learning_rows(batch, cfg.algo.name), world, policy.device) == 0
-    stats = {}
-    if not skipped:
-        policy.train()
-        stats = UPDATES[cfg.algo.name](scorer, policy, reference, batch, cfg, accumulator)
-        policy.eval()
-    scheduler.step()
-    return {
-        **stats,
-        "learner/grad_norm": max(accumulator.grad_norms, default=0.0),
-        "learner/lr": lr,
-        "learner/skipped": float(skipped),
-    }
 
 
 def learner_overrides(cfg) -> dict:
@@ -136,7 +57,7 @@ def load_reference(cfg, policy_dir, device: torch.device, world: int) -> PointVL
     """The frozen initial policy that DPO and a KL term compare against, stored, sharded and computing as the
     learner's policy (its LLM dtype, fusion and FSDP2 precision), so that at step 0 the two score every token alike;
     None when the algorithm needs none. Under FSDP2 every rank must call it (it shards)."""
-    if cfg.algo.name not in NEEDS_REFERENCE and cfg.algo.kl_beta == 0:
+    if not algorithm(cfg.algo.name).needs_reference(cfg):
         return None
     overrides = learner_overrides(cfg)
     same = {key: overrides[key] for key in ("llm_dtype", "fusion") if key in overrides}
@@ -174,15 +95,9 @@ def _mean_over_ranks(stats: dict[str, float], rows: int, world: int, device: tor
     return weighted_means(keys, summed.cpu())
 
 
-def _save_checkpoint(policy: PointVLM, optimizer, scheduler, state: dict, directory: Path) -> None:
-    policy.save_pretrained(directory / "policy")
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, directory / "optimizer.pt")
-    (directory / "state.json").write_text(json.dumps(state))
-
-
-def _restore(cfg, loop_config: dict, world: int):
-    """The policy (sharded under FSDP2), its scorer, optimizer, LR schedule and progress: from the newest checkpoint
-    when there is one, else from the stage's initial policy."""
+def _restore(cfg: Config, loop_config: dict, world: int) -> tuple[Learner, dict]:
+    """This rank's learner (the policy, sharded under FSDP2, its scorer, optimizer, LR schedule and reference) and
+    the run's progress: from the newest checkpoint when there is one, else from the stage's initial policy."""
     device, sharded = process_device("learner"), cfg.learner.strategy == "fsdp2"
     checkpoint = ray.train.get_checkpoint()
     with checkpoint.as_directory() if checkpoint else tempfile.TemporaryDirectory() as resume_dir:
@@ -206,16 +121,16 @@ def _restore(cfg, loop_config: dict, world: int):
                 ResponseScorer(policy, cfg.learner.logprob_chunk),
                 parallel_strategy_kwargs={"find_unused_parameters": True},
             )
-        trainable = [p for p in policy.parameters() if p.requires_grad]
-        optimizer, scheduler = make_optimizer(trainable, cfg)
+        reference = load_reference(cfg, loop_config["policy_dir"], policy.device, world)
+        learner = make_learner(policy, cfg, reference, world, scorer)
         if resumed:
             saved = read_saved(resume_dir / ("schedule.pt" if sharded else "optimizer.pt"), device)
             if sharded:
-                load_sharded(policy, optimizer, resume_dir / "shards")
+                load_sharded(policy, learner.accumulator.optimizer, resume_dir / "shards")
             else:
-                optimizer.load_state_dict(saved["optimizer"])
-            scheduler.load_state_dict(saved["scheduler"])
-    return policy, scorer, optimizer, scheduler, trainable, state
+                learner.accumulator.optimizer.load_state_dict(saved["optimizer"])
+            learner.scheduler.load_state_dict(saved["scheduler"])
+    return learner, state
 
 
 def read_saved(path: Path, device: torch.device) -> dict:
@@ -228,7 +143,7 @@ def read_saved(path: Path, device: torch.device) -> dict:
 def _publish(policy: PointVLM, rank: int, world: int, sync: WeightSync, release, send: Callable) -> None:
     """Rank 0 streams the whole trainable tensors (on the CPU) into the object store, a bucket at a time, and hands
     the controller their refs through `send(published)`; under FSDP2 every other rank runs the same gathers (its
-    generator yields nothing). `release` (colocated vLLM: `rl.sharding.move_learner` to the CPU), when given, runs
+    generator yields nothing). `release` (colocated vLLM: `rl.runtime.sharding.move_learner` to the CPU), when given, runs
     on every rank before anything is sent, since sending wakes the engines that share these GPUs. Every rank returns
     once the workers hold the weights, so that none asks for the next batch before its rollouts can use the new
     version."""
@@ -244,18 +159,21 @@ def _publish(policy: PointVLM, rank: int, world: int, sync: WeightSync, release,
         dist.barrier()
 
 
-def _checkpoint(policy: PointVLM, optimizer, scheduler, progress: dict, stats: dict, rank: int, sharded: bool) -> None:
+def _checkpoint(learner: Learner, progress: dict, stats: dict, rank: int, sharded: bool) -> None:
     """DDP: rank 0 writes the whole policy, optimizer and progress. FSDP2: every rank writes its shards of policy and
     optimizer (DCP), rank 0 the schedule and progress; Ray Train puts every rank's files in one checkpoint."""
+    optimizer, schedule = learner.accumulator.optimizer, {"scheduler": learner.scheduler.state_dict()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if sharded:
-            save_sharded(policy, optimizer, tmp / "shards")
+            save_sharded(learner.policy, optimizer, tmp / "shards")
             if rank == 0:
-                torch.save({"scheduler": scheduler.state_dict()}, tmp / "schedule.pt")
-                (tmp / "state.json").write_text(json.dumps(progress))
+                torch.save(schedule, tmp / "schedule.pt")
         elif rank == 0:
-            _save_checkpoint(policy, optimizer, scheduler, progress, tmp)
+            learner.policy.save_pretrained(tmp / "policy")
+            torch.save({"optimizer": optimizer.state_dict(), **schedule}, tmp / "optimizer.pt")
+        if rank == 0:
+            (tmp / "state.json").write_text(json.dumps(progress))
         written = sharded or rank == 0
         ray.train.report(
             {"step": progress["step"], **stats},
@@ -297,9 +215,9 @@ def learner_loop(loop_config: dict) -> None:
     controller = ray.get_actor(loop_config["controller"])
     torch.manual_seed(cfg.run.seed + rank)
     sharded = cfg.learner.strategy == "fsdp2"
-    policy, scorer, optimizer, scheduler, trainable, state = _restore(cfg, loop_config, world)
-    reference = load_reference(cfg, loop_config["policy_dir"], policy.device, world)
-    accumulator = Accumulator(optimizer, trainable, cfg.learner.grad_accum, cfg.learner.grad_clip)
+    learner, state = _restore(cfg, loop_config, world)
+    policy, optimizer, reference = learner.policy, learner.accumulator.optimizer, learner.reference
+    algo = algorithm(cfg.algo.name)
     start, skipped_steps = state["step"], state.get("skipped_steps", 0)
     # colocated vLLM: the learner holds its GPU only between a batch (the engines asleep) and its publication
     turns = takes_turns_on_gpus(cfg)
@@ -319,7 +237,7 @@ def learner_loop(loop_config: dict) -> None:
                 f"step {step}: rollout from policy version {batch.version} is {lag} versions stale "
                 f"(rollout.max_staleness={cfg.rollout.max_staleness})"
             )
-        stats = learn_step(scorer, policy, reference, batch, cfg, accumulator, scheduler, world)
+        stats = learn_step(learner, algo, batch, cfg)
         skipped_steps += int(stats["learner/skipped"])
         stats.update(
             {
@@ -328,12 +246,10 @@ def learner_loop(loop_config: dict) -> None:
                 "time/learn": time.perf_counter() - began,
             }
         )
-        stats = _mean_over_ranks(stats, learning_rows(batch, cfg.algo.name), world, policy.device)
+        stats = _mean_over_ranks(stats, algo.learning_rows(batch), world, policy.device)
         publish(partial(controller.finish_step.remote, step, stats))
         if (step + 1) % cfg.checkpoint.every == 0 or step + 1 == cfg.run.steps:
-            _checkpoint(
-                policy, optimizer, scheduler, {"step": step + 1, "skipped_steps": skipped_steps}, stats, rank, sharded
-            )
+            _checkpoint(learner, {"step": step + 1, "skipped_steps": skipped_steps}, stats, rank, sharded)
         if world > 1:
             dist.barrier()
     _export(policy, cfg, loop_config, rank, sharded)

@@ -1,5 +1,5 @@
 """`pointrl engine`: PiSA's self-augmenting data engine. Each loop, the policy annotates unlabeled clouds on the
-rollout workers, G samples each (Stage 1); `rl.crosscheck` keeps, repairs or drops every field against the cloud and
+rollout workers, G samples each (Stage 1); `rl.pisa.crosscheck` keeps, repairs or drops every field against the cloud and
 its rendered views (Stage 2); the policy is retrained by SFT on the kept annotations beside as many of its original
 training objects (Stage 3), evaluated on the run's held-out objects, and annotates the next loop.
 
@@ -28,10 +28,12 @@ import numpy as np
 from data3d import BenchmarkDataset, Sample, read_meta, write_dataset
 from data3d.serialize import target_text
 from data3d.settings import check_compatible, dataset_settings, load_settings
+from rl.algorithms import algorithm
 from rl.config import Config, ConfigError, data_settings, run_quant
 from rl.config_loading import config_to_dict
-from rl.crosscheck import count_decisions, cross_check, medoid_only
-from rl.evaluate import object_scores
+from rl.eval.evaluate import object_scores
+from rl.pisa.crosscheck import count_decisions, cross_check, medoid_only
+from rl.runtime.data import held_out_seed, training_prompts
 
 ARMS = {"pisa": cross_check, "no_stage2": medoid_only}
 REPORTED = ("parse_rate", "answer_acc", "iou3d", "kpa3d", "iou2d", "kpa2d", "rpc")
@@ -44,10 +46,10 @@ def unlabeled_clouds(cfg: Config, policy_dir: Path, root: Path, split: str) -> l
     settings = load_settings(policy_dir) or data_settings(cfg)
     check_compatible(settings, dataset_settings(meta), policy_dir, root)
     seed = meta.get("config", {}).get("seed")
-    if cfg.data.dir is None and seed in (cfg.data.seed, cfg.data.seed + 1):
+    if cfg.data.dir is None and seed in (cfg.data.seed, held_out_seed(cfg)):
         raise ValueError(
             f"{root} was generated with seed {seed}, the seed of the run's training (data.seed={cfg.data.seed}) or "
-            f"held-out objects ({cfg.data.seed + 1}); write the clouds with another `pointrl synth --seed`"
+            f"held-out objects ({held_out_seed(cfg)}); write the clouds with another `pointrl synth --seed`"
         )
     dataset = BenchmarkDataset(root, split)
     return [dataset[i] for i in range(min(cfg.engine.num_clouds, len(dataset)))]
@@ -58,7 +60,7 @@ def annotate(cfg: Config, policy_dir: Path, clouds: list[Sample], seed: int) -> 
     import ray
 
     from rl.config import policy_overrides
-    from rl.controller import rollout_threads
+    from rl.runtime.controller import rollout_threads
     from rollout.engine import SamplingConfig
     from rollout.worker import generate_on_workers, make_rollout_workers
 
@@ -85,9 +87,8 @@ def annotate(cfg: Config, policy_dir: Path, clouds: list[Sample], seed: int) -> 
 def training_set(cfg: Config, kept: list[Sample], loop: int, out: Path) -> Path:
     """The retraining data: the kept annotations and as many of the run's original training objects (a different
     slice each loop), written in the store format."""
-    from rl.controller import TrainingSet
 
-    originals = TrainingSet(cfg, "train", cfg.data.train_size).take(loop, len(kept))
+    originals = training_prompts(cfg).take(loop, len(kept))
     settings = data_settings(cfg)
     config = {**settings.to_dict(), "source": "pointrl engine", "loop": loop, "annotated": len(kept)}
     write_dataset(out, {"train": kept + originals}, config=config, quant=settings.quant(), overwrite=True)
@@ -97,7 +98,7 @@ def training_set(cfg: Config, kept: list[Sample], loop: int, out: Path) -> Path:
 def retrain(cfg: Config, policy_dir: Path, data_dir: Path, run_dir: Path) -> Path:
     """Stage 3: SFT from the loop's policy on its training set, then engine.rl_steps of the run's algorithm (algo.name)
     on the same prompts if asked; returns the retrained policy directory."""
-    from rl.driver import run_stage, warmup_config
+    from rl.runtime.driver import run_stage, warmup_config
 
     e = cfg.engine
     stage = dataclasses.replace(
@@ -108,7 +109,7 @@ def retrain(cfg: Config, policy_dir: Path, data_dir: Path, run_dir: Path) -> Pat
         eval=dataclasses.replace(cfg.eval, every=0),
     )
     policy = run_stage(warmup_config(stage), policy_dir, run_dir)
-    if e.rl_steps and cfg.algo.name != "sft":
+    if e.rl_steps and algorithm(cfg.algo.name).warm_up:
         rl_dir = run_dir / "rl"
         policy = run_stage(
             dataclasses.replace(stage, run=dataclasses.replace(stage.run, dir=str(rl_dir), steps=e.rl_steps)),
@@ -120,7 +121,7 @@ def retrain(cfg: Config, policy_dir: Path, data_dir: Path, run_dir: Path) -> Pat
 
 def evaluate(cfg: Config, policy_dir: Path, out: Path, reliance: bool) -> dict:
     """The run's held-out evaluation of a policy (the reliance gaps only where asked: they triple the time)."""
-    from rl.driver import evaluate_policy
+    from rl.runtime.driver import evaluate_policy
 
     return evaluate_policy(
         dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, reliance=reliance)), policy_dir, out
@@ -202,7 +203,7 @@ def _held_out(report: dict) -> dict:
 
 def run_engine(cfg: Config, policy_dir: Path, clouds_dir: Path, split: str, out: Path) -> dict:
     """Baseline, then engine.loops loops per arm; writes and returns the report."""
-    from rl.driver import init_ray
+    from rl.runtime.driver import init_ray
 
     clouds = unlabeled_clouds(cfg, policy_dir, clouds_dir, split)
     arguments = {"policy": str(policy_dir), "clouds": str(clouds_dir), "split": split}

@@ -12,11 +12,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DEFAULT_CLIP_EPS = 0.2  # GRCA eq. 16's epsilon
-DEFAULT_SPA_BETA = 1.0  # SPA eq. 5 and Table A1 have no temperature: -log sigma(log P(y|x) - log P(y|x'))
-DEFAULT_SPA_NLL_WEIGHT = 1.0  # not in the SPA paper: the issue's supervised anchor, one token-mean SFT loss
-DEFAULT_DPO_BETA = 0.1  # SPA paper, appendix A.2
-
 
 def _check_token_tensors(mask: Tensor, **tensors: Tensor) -> None:
     if mask.dim() != 2:
@@ -58,7 +53,7 @@ def clipped_surrogate_loss(
     old_logprobs: Tensor,
     advantages: Tensor,
     mask: Tensor,
-    clip_eps: float = DEFAULT_CLIP_EPS,
+    clip_eps: float,
     clip_eps_high: float | None = None,
     is_weights: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
@@ -138,8 +133,8 @@ def spa_loss(
     clean_logprobs: Tensor,
     masked_logprobs: Tensor,
     mask: Tensor,
-    beta: float = DEFAULT_SPA_BETA,
-    nll_weight: float = DEFAULT_SPA_NLL_WEIGHT,
+    beta: float,
+    nll_weight: float,
 ) -> tuple[Tensor, dict[str, float]]:
     """SPA: mean of -log sigma(beta (log P(y|x) - log P(y|x'))) plus nll_weight times `nll_loss` of y given x.
 
@@ -164,7 +159,7 @@ def dpo_loss(
     policy_rejected: Tensor,
     ref_chosen: Tensor,
     ref_rejected: Tensor,
-    beta: float = DEFAULT_DPO_BETA,
+    beta: float,
 ) -> tuple[Tensor, dict[str, float]]:
     """DPO on (B,) sequence log-probs: mean of -log sigma(beta [(pi_c - ref_c) - (pi_r - ref_r)])."""
     shapes = {tuple(t.shape) for t in (policy_chosen, policy_rejected, ref_chosen, ref_rejected)}

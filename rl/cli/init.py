@@ -1,7 +1,7 @@
 """`pointrl init`: a policy directory (what `PointVLM.save_pretrained` writes, a run's `policy.init`) from real
 checkpoints on disk: an HF causal LM or Qwen-VL folder (Qwen2.5-VL, Qwen3-VL), a point-encoder checkpoint (PointLLM /
 Point-BERT / ULIP) and, for a text LLM, a CLIP/SigLIP-style vision folder. `PointVLM.from_components` does the loading;
-this is its command line, the config it is given and the report. Registered by `rl.cli.build_parser`."""
+this is its command line, the config it is given and the report. Registered by `rl.cli.main.build_parser`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from rl.cli import _usage_error
+from rl.cli.main import _usage_error
 
 
 def _init_argument_problem(args: argparse.Namespace) -> str | None:

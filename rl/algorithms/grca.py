@@ -1,0 +1,174 @@
+"""GRCA, routed GRPO: each output field's group-standardized reward goes only to the tokens that wrote that field.
+
+"Reinforcing 3D Understanding in Point-VLMs via Geometric Reward Credit Assignment". Per prompt the policy samples G
+answers (one JSON object each); the reward service scores every field with its character span (IoU2D/3D, KPA-2D/3D,
+RPC, answer, format). A field's reward is standardized within its group (eq. 9) and routed onto its own tokens
+(eq. 10); every other token gets the background advantage: standardized format + answer plus λ standardized RPC
+(eq. 14). The loss is PPO's clipped surrogate over those token advantages (eqs. 15-16).
+
+Read top to bottom: `GRCA.batch` (on the controller, once per step: sample -> score -> spans -> advantages),
+`GRCA.update` (on every learner rank: the clipped surrogate over its shard), and `step`, the two in one process.
+Broadcast GRPO (grpo.py) is this class with another `advantages`.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+
+from data3d import Sample
+from rl.algorithms.advantages import ROUTED_FIELDS, advantage_stats, other_fields_credit, routed_advantages
+from rl.algorithms.batch import BatchSource, LearnBatch, reward_metrics, reward_table, rollout_batch
+from rl.algorithms.losses import clipped_surrogate_loss, kl_penalty, truncated_importance_weights
+from rl.algorithms.token_spans import batch_field_masks
+from rl.algorithms.update import (
+    Learner,
+    answered_prompts,
+    learn_step,
+    loss_means,
+    micro_batches,
+    on_device,
+    reconstruction_request,
+    sequence_logprobs,
+    with_reconstruction,
+)
+from rl.config import Config, recomputes_old_logprobs, run_quant
+from rollout.batching import policy_inputs
+from rollout.engine import RolloutBatch
+
+
+class GRCA:
+    name = "grca"
+    warm_up = True  # GRCA Stage 1: RL starts from the SFT policy
+    clips_ratio = True
+
+    def rollouts(self, cfg: Config) -> bool:
+        return True
+
+    def needs_reference(self, cfg: Config) -> bool:
+        return cfg.algo.kl_beta > 0
+
+    def heads(self, cfg: Config) -> dict:
+        return {"recon_head": True} if cfg.recon.rl_weight > 0 else {}
+
+    # GRCA eqs. 9, 10, 14: each routed field standardized in its group, on its own tokens; the rest on the background
+    def advantages(self, rewards, field_masks, response_mask, *, valid: torch.Tensor, cfg: Config) -> torch.Tensor:
+        a = cfg.algo
+        return routed_advantages(
+            rewards,
+            valid,
+            field_masks,
+            response_mask,
+            a.rpc_weight,
+            routed_fields=tuple(a.routed_fields),
+            routed_weights={f: a.routed_field_weights[f] for f in a.routed_fields},
+        )
+
+    def batch(self, step: int, source: BatchSource, cfg: Config) -> tuple[LearnBatch, dict[str, float]]:
+        samples = source.prompts(step)
+        rollout = source.rollout(step)  # G outputs per prompt, with the policy version and log-probs that made them
+        results = source.score(rollout, samples)  # per-field rewards and character spans (rewards/)
+        return self.scored_batch(step, rollout, samples, results, source.tokenizer, cfg)
+
+    def scored_batch(
+        self,
+        step: int,
+        rollout: RolloutBatch,
+        samples: list[Sample],
+        results: list[dict | None],
+        tokenizer,
+        cfg: Config,
+    ) -> tuple[LearnBatch, dict[str, float]]:
+        """The token advantages of a scored rollout, and the reward, advantage and credit metrics (§3.6:
+        `credit/other_fields_var/<field>`, how much of a field's token advantage the other rewards put there)."""
+        table, valid = reward_table(results, len(samples), rollout.group_size)  # (P, G) per reward
+        # eq. 6, character spans -> token masks: the routed fields, and the geometric ones that §3.6 measures
+        fields = list(dict.fromkeys([*cfg.algo.routed_fields, *ROUTED_FIELDS]))
+        spans = [r["spans"] if r else None for r in results]
+        field_masks = batch_field_masks(tokenizer, rollout.response_ids, rollout.response_mask, spans, fields)
+        mask = rollout.response_mask.bool()
+        advantage_of = partial(self.advantages, valid=valid, cfg=cfg)
+        advantages = advantage_of(table, field_masks, mask)  # (P x G, T)
+        credit = other_fields_credit(advantage_of, table, valid, advantages, field_masks)
+        metrics = {
+            **reward_metrics(table, valid),
+            **{f"advantage/{k}": v for k, v in advantage_stats(advantages, mask).items()},
+            **{f"credit/other_fields_{k}/{f}": v for f, measured in credit.items() for k, v in measured.items()},
+        }
+        return rollout_batch(step, rollout, samples, valid, advantages=advantages), metrics
+
+    # GRCA eqs. 15-16: the clipped surrogate over token advantages, learner.epochs passes over the shard
+    def update(self, learner: Learner, batch: LearnBatch, cfg: Config) -> dict[str, float]:
+        policy, reference = learner.policy, learner.reference
+        prompts = policy_inputs(policy, batch.samples, run_quant(cfg), cfg.data.use_images)  # [P]
+        owners = [row // batch.group_size for row in range(len(batch.response_ids))]  # [P x G]: each row's prompt
+        ids, mask, advantages, rollout_logprobs = on_device(
+            policy.device, batch.response_ids, batch.response_mask, batch.advantages, batch.rollout_logprobs
+        )
+        # every log-prob at the sampling temperature and with the stops suppressed before rollout.min_new_tokens, so
+        # that the ratio's denominator is the distribution the rollout drew from
+        temperature, size, chunk = cfg.rollout.temperature, cfg.learner.micro_batch_size, cfg.learner.logprob_chunk
+        scoring = (size, temperature, chunk, cfg.rollout.min_new_tokens)
+        ref = sequence_logprobs(reference, prompts, owners, ids, mask, *scoring) if reference else None
+        # the ratio's denominator: the rollout's own log-probs where its arithmetic is the learner's, else the
+        # learner's recomputation (rl.config.recomputes_old_logprobs); one_step_off, that recomputation is the
+        # proximal policy of decoupled PPO and each token is weighed by its truncated importance weight to the
+        # one-version-older rollout
+        behaviour, is_weights, stats, losses = rollout_logprobs, None, {}, []
+        if recomputes_old_logprobs(cfg):
+            behaviour = sequence_logprobs(policy, prompts, owners, ids, mask, *scoring)
+            gap = (behaviour - rollout_logprobs).abs() * mask
+            stats["onpolicy/max_abs_logprob_diff"] = float(gap.max())
+            stats["onpolicy/mean_abs_logprob_diff"] = float(gap.sum() / mask.sum().clamp(min=1))
+            if cfg.rollout.mode == "one_step_off":
+                is_weights, is_stats = truncated_importance_weights(
+                    behaviour, rollout_logprobs, mask, cfg.algo.max_is_weight
+                )
+                stats.update(is_stats)
+        for _ in range(cfg.learner.epochs):
+            chunks = micro_batches(len(ids), size)
+            learner.accumulator.epoch(len(chunks))
+            for rows in chunks:
+                answered, expand = answered_prompts(prompts, [owners[r] for r in rows])
+                recon = reconstruction_request(policy, answered, cfg.recon.rl_weight, cfg)
+                logp, extras = learner.scorer(
+                    answered,
+                    ids[rows],
+                    mask[rows],
+                    temperature,
+                    recon=recon,
+                    expand=expand,
+                    min_new_tokens=cfg.rollout.min_new_tokens,
+                )
+                loss, info = clipped_surrogate_loss(
+                    logp,
+                    behaviour[rows],
+                    advantages[rows],
+                    mask[rows],
+                    cfg.algo.clip_eps,
+                    cfg.algo.clip_eps_high,
+                    None if is_weights is None else is_weights[rows],
+                )
+                loss, info = with_reconstruction(loss, info, extras, cfg.recon.rl_weight)
+                if ref is not None:
+                    kl, kl_info = kl_penalty(logp, ref[rows], mask[rows], cfg.algo.kl_beta)
+                    loss, info = loss + kl, {**info, **kl_info}
+                learner.accumulator.backward(loss)
+                losses.append({**info, "total": float(loss.detach())})
+        return {**stats, **loss_means(losses)}
+
+    def learning_rows(self, batch: LearnBatch) -> int:
+        return int(batch.valid.sum())  # the responses whose reward came back
+
+
+ALGORITHM = GRCA
+
+
+def step(step: int, source: BatchSource, learner: Learner, cfg: Config, algorithm: GRCA | None = None) -> dict:
+    """One whole step in one process: sample -> score -> spans -> advantages (`batch`), then the update and the LR
+    schedule (`learn_step`). The runtime runs the same two halves: `batch` on its controller, the update on every
+    learner rank with that rank's shard. `algorithm`: GRCA, or a sibling such as GRPO."""
+    algorithm = algorithm or GRCA()
+    batch, metrics = algorithm.batch(step, source, cfg)
+    return {**metrics, **learn_step(learner, algorithm, batch, cfg)}

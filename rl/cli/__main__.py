@@ -1,0 +1,3 @@
+from rl.cli.main import main
+
+main()

@@ -1,0 +1,67 @@
+"""The prompts of a run: its training set (walked in a seeded order, so a resumed run continues it) and its held-out
+objects (the dataset's eval split, or generated with `held_out_seed`)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from data3d import BenchmarkDataset, Sample, generate_sample
+from rl.config import Config
+
+
+class TrainingSet:
+    """The prompts of a run: a `pointrl synth` split read lazily, or the procedural benchmark generated on the fly."""
+
+    def __init__(self, cfg: Config, split: str, size: int, seed: int):
+        self.dataset = BenchmarkDataset(cfg.data.dir, split) if cfg.data.dir else None
+        self.size = len(self.dataset) if self.dataset is not None else size
+        self.cfg, self.seed = cfg, seed
+        self.cache: dict[int, Sample] = {}
+        if self.size == 0:
+            raise ValueError(f"data: the {split} split of {cfg.data.dir} is empty")
+        # the run's seed reorders the prompts too: runs that differ only in run.seed see them in other orders
+        self.order = np.random.default_rng([self.seed, cfg.run.seed]).permutation(self.size)
+
+    def __getitem__(self, index: int) -> Sample:
+        if index not in self.cache:
+            d = self.cfg.data
+            self.cache[index] = (
+                self.dataset[index]
+                if self.dataset is not None
+                else generate_sample(
+                    self.seed,
+                    index,
+                    num_points=d.num_points,
+                    image_size=d.image_size,
+                    num_kpts=d.num_kpts,
+                    relevance=d.relevance,
+                )
+            )
+        return self.cache[index]
+
+    def by_uid(self, uid: str) -> Sample:
+        if not hasattr(self, "index_of"):
+            self.index_of = {self[i].uid: i for i in range(self.size)}
+        if uid not in self.index_of:
+            raise KeyError(f"uid {uid!r} is not in the training data")
+        return self[self.index_of[uid]]
+
+    def take(self, step: int, count: int) -> list[Sample]:
+        """The prompts of `step`: a seeded permutation walked in order, so a resumed run continues the sequence."""
+        return [self[int(self.order[(step * count + j) % self.size])] for j in range(count)]
+
+
+def training_prompts(cfg: Config) -> TrainingSet:
+    """The run's training prompts."""
+    return TrainingSet(cfg, "train", cfg.data.train_size, cfg.data.seed)
+
+
+def held_out_seed(cfg: Config) -> int:
+    """The seed of the generated held-out objects: the training seed's neighbour, objects the run never trains on."""
+    return cfg.data.seed + 1
+
+
+def held_out_samples(cfg: Config) -> list[Sample]:
+    """The evaluation prompts: the dataset's eval split, or generated with another seed (objects never trained on)."""
+    held_out = TrainingSet(cfg, cfg.eval.split, cfg.data.eval_size, held_out_seed(cfg))
+    return [held_out[i] for i in range(min(held_out.size, cfg.data.eval_size))]

@@ -1,0 +1,45 @@
+"""A run's step in one process, without Ray: the `BatchSource` that `rl.algorithms.grca.step` and the tests use.
+
+The policy samples its own rollouts (the HF engine over the learner's own weights, so every rollout comes from the
+current version and no weights need syncing) and the rewards are scored in this process by `rewards.score_batch`.
+"""
+
+from __future__ import annotations
+
+from data3d import Sample
+from policies import PointVLM
+from rl.algorithms.batch import rollout_sampling, score_rollouts
+from rl.config import Config, run_quant
+from rl.runtime.data import training_prompts
+from rl.runtime.reward_client import local_rewards
+from rollout.batching import policy_inputs
+from rollout.engine import RolloutBatch
+from rollout.hf_engine import HFEngine
+
+
+class InProcessSource:
+    """Step k's prompts from the run's training set, rollouts sampled by `policy` itself, rewards scored here."""
+
+    def __init__(self, cfg: Config, policy: PointVLM):
+        self.cfg, self.policy = cfg, policy
+        self.data = training_prompts(cfg)
+        self.quant, self.tokenizer = run_quant(cfg), policy.tokenizer
+        self.engine, self.reward_fn = HFEngine(policy), local_rewards()
+
+    @property
+    def version(self) -> int:
+        return self.engine.version
+
+    def prompts(self, step: int) -> list[Sample]:
+        return self.data.take(step, self.cfg.rollout.prompts_per_step)
+
+    def sample(self, uid: str) -> Sample:
+        return self.data.by_uid(uid)
+
+    def rollout(self, step: int) -> RolloutBatch:
+        samples = self.prompts(step)
+        inputs = policy_inputs(self.policy.eval(), samples, self.quant, self.cfg.data.use_images)
+        return self.engine.generate(inputs, [s.uid for s in samples], rollout_sampling(self.cfg, step)).cpu()
+
+    def score(self, rollout: RolloutBatch, samples: list[Sample]) -> list[dict | None]:
+        return score_rollouts(rollout, samples, self.reward_fn, self.quant)
