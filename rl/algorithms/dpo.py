@@ -1,7 +1,7 @@
 """DPO against a frozen reference: each group's best response (the highest weighted total reward) is preferred to
 its worst, or the pairs come from a file (`dpo.pairs_file`, no sampling then).
 
-"Direct Preference Optimization: Your Language Model is Secretly a Reward Model" (arXiv 2305.18290), in the SPA
+"Direct Preference Optimization: Your Language Model is Secretly a Reward Model" (Rafailov et al.), in the SPA
 paper's eq. 2 form: -log sigma(beta log [pi(y+) ref(y-)] / [ref(y+) pi(y-)]) over sequence log-probs.
 """
 
