@@ -152,8 +152,9 @@ def advantage_stats(advantages: Tensor, response_mask: Tensor) -> dict[str, floa
     }
 
 
+TensorsByName = Mapping[str, Tensor]  # rewards (P, G) by reward, or token masks (N, T) by field
 # (rewards, field token masks, response mask) -> token advantages: a run's routed or broadcast call, its settings bound
-AdvantageFn = Callable[[Mapping[str, Tensor], Mapping[str, Tensor], Tensor], Tensor]
+AdvantageFn = Callable[[TensorsByName, TensorsByName, Tensor], Tensor]
 
 
 def only_varying(rewards: Mapping[str, Tensor], valid: Tensor, keep: str) -> dict[str, Tensor]:

@@ -15,10 +15,16 @@ from __future__ import annotations
 
 from functools import partial
 
-import torch
+from torch import Tensor
 
 from data3d import Sample
-from rl.algorithms.advantages import ROUTED_FIELDS, advantage_stats, other_fields_credit, routed_advantages
+from rl.algorithms.advantages import (
+    ROUTED_FIELDS,
+    TensorsByName,
+    advantage_stats,
+    other_fields_credit,
+    routed_advantages,
+)
 from rl.algorithms.batch import BatchSource, LearnBatch, reward_metrics, reward_table, rollout_batch
 from rl.algorithms.losses import clipped_surrogate_loss, kl_penalty, truncated_importance_weights
 from rl.algorithms.token_spans import batch_field_masks
@@ -53,7 +59,9 @@ class GRCA:
         return {"recon_head": True} if cfg.recon.rl_weight > 0 else {}
 
     # GRCA eqs. 9, 10, 14: each routed field standardized in its group, on its own tokens; the rest on the background
-    def advantages(self, rewards, field_masks, response_mask, *, valid: torch.Tensor, cfg: Config) -> torch.Tensor:
+    def advantages(
+        self, rewards: TensorsByName, field_masks: TensorsByName, response_mask: Tensor, *, valid: Tensor, cfg: Config
+    ) -> Tensor:
         a = cfg.algo
         return routed_advantages(
             rewards,

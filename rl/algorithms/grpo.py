@@ -11,9 +11,9 @@ clipped surrogate and update. Side by side, the one difference:
 
 from __future__ import annotations
 
-import torch
+from torch import Tensor
 
-from rl.algorithms.advantages import broadcast_advantages
+from rl.algorithms.advantages import TensorsByName, broadcast_advantages
 from rl.algorithms.grca import GRCA
 from rl.config import Config, scalar_reward_weights
 
@@ -21,7 +21,9 @@ from rl.config import Config, scalar_reward_weights
 class GRPO(GRCA):
     name = "grpo"
 
-    def advantages(self, rewards, field_masks, response_mask, *, valid: torch.Tensor, cfg: Config) -> torch.Tensor:
+    def advantages(
+        self, rewards: TensorsByName, field_masks: TensorsByName, response_mask: Tensor, *, valid: Tensor, cfg: Config
+    ) -> Tensor:
         return broadcast_advantages(rewards, valid, scalar_reward_weights(cfg), response_mask)
 
 

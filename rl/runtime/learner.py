@@ -46,14 +46,14 @@ from rl.runtime.sharding import (
 from rollout.weight_sync import WeightSync
 
 
-def learner_overrides(cfg) -> dict:
+def learner_overrides(cfg: Config) -> dict:
     """`policy_overrides` with the dtype the learner stores the LLM in (`policies.roles.stored_llm_dtype`: float32
     masters under FSDP2), so that the weights AdamW updates can take its small steps."""
     sharded = cfg.learner.strategy == "fsdp2"
     return {**policy_overrides(cfg), "llm_dtype": stored_llm_dtype(cfg.policy.dtype, sharded)}
 
 
-def load_reference(cfg, policy_dir, device: torch.device, world: int) -> PointVLM | None:
+def load_reference(cfg: Config, policy_dir: str | Path, device: torch.device, world: int) -> PointVLM | None:
     """The frozen initial policy that DPO and a KL term compare against, stored, sharded and computing as the
     learner's policy (its LLM dtype, fusion and FSDP2 precision), so that at step 0 the two score every token alike;
     None when the algorithm needs none. Under FSDP2 every rank must call it (it shards)."""
@@ -181,7 +181,7 @@ def _checkpoint(learner: Learner, progress: dict, stats: dict, rank: int, sharde
         )
 
 
-def _export(policy: PointVLM, cfg, loop_config: dict, rank: int, sharded: bool) -> None:
+def _export(policy: PointVLM, cfg: Config, loop_config: dict, rank: int, sharded: bool) -> None:
     """The final policy directory, written by rank 0; under FSDP2 the state is first gathered whole (every rank)
     and loaded into an unsharded copy of the stage's initial policy."""
     if sharded:
