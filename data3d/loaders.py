@@ -20,6 +20,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import numpy as np
 
@@ -178,7 +179,17 @@ def _category_sample(
     return _sample(path, uid, surface, rng, question, category, f"{article(category)} {category}", **settings)
 
 
-def _file_samples(paths, file_sample, settings: dict) -> Iterator[Sample]:
+class FileSettings(TypedDict, total=False):
+    """The keyword arguments of `shapenet_sample` and `modelnet_sample` that their iterators pass through; the
+    defaults are those functions' own."""
+
+    seed: int
+    num_points: int
+    image_size: int
+    num_kpts: int
+
+
+def _file_samples(paths, file_sample, settings: FileSettings) -> Iterator[Sample]:
     """`file_sample(path, **settings)` for each of `paths` in order: what the ShapeNet and ModelNet40 iterators yield."""
     for path in paths:
         yield file_sample(path, **settings)
@@ -267,13 +278,10 @@ def iter_shapenet(
     *,
     synsets: list[str] | None = None,
     limit: int | None = None,
-    seed: int = 0,
-    num_points: int = 1024,
-    image_size: int = 128,
-    num_kpts: int = NUM_KPTS,
+    **settings: Unpack[FileSettings],
 ) -> Iterator[Sample]:
-    """ShapeNetCore v2 models under `root` in sorted order (optionally only some synsets, at most `limit`)."""
-    settings = dict(seed=seed, num_points=num_points, image_size=image_size, num_kpts=num_kpts)
+    """ShapeNetCore v2 models under `root` in sorted order (optionally only some synsets, at most `limit`), each
+    sampled with `settings` (`shapenet_sample`'s keyword arguments and defaults)."""
     yield from _file_samples(shapenet_files(root, synsets)[:limit], shapenet_file_sample, settings)
 
 
@@ -319,13 +327,10 @@ def iter_modelnet40(
     *,
     split: str | None = None,
     limit: int | None = None,
-    seed: int = 0,
-    num_points: int = 1024,
-    image_size: int = 128,
-    num_kpts: int = NUM_KPTS,
+    **settings: Unpack[FileSettings],
 ) -> Iterator[Sample]:
-    """ModelNet40 files under `root`: those listed in `modelnet40_<split>.txt`, or every `<class>/*.txt` if no split."""
-    settings = dict(seed=seed, num_points=num_points, image_size=image_size, num_kpts=num_kpts)
+    """ModelNet40 files under `root`: those listed in `modelnet40_<split>.txt`, or every `<class>/*.txt` if no split
+    (at most `limit`), each sampled with `settings` (`modelnet_sample`'s keyword arguments and defaults)."""
     yield from _file_samples(modelnet40_files(root, split)[:limit], modelnet_sample, settings)
 
 
