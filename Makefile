@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test test-vllm test-vllm-scale demo bench bench-learning bench-lambda bench-spa bench-step clean
+.PHONY: install test test-fast test-vllm test-vllm-scale demo bench bench-learning bench-lambda bench-spa bench-step clean
 
 install: $(STAMP)
 
@@ -19,6 +19,12 @@ test: install
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow and not vllm" -p no:cacheprovider
+
+# `make test` less the end-to-end tests (marked e2e in tests/conftest.py: Ray clusters, whole training runs)
+test-fast: install
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q -m "not slow and not vllm and not e2e" -p no:cacheprovider
 
 demo: install
 	$(BIN)/python rl/train_grca.py --config rl/configs/demo.yaml

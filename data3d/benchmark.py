@@ -23,7 +23,7 @@ from data3d.annotate import ViewRange, annotate, mesh_surface, timed
 from data3d.questions import ask, relevance_question
 from data3d.settings import DataSettings
 from data3d.shapes import CATEGORIES, build_shape
-from data3d.store import SHARD_SIZE, DatasetError, read_meta, write_dataset
+from data3d.store import SHARD_SIZE, DatasetError, read_meta, write_dataset_from_pool
 from data3d.types import Sample
 
 FRONT, SIDES, ALL = ((-60.0, 60.0),), ((40.0, 140.0), (-140.0, -40.0)), ((-180.0, 180.0),)
@@ -193,21 +193,18 @@ def write_benchmark(
                 yield sample
 
     start = time.perf_counter()
-    try:
-        meta = write_dataset(
-            out_dir,
-            {split: samples(indices) for split, indices in todo.items()},
-            config=config,
-            quant=settings.quant(),
-            shard_size=shard_size,
-            overwrite=overwrite,
-            planned=planned,
-            resume=resume,
-        )
-    finally:
-        bar.close()
-        if pool:
-            pool.terminate()
+    meta = write_dataset_from_pool(
+        out_dir,
+        {split: samples(indices) for split, indices in todo.items()},
+        bar=bar,
+        pool=pool,
+        config=config,
+        quant=settings.quant(),
+        shard_size=shard_size,
+        overwrite=overwrite,
+        planned=planned,
+        resume=resume,
+    )
     seconds = time.perf_counter() - start
     made = n - resumed_from
     return {

@@ -47,7 +47,7 @@ from data3d.sources import (
     shapenet_files,
     shapenet_uid,
 )
-from data3d.store import SHARD_SIZE, DatasetError, read_meta, write_dataset
+from data3d.store import SHARD_SIZE, DatasetError, read_meta, write_dataset_from_pool
 from data3d.types import Sample
 
 SOURCES = {"shapenet": "ShapeNetCore v2", "modelnet40": "ModelNet40", "objaverse": "Objaverse/PointLLM"}
@@ -256,21 +256,20 @@ def import_dataset(
                     yield sample
 
     start = time.perf_counter()
-    try:
-        if not already_complete:
-            meta = write_dataset(
-                out,
-                {split: samples(split_items) for split, split_items in todo.items()},
-                config=config,
-                quant=quant,
-                shard_size=shard_size,
-                planned=planned,
-                resume=resume,
-            )
-    finally:
+    if already_complete:  # nothing to write (and no pool)
         bar.close()
-        if pool:
-            pool.terminate()
+    else:
+        meta = write_dataset_from_pool(
+            out,
+            {split: samples(split_items) for split, split_items in todo.items()},
+            bar=bar,
+            pool=pool,
+            config=config,
+            quant=quant,
+            shard_size=shard_size,
+            planned=planned,
+            resume=resume,
+        )
     counts = {split: meta["splits"][split]["count"] for split in splits}  # train, test: the order synth prints
     return {
         "out_dir": str(out),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 import numpy as np
 
@@ -163,6 +164,37 @@ def _sample(
     )
 
 
+def _category_sample(
+    path: Path,
+    uid: str,
+    surface: Surface,
+    rng: np.random.Generator,
+    category: str,
+    categories,
+    **settings,
+) -> Sample:
+    """The sample of a file whose question is category multiple choice over `categories` (ShapeNet, ModelNet40),
+    described as "a(n) <category>": the question draws from `rng` first, then `_sample` (which takes `settings`)."""
+    question = category_question(category, categories, rng)
+    return _sample(path, uid, surface, rng, question, category, f"{article(category)} {category}", **settings)
+
+
+class FileSettings(TypedDict, total=False):
+    """The keyword arguments of `shapenet_sample` and `modelnet_sample` that their iterators pass through; the
+    defaults are those functions' own."""
+
+    seed: int
+    num_points: int
+    image_size: int
+    num_kpts: int
+
+
+def _file_samples(paths, file_sample, settings: FileSettings) -> Iterator[Sample]:
+    """`file_sample(path, **settings)` for each of `paths` in order: what the ShapeNet and ModelNet40 iterators yield."""
+    for path in paths:
+        yield file_sample(path, **settings)
+
+
 def _face_rgb(mesh) -> np.ndarray:
     """(F, 3) colours in [0, 1] from a trimesh mesh's texture, material or colours; grey when it has none."""
     from trimesh.visual.color import uv_to_color  # trimesh is imported only where a mesh is read: it is slow to load
@@ -220,15 +252,13 @@ def shapenet_sample(
         surface = mesh_surface(vertices, faces, face_rgb, max(image_size**2, POOL_FACTOR * num_points), rng)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
-    question = category_question(category, SHAPENET_SYNSETS.values(), rng)
-    return _sample(
+    return _category_sample(
         path,
         uid,
         surface,
         rng,
-        question,
         category,
-        f"{article(category)} {category}",
+        SHAPENET_SYNSETS.values(),
         num_points=num_points,
         image_size=image_size,
         num_kpts=num_kpts,
@@ -248,14 +278,11 @@ def iter_shapenet(
     *,
     synsets: list[str] | None = None,
     limit: int | None = None,
-    seed: int = 0,
-    num_points: int = 1024,
-    image_size: int = 128,
-    num_kpts: int = NUM_KPTS,
+    **settings: Unpack[FileSettings],
 ) -> Iterator[Sample]:
-    """ShapeNetCore v2 models under `root` in sorted order (optionally only some synsets, at most `limit`)."""
-    for path in shapenet_files(root, synsets)[:limit]:
-        yield shapenet_file_sample(path, seed=seed, num_points=num_points, image_size=image_size, num_kpts=num_kpts)
+    """ShapeNetCore v2 models under `root` in sorted order (optionally only some synsets, at most `limit`), each
+    sampled with `settings` (`shapenet_sample`'s keyword arguments and defaults)."""
+    yield from _file_samples(shapenet_files(root, synsets)[:limit], shapenet_file_sample, settings)
 
 
 def read_modelnet_txt(path) -> np.ndarray:
@@ -282,16 +309,13 @@ def modelnet_sample(
     category, uid = cls.replace("_", " "), modelnet_uid(path)
     normals = rows[:, 3:] / np.maximum(np.linalg.norm(rows[:, 3:], axis=1, keepdims=True), 1e-12)
     surface = Surface(rows[:, :3], np.broadcast_to(np.asarray(GREY), (len(rows), 3)), normals)
-    rng = _rng(seed, uid)
-    question = category_question(category, [c.replace("_", " ") for c in MODELNET40_CLASSES], rng)
-    return _sample(
+    return _category_sample(
         path,
         uid,
         surface,
-        rng,
-        question,
+        _rng(seed, uid),
         category,
-        f"{article(category)} {category}",
+        [c.replace("_", " ") for c in MODELNET40_CLASSES],
         num_points=num_points,
         image_size=image_size,
         num_kpts=num_kpts,
@@ -303,14 +327,11 @@ def iter_modelnet40(
     *,
     split: str | None = None,
     limit: int | None = None,
-    seed: int = 0,
-    num_points: int = 1024,
-    image_size: int = 128,
-    num_kpts: int = NUM_KPTS,
+    **settings: Unpack[FileSettings],
 ) -> Iterator[Sample]:
-    """ModelNet40 files under `root`: those listed in `modelnet40_<split>.txt`, or every `<class>/*.txt` if no split."""
-    for path in modelnet40_files(root, split)[:limit]:
-        yield modelnet_sample(path, seed=seed, num_points=num_points, image_size=image_size, num_kpts=num_kpts)
+    """ModelNet40 files under `root`: those listed in `modelnet40_<split>.txt`, or every `<class>/*.txt` if no split
+    (at most `limit`), each sampled with `settings` (`modelnet_sample`'s keyword arguments and defaults)."""
+    yield from _file_samples(modelnet40_files(root, split)[:limit], modelnet_sample, settings)
 
 
 def read_conversations(path) -> list[tuple[str, str, str]]:

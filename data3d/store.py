@@ -228,6 +228,18 @@ def write_dataset(
     return meta
 
 
+def write_dataset_from_pool(root, splits: dict[str, Iterable[Sample]], *, bar, pool, **options) -> dict:
+    """`write_dataset(root, splits, **options)` for a writer whose samples come from a worker pool with a progress
+    bar (`data3d.benchmark.write_benchmark`, `data3d.importer.import_dataset`): once the write has ended, or failed,
+    `bar` (a tqdm bar) is closed and `pool` (a multiprocessing pool; None when there is none) terminated."""
+    try:
+        return write_dataset(root, splits, **options)
+    finally:
+        bar.close()
+        if pool:
+            pool.terminate()
+
+
 def read_json(path, missing: str = "not found"):
     """A JSON file's content; a missing or unparsable file raises an error naming it."""
     path = Path(path)

@@ -75,22 +75,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def build_policy(size: str, dtype: str, device, seed: int = 0):
     """A random-init PointVLM on `device`: "tiny" (policies.tiny) or "medium" (MEDIUM Qwen2, real encoder sizes)."""
     import torch
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
 
-    from policies import PointVLM, PointVLMConfig, build_tiny_policy, build_tiny_tokenizer, tiny_config
+    from policies import PointVLM, PointVLMConfig, build_tiny_policy, build_tiny_tokenizer, tiny_config, tiny_llm_config
 
     if size == "tiny":
         return build_tiny_policy(seed=seed, config=tiny_config(llm_dtype=dtype)).to(device)
     tokenizer = build_tiny_tokenizer()
-    llm_config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        **MEDIUM,
-    )
+    llm_config = tiny_llm_config(tokenizer, **MEDIUM)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         policy = PointVLM(PointVLMConfig(llm_dtype=dtype), Qwen2ForCausalLM(llm_config), tokenizer)

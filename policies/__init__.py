@@ -9,7 +9,7 @@ from policies.inputs import Generation, PointVLMConfig, PolicyInputs
 from policies.point_encoder import PointBertEncoder, PointEncoderConfig
 from policies.point_ops import drop_points, farthest_point_sample, gaussian_noise, group_points, knn, mask_groups
 from policies.qwen_vl import QwenVLPointVLM
-from policies.tiny import build_tiny_policy, build_tiny_qwen_vl, build_tiny_tokenizer, tiny_config
+from policies.tiny import build_tiny_policy, build_tiny_qwen_vl, build_tiny_tokenizer, tiny_config, tiny_llm_config
 from policies.vlm import SPECIAL_TOKENS, PointVLM
 
 __all__ = [
@@ -36,4 +36,5 @@ __all__ = [
     "mask_groups",
     "read_state_dict",
     "tiny_config",
+    "tiny_llm_config",
 ]

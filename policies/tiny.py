@@ -108,6 +108,27 @@ def tiny_config(**overrides) -> PointVLMConfig:
     return PointVLMConfig.from_dict({**base.to_dict(), **overrides})
 
 
+def tiny_llm_config(tokenizer, hidden_size: int = 64, num_hidden_layers: int = 2, **sizes):
+    """The `Qwen2Config` of the tiny policy's LLM over `tokenizer` (`build_tiny_tokenizer`): its vocabulary, eos and
+    pad ids, no bos, tied embeddings, 4096 positions; `hidden_size` x `num_hidden_layers` layers with 4 attention
+    heads (2 key-value heads) and a 4x MLP unless `sizes` (other Qwen2Config size fields) say otherwise, as for
+    infra/gpu_smoke.py's medium model."""
+    from transformers import Qwen2Config
+
+    shape = {"intermediate_size": 4 * hidden_size, "num_attention_heads": 4, "num_key_value_heads": 2, **sizes}
+    return Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        num_hidden_layers=num_hidden_layers,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **shape,
+    )
+
+
 def build_tiny_policy(
     out_dir: str | Path | None = None,
     seed: int = 0,
@@ -117,22 +138,10 @@ def build_tiny_policy(
 ) -> PointVLM:
     """The tiny policy (hidden 64, 2 layers, 4 heads by default), deterministic for `seed`; saved to `out_dir` if
     given. The caller's global torch RNG state is left as it was."""
-    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2ForCausalLM
 
     tokenizer = build_tiny_tokenizer()
-    llm_config = Qwen2Config(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=4 * hidden_size,
-        num_hidden_layers=num_layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        bos_token_id=None,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    llm_config = tiny_llm_config(tokenizer, hidden_size=hidden_size, num_hidden_layers=num_layers)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         policy = PointVLM(config or tiny_config(), Qwen2ForCausalLM(llm_config), tokenizer)

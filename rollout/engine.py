@@ -3,6 +3,7 @@ and the pure helpers that shard prompts over workers and put their batches back 
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from typing import Protocol, TypeVar
 
@@ -116,6 +117,32 @@ def check_version_order(current: int, new: int, rollback: bool = False) -> None:
     exception: a learner restored from its last checkpoint republishes that checkpoint's older version on purpose."""
     if new < current and not rollback:
         raise ValueError(f"refusing weights of version {new}: version {current} is already loaded")
+
+
+def sampled_batch(
+    version: int,
+    uids: list[str],
+    response_ids: torch.Tensor,
+    response_mask: torch.Tensor,
+    logprobs: torch.Tensor,
+    texts: list[str],
+    pad_token_id: int,
+    start: float,
+) -> RolloutBatch:
+    """The `RolloutBatch` an engine's `generate` returns for its sampled responses (`RolloutBatch`'s fields): the
+    log-probs as float32, `tokens_generated` the mask's sum, `seconds` the time since `start` (a
+    `time.perf_counter()` reading taken when sampling began)."""
+    return RolloutBatch(
+        version=version,
+        uids=list(uids),
+        response_ids=response_ids,
+        response_mask=response_mask,
+        logprobs=logprobs.float(),
+        texts=texts,
+        tokens_generated=int(response_mask.sum()),
+        seconds=time.perf_counter() - start,
+        pad_token_id=pad_token_id,
+    )
 
 
 def split_evenly(items: list[T], k: int) -> list[list[T]]:

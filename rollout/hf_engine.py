@@ -7,7 +7,7 @@ import time
 import torch
 
 from policies import PointVLM, PolicyInputs
-from rollout.engine import RolloutBatch, SamplingConfig, check_one_uid_per_prompt, check_version_order
+from rollout.engine import RolloutBatch, SamplingConfig, check_one_uid_per_prompt, check_version_order, sampled_batch
 
 
 class HFEngine:
@@ -35,16 +35,15 @@ class HFEngine:
             min_new_tokens=sampling.min_new_tokens,
             seed=sampling.seed,
         )
-        return RolloutBatch(
-            version=self._version,
-            uids=list(uids),
-            response_ids=out.response_ids,
-            response_mask=out.response_mask,
-            logprobs=out.logprobs.float(),
-            texts=out.texts,
-            tokens_generated=int(out.response_mask.sum()),
-            seconds=time.perf_counter() - start,
-            pad_token_id=self.policy.tokenizer.pad_token_id,
+        return sampled_batch(
+            self._version,
+            uids,
+            out.response_ids,
+            out.response_mask,
+            out.logprobs,
+            out.texts,
+            self.policy.tokenizer.pad_token_id,
+            start,
         )
 
     @torch.no_grad()

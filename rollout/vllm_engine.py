@@ -68,7 +68,7 @@ import torch
 from policies import PointVLM, PolicyInputs
 from policies.hf_llm import base_llm
 from policies.qwen_vl import QwenVLPointVLM
-from rollout.engine import RolloutBatch, SamplingConfig, check_one_uid_per_prompt, check_version_order
+from rollout.engine import RolloutBatch, SamplingConfig, check_one_uid_per_prompt, check_version_order, sampled_batch
 from rollout.vllm_qwen import export_text_model, text_names
 from rollout.weight_sync import bucketed
 
@@ -279,16 +279,9 @@ class VLLMEngine:
         completions = [c for out in outputs for c in sorted(out.outputs, key=lambda c: c.index) for _ in range(repeat)]
         ids, response_mask, logprobs = _pad_completions(completions, self.policy.tokenizer.pad_token_id)
         kept = ids.masked_fill(response_mask == 0, self.policy.tokenizer.pad_token_id)
-        return RolloutBatch(
-            version=self._version,
-            uids=list(uids),
-            response_ids=ids,
-            response_mask=response_mask,
-            logprobs=logprobs,
-            texts=self.policy.tokenizer.batch_decode(kept, skip_special_tokens=True),
-            tokens_generated=int(response_mask.sum()),
-            seconds=time.perf_counter() - start,
-            pad_token_id=self.policy.tokenizer.pad_token_id,
+        texts = self.policy.tokenizer.batch_decode(kept, skip_special_tokens=True)
+        return sampled_batch(
+            self._version, uids, ids, response_mask, logprobs, texts, self.policy.tokenizer.pad_token_id, start
         )
 
     @torch.no_grad()
