@@ -17,7 +17,7 @@ RAY_CLUSTER_FIXTURES = {"cluster", "gpu_cluster"}
 E2E_FILES = {
     "test_faults.py",  # SIGKILLs rollout and learner workers, the reward replica and the driver of real runs
     "test_rl_loop.py",  # the RL loop end to end: every algorithm, checkpoints and resume, on the suite's cluster
-    "test_gpu_training.py",  # infra/gpu_training.py --cpu: rl.driver.main on its own local Ray, in a subprocess
+    "test_gpu_training.py",  # infra/gpu_training.py --cpu: rl.runtime.driver.main on its own local Ray, in a subprocess
     "test_reward_client.py",  # ray.init and a Serve deployment inside the test
     "test_serve_ray.py",  # its `deployment` fixture starts Ray and Serve
     "test_weight_sync.py",  # its `setup` fixture starts Ray, a Controller and rollout workers
