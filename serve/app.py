@@ -10,8 +10,6 @@ concurrent 5 MiB bodies were parsed side by side into 2.2 GiB), and in the time 
 from __future__ import annotations
 
 import hmac
-import os
-from dataclasses import dataclass
 from importlib import resources
 
 import anyio
@@ -23,38 +21,9 @@ from fastapi.responses import HTMLResponse, Response
 from rewards import REWARDS, RequestError, RewardRequest, score_request
 from rewards.request import MAX_REQUEST_CHARS, MAX_TEXT_CHARS, RequestTooLarge, RewardResponse, decode_request
 from serve.deadline import BodyDeadline
+from serve.limits import ServiceLimits, resolve_token
 
-TOKEN_ENV = "POINTRL_REWARDS_TOKEN"
 VERSION = "1"
-
-
-@dataclass(frozen=True)
-class ServiceLimits:
-    """What one request may carry (larger bodies or batches get a 413 naming the limit), how many requests are decoded
-    and scored at once (the rest wait their turn), and how long a request's headers, then its body, may take to
-    arrive (then the connection is closed; for a body after a 408). The bounds on text are the contract's own
-    (`rewards.request.MAX_TEXT_CHARS`, `MAX_REQUEST_CHARS`)."""
-
-    max_body_bytes: int = 16 * 1024 * 1024  # 4096 samples with 1 KiB texts are ~9 MB of JSON
-    max_samples: int = 4096
-    max_concurrent: int = 2  # scoring holds the GIL: more threads add memory, not throughput
-    body_timeout_s: float = 30.0  # 16 MiB at 0.5 MiB/s
-
-    def __post_init__(self) -> None:
-        for name in ("max_body_bytes", "max_samples", "max_concurrent", "body_timeout_s"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"service limits: {name} must be positive, got {getattr(self, name)!r}")
-
-
-def resolve_token(token: str | None) -> str | None:
-    """`token`, else $POINTRL_REWARDS_TOKEN, else None (no auth). An empty one is a ValueError: it would silently turn
-    auth off for an operator who meant to turn it on (an unset variable expanding to '')."""
-    source = "--token"
-    if token is None:
-        token, source = os.environ.get(TOKEN_ENV), f"${TOKEN_ENV}"
-    if token is not None and not token.strip():
-        raise ValueError(f"{source}: the bearer token is empty; give a non-empty token, or leave it unset for no auth")
-    return token
 
 
 def _check_json(request: Request) -> None:

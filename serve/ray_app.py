@@ -13,7 +13,8 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from rewards import score_batch
-from serve.app import ServiceLimits, create_app
+from serve.app import create_app
+from serve.limits import ServiceLimits
 
 APP_NAME = "rewards"
 

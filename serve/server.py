@@ -1,4 +1,7 @@
-"""Run the reward service: under uvicorn (`pointrl serve-rewards`), or on Ray Serve (`pointrl serve-rewards --ray`)."""
+"""Run the reward service: under uvicorn (`pointrl serve-rewards`), or on Ray Serve (`pointrl serve-rewards --ray`).
+
+Light at import (argparse and `serve.limits`): `pointrl --help` builds this parser, so FastAPI, uvicorn and httpx are
+imported by the functions that use them, and Ray only with `--ray`."""
 
 from __future__ import annotations
 
@@ -11,9 +14,7 @@ import sys
 import time
 from collections.abc import Iterator
 
-import httpx
-
-from serve.app import TOKEN_ENV, ServiceLimits, create_app, resolve_token
+from serve.limits import TOKEN_ENV, ServiceLimits, resolve_token
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -24,6 +25,8 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 def wait_healthy(url: str, timeout_s: float = 60.0, process: subprocess.Popen | None = None) -> None:
     """Poll `GET /health` until it answers 200; fail early with the server's exit code if it died."""
+    import httpx
+
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
@@ -80,6 +83,7 @@ def run_uvicorn(host: str, port: int, token: str | None, limits: ServiceLimits, 
     print(
         f"pointrl reward service on http://{host}:{port}  (debug view /, API docs /docs, POST /v1/rewards)", flush=True
     )
+    from serve.app import create_app
     from serve.deadline import headers_deadline_protocol
 
     uvicorn.run(

@@ -14,18 +14,12 @@ from rl.cli.main import _usage_error
 
 
 def _init_argument_problem(args: argparse.Namespace) -> str | None:
-    """What is wrong with `pointrl init`'s arguments, checked before any weights are read."""
-    from policies.qwen_vl import is_qwen_vl
-
+    """What is wrong with `pointrl init`'s arguments, checked before any weights are read: the paths and numbers
+    first, without importing torch or transformers, then what the LLM folder's config.json says."""
     llm, out = Path(args.llm), Path(args.out)
     checks = [
         (llm.is_dir(), f"--llm {llm}: no such directory"),
         ((llm / "config.json").is_file(), f"--llm {llm}: not a Hugging Face model folder (no config.json)"),
-        # a Qwen-VL folder brings its own tower, whose merger is trained to feed that LLM
-        (
-            not (args.vision and is_qwen_vl(llm)),
-            f"--vision: {llm} is a Qwen-VL folder, whose own vision tower makes the image tokens; drop --vision",
-        ),
         (args.vision is None or Path(args.vision).is_dir(), f"--vision {args.vision}: no such directory"),
         (
             args.point_encoder is None or Path(args.point_encoder).exists(),
@@ -38,7 +32,15 @@ def _init_argument_problem(args: argparse.Namespace) -> str | None:
     for name in ("point_groups", "group_size", "point_heads"):
         value = getattr(args, name)
         checks.append((value is None or value >= 1, f"--{name.replace('_', '-')} must be at least 1, got {value}"))
-    return next((message for ok, message in checks if not ok), None) or _llm_type_problem(llm)
+    problem = next((message for ok, message in checks if not ok), None)
+    if problem:
+        return problem
+    from policies.qwen_vl import is_qwen_vl
+
+    # a Qwen-VL folder brings its own tower, whose merger is trained to feed that LLM
+    if args.vision and is_qwen_vl(llm):
+        return f"--vision: {llm} is a Qwen-VL folder, whose own vision tower makes the image tokens; drop --vision"
+    return _llm_type_problem(llm)
 
 
 def _llm_type_problem(llm: Path) -> str | None:

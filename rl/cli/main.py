@@ -296,10 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     synth.set_defaults(run=cmd_synth)
 
+    # each from a light module: the jobs' own modules (torch, Ray, matplotlib) are imported when their command runs
+    from rl.cli.engine import add_engine_parser
     from rl.cli.import_data import add_import_parser
     from rl.cli.init import add_init_parser
-    from rl.eval.viz import add_viz_parser
-    from rl.pisa.loop import add_engine_parser
+    from rl.cli.viz import add_viz_parser
 
     add_import_parser(commands, defaults)
     add_init_parser(commands)
@@ -324,9 +325,13 @@ def build_parser() -> argparse.ArgumentParser:
         "under every rotation of their options, clean and cloud swapped; all: both",
     )
     evaluate.set_defaults(run=cmd_eval)
+    for command in commands.choices.values():
+        command.set_defaults(command_parser=command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    if unknown:  # named by the command, with its usage (argparse leaves them to `pointrl`, whose usage says nothing)
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     args.run(args)

@@ -1,6 +1,7 @@
-"""`pointrl viz`: pictures of a policy's answers on held-out objects. Per object one PNG: the rendered image with the
-target and predicted 2D boxes, the predicted 3D box projected through the sample's camera (what RPC scores, GRCA's
-Figure 3) and the 2D keypoints; beside it a 3D view of the cloud with the target and predicted 3D boxes and keypoints.
+"""Pictures of a policy's answers on held-out objects (`pointrl viz`; its command line is `rl.cli.viz`). Per object
+one PNG: the rendered image with the target and predicted 2D boxes, the predicted 3D box projected through the
+sample's camera (what RPC scores, GRCA's Figure 3) and the 2D keypoints; beside it a 3D view of the cloud with the
+target and predicted 3D boxes and keypoints.
 The periodic evaluations during training log the same pictures to TensorBoard (`eval.pictures`).
 
     pointrl viz --policy DIR --data DIR [--split test] [--n 8] --out DIR
@@ -8,8 +9,6 @@ The periodic evaluations during training log the same pictures to TensorBoard (`
 
 from __future__ import annotations
 
-import argparse
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -121,9 +120,7 @@ def drawn(samples: list[Sample], texts: list[str], quant: Quant) -> dict[str, np
     return {s.uid: draw(s, text, quant, r["rewards"]) for s, text, r in zip(samples, texts, results)}
 
 
-def visualize(
-    policy_dir: str, data_dir: str, out_dir: str, split: str = "test", n: int = 8, max_new_tokens: int = 320
-) -> list[Path]:
+def visualize(policy_dir: str, data_dir: str, out_dir: str, split: str, n: int, max_new_tokens: int) -> list[Path]:
     """Greedy answers of the policy on the first `n` samples of the split, one PNG per object; returns the paths."""
     from rl.eval.evaluate import load_policy_and_split, policy_answerer, score_texts
 
@@ -139,26 +136,3 @@ def visualize(
         draw(sample, text, quant, result["rewards"], path)
         paths.append(path)
     return paths
-
-
-def cmd_viz(args: argparse.Namespace) -> None:
-    if args.n < 1 or args.max_new_tokens < 1:
-        sys.exit(
-            f"pointrl viz: error: --n and --max-new-tokens must be at least 1, got {args.n}, {args.max_new_tokens}"
-        )
-    try:
-        paths = visualize(args.policy, args.data, args.out, args.split, args.n, args.max_new_tokens)
-    except (FileNotFoundError, ValueError) as exc:
-        sys.exit(f"pointrl viz: error: {exc}")
-    print(f"wrote {len(paths)} pictures to {args.out}")
-
-
-def add_viz_parser(commands) -> None:
-    viz = commands.add_parser("viz", help="draw a policy's answers on held-out objects (PNG per object)")
-    viz.add_argument("--policy", required=True, help="a policy directory (PointVLM.save_pretrained)")
-    viz.add_argument("--data", required=True, help="a dataset directory (pointrl synth or pointrl import)")
-    viz.add_argument("--split", default="test")
-    viz.add_argument("--n", type=int, default=8, help="objects drawn (the split's first N)")
-    viz.add_argument("--out", required=True, help="the directory the PNGs go to")
-    viz.add_argument("--max-new-tokens", type=int, default=320)
-    viz.set_defaults(run=cmd_viz)

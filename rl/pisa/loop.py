@@ -1,7 +1,8 @@
-"""`pointrl engine`: PiSA's self-augmenting data engine. Each loop, the policy annotates unlabeled clouds on the
-rollout workers, G samples each (Stage 1); `rl.pisa.crosscheck` keeps, repairs or drops every field against the cloud and
-its rendered views (Stage 2); the policy is retrained by SFT on the kept annotations beside as many of its original
-training objects (Stage 3), evaluated on the run's held-out objects, and annotates the next loop.
+"""PiSA's self-augmenting data engine (`pointrl engine`; its command line is `rl.cli.engine`). Each loop, the policy
+annotates unlabeled clouds on the rollout workers, G samples each (Stage 1); `rl.pisa.crosscheck` keeps, repairs or
+drops every field against the cloud and its rendered views (Stage 2); the policy is retrained by SFT on the kept
+annotations beside as many of its original training objects (Stage 3), evaluated on the run's held-out objects, and
+annotates the next loop.
 
     pointrl engine --policy DIR --clouds DATASET --out DIR [--split train] [--config YAML] [engine.loops=3 ...]
 
@@ -16,11 +17,9 @@ config (recorded in engine.json) continues after it; one with others is refused.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from data3d import BenchmarkDataset, Sample, read_meta, write_dataset
 from data3d.serialize import target_text
 from data3d.settings import check_compatible, dataset_settings, load_settings
 from rl.algorithms import algorithm
-from rl.config import Config, ConfigError, data_settings, run_quant
+from rl.config import Config, data_settings, run_quant
 from rl.config_loading import config_to_dict
 from rl.eval.evaluate import object_scores
 from rl.pisa.crosscheck import count_decisions, cross_check, medoid_only
@@ -267,32 +266,3 @@ def format_report(report: dict) -> str:
                 ]
                 lines.append("")
     return "\n".join(lines)
-
-
-def cmd_engine(args: argparse.Namespace) -> None:
-    from rl.config_loading import parse_cli
-
-    cfg = parse_cli(["--config", args.config, *args.overrides], args.config)
-    try:
-        run_engine(cfg, Path(args.policy), Path(args.clouds), args.split, Path(args.out))
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        sys.exit(f"pointrl engine: error: {exc}")
-    print((Path(args.out) / "engine_report.md").read_text())
-
-
-def add_engine_parser(commands) -> None:
-    engine = commands.add_parser(
-        "engine",
-        help="PiSA's data engine: the policy annotates unlabeled clouds, a cross-check keeps what holds, retrain, loop",
-    )
-    engine.add_argument("--policy", required=True, help="the starting policy directory")
-    engine.add_argument("--clouds", required=True, help="a dataset directory whose split is read as unlabeled")
-    engine.add_argument("--split", default="train")
-    engine.add_argument("--out", required=True, help="the engine's output directory (a rerun continues it)")
-    engine.add_argument(
-        "--config",
-        default="demo.yaml",
-        help="the run config of the retraining and evaluation (a bare name: rl/configs/)",
-    )
-    engine.add_argument("overrides", nargs="*", help="section.key=value, e.g. engine.loops=3 engine.num_clouds=256")
-    engine.set_defaults(run=cmd_engine)
