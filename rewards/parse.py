@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from rewards.schema import FIELD_TYPES, FIELDS, ModelOutput
+from rewards.schema import FIELD_TYPES, FIELDS, MAX_TEXT_CHARS, ModelOutput, too_long
 
 _JSON_WHITESPACE = " \t\n\r"
 _OPENING_FENCES = ("```json", "```")
@@ -113,7 +113,7 @@ def _decode_each(objects: list[str]) -> list[ModelOutput | None]:
 
 def read_canonical(texts: list[str]) -> CanonicalBatch:
     """Read the canonical-order outputs of a batch; texts it does not fully accept are left out (see the docstring)."""
-    starts = [text.find("{") for text in texts]
+    starts = [text.find("{") if len(text) <= MAX_TEXT_CHARS else -1 for text in texts]  # too long: parse_output's
     matches = [_CANONICAL.match(text, start) if start >= 0 else None for text, start in zip(texts, starts)]
     rows = [i for i, match in enumerate(matches) if match is not None]
     outputs = _decode_each([texts[i][starts[i] : matches[i].end()] for i in rows])
@@ -231,6 +231,8 @@ def _parse_general(text: str, start: int) -> ParsedOutput:
 
 def parse_output(text: str) -> ParsedOutput:
     """Parse the first JSON object of any `text` into its well-formed fields (see the module docstring)."""
+    if why := too_long(text):
+        return ParsedOutput(reasons=[why])
     start = text.find("{")
     if start < 0:
         return ParsedOutput(reasons=["no JSON object: the text has no '{'"])

@@ -10,7 +10,7 @@ import json
 import math
 from collections import Counter
 
-from rewards.schema import DEFAULT_BINS, DEFAULT_BOUNDS3D, FIELDS, REWARDS
+from rewards.schema import DEFAULT_BINS, DEFAULT_BOUNDS3D, FIELDS, REWARDS, too_long
 
 JSON_WHITESPACE = " \t\n\r"
 ANSWER_STRIP_CHARS = " .,;:!?\"'()[]"
@@ -93,6 +93,8 @@ def score_sample(sample: dict, bins: int, lo3d: list[float], hi3d: list[float]) 
 
 def parse_object(text: str) -> tuple[int, int, list[tuple[str, object, tuple[int, int]]]] | str:
     """The object at the first '{': (start, end, [(key, value, value span), ...] top-level, in order), or why not."""
+    if why := too_long(text):
+        return why
     start = text.find("{")
     if start < 0:
         return "no JSON object: the text has no '{'"

@@ -16,7 +16,7 @@ from typing import Annotated
 import msgspec
 import numpy as np
 
-from rewards.schema import BINS_RULE, DEFAULT_BINS, DEFAULT_BOUNDS3D, Quant
+from rewards.schema import BINS_RULE, DEFAULT_BINS, DEFAULT_BOUNDS3D, MAX_TEXT_CHARS, Quant
 
 Row3 = tuple[float, float, float]
 Matrix3 = tuple[Row3, Row3, Row3]
@@ -30,15 +30,16 @@ KeypointCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_KEYPOINTS)]
 Bins = Annotated[
     int, msgspec.Meta(ge=0, description=f"quantization bins: {BINS_RULE}", extra_json_schema={"not": {"const": 1}})
 ]
-# The cost of scoring is linear in the characters of model text: a text that is all keypoints (`[1,2],`, six
-# characters each) becomes ~35 bytes of Python objects per character while it is parsed. Two bounds cap that work:
-# one text (a real answer is a few hundred characters to a few KB; 64 Ki holds at most ~10,900 keypoints) and the
-# texts of one request together (4 Mi: 4096 samples of 1 KiB; ~145 MiB of parse objects at worst). Over HTTP the
-# first is a 422 naming the sample, the second a 413; in process both are RequestErrors.
-MAX_TEXT_CHARS = 65_536
+# The texts one request has read together are bounded (4 Mi characters: 4096 samples of 1 KiB; ~145 MiB of parse
+# objects at worst): over it, a RequestTooLarge (HTTP 413). One text over `MAX_TEXT_CHARS` is not a request error and
+# is not read: it scores as an answer with no JSON object (`rewards.schema.too_long`).
 MAX_REQUEST_CHARS = 4 * 1024 * 1024
 Text = Annotated[
-    str, msgspec.Meta(max_length=MAX_TEXT_CHARS, description=f"the model's output, at most {MAX_TEXT_CHARS} characters")
+    str,
+    msgspec.Meta(
+        description=f"the model's output; one over {MAX_TEXT_CHARS} characters is not read and scores zero, with "
+        "the reason in `errors`"
+    ),
 ]
 
 
@@ -239,8 +240,9 @@ def _quant(spec: QuantSpec | None) -> Quant:
 
 
 def check_cost(request: RewardRequest) -> None:
-    """Refuse a request whose texts together exceed MAX_REQUEST_CHARS (each text's own bound is in its type)."""
-    total = sum(len(sample.text) for sample in request.samples)
+    """Refuse a request whose texts to be read together exceed MAX_REQUEST_CHARS (a text over MAX_TEXT_CHARS is not
+    read, so it costs nothing here: that sample scores as invalid)."""
+    total = sum(len(sample.text) for sample in request.samples if len(sample.text) <= MAX_TEXT_CHARS)
     if total > MAX_REQUEST_CHARS:
         raise RequestTooLarge(
             f"samples[*].text: {total} characters of text exceed the limit of {MAX_REQUEST_CHARS} "

@@ -26,6 +26,21 @@ FIELDS: tuple[str, ...] = ModelOutput.__struct_fields__
 GEOMETRY_FIELDS: tuple[str, ...] = ("bbox2d", "bbox3d", "kpts2d", "kpts3d")  # the coordinate fields
 FIELD_TYPES: dict[str, object] = get_type_hints(ModelOutput, include_extras=True)
 
+# Scoring costs time and memory linear in the characters of model text: a text that is all keypoints (`[1,2],`, six
+# characters each) becomes ~35 bytes of Python objects per character while it is parsed. A real answer is a few
+# hundred characters to a few KB; 64 Ki holds at most ~10,900 keypoints. A longer text is not read: it scores as an
+# answer with no JSON object (zero rewards, the reason naming the limit), and the other samples of its batch score as
+# usual. (The characters of a whole request have their own bound, `rewards.request.MAX_REQUEST_CHARS`.)
+MAX_TEXT_CHARS = 65_536
+
+
+def too_long(text: str) -> str | None:
+    """Why `text` is not read (longer than MAX_TEXT_CHARS), or None."""
+    if len(text) <= MAX_TEXT_CHARS:
+        return None
+    return f"no JSON object: the text's {len(text)} characters exceed the limit of {MAX_TEXT_CHARS} per text (not read)"
+
+
 DEFAULT_BINS = 1000
 BINS_RULE = "0 (continuous) or an integer >= 2"
 DEFAULT_BOUNDS3D: tuple[tuple[float, float, float], tuple[float, float, float]] = ((-1.0, -1.0, -1.0), (1.0, 1.0, 1.0))

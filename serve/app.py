@@ -2,9 +2,9 @@
 
 Bodies are decoded by msgspec straight into the typed request (no pydantic pass), scored by `rewards.score_request`
 in a worker thread (so `/health` answers while a big batch is scored), and bounded: in bytes, samples and characters
-of text per request (the work of one request), in requests scored at once (the work of all of them: the issue's 16
-concurrent 5 MiB bodies were parsed side by side into 2.2 GiB), and in the time a body may take to arrive
-(`serve.deadline`).
+of text per request (the work of one request; one text over `MAX_TEXT_CHARS` is not read and scores as invalid), in
+requests scored at once (the work of all of them: the issue's 16 concurrent 5 MiB bodies were parsed side by side
+into 2.2 GiB), and in the time a body may take to arrive (`serve.deadline`).
 """
 
 from __future__ import annotations
@@ -98,9 +98,9 @@ def create_app(token: str | None = None, limits: ServiceLimits = ServiceLimits()
         version=VERSION,
         description="Field rewards (format, answer, IoU 2D/3D, keypoint containment, reprojection consistency) and "
         "character spans for Point-VLM JSON outputs. Limits per request: "
-        f"{limits.max_body_bytes} bytes, {limits.max_samples} samples, {MAX_TEXT_CHARS} characters per text and "
-        f"{MAX_REQUEST_CHARS} characters of text in all (413 above, 422 for one text); the body must arrive within "
-        f"{limits.body_timeout_s:g} s (408).",
+        f"{limits.max_body_bytes} bytes, {limits.max_samples} samples and {MAX_REQUEST_CHARS} characters of text in "
+        f"all (413 above); the body must arrive within {limits.body_timeout_s:g} s (408). A text over {MAX_TEXT_CHARS} "
+        "characters is not read: that sample scores zero with the reason, the others as usual.",
     )
     app.add_middleware(BodyDeadline, timeout_s=limits.body_timeout_s)
     # Made on first use, in the process that serves: Ray Serve pickles the app, and a limiter does not pickle.
@@ -135,10 +135,7 @@ def create_app(token: str | None = None, limits: ServiceLimits = ServiceLimits()
                 "408": {"description": "the body did not arrive within the body timeout"},
                 "413": {"description": "body, samples or total characters of text over the limits"},
                 "415": {"description": "a Content-Type other than application/json"},
-                "422": {
-                    "description": "a defect in the request, named by field (also a text over "
-                    f"{MAX_TEXT_CHARS} characters)"
-                },
+                "422": {"description": "a defect in the request, named by field"},
             },
         },
     )

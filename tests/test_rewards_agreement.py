@@ -6,6 +6,7 @@ import pytest
 
 from rewards import score_batch
 from rewards.reference import reference_score_batch
+from rewards.schema import MAX_TEXT_CHARS, too_long
 from tests.reward_cases import random_sample
 
 
@@ -41,3 +42,13 @@ def test_random_outputs_cover_every_outcome():
     errors = " ".join(e for r in results for e in r["errors"])
     for phrase in ("truncated", "duplicated", "whole numbers", "behind the camera", "missing", "inverted", "outside"):
         assert phrase in errors, phrase
+
+
+def test_both_read_a_text_at_the_length_limit_and_neither_one_past_it():
+    rng = random.Random(3)
+    samples = [random_sample(rng, 1000) for _ in range(20)]
+    padded = [{**s, "text": s["text"].ljust(MAX_TEXT_CHARS + extra)} for s in samples for extra in (0, 1)]
+    fast, slow = score_batch(padded), reference_score_batch(padded)
+    _assert_same(fast, slow, padded)
+    assert all(r["errors"][0] == too_long(s["text"]) for r, s in zip(fast[1::2], padded[1::2]))
+    assert any(value > 0 for r in fast[::2] for value in r["rewards"].values())  # the texts at the limit are read
