@@ -34,6 +34,7 @@ bench: install
 	$(BIN)/python bench/data_bench.py
 	$(BIN)/python bench/learner_bench.py
 	$(BIN)/python bench/decode_bench.py
+	$(BIN)/python bench/serve_memory_bench.py
 
 # the budget the README's studies were measured with (the demo's until it moved to 240 cosine-decayed steps)
 STUDY_BUDGET = run.steps=60 learner.schedule=constant checkpoint.every=30
