@@ -2,8 +2,9 @@
 
 `plan_placement(cfg, nodes, rollouts)` is pure: from each node's resources (`ray.nodes()[i]["Resources"]`; one dict
 such as `ray.cluster_resources()` reads as a single node) and the config it returns the bundles and strategies of the
-two placement groups, or refuses in one line saying what the plan needs and what the cluster has. `check_config` is
-the part that needs no cluster. The Ray side (`plan_on_cluster`, `reserve_rollout_group`, `learner_scaling`) is thin.
+two placement groups, or refuses in one line saying what the plan needs and what the cluster has (and, when CPUs are
+what is short, the smaller learner and rollout `cpus_per_worker` that fit). `check_config` is the part that needs no
+cluster. The Ray side (`plan_on_cluster`, `reserve_rollout_group`, `learner_scaling`) is thin.
 
 disaggregated: rollout worker i takes {CPU: rollout.cpus_per_worker, GPU: rollout.gpus_per_worker}, learner worker j
   {CPU: learner.cpus_per_worker, GPU: 1 with learner.use_gpu}. A whole-GPU demand only takes a GPU nothing uses, so
