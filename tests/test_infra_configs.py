@@ -148,6 +148,41 @@ def test_the_readme_walks_from_ray_up_to_the_dashboard():
         assert step in section, step
 
 
+def readme_commands(heading: str = "## On a GPU cluster") -> list[list[str]]:
+    """The commands of the first bash block of a README section, each as the words a shell would pass: `\\`
+    continuation lines joined, comments dropped (variables such as `$PWD` stay as written)."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index(heading) :]
+    block = section[section.index("```bash\n") + len("```bash\n") :]
+    commands, pending = [], ""
+    for line in block[: block.index("```")].splitlines():
+        pending += line.rstrip()
+        if pending.endswith("\\"):
+            pending = pending[:-1] + " "
+            continue
+        if words := shlex.split(pending, comments=True):
+            commands.append(words)
+        pending = ""
+    return commands
+
+
+def test_the_readmes_first_job_starts_its_head_from_the_venv_and_fits_two_cpus():
+    from rl.config_loading import parse_cli
+
+    commands = readme_commands()
+    start = commands.index(["ray", "start", "--head"])
+    # a job's entrypoint runs with the PATH of the shell that started the head (tests/test_first_job.py runs it)
+    assert ["source", ".venv/bin/activate"] in commands[:start] and ["export", "RAY_AUTH_MODE=token"] in commands
+    submit = next(c for c in commands[start:] if c[:3] == ["ray", "job", "submit"])
+    assert submit[3:6] == ["--working-dir", ".", "--"] and commands[-1] == ["ray", "stop"]
+    entrypoint = submit[submit.index("--") + 1 :]
+    assert entrypoint[:2] == ["python", "rl/train_grca.py"]
+    cfg = parse_cli(entrypoint[2:], "grca.yaml")
+    assert cfg.run.steps <= 2 and cfg.sft.steps <= 20  # a first job of a minute or two
+    plan = plan_placement(cfg, {"CPU": 2}, uses_rollouts(cfg))  # a laptop-sized head (`ray start --head` on 2 cores)
+    assert plan.total("CPU") + cfg.reward.replicas * cfg.reward.cpus_per_replica <= 2  # the reward replica too
+
+
 def commented_command(path: Path, start: str) -> list[str]:
     """The words of the command that a comment line of `path` begins with `start`, with its `\\` continuation lines:
     the commands the files document, parsed as a shell would."""

@@ -137,6 +137,69 @@ def test_a_dpo_stage_from_a_pairs_file_runs_no_rollout_workers():
     assert not uses_rollouts(config("dpo.pairs_file=pairs.jsonl", name="dpo.yaml"))
 
 
+ISSUE_CASE = (
+    "placement (disaggregated): learner 1 x {CPU 2} + rollout 2 x {CPU 0.5} = 0 GPUs, 3 CPUs needed; the Ray cluster "
+    "has 0 GPUs, 2 CPUs on 1 node (0 GPUs + 2 CPUs per node): the learner workers do not fit; to fit the cluster's "
+    "2 CPUs with 0.25 CPUs left for the reward replica, set learner.cpus_per_worker=1 rollout.cpus_per_worker=0.25"
+)
+
+
+def test_a_plan_short_of_cpus_names_the_overrides_that_fit():
+    # the demo's preset on a laptop-sized `ray start --head` (2 CPUs): the refusal a first `ray job submit` met
+    with pytest.raises(PlacementError) as refused:
+        plan_placement(load_config("demo.yaml"), {"CPU": 2})
+    assert str(refused.value) == ISSUE_CASE
+
+
+@pytest.mark.parametrize(
+    "name, overrides, nodes, rollouts",
+    [
+        ("demo.yaml", [], {"CPU": 2}, True),
+        ("demo.yaml", [], {"CPU": 1}, True),  # halved twice
+        ("demo.yaml", ["reward.replicas=2"], {"CPU": 2}, True),
+        ("demo.yaml", ["reward.mode=local"], {"CPU": 2}, True),  # no reward replica to leave room for
+        ("grca.yaml", ["learner.num_workers=2", "learner.cpus_per_worker=4"], [{"CPU": 2}, {"CPU": 2}], True),
+        ("sft.yaml", ["learner.cpus_per_worker=4"], {"CPU": 2}, False),  # no rollout workers: the learner's alone
+        (
+            "grca.yaml",
+            [*GPU_ROLLOUT, "rollout.gpus_per_worker=0.5", "learner.cpus_per_worker=8", "rollout.cpus_per_worker=4"],
+            [{"CPU": 8, "GPU": 4}],
+            True,
+        ),
+    ],
+)
+def test_the_named_cpu_overrides_make_the_plan_fit_beside_the_reward_replicas(name, overrides, nodes, rollouts):
+    cfg = load_config(name, overrides)
+    with pytest.raises(PlacementError) as refused:
+        plan_placement(cfg, nodes, rollouts)
+    message = str(refused.value)
+    assert "\n" not in message and "; to fit the cluster's " in message
+    fix = message.split(", set ")[-1].split()
+    assert {key for key, _ in (word.split("=") for word in fix)} == (
+        {"learner.cpus_per_worker", "rollout.cpus_per_worker"} if rollouts else {"learner.cpus_per_worker"}
+    )
+    fixed = load_config(name, [*overrides, *fix])
+    plan = plan_placement(fixed, nodes, rollouts)
+    reward = fixed.reward.replicas * fixed.reward.cpus_per_replica if rollouts and fixed.reward.mode == "serve" else 0
+    have = sum(n["CPU"] for n in ([nodes] if isinstance(nodes, dict) else nodes))
+    assert plan.total("CPU") + reward <= have
+    assert (f"{reward:g} CPUs left for the reward replica" in message) == (reward > 0)
+
+
+@pytest.mark.parametrize(
+    "overrides, nodes",
+    [
+        ([*GPU_ROLLOUT, "rollout.gpus_per_worker=0.5"], [{"CPU": 64, "GPU": 2}]),  # GPUs short, CPUs plenty
+        (["learner.use_gpu=true"], {"CPU": 1}),  # no GPU at all: the hint is about GPUs
+        (["learner.cpus_per_worker=0", "rollout.cpus_per_worker=0", "placement.rollout_strategy=STRICT_SPREAD"], {}),
+    ],
+)
+def test_no_cpu_overrides_are_named_when_cpus_would_not_make_it_fit(overrides, nodes):
+    with pytest.raises(PlacementError) as refused:
+        plan_placement(config(*overrides), nodes)
+    assert "to fit" not in str(refused.value)
+
+
 # ---- a real two-node Ray cluster with 2 logical GPUs per node --------------------------------------------------
 
 

@@ -2,8 +2,9 @@
 
 `plan_placement(cfg, nodes, rollouts)` is pure: from each node's resources (`ray.nodes()[i]["Resources"]`; one dict
 such as `ray.cluster_resources()` reads as a single node) and the config it returns the bundles and strategies of the
-two placement groups, or refuses in one line saying what the plan needs and what the cluster has. `check_config` is
-the part that needs no cluster. The Ray side (`plan_on_cluster`, `reserve_rollout_group`, `learner_scaling`) is thin.
+two placement groups, or refuses in one line saying what the plan needs and what the cluster has (and, when CPUs are
+what is short, the smaller learner and rollout `cpus_per_worker` that fit). `check_config` is the part that needs no
+cluster. The Ray side (`plan_on_cluster`, `reserve_rollout_group`, `learner_scaling`) is thin.
 
 disaggregated: rollout worker i takes {CPU: rollout.cpus_per_worker, GPU: rollout.gpus_per_worker}, learner worker j
   {CPU: learner.cpus_per_worker, GPU: 1 with learner.use_gpu}. A whole-GPU demand only takes a GPU nothing uses, so
@@ -214,20 +215,49 @@ def _place(nodes: list[_Node], bundles, strategy: str) -> list[tuple[int, list[i
     return placed
 
 
-def plan_placement(cfg: Config, nodes: list[dict[str, float]] | dict[str, float], rollouts: bool = True) -> Plan:
-    """The plan of a stage on a cluster of `nodes` (their total resources), or PlacementError in one line."""
-    plan = make_plan(cfg, rollouts)
-    nodes = [nodes] if isinstance(nodes, dict) else list(nodes)
-    state = [_Node(resources) for resources in nodes]
+def _fit(plan: Plan, state: list[_Node]) -> str | None:
+    """Places the plan's bundles on `state` (which it uses up); None when they fit, else what does not."""
     spots = _place(state, plan.rollout_bundles, plan.rollout_strategy)
-    problem = "the rollout workers do not fit" if spots is None else None
-    if problem is None and plan.colocated:
+    if spots is None:
+        return "the rollout workers do not fit"
+    if plan.colocated:
         for k, (bundle, (node, gpus)) in enumerate(zip(plan.learner_bundles, spots, strict=True)):
             if state[node].take(bundle, gpu=gpus[0] if gpus else None) is None:
-                problem = f"learner worker {k} does not fit beside rollout worker {k}"
-                break
-    elif problem is None and _place(state, plan.learner_bundles, plan.learner_strategy) is None:
-        problem = "the learner workers do not fit"
+                return f"learner worker {k} does not fit beside rollout worker {k}"
+    elif _place(state, plan.learner_bundles, plan.learner_strategy) is None:
+        return "the learner workers do not fit"
+    return None
+
+
+def _fewer_cpus(cfg: Config, nodes: list[dict[str, float]], rollouts: bool) -> str | None:
+    """The overrides that would make the plan fit when CPU is what is short: learner.cpus_per_worker and
+    rollout.cpus_per_worker halved together (a half, a quarter, ...) until the workers fit with the reward replicas'
+    CPUs left beside them (the replicas are not in the plan, but a run waits for them); None when no halving does."""
+    from dataclasses import replace
+
+    rewards = rollouts and cfg.reward.mode == "serve" and cfg.reward.cpus_per_replica > 0
+    reward_bundles = [{"CPU": cfg.reward.cpus_per_replica}] * (cfg.reward.replicas if rewards else 0)
+    keys = [("learner", cfg.learner.cpus_per_worker)] + ([("rollout", cfg.rollout.cpus_per_worker)] if rollouts else [])
+    keys = [(section, cpus) for section, cpus in keys if cpus > 0]
+    for halvings in range(1, 7):
+        smaller = {section: cpus / 2**halvings for section, cpus in keys}
+        trial = replace(cfg, **{s: replace(getattr(cfg, s), cpus_per_worker=c) for s, c in smaller.items()})
+        state = [_Node(resources) for resources in nodes]
+        if _fit(make_plan(trial, rollouts), state) is None and _place(state, reward_bundles, "PACK") is not None:
+            reserve = sum(bundle["CPU"] for bundle in reward_bundles)
+            left = f" with {_count(reserve, 'CPU')} left for the reward replica{'s' if len(reward_bundles) > 1 else ''}"
+            overrides = " ".join(f"{section}.cpus_per_worker={c:g}" for section, c in smaller.items())
+            cpus = _count(sum(n.get("CPU", 0.0) for n in nodes), "CPU")
+            return f"to fit the cluster's {cpus}{left if reward_bundles else ''}, set {overrides}"
+    return None
+
+
+def plan_placement(cfg: Config, nodes: list[dict[str, float]] | dict[str, float], rollouts: bool = True) -> Plan:
+    """The plan of a stage on a cluster of `nodes` (their total resources), or PlacementError in one line (naming the
+    smaller CPU overrides that would fit, when CPU is what is short)."""
+    plan = make_plan(cfg, rollouts)
+    nodes = [nodes] if isinstance(nodes, dict) else list(nodes)
+    problem = _fit(plan, [_Node(resources) for resources in nodes])
     if problem:
         have = {key: sum(n.get(key, 0.0) for n in nodes) for key in ("GPU", "CPU")}
         shapes = (
@@ -237,6 +267,8 @@ def plan_placement(cfg: Config, nodes: list[dict[str, float]] | dict[str, float]
         if have["GPU"] == 0 and plan.total("GPU") > 0:
             problem += " (Ray sees no GPU: start it on GPU machines, or set learner.use_gpu=false and "
             problem += "rollout.gpus_per_worker=0)"
+        elif fix := _fewer_cpus(cfg, nodes, rollouts):
+            problem += f"; {fix}"
         raise PlacementError(
             f"placement ({plan.mode}): {plan.describe()} needed; the Ray cluster has "
             f"{_count(have['GPU'], 'GPU')}, {_count(have['CPU'], 'CPU')} on {len(nodes)} "
