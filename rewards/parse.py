@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from rewards.schema import FIELD_TYPES, FIELDS, MAX_TEXT_CHARS, ModelOutput, too_long
+from rewards.schema import FIELD_TYPES, FIELDS, ModelOutput, too_long
 
 _JSON_WHITESPACE = " \t\n\r"
 _OPENING_FENCES = ("```json", "```")
@@ -113,7 +113,7 @@ def _decode_each(objects: list[str]) -> list[ModelOutput | None]:
 
 def read_canonical(texts: list[str]) -> CanonicalBatch:
     """Read the canonical-order outputs of a batch; texts it does not fully accept are left out (see the docstring)."""
-    starts = [text.find("{") if len(text) <= MAX_TEXT_CHARS else -1 for text in texts]  # too long: parse_output's
+    starts = [-1 if too_long(text) else text.find("{") for text in texts]  # too long: parse_output's
     matches = [_CANONICAL.match(text, start) if start >= 0 else None for text, start in zip(texts, starts)]
     rows = [i for i, match in enumerate(matches) if match is not None]
     outputs = _decode_each([texts[i][starts[i] : matches[i].end()] for i in rows])

@@ -16,7 +16,7 @@ from typing import Annotated
 import msgspec
 import numpy as np
 
-from rewards.schema import BINS_RULE, DEFAULT_BINS, DEFAULT_BOUNDS3D, MAX_TEXT_CHARS, Quant
+from rewards.schema import BINS_RULE, DEFAULT_BINS, DEFAULT_BOUNDS3D, MAX_TEXT_CHARS, Quant, too_long
 
 Row3 = tuple[float, float, float]
 Matrix3 = tuple[Row3, Row3, Row3]
@@ -242,7 +242,7 @@ def _quant(spec: QuantSpec | None) -> Quant:
 def check_cost(request: RewardRequest) -> None:
     """Refuse a request whose texts to be read together exceed MAX_REQUEST_CHARS (a text over MAX_TEXT_CHARS is not
     read, so it costs nothing here: that sample scores as invalid)."""
-    total = sum(len(sample.text) for sample in request.samples if len(sample.text) <= MAX_TEXT_CHARS)
+    total = sum(len(sample.text) for sample in request.samples if not too_long(sample.text))
     if total > MAX_REQUEST_CHARS:
         raise RequestTooLarge(
             f"samples[*].text: {total} characters of text exceed the limit of {MAX_REQUEST_CHARS} "

@@ -224,7 +224,7 @@ def make_learner(
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer, scheduler = make_optimizer(trainable, cfg)
     accumulator = Accumulator(optimizer, trainable, cfg.learner.grad_accum, cfg.learner.grad_clip)
-    scorer = scorer or ResponseScorer(policy, cfg.learner.logprob_chunk)
+    scorer = ResponseScorer(policy, cfg.learner.logprob_chunk) if scorer is None else scorer
     return Learner(policy, scorer, accumulator, scheduler, reference, world)
 
 
