@@ -32,6 +32,9 @@ class LearnBatch:
     advantages: torch.Tensor | None = None  # (N, T) GRCA / GRPO
     valid: torch.Tensor | None = None  # (N,) bool: the rows whose reward came back (None for given texts)
     rollout_logprobs: torch.Tensor | None = None  # (N, T) what the rollout engine reported, for the on-policy check
+    learner_logprobs: torch.Tensor | None = (
+        None  # (N, T) the learner's recomputation of them, set by an update that makes one
+    )
     corrupted: list[Sample] | None = None  # SPA: each sample with its cloud corrupted (x')
     pairs: list[tuple[int, int]] = field(default_factory=list)  # DPO: (chosen row, rejected row)
 
@@ -54,6 +57,7 @@ class LearnBatch:
             advantages=take(self.advantages),
             valid=take(self.valid),
             rollout_logprobs=take(self.rollout_logprobs),
+            learner_logprobs=take(self.learner_logprobs),
             corrupted=[self.corrupted[p] for p in prompts] if self.corrupted else None,
             pairs=[(a - first, b - first) for a, b in self.pairs if a in rows and b in rows],
         )

@@ -125,7 +125,7 @@ class GRCA:
         # one-version-older rollout
         behaviour, is_weights, stats, losses = rollout_logprobs, None, {}, []
         if recomputes_old_logprobs(cfg):
-            behaviour = sequence_logprobs(policy, prompts, owners, ids, mask, *scoring)
+            behaviour = batch.learner_logprobs = sequence_logprobs(policy, prompts, owners, ids, mask, *scoring)
             gap = (behaviour - rollout_logprobs).abs() * mask
             stats["onpolicy/max_abs_logprob_diff"] = float(gap.max())
             stats["onpolicy/mean_abs_logprob_diff"] = float(gap.sum() / mask.sum().clamp(min=1))
