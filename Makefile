@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test test-fast test-vllm test-vllm-scale demo bench bench-learning bench-lambda bench-spa bench-step clean
+.PHONY: install test test-fast test-vllm test-vllm-scale demo bench bench-learning bench-objectives bench-lambda bench-spa bench-step clean
 
 install: $(STAMP)
 
@@ -41,6 +41,9 @@ STUDY_BUDGET = run.steps=60 learner.schedule=constant checkpoint.every=30
 
 bench-learning: install
 	$(BIN)/python bench/learning_bench.py --study table3 $(STUDY_BUDGET)
+
+bench-objectives: install
+	$(BIN)/python bench/learning_bench.py --study objectives $(STUDY_BUDGET)
 
 bench-lambda: install
 	$(BIN)/python bench/learning_bench.py --study lambda $(STUDY_BUDGET)

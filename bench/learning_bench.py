@@ -2,12 +2,14 @@
 and gets the same budget, each policy is evaluated greedily on the same held-out objects (generated with a seed no
 training saw), and the study is written to `<out>/study.json`, `study.md` and `curves.png`.
 
-    python bench/learning_bench.py [--study table3|lambda|spa] [--seeds N] [--out DIR] [key=value ...]
+    python bench/learning_bench.py [--study table3|objectives|lambda|spa] [--seeds N] [--out DIR] [key=value ...]
 
 - table3 (`make bench-learning`, 3 seeds): SFT (the start); SFT budget-matched (SFT continued, at the RL learning
   rate, for as many optimizer steps as an RL arm takes, each on as many rows); broadcast GRPO; GRCA without the RPC
   term (lambda 0); GRCA + RPC (lambda 0.15); and GRCA + RPC with every routed field weighted 1 (the demo's weights
   favour the box over the keypoints).
+- objectives (`make bench-objectives`, 3 seeds): GRCA + RPC, GDPO, DAPO (its recipe: clip-higher, token-mean loss,
+  dynamic sampling, overlong shaping) and GRCA with DAPO's dynamic sampling, each arm's difference to GRCA + RPC.
 - lambda (`make bench-lambda`, 1 seed): GRCA at lambda 0, 0.1, 0.15 and 0.2.
 - spa (`make bench-spa`, 1 seed): SPA with 3D masking of 25, 50 and 75% of the points, Gaussian noise, point dropping,
   budget-matched like SFT, each with its reliance gap (per object, clean minus cloud swapped).
@@ -51,6 +53,13 @@ STUDIES = {  # arm -> its overrides of the base configuration, per study
             f"algo.routed_field_weights.{f}=1.0" for f in ("bbox3d", "kpts2d", "kpts3d")
         ],
     },
+    # issue 27: does routing beat per-field normalization with broadcast (GDPO)? GRCA + RPC is the reference
+    "objectives": {
+        "GRCA + RPC": ["algo.rpc_weight=0.15"],
+        "GDPO": ["algo.name=gdpo"],
+        "DAPO": ["algo.name=dapo"],
+        "GRCA + DAPO's dynamic sampling": ["rollout.dynamic_sampling=true"],
+    },
     "lambda": {f"GRCA λ={lam}": [f"algo.rpc_weight={lam}"] for lam in (0, 0.1, 0.15, 0.2)},
     "spa": {
         **{f"SPA mask {r:.0%}": [*SPA, "spa.corruption=mask", f"spa.mask_ratio={r}"] for r in (0.25, 0.5, 0.75)},
@@ -58,9 +67,11 @@ STUDIES = {  # arm -> its overrides of the base configuration, per study
         "SPA drop": [*SPA, "spa.corruption=drop"],
     },
 }
-SEEDS = {"table3": 3, "lambda": 1, "spa": 1}
+SEEDS = {"table3": 3, "objectives": 3, "lambda": 1, "spa": 1}
+REFERENCE = {"objectives": "GRCA + RPC"}  # the arm a study's others are compared with, paired over objects
 TITLES = {
     "table3": "GRCA Table 3 at CPU scale: SFT, SFT budget-matched, broadcast GRPO, GRCA, GRCA + RPC",
+    "objectives": "Routed credit against the 2026 objectives: GRCA, GDPO, DAPO, GRCA with DAPO's dynamic sampling",
     "lambda": "GRCA Table 5 at CPU scale: the RPC weight lambda",
     "spa": "SPA Table 2 at CPU scale: corruptions of the cloud",
 }
@@ -185,7 +196,7 @@ def main(argv: list[str]) -> None:
             result = run_arm(cfg, start, start_result["curve"][0][1], out / slug / f"seed{seed}", samples, swap)
             print(f"   {arm} seed {seed}: " + ", ".join(f"{m} {v:.3f}" for m, v in means(result["scores"]).items()))
             results[arm].append(result)
-    write_study(results, out, TITLES[study])
+    write_study(results, out, TITLES[study], REFERENCE.get(study))
     print("\n" + (out / "study.md").read_text() + f"\nwritten: {out}/study.json, study.md, curves.png")
 
 

@@ -30,6 +30,45 @@ def bootstrap_ci(scores: np.ndarray, draws: int = 2000, level: float = 0.95, see
     return float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))
 
 
+def bootstrap_difference_ci(
+    scores: np.ndarray, reference: np.ndarray, draws: int = 2000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
+    """Percentile CI of mean(scores) - mean(reference), both [seeds, objects] over the same objects: each draw
+    resamples each arm's seeds on its own (runs of two arms are independent) and the objects once for both (paired)."""
+    rng = np.random.default_rng(seed)
+    differences = np.empty(draws)
+    for d in range(draws):
+        cols = rng.integers(0, scores.shape[1], scores.shape[1])
+        arm = scores[np.ix_(rng.integers(0, len(scores), len(scores)), cols)].mean()
+        base = reference[np.ix_(rng.integers(0, len(reference), len(reference)), cols)].mean()
+        differences[d] = arm - base
+    tail = (1.0 - level) / 2.0
+    return float(np.quantile(differences, tail)), float(np.quantile(differences, 1.0 - tail))
+
+
+def difference_table(results: dict[str, list[dict]], reference: str, metrics=CURVE_METRICS) -> list[str]:
+    """Each arm minus `reference` per metric: the difference of means and its 95% CI (`bootstrap_difference_ci`)."""
+    base = {m: np.array([run["scores"][m] for run in results[reference]]) for m in metrics}
+    lines = [
+        "",
+        f"Each arm minus {reference}: difference of the means [95% bootstrap CI: seeds resampled per arm, objects",
+        "paired]; a CI that excludes 0 is a difference these seeds and objects resolve.",
+        "",
+        "| arm | " + " | ".join(metrics) + " |",
+        "|---|" + "---|" * len(metrics),
+    ]
+    for arm, runs in results.items():
+        if arm == reference:
+            continue
+        cells = []
+        for m in metrics:
+            scores = np.array([run["scores"][m] for run in runs])
+            low, high = bootstrap_difference_ci(scores, base[m])
+            cells.append(f"{scores.mean() - base[m].mean():+.3f} [{low:+.3f}, {high:+.3f}]")
+        lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def summarize(results: dict[str, list[dict]]) -> dict:
     """Per arm: each seed's metric means, and over the seeds the mean and its 95% bootstrap CI. A result is one run's
     `{"seed", "scores": {metric: [per object]}, "curve": [[step, {metric: mean}], ...]}`, for a trained arm
@@ -121,14 +160,16 @@ def plot_curves(results: dict[str, list[dict]], out: Path) -> None:
     plt.close(fig)
 
 
-def write_study(results: dict[str, list[dict]], out_dir: Path, title: str) -> dict:
-    """study.json (per arm and seed every metric, mean and CI per arm, the curves), study.md and curves.png."""
+def write_study(results: dict[str, list[dict]], out_dir: Path, title: str, reference: str | None = None) -> dict:
+    """study.json (per arm and seed every metric, mean and CI per arm, the curves), study.md and curves.png; with a
+    `reference` arm, study.md also has every other arm's difference to it."""
     summary = summarize(results)
     objects = len(next(iter(results.values()))[0]["scores"]["iou3d"])
     curves = {arm: [run["curve"] for run in runs] for arm, runs in results.items()}
     extras = {arm: [run.get("extras", {}) for run in runs] for arm, runs in results.items()}
     study = {"title": title, "objects": objects, "arms": summary, "curves": curves, "extras": extras}
     (out_dir / "study.json").write_text(json.dumps(study, indent=1))
-    (out_dir / "study.md").write_text(markdown_table(summary, title, objects))
+    differences = difference_table(results, reference) if reference else []
+    (out_dir / "study.md").write_text(markdown_table(summary, title, objects) + "\n".join(differences) + "\n")
     plot_curves(results, out_dir / "curves.png")
     return study

@@ -23,6 +23,7 @@ FUSIONS = ("learned", "camera")  # likewise policies.inputs.FUSIONS
 ALIGN_CATEGORIES = tuple(sorted(CATEGORIES))  # the cloud-alignment head's outputs: the box (6), these, then colours
 ALIGN_COLOURS = COLOUR_NAMES
 ALIGN_DIMS = 6 + len(ALIGN_CATEGORIES) + len(ALIGN_COLOURS)
+LOSS_AGGREGATIONS = ("seq_mean_token_mean", "token_mean", "token_sum_norm")  # rl.algorithms.losses.aggregate_loss
 SYNC_TRANSPORTS = ("ray", "nccl", "ipc")  # rollout.weight_sync.TRANSPORTS, kept here to stay torch-free
 ROUTABLE_FIELDS = tuple(name for name in FIELDS if name in REWARDS)  # output fields with both a span and a reward
 MOVED_KEYS = {"reward.field_weights.rpc": "algo.rpc_weight"}  # a value with one home: the key to set instead
@@ -168,6 +169,14 @@ class RolloutConfig:
         "algo.max_is_weight))",
         choices=("sync", "one_step_off"),
     )
+    dynamic_sampling: bool = setting(
+        False,
+        "DAPO's dynamic sampling: drop the groups whose token advantages are all 0 (every sample scored alike) and "
+        "draw more prompts, up to rollout.max_refills times, until prompts_per_step groups teach something",
+    )
+    max_refills: int = setting(
+        4, "rollout.dynamic_sampling: extra draws of prompts_per_step prompts a step may make to fill its batch", ">= 0"
+    )
     max_restarts: int = setting(
         3,
         "times a rollout worker whose process died is restarted (it gets the current weights again and the "
@@ -202,7 +211,12 @@ class RewardConfig:
 class AlgoConfig:
     """the algorithm and its advantage and loss constants"""
 
-    name: str = setting("grca", "routed GRPO, broadcast GRPO, SPA, DPO or SFT", choices=ALGORITHMS)
+    name: str = setting(
+        "grca",
+        "routed GRPO, broadcast GRPO, GDPO (each reward standardized, then summed and broadcast), DAPO, SPA, DPO or "
+        "SFT",
+        choices=ALGORITHMS,
+    )
     rpc_weight: float = setting(
         0.15,
         "lambda: weight of RPC in the background advantage (eq. 14) and in the scalar reward of broadcast GRPO and DPO",
@@ -216,8 +230,39 @@ class AlgoConfig:
     routed_field_weights: dict[str, float] = setting(
         dict.fromkeys(ROUTABLE_FIELDS, 1.0), "scale of each routed field's advantage on its tokens", ">= 0"
     )
+    advantage_norm: str = setting(
+        "std",
+        "std: a group's rewards minus their mean, over their std (eq. 9); none: minus the mean only (Dr. GRPO)",
+        choices=("std", "none"),
+    )
     clip_eps: float = setting(0.2, "epsilon of the clipped probability ratio (eqs. 15-16)", "> 0")
-    clip_eps_high: float | None = setting(None, "upper clip epsilon; null: clip_eps", "> 0")
+    clip_eps_high: float | None = setting(None, "upper clip epsilon (DAPO's clip-higher: 0.28); null: clip_eps", "> 0")
+    loss: str = setting(
+        "clip",
+        "clip: PPO's clipped surrogate (eqs. 15-16); cispo: the importance weight clipped to [1 - clip_eps, 1 + "
+        "clip_eps_high] and detached, times the advantage and the log-prob, so that every token keeps its gradient",
+        choices=("clip", "cispo"),
+    )
+    ratio: str = setting(
+        "token",
+        "token: each token's own ratio; sequence (GSPO): the geometric mean of the ratios over a span, clipped as "
+        "one: over the whole response for broadcast advantages, over each routed field's span and over the "
+        "background for GRCA",
+        choices=("token", "sequence"),
+    )
+    loss_agg: str = setting(
+        "seq_mean_token_mean",
+        "how token terms become the loss: seq_mean_token_mean (eq. 16: per response, then over responses); "
+        "token_mean (DAPO: over every token of the optimizer step's micro-batches); token_sum_norm (Dr. GRPO: "
+        "each response's sum over rollout.max_new_tokens, then over responses)",
+        choices=LOSS_AGGREGATIONS,
+    )
+    overlong_buffer: int = setting(
+        64,
+        "dapo: the last tokens before rollout.max_new_tokens where a response's reward loses up to 1 in proportion "
+        "to how far it reaches into them (DAPO's soft overlong punishment; 0: off)",
+        ">= 0",
+    )
     kl_beta: float = setting(0.0, "beta of the k3 KL to a frozen reference (0: no reference model)", ">= 0")
     max_is_weight: float = setting(
         2.0,

@@ -187,6 +187,11 @@ def _validated(layers: list[tuple[Any, str]]) -> Config:
     raw, origins = config_to_dict(Config()), {}
     for layer, source in layers:
         _merge(raw, layer, source, origins)
+    recipe = _recipe_layer(raw["algo"]["name"])
+    if recipe:  # the algorithm's own values go under every layer: the run's files and overrides still win
+        raw, origins = config_to_dict(Config()), {}
+        for layer, source in [(recipe, f"algo.name={raw['algo']['name']}'s recipe"), *layers]:
+            _merge(raw, layer, source, origins)
     cfg = _build(Config, raw, "", origins)
     if cfg.reward.mode == "http" and cfg.reward.url is None:
         raise _fail("reward.mode", "is http, so reward.url must be the service's URL, but it is null", origins)
@@ -210,8 +215,49 @@ def _validated(layers: list[tuple[Any, str]]) -> Config:
             "sampling)",
             origins,
         )
+    _check_policy_gradient_options(cfg, learns.clips_ratio, origins)
     _check_precision(cfg, learns.clips_ratio, origins)
     return cfg
+
+
+def _recipe_layer(name: object) -> dict:
+    """`algorithm(name).recipe` ({"section.key": value}) as a nested layer; {} for an unknown name (refused later)."""
+    from rl.algorithms import ALGORITHMS, algorithm  # imports torch, like the checks below
+
+    layer: dict = {}
+    for path, value in (algorithm(name).recipe if name in ALGORITHMS else {}).items():
+        section, key = path.split(".")
+        layer.setdefault(section, {})[key] = value
+    return layer
+
+
+POLICY_GRADIENT_OPTIONS = {  # key -> default: what only an algorithm with a clipped ratio over rollouts reads
+    "algo.advantage_norm": "std",
+    "algo.loss": "clip",
+    "algo.ratio": "token",
+    "algo.loss_agg": "seq_mean_token_mean",
+    "rollout.dynamic_sampling": False,
+}
+
+
+def _check_policy_gradient_options(cfg: Config, clips_ratio: bool, origins: dict[str, str]) -> None:
+    """The advantage and loss options of the GRCA family are refused, in one line, where they would do nothing."""
+    for path, default in POLICY_GRADIENT_OPTIONS.items():
+        section, key = path.split(".")
+        if not clips_ratio and getattr(getattr(cfg, section), key) != default:
+            raise _fail(
+                path,
+                f"is set, but algo.name={cfg.algo.name} has no clipped ratio over group advantages for it to change "
+                "(grca, grpo, gdpo and dapo have)",
+                origins,
+            )
+    if cfg.rollout.dynamic_sampling and cfg.rollout.mode == "one_step_off":
+        raise _fail(
+            "rollout.dynamic_sampling",
+            "is true with rollout.mode=one_step_off: a refill's rollouts would wait for the update that one_step_off "
+            "overlaps them with; use rollout.mode=sync",
+            origins,
+        )
 
 
 def _check_precision(cfg: Config, clips_ratio: bool, origins: dict[str, str]) -> None:

@@ -73,6 +73,20 @@ class RolloutBatch:
     def group_size(self) -> int:
         return len(self.texts) // len(self.uids)
 
+    def groups(self, prompts: list[int]) -> RolloutBatch:
+        """The batch of these prompts' groups only, in the given order."""
+        g = self.group_size
+        rows = [p * g + k for p in prompts for k in range(g)]
+        return replace(
+            self,
+            uids=[self.uids[p] for p in prompts],
+            response_ids=self.response_ids[rows],
+            response_mask=self.response_mask[rows],
+            logprobs=self.logprobs[rows],
+            texts=[self.texts[r] for r in rows],
+            tokens_generated=int(self.response_mask[rows].sum()),
+        )
+
     def cpu(self) -> RolloutBatch:
         """A copy whose tensors are detached, contiguous and on the CPU: what crosses the Ray object store."""
 

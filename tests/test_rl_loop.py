@@ -127,6 +127,21 @@ def test_broadcast_grpo_runs(cluster, warm_policy, tmp_path):
     assert len(pictures) == 2 and all([e.step for e in events.Images(tag)] == [2] for tag in pictures)
 
 
+@pytest.mark.parametrize(
+    "algo, options",
+    [
+        ("gdpo", ["algo.advantage_norm=none", "algo.loss=cispo"]),
+        ("dapo", ["algo.ratio=sequence", "rollout.max_refills=1"]),
+    ],
+)
+def test_gdpo_and_dapo_run_two_steps(cluster, warm_policy, tmp_path, algo, options):
+    run_stage(config(tmp_path, algo, "run.steps=2", "reward.mode=local", *options), warm_policy, tmp_path / algo)
+    rows = metrics(tmp_path / algo)
+    assert [r["step"] for r in rows] == [1, 2] and all("advantage/std" in r for r in rows)
+    # DAPO's recipe turned dynamic sampling on: the controller drew again for any group that scored alike
+    assert all(("sampling/draws" in r) == (algo == "dapo") for r in rows)
+
+
 @pytest.mark.parametrize("algo, key", [("spa", "loss/preference"), ("dpo", "dpo/pairs"), ("sft", "loss/nll")])
 def test_spa_dpo_sft_run_two_steps(cluster, warm_policy, tmp_path, algo, key):
     final = run_stage(config(tmp_path, algo, "run.steps=2", "reward.mode=local"), warm_policy, tmp_path / algo)

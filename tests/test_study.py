@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from bench.study import bootstrap_ci, write_study
+from bench.study import bootstrap_ci, bootstrap_difference_ci, difference_table, write_study
 from data3d import generate_sample, target_text
 from rl.config_loading import load_config
 from rl.eval.evaluate import METRICS, object_scores, score_answers
@@ -87,3 +87,20 @@ def test_a_periodic_evaluation_is_plotted_at_the_number_of_updates_behind_it(tmp
     log.log(30, {"loss/total": 1.0, "eval/iou3d": 0.5}, echo=False)  # evaluated after 31 updates
     log.close()
     assert periodic_points(tmp_path) == [[31, {"iou3d": 0.5}]]
+
+
+def test_the_difference_to_a_reference_arm_pairs_the_objects():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0, 1, 256) + rng.normal(0, 0.01, (3, 256))  # [seeds, objects]: objects differ far more
+    shifted = base + 0.1 + rng.normal(0, 0.01, base.shape)
+    low, high = bootstrap_difference_ci(shifted, base)
+    assert low < 0.1 < high and high - low < 0.01  # paired: the spread of the objects cancels
+    low, high = bootstrap_difference_ci(base, base)
+    assert low <= 0 <= high
+
+    def runs(scores):
+        return [{"seed": k, "scores": {m: list(scores[k]) for m in ("iou3d", "kpa3d", "rpc")}} for k in range(3)]
+
+    results = {"ref": runs(base), "arm": runs(shifted)}
+    lines = difference_table(results, "ref")
+    assert lines[-1].startswith("| arm | +0.100 [+0.09") and "ref |" not in "\n".join(lines)

@@ -3,6 +3,8 @@ or pairs, which loss. The runtime (rl.runtime) calls them only through `Algorith
 
     grca.py   routed GRPO: each field's group-standardized reward on that field's tokens (GRCA eqs. 9-16)
     grpo.py   broadcast GRPO: GRCA with one scalar advantage per response (the only difference)
+    gdpo.py   GDPO: each reward standardized in its group, then summed, batch-normalized and broadcast
+    dapo.py   DAPO: broadcast GRPO with overlong shaping, clip-higher, token-mean loss and dynamic sampling
     sft.py    teacher forcing on the dataset's targets (GRCA eq. 5), with the cloud-alignment loss
     spa.py    the clean cloud against a 3D-masked one, same target (SPA eqs. 3-6)
     dpo.py    each group's best response against its worst, or a file of pairs, against a frozen reference
@@ -24,7 +26,15 @@ if TYPE_CHECKING:
     from rl.algorithms.update import Learner
     from rl.config import Config
 
-ALGORITHMS = ("grca", "grpo", "spa", "dpo", "sft")  # each the name of its module here, which defines ALGORITHM
+ALGORITHMS = (
+    "grca",
+    "grpo",
+    "gdpo",
+    "dapo",
+    "spa",
+    "dpo",
+    "sft",
+)  # each the name of its module here, which defines ALGORITHM
 
 
 class Algorithm(Protocol):
@@ -33,6 +43,7 @@ class Algorithm(Protocol):
     name: str
     warm_up: bool  # without policy.init, the run first trains the SFT warm-up (GRCA Stage 1) and starts from it
     clips_ratio: bool  # a clipped ratio over the rollout's log-probs: one_step_off and old log-prob recomputation apply
+    recipe: dict  # {"section.key": value} the algorithm stands for, set under the run's own files and overrides
 
     def rollouts(self, cfg: Config) -> bool:
         """Whether its stages sample from the policy (rollout workers and a reward client)."""

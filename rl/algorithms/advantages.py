@@ -1,5 +1,5 @@
-"""Advantages for GRPO-style training: per-group standardization, GRCA's routed per-field token advantages and the
-broadcast baseline (GRCA paper eqs. 9, 10, 14), and how much of a field's token advantage the other rewards put there
+"""Advantages for GRPO-style training: per-group standardization, GRCA's routed per-field token advantages, the
+broadcast baseline (GRCA paper eqs. 9, 10, 14) and GDPO's decoupled normalization, and how much of a field's token advantage the other rewards put there
 (§3.6). Pure tensor functions. λ, the RPC weight, is always given: its one home is `algo.rpc_weight`.
 
 Layout: rewards are (P, G), one row per prompt and one column per sampled output; token tensors are (N, T) with
@@ -14,6 +14,7 @@ gets 0 (decided exactly, by max == min, so float round-off cannot turn a constan
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from itertools import combinations
 
 import torch
@@ -35,9 +36,10 @@ def _check_group_shapes(rewards: Tensor, valid: Tensor, name: str = "rewards") -
         )
 
 
-# GRCA eq. 9: A_f = (r_f - mean_G(r_f)) / (std_G(r_f) + eps)
-def group_standardize(rewards: Tensor, valid: Tensor, eps: float = 1e-6) -> Tensor:
-    """(r - mean) / (std + eps) within each row over its valid entries; invalid entries and flat rows give 0."""
+# GRCA eq. 9: A_f = (r_f - mean_G(r_f)) / (std_G(r_f) + eps); Dr. GRPO (arXiv 2503.20783) drops the std
+def group_standardize(rewards: Tensor, valid: Tensor, eps: float = 1e-6, divide_by_std: bool = True) -> Tensor:
+    """(r - mean) / (std + eps) within each row over its valid entries (without `divide_by_std`: r - mean, Dr.
+    GRPO's unbiased advantage); invalid entries and flat rows give 0."""
     _check_group_shapes(rewards, valid)
     rewards = rewards.float()
     if not torch.isfinite(rewards[valid]).all():
@@ -49,7 +51,7 @@ def group_standardize(rewards: Tensor, valid: Tensor, eps: float = 1e-6) -> Tens
     highest = torch.where(valid, rewards, -torch.inf).amax(1, keepdim=True)
     lowest = torch.where(valid, rewards, torch.inf).amin(1, keepdim=True)
     informative = (count >= 2) & (highest > lowest)
-    return torch.where(valid & informative, deviation / (std + eps), 0.0)
+    return torch.where(valid & informative, deviation / (std + eps) if divide_by_std else deviation, 0.0)
 
 
 # GRCA eq. 14: A_bg = standardized(format + answer) + λ standardized(rpc)
@@ -59,11 +61,11 @@ def background_rewards_advantage(
     rpc_reward: Tensor,
     valid: Tensor,
     rpc_weight: float,
+    divide_by_std: bool = True,
 ) -> Tensor:
     """The background advantage (P, G): standardized (format + answer) plus λ times standardized RPC."""
-    return group_standardize(format_reward.float() + answer_reward.float(), valid) + rpc_weight * group_standardize(
-        rpc_reward, valid
-    )
+    standardized = partial(group_standardize, valid=valid, divide_by_std=divide_by_std)
+    return standardized(format_reward.float() + answer_reward.float()) + rpc_weight * standardized(rpc_reward)
 
 
 # GRCA eq. 10: A_t = A_f for t in field f's span T_f, A_bg for t in T_bg
@@ -105,10 +107,12 @@ def routed_advantages(
     rpc_weight: float,
     routed_fields: Sequence[str] = ROUTED_FIELDS,
     routed_weights: Mapping[str, float] | None = None,
+    divide_by_std: bool = True,
 ) -> Tensor:
     """GRCA's token advantages (N, T) from the reward service's per-field rewards (each (P, G)).
 
-    Each routed field is standardized in its group (eq. 9) and scaled by its weight (`routed_weights`, default 1),
+    Each routed field is standardized in its group (eq. 9; only centred without `divide_by_std`) and scaled by its
+    weight (`routed_weights`, default 1),
     the background is eq. 14, and eq. 10 routes them onto the tokens. A routable field left out of `routed_fields`
     has no span of its own, so its standardized reward joins the background (and a routed answer leaves it): every
     field's reward reaches the tokens exactly once."""
@@ -116,27 +120,60 @@ def routed_advantages(
     _require_keys(field_token_masks, routed_fields, "field_token_masks")
     weights = dict.fromkeys(routed_fields, 1.0) | dict(routed_weights or {})
     _check_rows(valid, response_mask)
-    field_advantages = {
-        name: weights[name] * group_standardize(rewards[name], valid).reshape(-1) for name in routed_fields
-    }
+    standardized = partial(group_standardize, valid=valid, divide_by_std=divide_by_std)
+    field_advantages = {name: weights[name] * standardized(rewards[name]).reshape(-1) for name in routed_fields}
     answer = torch.zeros_like(rewards["answer"]) if "answer" in routed_fields else rewards["answer"]
-    background = background_rewards_advantage(rewards["format"], answer, rewards["rpc"], valid, rpc_weight)
+    background = background_rewards_advantage(
+        rewards["format"], answer, rewards["rpc"], valid, rpc_weight, divide_by_std
+    )
     for name in ROUTABLE_FIELDS:
         if name not in routed_fields and name != "answer":
-            background = background + group_standardize(rewards[name], valid)
+            background = background + standardized(rewards[name])
     masks = {name: field_token_masks[name] for name in routed_fields}
     return routed_token_advantages(field_advantages, masks, background.reshape(-1), response_mask)
 
 
 def broadcast_advantages(
-    rewards: Mapping[str, Tensor], valid: Tensor, weights: Mapping[str, float], response_mask: Tensor
+    rewards: Mapping[str, Tensor],
+    valid: Tensor,
+    weights: Mapping[str, float],
+    response_mask: Tensor,
+    divide_by_std: bool = True,
 ) -> Tensor:
     """Broadcast GRPO (N, T): the weighted reward sum standardized once per group, on every response token."""
     _require_keys(rewards, tuple(weights), "rewards")
     _check_rows(valid, response_mask)
     total = sum(weight * rewards[name].float() for name, weight in weights.items())
-    advantage = group_standardize(total, valid).reshape(-1, 1)
-    return torch.where(response_mask.bool(), advantage, 0.0)
+    return _on_every_token(group_standardize(total, valid, divide_by_std=divide_by_std), response_mask)
+
+
+# GDPO (Liu et al. 2026, arXiv 2601.05242): A_sum = sum_k w_k standardized_G(r_k), then normalized over the batch
+def decoupled_advantages(
+    rewards: Mapping[str, Tensor],
+    valid: Tensor,
+    weights: Mapping[str, float],
+    response_mask: Tensor,
+    divide_by_std: bool = True,
+    eps: float = 1e-6,
+) -> Tensor:
+    """GDPO (N, T): each reward standardized within its group on its own (so that a rare reward's spread is not
+    drowned by a common one's), the weighted sum of those, then standardized over the batch's valid samples (its
+    range then does not grow with the number of rewards), on every response token."""
+    _require_keys(rewards, tuple(weights), "rewards")
+    _check_rows(valid, response_mask)
+    total = sum(
+        weight * group_standardize(rewards[name], valid, divide_by_std=divide_by_std)
+        for name, weight in weights.items()
+    )
+    present = total[valid]
+    if present.numel() >= 2 and present.max() > present.min():
+        total = torch.where(valid, (total - present.mean()) / (present.std() + eps), 0.0)
+    return _on_every_token(total, response_mask)
+
+
+def _on_every_token(advantage: Tensor, response_mask: Tensor) -> Tensor:
+    """(P, G) per-sample advantages on each of the sample's response tokens (N, T), 0 on padding."""
+    return torch.where(response_mask.bool(), advantage.reshape(-1, 1), 0.0)
 
 
 def advantage_stats(advantages: Tensor, response_mask: Tensor) -> dict[str, float]:

@@ -32,9 +32,8 @@ class LearnBatch:
     advantages: torch.Tensor | None = None  # (N, T) GRCA / GRPO
     valid: torch.Tensor | None = None  # (N,) bool: the rows whose reward came back (None for given texts)
     rollout_logprobs: torch.Tensor | None = None  # (N, T) what the rollout engine reported, for the on-policy check
-    learner_logprobs: torch.Tensor | None = (
-        None  # (N, T) the learner's recomputation of them, set by an update that makes one
-    )
+    ratio_spans: torch.Tensor | None = None  # (N, T) long: each token's span for algo.ratio=sequence (None: one)
+    learner_logprobs: torch.Tensor | None = None  # (N, T) their recomputation, by an update that makes one
     corrupted: list[Sample] | None = None  # SPA: each sample with its cloud corrupted (x')
     pairs: list[tuple[int, int]] = field(default_factory=list)  # DPO: (chosen row, rejected row)
 
@@ -57,6 +56,7 @@ class LearnBatch:
             advantages=take(self.advantages),
             valid=take(self.valid),
             rollout_logprobs=take(self.rollout_logprobs),
+            ratio_spans=take(self.ratio_spans),
             learner_logprobs=take(self.learner_logprobs),
             corrupted=[self.corrupted[p] for p in prompts] if self.corrupted else None,
             pairs=[(a - first, b - first) for a, b in self.pairs if a in rows and b in rows],
@@ -96,6 +96,13 @@ def rollout_sampling(cfg: Config, step: int) -> SamplingConfig:
         # seed + (k * prompts + p) * G onwards (rollout.worker.launch_on_workers)
         seed=cfg.run.seed * 100_003 + step * cfg.rollout.prompts_per_step * cfg.rollout.group_size,
     )
+
+
+def draw_position(cfg: Config, step: int, draw: int) -> int:
+    """Where in the run's prompt stream draw `draw` of step `step` reads its prompts and seeds its sampling: draw 0
+    is the step itself; dynamic sampling's refills read past the run's steps, so that they repeat no step's prompts
+    in that order nor any seed."""
+    return step if draw == 0 else cfg.run.steps + step * cfg.rollout.max_refills + draw - 1
 
 
 def reward_table(

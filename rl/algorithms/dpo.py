@@ -23,6 +23,7 @@ class DPO:
     name = "dpo"
     warm_up = True
     clips_ratio = False
+    recipe: dict = {}
 
     def __init__(self):
         self.pairs: list[tuple[str, str, str]] | None = None  # dpo.pairs_file's, read on the first step

@@ -26,8 +26,9 @@ from rl.algorithms.advantages import (
     routed_advantages,
 )
 from rl.algorithms.batch import BatchSource, LearnBatch, reward_metrics, reward_table, rollout_batch
+from rl.algorithms.dynamic_sampling import dynamic_batch
 from rl.algorithms.losses import clipped_surrogate_loss, kl_penalty, truncated_importance_weights
-from rl.algorithms.token_spans import batch_field_masks
+from rl.algorithms.token_spans import batch_field_masks, span_indices
 from rl.algorithms.update import (
     Learner,
     answered_prompts,
@@ -37,6 +38,7 @@ from rl.algorithms.update import (
     on_device,
     reconstruction_request,
     sequence_logprobs,
+    window_tokens,
     with_reconstruction,
 )
 from rl.config import Config, recomputes_old_logprobs, run_quant
@@ -48,6 +50,8 @@ class GRCA:
     name = "grca"
     warm_up = True  # GRCA Stage 1: RL starts from the SFT policy
     clips_ratio = True
+    recipe: dict = {}  # config values the algorithm stands for, under the user's (rl.config_loading)
+    routes = True  # its advantages differ between field spans: algo.ratio=sequence takes a ratio per span
 
     def rollouts(self, cfg: Config) -> bool:
         return True
@@ -71,9 +75,12 @@ class GRCA:
             a.rpc_weight,
             routed_fields=tuple(a.routed_fields),
             routed_weights={f: a.routed_field_weights[f] for f in a.routed_fields},
+            divide_by_std=a.advantage_norm == "std",
         )
 
     def batch(self, step: int, source: BatchSource, cfg: Config) -> tuple[LearnBatch, dict[str, float]]:
+        if cfg.rollout.dynamic_sampling:  # DAPO §3.2: groups that teach nothing are replaced by fresh ones
+            return dynamic_batch(self, step, source, cfg)
         samples = source.prompts(step)
         rollout = source.rollout(step)  # G outputs per prompt, with the policy version and log-probs that made them
         results = source.score(rollout, samples)  # per-field rewards and character spans (rewards/)
@@ -99,12 +106,13 @@ class GRCA:
         advantage_of = partial(self.advantages, valid=valid, cfg=cfg)
         advantages = advantage_of(table, field_masks, mask)  # (P x G, T)
         credit = other_fields_credit(advantage_of, table, valid, advantages, field_masks)
+        spans = span_indices(field_masks, cfg.algo.routed_fields) if self.routes else None
         metrics = {
             **reward_metrics(table, valid),
             **{f"advantage/{k}": v for k, v in advantage_stats(advantages, mask).items()},
             **{f"credit/other_fields_{k}/{f}": v for f, measured in credit.items() for k, v in measured.items()},
         }
-        return rollout_batch(step, rollout, samples, valid, advantages=advantages), metrics
+        return rollout_batch(step, rollout, samples, valid, advantages=advantages, ratio_spans=spans), metrics
 
     # GRCA eqs. 15-16: the clipped surrogate over token advantages, learner.epochs passes over the shard
     def update(self, learner: Learner, batch: LearnBatch, cfg: Config) -> dict[str, float]:
@@ -134,10 +142,12 @@ class GRCA:
                     behaviour, rollout_logprobs, mask, cfg.algo.max_is_weight
                 )
                 stats.update(is_stats)
+        a, spans = cfg.algo, batch.ratio_spans
         for _ in range(cfg.learner.epochs):
             chunks = micro_batches(len(ids), size)
+            tokens = window_tokens(mask, chunks, cfg.learner.grad_accum)  # algo.loss_agg=token_mean's denominators
             learner.accumulator.epoch(len(chunks))
-            for rows in chunks:
+            for rows, window in zip(chunks, tokens):
                 answered, expand = answered_prompts(prompts, [owners[r] for r in rows])
                 recon = reconstruction_request(policy, answered, cfg.recon.rl_weight, cfg)
                 logp, extras = learner.scorer(
@@ -154,9 +164,15 @@ class GRCA:
                     behaviour[rows],
                     advantages[rows],
                     mask[rows],
-                    cfg.algo.clip_eps,
-                    cfg.algo.clip_eps_high,
+                    a.clip_eps,
+                    a.clip_eps_high,
                     None if is_weights is None else is_weights[rows],
+                    objective=a.loss,
+                    spans=None if spans is None else spans[rows],
+                    sequence_ratio=a.ratio == "sequence",
+                    loss_agg=a.loss_agg,
+                    agg_tokens=window,
+                    max_tokens=cfg.rollout.max_new_tokens,
                 )
                 loss, info = with_reconstruction(loss, info, extras, cfg.recon.rl_weight)
                 if ref is not None:

@@ -20,11 +20,13 @@ from rl.config import Config, scalar_reward_weights
 
 class GRPO(GRCA):
     name = "grpo"
+    routes = False  # one advantage per response: algo.ratio=sequence is GSPO's ratio over the whole response
 
     def advantages(
         self, rewards: TensorsByName, field_masks: TensorsByName, response_mask: Tensor, *, valid: Tensor, cfg: Config
     ) -> Tensor:
-        return broadcast_advantages(rewards, valid, scalar_reward_weights(cfg), response_mask)
+        divide_by_std = cfg.algo.advantage_norm == "std"
+        return broadcast_advantages(rewards, valid, scalar_reward_weights(cfg), response_mask, divide_by_std)
 
 
 ALGORITHM = GRPO

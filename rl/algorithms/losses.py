@@ -1,5 +1,5 @@
-"""Training losses as pure tensor functions: the clipped surrogate over token advantages (GRCA eqs. 15-16), a k3 KL
-penalty to a frozen reference, SPA (SPA paper eqs. 3-6), DPO (Rafailov et al.; SPA paper eq. 2) and SFT's NLL.
+"""Training losses as pure tensor functions: the clipped surrogate over token advantages (GRCA eqs. 15-16) with its
+variants (CISPO's clipped weight, GSPO's span ratio, DAPO's and Dr. GRPO's reductions), a k3 KL penalty to a frozen reference, SPA (SPA paper eqs. 3-6), DPO (Rafailov et al.; SPA paper eq. 2) and SFT's NLL.
 
 Inputs are per-token log-probs (N, T) of the response tokens with a (N, T) mask (1 on response tokens); masked
 positions may hold anything, even -inf, and never reach a result. Each loss returns (scalar tensor, dict of floats).
@@ -47,6 +47,41 @@ def _masked_token_mean(values: Tensor, mask: Tensor) -> float:
     return (masked_sample_sum(values, mask).sum() / mask.sum().clamp(min=1)).item()
 
 
+# The loss's reduction over tokens (algo.loss_agg)
+def aggregate_loss(
+    values: Tensor, mask: Tensor, how: str, tokens: float | None = None, max_tokens: int | None = None
+) -> Tensor:
+    """The scalar a loss minimizes from its per-token terms (N, T):
+
+    - seq_mean_token_mean (GRCA eq. 16): each response's token mean, then the mean over responses;
+    - token_mean (DAPO eq. 8): the sum over every token over `tokens` (default the mask's count; the update passes
+      its accumulation window's count per micro-batch, so that a long response weighs by its length);
+    - token_sum_norm (Dr. GRPO): each response's token sum over the constant `max_tokens` (the generation budget),
+      then the mean over responses: no length normalization, so no bias towards long wrong answers."""
+    if how == "seq_mean_token_mean":
+        return mean_of_sample_means(values, mask)
+    if how == "token_mean":
+        count = mask.sum() if tokens is None else torch.tensor(float(tokens))
+        return masked_sample_sum(values, mask).sum() / count.clamp(min=1)
+    if how == "token_sum_norm":
+        if not max_tokens:
+            raise ValueError("aggregate_loss: token_sum_norm needs max_tokens, the generation budget")
+        has_tokens = mask.bool().any(1)
+        return (masked_sample_sum(values, mask) / max_tokens).sum() / has_tokens.sum().clamp(min=1)
+    raise ValueError(f"aggregate_loss: expected seq_mean_token_mean, token_mean or token_sum_norm, got {how!r}")
+
+
+# GSPO (Zheng et al. 2025, arXiv 2507.18071) eq. 7: s_i = exp(1/|y_i| sum_t log(pi_theta / pi_old)), per span
+def span_log_ratio(log_ratio: Tensor, mask: Tensor, spans: Tensor | None) -> Tensor:
+    """(N, T): each token's log-ratio replaced by the mean over its span, the log of the spans' geometric-mean
+    ratio; `spans` (N, T) int holds each token's span index (None: the whole response is one span, GSPO's sequence
+    ratio). The gradient flows through the mean: d s / d theta = s * mean_t grad log pi, GSPO's sequence gradient."""
+    spans = torch.zeros_like(mask, dtype=torch.long) if spans is None else spans.long()
+    one_hot = F.one_hot(spans, int(spans.max()) + 1) * mask.bool()[..., None]  # (N, T, S)
+    span_means = (log_ratio[..., None] * one_hot).sum(1) / one_hot.sum(1).clamp(min=1)  # (N, S)
+    return _masked(span_means.gather(1, spans), mask)
+
+
 # GRCA eqs. 15-16: -1/G sum_i 1/|o_i| sum_t min(rho_t A_t, clip(rho_t, 1 - eps, 1 + eps) A_t)
 def clipped_surrogate_loss(
     logprobs: Tensor,
@@ -56,31 +91,51 @@ def clipped_surrogate_loss(
     clip_eps: float,
     clip_eps_high: float | None = None,
     is_weights: Tensor | None = None,
+    *,
+    objective: str = "clip",
+    spans: Tensor | None = None,
+    sequence_ratio: bool = False,
+    loss_agg: str = "seq_mean_token_mean",
+    agg_tokens: float | None = None,
+    max_tokens: int | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
-    """-min(ratio A, clip(ratio, 1 - eps, 1 + eps_high) A), reduced by `mean_of_sample_means`.
+    """-min(ratio A, clip(ratio, 1 - eps, 1 + eps_high) A) per token, reduced by `aggregate_loss(loss_agg)`.
 
-    `clip_eps_high` defaults to `clip_eps` (symmetric). `is_weights` (N, T), for rollouts from an older policy
+    `clip_eps_high` defaults to `clip_eps` (symmetric; DAPO's clip-higher sets it above). `objective="cispo"`
+    (MiniMax-M1, arXiv 2506.13585, eq. 4): the term is -sg(clip(ratio, 1 - eps, 1 + eps_high)) A log pi instead,
+    so that a token whose ratio left the range keeps its gradient, scaled by the clipped weight. With
+    `sequence_ratio` (GSPO), every token's ratio is its span's geometric mean (`span_log_ratio`, `spans` None: the
+    whole response), so a span is clipped as one. `is_weights` (N, T), for rollouts from an older policy
     (`rollout.mode=one_step_off`): decoupled PPO (Hilton et al. 2022, "Batch size-invariance for policy
     optimization"; AReaL): `old_logprobs` are then the proximal policy's (the learner's current weights, recomputed),
     the ratio is clipped around it, and each token's term is multiplied by its truncated importance weight
     pi_prox / pi_rollout (`truncated_importance_weights`), a constant, so that a token at the cap keeps its
-    gradient. Stats over response tokens: `clip_fraction` (the clipped term is the smaller one, so the token gets no
-    gradient), `approx_kl` (mean of old - new log-prob), `ratio_mean`."""
+    gradient. Stats over response tokens: `clip_fraction` (clip: the clipped term is the smaller one, so the token
+    gets no gradient; cispo: the weight was clipped), `approx_kl` (mean of old - new log-prob), `ratio_mean`."""
     _check_token_tensors(mask, logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages)
     high = clip_eps if clip_eps_high is None else clip_eps_high
     log_ratio = _masked(logprobs - old_logprobs, mask)
+    if sequence_ratio:
+        log_ratio = span_log_ratio(log_ratio, mask, spans)
     ratio = log_ratio.exp()  # eq. 15: rho_t = pi_theta / pi_old
-    unclipped = ratio * advantages
-    clipped = ratio.clamp(1.0 - clip_eps, 1.0 + high) * advantages
-    surrogate = torch.minimum(unclipped, clipped)
+    clipped_ratio = ratio.clamp(1.0 - clip_eps, 1.0 + high)
+    if objective == "cispo":
+        surrogate = clipped_ratio.detach() * advantages * _masked(logprobs, mask)
+        clipped = clipped_ratio != ratio
+    elif objective == "clip":
+        unclipped, clipped_term = ratio * advantages, clipped_ratio * advantages
+        surrogate = torch.minimum(unclipped, clipped_term)
+        clipped = clipped_term < unclipped
+    else:
+        raise ValueError(f"clipped_surrogate_loss: objective must be clip or cispo, got {objective!r}")
     if is_weights is not None:
         _check_token_tensors(mask, is_weights=is_weights)
         surrogate = is_weights.detach() * surrogate
-    loss = mean_of_sample_means(-surrogate, mask)
+    loss = aggregate_loss(-surrogate, mask, loss_agg, agg_tokens, max_tokens)
     with torch.no_grad():
         stats = {
-            "clip_fraction": _masked_token_mean((clipped < unclipped).float(), mask),
-            "approx_kl": _masked_token_mean(-log_ratio, mask),
+            "clip_fraction": _masked_token_mean(clipped.float(), mask),
+            "approx_kl": _masked_token_mean(-_masked(logprobs - old_logprobs, mask), mask),
             "ratio_mean": _masked_token_mean(ratio, mask),
         }
     return loss, stats

@@ -28,6 +28,7 @@ class SFT:
     name = "sft"
     warm_up = False  # it is the warm-up
     clips_ratio = False
+    recipe: dict = {}
 
     def rollouts(self, cfg: Config) -> bool:
         return False

@@ -26,6 +26,7 @@ class SPA:
     name = "spa"
     warm_up = True
     clips_ratio = False
+    recipe: dict = {}
 
     def rollouts(self, cfg: Config) -> bool:
         return False

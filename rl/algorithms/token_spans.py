@@ -166,3 +166,13 @@ def batch_field_masks(
         for name, mask in row_masks.items():
             masks[name][row, positions[row]] = mask
     return {name: mask.to(response_ids.device) for name, mask in masks.items()}
+
+
+def span_indices(field_masks: Mapping[str, Tensor], fields: Sequence[str]) -> Tensor:
+    """(N, T) long: k + 1 on the tokens of `fields[k]`'s span, 0 on every other token (the background): the spans a
+    sequence-level ratio is taken over (`rl.algorithms.losses.span_log_ratio`). The spans must be disjoint."""
+    first = field_masks[fields[0]]
+    index = torch.zeros(first.shape, dtype=torch.long)
+    for k, name in enumerate(fields):
+        index = torch.where(field_masks[name].bool(), k + 1, index)
+    return index

@@ -109,6 +109,16 @@ def micro_batches(rows: int, size: int) -> list[list[int]]:
     return [list(range(start, min(start + size, rows))) for start in range(0, rows, size)]
 
 
+def window_tokens(mask: torch.Tensor, chunks: list[list[int]], grad_accum: int) -> list[float]:
+    """algo.loss_agg=token_mean's denominator of each micro-batch: the response tokens of its accumulation window
+    (windows of `grad_accum` micro-batches from the epoch's start, as `Accumulator` steps) over the window's length,
+    so that once `Accumulator` divides each loss by that length the optimizer step follows the mean over the
+    window's tokens."""
+    counts = [float(mask[rows].sum()) for rows in chunks]
+    windows = [counts[i - i % grad_accum :][:grad_accum] for i in range(len(counts))]
+    return [sum(window) / len(window) for window in windows]
+
+
 def answered_prompts(prompts, owners: list[int]) -> tuple:
     """The prompts that responses answer, each once (`prompts` rows `owners`, deduplicated), and each response's
     index into them: `PointVLM.logprobs(..., expand=)` then encodes each cloud once for its G samples."""

@@ -154,14 +154,17 @@ class Controller:
         began = time.perf_counter()
         rollout = self._rollout(step)
         self.engines.sleep()  # until the next publication: the learner has the GPU
-        seconds = time.perf_counter() - began
-        self.rollout_timing = {
+        # summed over the step's draws (rollout.dynamic_sampling draws again when groups teach nothing)
+        timing, tokens = self.rollout_timing, self.rollout_tokens + rollout.tokens_generated
+        seconds = timing.get("time/rollout", 0.0) + time.perf_counter() - began
+        self.rollout_tokens = tokens
+        timing |= {
             "time/rollout": seconds,
             # the slowest worker's time inside its engine (embedding and decoding); the rest of time/rollout is
             # the call through Ray (dispatch, the samples' trip, building the inputs, the batch's return). In
             # one_step_off mode the rollout ran during the update before, so this can exceed time/rollout
-            "time/rollout_engine": rollout.seconds,
-            "rollout/tokens_per_s": rollout.tokens_generated / max(seconds, 1e-9),
+            "time/rollout_engine": timing.get("time/rollout_engine", 0.0) + rollout.seconds,
+            "rollout/tokens_per_s": tokens / max(seconds, 1e-9),
             "rollout/version": float(rollout.version),
         }
         return rollout
@@ -169,7 +172,8 @@ class Controller:
     def score(self, rollout: RolloutBatch, samples: list[Sample]) -> list[dict | None]:
         began = time.perf_counter()
         results = score_rollouts(rollout, samples, self.reward_fn, self.quant)
-        self.rollout_timing["time/reward"] = time.perf_counter() - began
+        timing = self.rollout_timing
+        timing["time/reward"] = timing.get("time/reward", 0.0) + time.perf_counter() - began
         return results
 
     def next_batch(self, step: int, rank: int, world: int) -> LearnBatch:
@@ -178,7 +182,7 @@ class Controller:
             self.step_batch is None or self.step_batch.step != step
         ):  # world divides the prompts: rl.runtime.driver.check_run
             self.step_started = time.perf_counter()
-            self.rollout_timing = {}
+            self.rollout_timing, self.rollout_tokens = {}, 0
             self.step_batch, metrics = self.algorithm.batch(step, self, self.cfg)
             self.step_metrics = {**metrics, **self.rollout_timing}
         return self.step_batch.shard(rank, world)
