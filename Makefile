@@ -103,7 +103,7 @@ $(VLLM_STAMP): pyproject.toml
 
 # The `gpu` extra must resolve with our torch pin: a dry run that reads only the wheels' metadata (about 4 MB
 # instead of the 1.6 GB of CUDA wheels), then the tests marked vllm against the real engine.
-test-vllm: $(VLLM_STAMP)
+test-vllm: $(VLLM_STAMP) smollm2
 	$(VLLM_BIN)/python -m pip install --quiet --dry-run --ignore-installed --use-feature=fast-deps -e '.[gpu]'
 	$(VLLM_BIN)/python -m pytest -q -m "vllm and not slow" -p no:cacheprovider
 
