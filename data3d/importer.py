@@ -1,4 +1,5 @@
-"""`pointrl import`: a real dataset on disk (ShapeNetCore v2, ModelNet40, Objaverse/PointLLM) into the store format.
+"""`pointrl import`: a real dataset on disk (ShapeNetCore v2, ModelNet40, Objaverse/PointLLM, any folder of meshes) into
+the store format.
 
 The root's objects are listed in the loaders' sorted order (`data3d.sources`). A permutation drawn from the seed picks
 `limit` of them (all when unset: the sorted order is by category, so its first N would be one category) and splits
@@ -23,6 +24,7 @@ import multiprocessing
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +38,7 @@ from data3d.loaders import (
     read_conversations,
     shapenet_file_sample,
 )
+from data3d.meshes import MESHES_LAYOUT, mesh_files, mesh_label, mesh_sample, mesh_uid
 from data3d.settings import DataSettings
 from data3d.sources import (
     MODELNET40_LAYOUT,
@@ -50,7 +53,12 @@ from data3d.sources import (
 from data3d.store import SHARD_SIZE, DatasetError, read_meta, write_dataset_from_pool
 from data3d.types import Sample
 
-SOURCES = {"shapenet": "ShapeNetCore v2", "modelnet40": "ModelNet40", "objaverse": "Objaverse/PointLLM"}
+SOURCES = {
+    "shapenet": "ShapeNetCore v2",
+    "modelnet40": "ModelNet40",
+    "objaverse": "Objaverse/PointLLM",
+    "meshes": "a folder of meshes",
+}
 GENERATOR = "data3d.importer"
 
 
@@ -75,7 +83,9 @@ def resolve_synsets(synsets: list[str] | None) -> list[str] | None:
     return sorted(out)
 
 
-def list_items(source: str, root, *, synsets: list[str] | None = None, conversations=None) -> list[Item]:
+def list_items(
+    source: str, root, *, synsets: list[str] | None = None, conversations=None, labels: str = "folders"
+) -> list[Item]:
     """The objects of `root` in a fixed order; a missing root or one holding nothing is an error naming it."""
     root = Path(root)
     if source not in SOURCES:
@@ -89,6 +99,14 @@ def list_items(source: str, root, *, synsets: list[str] | None = None, conversat
     elif source == "modelnet40":
         items = [Item(modelnet_uid(p), (str(p),)) for p in modelnet40_files(root)]
         where = f"no ModelNet40 files; expected {MODELNET40_LAYOUT}"
+    elif source == "meshes":
+        paths = mesh_files(root)
+        categories = tuple(sorted({mesh_label(root, p, labels) for p in paths}))  # the category question's choices
+        items = [
+            Item(uid, (str(p), uid, mesh_label(root, p, labels), categories))
+            for p, uid in zip(paths, map(partial(mesh_uid, root), paths))
+        ]
+        where = f"no mesh files; expected {MESHES_LAYOUT}"
     else:
         entries = read_conversations(conversations)
         items = [Item(objaverse_uid(oid), (str(root), oid, text, answer)) for oid, text, answer in entries]
@@ -117,6 +135,9 @@ def _load(job: tuple) -> tuple[Sample | None, str | None]:
             return shapenet_file_sample(ref[0], **settings), None
         if source == "modelnet40":
             return modelnet_sample(ref[0], **settings), None
+        if source == "meshes":
+            path, uid, category, categories = ref
+            return mesh_sample(path, uid, category, list(categories), **settings), None
         return objaverse_sample(*ref, **settings), None
     except (ValueError, OSError) as exc:  # the loaders' own errors, which name the file
         return None, str(exc)
@@ -163,6 +184,7 @@ def import_dataset(
     *,
     conversations=None,
     synsets: list[str] | None = None,
+    labels: str = "folders",
     limit: int | None = None,
     seed: int = 0,
     test_fraction: float = 0.1,
@@ -183,7 +205,8 @@ def import_dataset(
     if source == "objaverse":
         conversations = Path(conversations).absolute() if conversations else find_conversations(root)
     synsets = resolve_synsets(synsets) if source == "shapenet" else None
-    items = list_items(source, root, synsets=synsets, conversations=conversations)
+    labels = labels if source == "meshes" else None
+    items = list_items(source, root, synsets=synsets, conversations=conversations, labels=labels)
     chosen = np.random.default_rng(seed).permutation(len(items))[:limit]
     splits = {
         split: [items[i] for i in sorted(chosen[r].tolist() for r in indices)]
@@ -195,6 +218,7 @@ def import_dataset(
         "root": str(root),
         "conversations": str(conversations) if conversations else None,
         "synsets": synsets,
+        "labels": labels,
         "limit": limit,
         "seed": seed,
         "test_fraction": test_fraction,

@@ -134,7 +134,7 @@ MODELNET40_CLASSES: tuple[str, ...] = (
 )
 
 
-def _rng(seed: int, uid: str) -> np.random.Generator:
+def object_rng(seed: int, uid: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(uid.encode())])
 
 
@@ -247,7 +247,7 @@ def shapenet_sample(
 ) -> Sample:
     """One ShapeNet model file as a sample."""
     vertices, faces, face_rgb = read_mesh(path)
-    rng = _rng(seed, uid)
+    rng = object_rng(seed, uid)
     try:
         surface = mesh_surface(vertices, faces, face_rgb, max(image_size**2, POOL_FACTOR * num_points), rng)
     except ValueError as e:
@@ -313,7 +313,7 @@ def modelnet_sample(
         path,
         uid,
         surface,
-        _rng(seed, uid),
+        object_rng(seed, uid),
         category,
         [c.replace("_", " ") for c in MODELNET40_CLASSES],
         num_points=num_points,
@@ -392,7 +392,7 @@ def objaverse_sample(
         path,
         uid,
         Surface(xyz, rgb),
-        _rng(seed, uid),
+        object_rng(seed, uid),
         ("open", instruction, [answer]),
         "",
         answer,

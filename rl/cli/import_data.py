@@ -8,7 +8,7 @@ import sys
 
 from rl.cli.main import _usage_error, writing_dataset
 
-IMPORT_SOURCES = ("shapenet", "modelnet40", "objaverse")
+IMPORT_SOURCES = ("shapenet", "modelnet40", "objaverse", "meshes")
 SKIPPED_SHOWN = 20  # reasons printed for unreadable objects; the count is always whole
 
 
@@ -25,6 +25,7 @@ def _import_argument_problem(args: argparse.Namespace) -> str | None:
         (args.bins == 0 or args.bins >= 2, f"--bins must be {BINS_RULE}, got {args.bins}"),
         (args.synsets is None or args.shapenet is not None, "--synsets applies to --shapenet only"),
         (args.conversations is None or args.objaverse is not None, "--conversations applies to --objaverse only"),
+        (args.labels is None or args.meshes is not None, "--labels applies to --meshes only"),
     ]
     for name in ("num_points", "image_size", "num_kpts"):
         value = getattr(args, name)
@@ -78,6 +79,7 @@ def cmd_import_data(args: argparse.Namespace) -> None:
             getattr(args, source),
             conversations=args.conversations,
             synsets=args.synsets,
+            labels=args.labels or "folders",
             limit=args.limit,
             seed=args.seed,
             test_fraction=args.test_fraction,
@@ -92,7 +94,7 @@ def add_import_parser(commands, defaults) -> None:
     """The `import` subcommand under `commands` (the subparsers of `pointrl`), with `defaults` the DataSettings."""
     imports = commands.add_parser(
         "import",
-        help="import ShapeNetCore v2, ModelNet40 or Objaverse/PointLLM files from disk into a dataset directory",
+        help="import ShapeNetCore v2, ModelNet40, Objaverse/PointLLM or any folder of meshes into a dataset directory",
         description="Writes what `pointrl synth` writes (train and test splits, the same data settings) from real "
         "files. Resumable: killed, the same command again continues where it stopped.",
     )
@@ -100,6 +102,14 @@ def add_import_parser(commands, defaults) -> None:
     source.add_argument("--shapenet", metavar="ROOT", help="<synset>/<model_id>/models/model_normalized.obj")
     source.add_argument("--modelnet40", metavar="ROOT", help="modelnet40_normal_resampled: <class>/<class>_0001.txt")
     source.add_argument("--objaverse", metavar="ROOT", help="PointLLM's <object_id>_8192.npy clouds")
+    source.add_argument(
+        "--meshes", metavar="ROOT", help="any mesh files trimesh reads (.obj .ply .stl .off .glb .gltf), at any depth"
+    )
+    imports.add_argument(
+        "--labels",
+        choices=("folders", "none"),
+        help="with --meshes: a file's top folder under ROOT is its category (folders, the default), or no labels",
+    )
     imports.add_argument(
         "--conversations", metavar="FILE", help="with --objaverse: the conversation JSON (default: the one in ROOT)"
     )
