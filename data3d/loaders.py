@@ -17,6 +17,7 @@ A missing or malformed file raises FileNotFoundError / ValueError naming it.
 
 from __future__ import annotations
 
+import io
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ import numpy as np
 
 from data3d.annotate import NUM_KPTS, Surface, annotate, mesh_surface
 from data3d.benchmark import POOL_FACTOR
+from data3d.inventor import inventor_obj
 from data3d.questions import category_question
 from data3d.shapes import article
 from data3d.sources import modelnet40_files, modelnet_uid, objaverse_file, objaverse_uid, shapenet_files, shapenet_uid
@@ -223,8 +225,13 @@ def read_mesh(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found")
     try:
-        scene = trimesh.load(path, force="scene")
+        if path.suffix.lower() == ".iv":  # Open Inventor: converted by Coin3D in the system Python (data3d.inventor)
+            scene = trimesh.load(io.StringIO(inventor_obj(path)), file_type="obj", force="scene")
+        else:
+            scene = trimesh.load(path, force="scene")
         meshes = [m for m in scene.dump(concatenate=False) if isinstance(m, trimesh.Trimesh) and len(m.faces)]
+    except ValueError as e:
+        raise ValueError(str(e) if str(path) in str(e) else f"{path}: cannot read the mesh ({e})") from e
     except Exception as e:  # trimesh raises many exception types for broken files
         raise ValueError(f"{path}: cannot read the mesh ({type(e).__name__}: {e})") from e
     if not meshes:

@@ -23,7 +23,7 @@ from data3d.questions import category_question, extents, longest_axis_question, 
 from data3d.shapes import article
 from data3d.types import Sample
 
-MESH_SUFFIXES = (".obj", ".ply", ".stl", ".off", ".glb", ".gltf")
+MESH_SUFFIXES = (".obj", ".ply", ".stl", ".off", ".glb", ".gltf", ".iv")  # .iv: Open Inventor (data3d.inventor)
 MESHES_LAYOUT = f"<category folder>/<name>{{{','.join(MESH_SUFFIXES)}}} (or files directly in the root, unlabelled)"
 LABELS = ("folders", "none")
 UNLABELLED = "object"

@@ -77,3 +77,32 @@ def test_bad_input_is_one_line(tmp_path, capsys, args, phrase):
     assert exit_info.value.code != 0
     err = capsys.readouterr().err
     assert phrase.format(tmp=tmp_path) in err and "Traceback" not in err
+
+
+def pivy_available() -> bool:
+    import subprocess
+
+    from data3d.inventor import SYSTEM_PYTHON
+
+    try:
+        return subprocess.run([SYSTEM_PYTHON, "-c", "import pivy"], capture_output=True).returncode == 0
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not pivy_available(), reason="Open Inventor needs python3-pivy (.ci/run installs it)")
+def test_open_inventor_files_are_converted_by_coin(tmp_path, capsys):
+    root, out = tmp_path / "inventor", tmp_path / "out"
+    (root / "toys").mkdir(parents=True)
+    (root / "toys" / "block.iv").write_text(
+        "#Inventor V2.1 ascii\nSeparator { Translation { translation 1 0 0 } Cube { width 2 height 1 depth 0.5 } }\n"
+    )
+    (root / "toys" / "ring.iv").write_text("#Inventor V2.1 ascii\nSeparator { Cylinder { radius 0.5 height 0.2 } }\n")
+    (root / "toys" / "junk.iv").write_text("not inventor at all")
+    main(["import", "--meshes", str(root), "--out", str(out), "--test-fraction", "0", *SMALL])
+    err = capsys.readouterr().err
+    assert "skipped 1 of 3 objects" in err and "toys/junk.iv: not an Open Inventor scene" in err
+    samples = samples_of(out)["train"]
+    assert [s.uid for s in samples] == ["mesh-toys_block", "mesh-toys_ring"]
+    assert all(s.targets.category == "toys" for s in samples)
+    assert_ground_truth_scores(out)
