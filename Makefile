@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install smollm2 test test-fast test-vllm test-vllm-scale demo bench bench-learning bench-objectives bench-lambda bench-spa bench-step clean
+.PHONY: install smollm2 test test-fast test-vllm test-vllm-scale demo bench bench-learning bench-objectives real-bench bench-lambda bench-spa bench-step clean
 
 install: $(STAMP)
 
@@ -58,6 +58,13 @@ bench-learning: install
 
 bench-objectives: install
 	$(BIN)/python bench/learning_bench.py --study objectives $(STUDY_BUDGET)
+
+# Real shapes (issue 26): Debian's inventor-data and assimp-testmodels, converted and imported, beside the synthetic
+# benchmark; POLICY=dir evaluates another policy than runs/demo/policy (`make demo` leaves that one)
+real-bench: install
+	@[ -d /usr/share/inventor/data/models ] && [ -d /usr/share/assimp/models ] && /usr/bin/python3 -c "import pivy" || \
+		(apt-get update -qq && apt-get install -y -qq inventor-data assimp-testmodels python3-pivy)
+	$(BIN)/python bench/real_bench.py $(if $(POLICY),--policy $(POLICY))
 
 bench-lambda: install
 	$(BIN)/python bench/learning_bench.py --study lambda $(STUDY_BUDGET)
