@@ -180,3 +180,16 @@ def test_the_span_ratio_follows_the_routing(taught):  # noqa: F811
     assert set(spans.tolist()) <= set(range(1 + len(cfg.algo.routed_fields))) and spans.max() > 0
     grpo = load_config("grpo.yaml", options)
     assert algorithm("grpo").batch(0, InProcessSource(grpo, taught), grpo)[0].ratio_spans is None
+
+
+@pytest.mark.parametrize("name", ["gdpo", "dapo"])
+def test_each_new_algorithm_has_its_entry_script(name):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "rl" / f"train_{name}.py"
+    listing = subprocess.run([sys.executable, str(script), "--help"], capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    algo = listing.stdout.split("\nalgo:")[1].splitlines()  # --help lists the config it runs, section by section
+    assert algo[1].split()[:3] == ["name", "str", f'"{name}"']

@@ -1,0 +1,13 @@
+"""DAPO: broadcast GRPO with overlong shaping, clip-higher, the token-mean loss and dynamic sampling.
+
+python rl/train_dapo.py [--config PATH] [section.key=value ...]      (local Ray)
+ray job submit --working-dir . -- python rl/train_dapo.py [...]     (a running cluster)
+"""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # a checkout's packages, when run as a script
+from rl.runtime.driver import main  # noqa: E402
+
+main("dapo.yaml")
