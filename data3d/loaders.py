@@ -242,6 +242,18 @@ def read_mesh(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return vertices, faces, np.concatenate([_face_rgb(m) for m in meshes])
 
 
+def mesh_file_surface(
+    path, uid: str, seed: int, num_points: int, image_size: int
+) -> tuple[Surface, np.random.Generator]:
+    """The surface sampled from a mesh file's triangles, and the object's generator (`object_rng`) after it."""
+    vertices, faces, face_rgb = read_mesh(path)
+    rng = object_rng(seed, uid)
+    try:
+        return mesh_surface(vertices, faces, face_rgb, max(image_size**2, POOL_FACTOR * num_points), rng), rng
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+
+
 def shapenet_sample(
     path,
     category: str,
@@ -253,12 +265,7 @@ def shapenet_sample(
     num_kpts: int = NUM_KPTS,
 ) -> Sample:
     """One ShapeNet model file as a sample."""
-    vertices, faces, face_rgb = read_mesh(path)
-    rng = object_rng(seed, uid)
-    try:
-        surface = mesh_surface(vertices, faces, face_rgb, max(image_size**2, POOL_FACTOR * num_points), rng)
-    except ValueError as e:
-        raise ValueError(f"{path}: {e}") from e
+    surface, rng = mesh_file_surface(path, uid, seed, num_points, image_size)
     return _category_sample(
         path,
         uid,

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data3d.annotate import NUM_KPTS, annotate, mesh_surface
+from data3d.annotate import NUM_KPTS, annotate
 from data3d.benchmark import POOL_FACTOR
-from data3d.loaders import SHAPENET_SYNSETS, object_rng, read_mesh
+from data3d.loaders import SHAPENET_SYNSETS, mesh_file_surface
 from data3d.questions import category_question, extents, longest_axis_question, taller_question
 from data3d.shapes import article
 from data3d.types import Sample
@@ -71,10 +71,8 @@ def mesh_sample(
     num_kpts: int = NUM_KPTS,
 ) -> Sample:
     """One mesh file as a sample; `categories` are the root's labels (the category question's choices)."""
-    vertices, faces, face_rgb = read_mesh(path)
-    rng = object_rng(seed, uid)
+    surface, rng = mesh_file_surface(path, uid, seed, num_points, image_size)
     try:
-        surface = mesh_surface(vertices, faces, face_rgb, max(image_size**2, POOL_FACTOR * num_points), rng)
         labelled = category != UNLABELLED
         choices = sorted(set(categories) | set(SHAPENET_SYNSETS.values())) if labelled else []
         question = category_question(category, choices, rng) if labelled else None
