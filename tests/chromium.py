@@ -61,13 +61,15 @@ class Chromium:
         return message["result"]
 
     def open(self, url: str, timeout_s: float = 10.0) -> None:
+        """`url` in a new tab, once its load event fired (events of pages opened before stay in `events`)."""
+        seen = len(self.events)
         target = self.send("Target.createTarget", url="about:blank")["targetId"]
         self.session = self.send("Target.attachToTarget", targetId=target, flatten=True)["sessionId"]
         self.send("Page.enable")
         self.send("Runtime.enable")  # from here on, uncaught page errors arrive as Runtime.exceptionThrown events
         self.send("Page.navigate", url=url)
         deadline = time.monotonic() + timeout_s
-        while not any(event.get("method") == "Page.loadEventFired" for event in self.events):
+        while not any(event.get("method") == "Page.loadEventFired" for event in self.events[seen:]):
             self.events.append(self._receive(deadline))
 
     def evaluate(self, expression: str):

@@ -115,9 +115,10 @@ def test_the_pages_draw_in_headless_chromium(url, tmp_path):
         browser.wait_for("document.body.dataset.listed === '16'")
         listed = browser.evaluate("document.querySelectorAll('#samples tr').length")
         browser.screenshot(shots / "traces_list.png")
-        browser.open(f"{url}/sample/train-000001-0002")
+        best = max(httpx.get(f"{url}/api/samples").json(), key=lambda s: s["reward_bbox3d"])["sample_id"]
+        browser.open(f"{url}/sample/{best}")
         browser.wait_for("document.body.dataset.drawn !== undefined", timeout_s=30)
-        sample = httpx.get(f"{url}/api/sample/train-000001-0002").json()
+        sample = httpx.get(f"{url}/api/sample/{best}").json()
         page = browser.evaluate(
             """({tokens: document.querySelectorAll('#answer .token').length,
                  text: document.getElementById('answer').textContent,
@@ -141,7 +142,9 @@ def test_the_pages_draw_in_headless_chromium(url, tmp_path):
     assert listed == 17 and not errors  # a header and 16 samples
     assert page["tokens"] == len(sample["tokens"]) and page["text"] == sample["response"]
     assert page["webgl"] and page["drawn"] >= 3  # the cloud, the target box and the predicted box (when it parsed)
-    assert page["boxes"] >= 1 and page["edges"] >= 12 and page["bars"] == len(sample["tokens"])
+    assert (
+        page["boxes"] == 2 and page["edges"] == 24
+    )  # both 2D boxes, both 3D boxes projected (the best parsed) and page["bars"] == len(sample["tokens"])
     assert columns == [4, 4]  # the object's group of 4 at that step, GRCA beside GRPO
     for name in ("traces_list.png", "traces_sample.png", "traces_compare.png"):
         assert (shots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
