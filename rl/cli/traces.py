@@ -13,7 +13,14 @@ from rl.cli.main import _usage_error
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def _check_traced(command: str, run: str) -> None:
+    """A run directory without traces/ is a usage error, before torch or FastAPI is imported."""
+    if not (Path(run) / "traces").is_dir():
+        _usage_error(command, f"{run}: no traces/ here (a run with trace.samples_per_step > 0 writes it)")
+
+
 def cmd_replay(args: argparse.Namespace) -> None:
+    _check_traced("replay", args.run_dir)
     from rl.runtime.replay import replay
 
     try:
@@ -37,9 +44,8 @@ def cmd_traces(args: argparse.Namespace) -> None:
         _usage_error("traces", str(exc))
     if args.host not in LOOPBACK and not token:
         _usage_error("traces", f"--host {args.host} exposes the traces: give --token (or $POINTRL_REWARDS_TOKEN)")
-    missing = [run for run in args.runs if not (Path(run) / "traces").is_dir()]
-    if missing:
-        _usage_error("traces", f"{missing[0]}: no traces/ here (a run with trace.samples_per_step > 0 writes it)")
+    for run in args.runs:
+        _check_traced("traces", run)
     import uvicorn
 
     from rl.traces_view.app import create_app
