@@ -22,12 +22,19 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data3d import Sample
 from rewards.schema import FIELDS, REWARDS
+
+if TYPE_CHECKING:  # torch only where the tensors are: the viewer reads traces without it
+    from torch import Tensor
+
+    from rl.algorithms.batch import LearnBatch
+    from rl.config import Config
 
 TRACE_DIR = "traces"
 KINDS = ("train", "eval")
@@ -57,13 +64,13 @@ class Traced:
     indices: list[int]  # each sample's index in its split (`pointrl traces` and `replay` load the object from it)
     group_size: int
     texts: list[str]
-    response_ids: object
-    response_mask: object
-    rollout_logprobs: object
+    response_ids: Tensor
+    response_mask: Tensor
+    rollout_logprobs: Tensor
     results: list[dict | None]  # the reward service's result per response (None: it did not come back)
-    advantages: object = None  # (N, T) for training rows
-    learner_logprobs: object = None  # (N, T) when the learner recomputed them
-    importance_weights: object = None  # (N, T) one_step_off's truncated importance weights
+    advantages: Tensor | None = None  # (N, T) for training rows
+    learner_logprobs: Tensor | None = None  # (N, T) when the learner recomputed them
+    importance_weights: Tensor | None = None  # (N, T) one_step_off's truncated importance weights
 
 
 def traced_rows(samples_per_step: int, group_size: int, shard_rows: int) -> int:
@@ -73,7 +80,7 @@ def traced_rows(samples_per_step: int, group_size: int, shard_rows: int) -> int:
     return min(shard_rows, math.ceil(samples_per_step / group_size) * group_size)
 
 
-def learner_logprobs_of(batch, samples_per_step: int):
+def learner_logprobs_of(batch: LearnBatch, samples_per_step: int) -> Tensor | None:
     """What learner rank 0 sends the controller with its statistics: the recomputed log-probs of the traced rows of
     its shard (None when the update did not recompute them, or tracing is off)."""
     rows = traced_rows(samples_per_step, batch.group_size, len(batch.response_texts))
@@ -84,11 +91,11 @@ def learner_logprobs_of(batch, samples_per_step: int):
 
 def training_trace(
     step: int,
-    batch,
+    batch: LearnBatch,
     results: list[dict | None],
     indices: list[int],
     rows: int,
-    learner_logprobs=None,
+    learner_logprobs: Tensor | None = None,
     max_is_weight: float | None = None,
 ) -> Traced:
     """The first `rows` rows of training step `step` (0-based) as traced: `batch` the step's LearnBatch, `results`
@@ -121,14 +128,14 @@ def training_trace(
 
 def write_training_step(
     run_dir: str | Path,
-    cfg,
+    cfg: Config,
     step: int,
-    batch,
+    batch: LearnBatch,
     results: list[dict | None],
     indices: list[int],
     tokenizer,
     shard_rows: int,
-    learner_logprobs=None,
+    learner_logprobs: Tensor | None = None,
 ) -> None:
     """Trace training step `step` (0-based) of a run with config `cfg`: the traced rows of `batch` (within rank 0's
     `shard_rows`) with their `results`, its prompts' `indices` in the training split and rank 0's
@@ -144,7 +151,7 @@ def write_training_step(
     write_trace(run_dir, trace_table(traced, tokenizer, training_name(cfg), cfg.algo.name))
 
 
-def _kept(values, mask) -> list[list[float]] | None:
+def _kept(values: Tensor | None, mask: Tensor) -> list[list[float]] | None:
     """Each row's values at its response tokens (the padding dropped), or None."""
     if values is None:
         return None
@@ -249,7 +256,7 @@ class TraceRun:
             )
         self._summaries: dict[Path, tuple[float, pa.Table]] = {}
 
-    def config(self):
+    def config(self) -> Config:
         """The run's config (its config.yaml), which says where its prompts come from."""
         from rl.config_loading import load_config
 
