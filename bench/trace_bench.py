@@ -7,8 +7,9 @@
    trace's time over the step's own time, both measured in each traced step; and the same steps run untraced from the
    same initial policy and seed, interleaved with the traced ones, as the wall-time ratio traced / untraced.
 2. Disk: the mean bytes of a step's file times 10,000.
-3. Listing: one traced step's file copied to 1,250 steps (10,000 samples); `pointrl traces` serves them on loopback
-   and `GET /api/samples` (every sample, no filter) and `GET /api/steps` are timed, first call and again.
+3. Listing: one traced step's file copied to 1,250 steps (10,000 samples); their listing columns read cold (as the
+   viewer does when it starts), then `pointrl traces` serves them on loopback and `GET /api/samples` (every sample,
+   no filter) and `GET /api/steps` are timed, first call and again.
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ def listing(one_step: Path, root: Path) -> None:
         copied = table.set_column(0, "sample_id", ids).set_column(2, "step", pa.array([step] * n, pa.int32()))
         write_trace(run_dir, copied)
     assert trace_path(run_dir, "train", LISTED // n).is_file()
+    began = time.perf_counter()
+    cold = TraceRun(run_dir).summaries().num_rows  # what the viewer reads as it starts
+    print(f"listing {cold} samples from {LISTED // n} files, read cold: {time.perf_counter() - began:.2f} s")
     with running_server(module=("rl.cli", "traces", str(run_dir))) as url:
         for attempt in ("first call", "again"):
             began = time.perf_counter()

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +78,11 @@ class Controller:
         self.run_dir, self.step_results = run_dir, []  # the traces' directory, and the rewards of the step's batch
         if cfg.trace.samples_per_step:
             note_policy(run_dir, policy_dir)  # the tokenizer that `pointrl replay` cuts the responses with
+        # traces are cut into tokens and written on a thread of their own while the next step runs (a step waits
+        # only for the trace before it, and the last step for its own), with a tokenizer of their own: a fast
+        # tokenizer is not to be shared between threads
+        self.trace_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="traces")
+        self.trace_tokenizer, self.trace_pending = load_tokenizer(Path(policy_dir) / "llm"), None
         self.version, self.step_batch, self.step_metrics, self.step_started = 0, None, {}, time.perf_counter()
         self.published, self.worker_restarts = None, 0  # the current version's refs, handed again to a restarted worker
         self.prefetched: dict[int, list] = {}  # one_step_off: the next step's rollouts, under way
@@ -218,6 +225,16 @@ class Controller:
             {f"eval/picture/{uid}": pixels for uid, pixels in pictures.items()},
         )
 
+    def _in_background(self, write, *args) -> None:
+        """`write(*args)` on the trace thread once the write before it is done (its error, if any, raised here)."""
+        self.wait_for_traces()
+        self.trace_pending = self.trace_thread.submit(write, *args)
+
+    def wait_for_traces(self) -> None:
+        if self.trace_pending is not None:
+            pending, self.trace_pending = self.trace_pending, None
+            pending.result()
+
     def _trace_evaluation(self, step: int, samples: list[Sample], answers: RolloutBatch) -> None:
         """Every evaluation answer, scored in process as `score_answers` scores it, to the step's eval trace."""
         from rl.runtime.reward_client import local_rewards
@@ -235,7 +252,8 @@ class Controller:
             rollout_logprobs=answers.logprobs,
             results=score_rollouts(answers, samples, local_rewards(), self.quant),
         )
-        write_trace(self.run_dir, trace_table(traced, self.tokenizer, held_out_name(self.cfg), self.cfg.algo.name))
+        table = partial(trace_table, traced, self.trace_tokenizer, held_out_name(self.cfg), self.cfg.algo.name)
+        self._in_background(lambda: write_trace(self.run_dir, table()))
 
     def finish_step(self, step: int, learner_stats: dict[str, float], weights, learner_logprobs=None) -> None:
         """After the update: publish version step + 1 to the rollout workers, trace the step (`learner_logprobs`:
@@ -244,14 +262,15 @@ class Controller:
         traced = time.perf_counter()
         batch = self.step_batch
         if self.cfg.trace.samples_per_step and batch.response_ids is not None:  # rollouts (not SFT's targets)
-            write_training_step(
+            self._in_background(
+                write_training_step,
                 self.run_dir,
                 self.cfg,
                 step,
                 batch,
                 self.step_results,
                 self.data.indices(step, self.cfg.rollout.prompts_per_step),
-                self.tokenizer,
+                self.trace_tokenizer,
                 len(batch.shard(0, self.cfg.learner.num_workers).response_texts),
                 learner_logprobs,
             )
@@ -270,6 +289,8 @@ class Controller:
             metrics.update(scores)
         echo = (step + 1) % self.cfg.run.log_every == 0 or step + 1 == self.cfg.run.steps
         self.log.log(step, metrics, echo=echo, images=pictures)
+        if step + 1 == self.cfg.run.steps:
+            self.wait_for_traces()  # the run ends: its last traces are on disk before the driver stops this actor
 
 
 class EngineTurns:

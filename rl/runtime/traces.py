@@ -160,20 +160,19 @@ def _kept(values: Tensor | None, mask: Tensor) -> list[list[float]] | None:
 
 def trace_table(traced: Traced, tokenizer, dataset: str, algo: str) -> pa.Table:
     """The rows of `traced` as a table (the character ranges and field of each token from its tokenizer)."""
-    from rl.algorithms.token_spans import batch_field_masks, batch_token_char_offsets
+    from rl.algorithms.token_spans import batch_token_char_offsets, field_token_masks
 
     mask = traced.response_mask.cpu()
     n = len(traced.texts)
     ids = _kept(traced.response_ids, mask)
-    offsets = batch_token_char_offsets(tokenizer, ids)
-    spans = [r["spans"] if r else None for r in traced.results]
-    masks = batch_field_masks(tokenizer, traced.response_ids.cpu(), mask, spans, FIELDS)
-    owner = [[""] * len(row) for row in ids]
-    for name, field_mask in masks.items():
-        for r, flags in enumerate(_kept(field_mask.int(), mask)):
-            for t, flag in enumerate(flags):
-                if flag:
-                    owner[r][t] = name
+    offsets = batch_token_char_offsets(tokenizer, ids)  # the tokenizer's work, once: the fields come from them
+    owner = []
+    for row_offsets, result in zip(offsets, traced.results):
+        row_owner = [""] * len(row_offsets)
+        for name, field_mask in field_token_masks(row_offsets, result["spans"] if result else None, FIELDS).items():
+            for t in field_mask.nonzero().flatten().tolist():
+                row_owner[t] = name
+        owner.append(row_owner)
     rollout = _kept(traced.rollout_logprobs, mask)
     learner = _kept(traced.learner_logprobs, mask)
     g = traced.group_size
@@ -244,8 +243,9 @@ def write_trace(run_dir: str | Path, table: pa.Table) -> Path:
 
 
 class TraceRun:
-    """The traces of one run directory, read back. The listing columns (`SUMMARY`) of each file are read once and
-    kept (keyed by the file's modification time), so a viewer that lists again reads only the new steps."""
+    """The traces of one run directory, read back. The listing columns (`SUMMARY`) are read once, every new file's
+    in one multithreaded pass (pyarrow.dataset), and kept: listing again reads only the steps written since; a file
+    rewritten since (a step redone after a restore) has everything read again."""
 
     def __init__(self, run_dir: str | Path):
         self.run_dir = Path(run_dir)
@@ -254,7 +254,8 @@ class TraceRun:
             raise FileNotFoundError(
                 f"{self.run_dir}: no traces/ here (a run with trace.samples_per_step > 0 writes it)"
             )
-        self._summaries: dict[Path, tuple[float, pa.Table]] = {}
+        self._read: dict[Path, float] = {}  # the files in `_listing`, with the modification time they were read at
+        self._listing = pa.table({name: [] for name in SUMMARY})
 
     def config(self) -> Config:
         """The run's config (its config.yaml), which says where its prompts come from."""
@@ -269,18 +270,18 @@ class TraceRun:
         return sorted(self.dir.glob("*.parquet"))
 
     def summaries(self) -> pa.Table:
-        """The listing columns of every traced sample, in step order (train before eval within a step)."""
-        tables = []
-        for path in self.files():
-            mtime = path.stat().st_mtime
-            cached = self._summaries.get(path)
-            if cached is None or cached[0] != mtime:
-                cached = (mtime, pq.read_table(path, columns=list(SUMMARY)))
-                self._summaries[path] = cached
-            tables.append(cached[1])
-        if not tables:
-            return pa.table({name: [] for name in SUMMARY})
-        return pa.concat_tables(tables)
+        """The listing columns of every traced sample, in the order their files were first read."""
+        import pyarrow.dataset as ds
+
+        files = {path: path.stat().st_mtime for path in self.files()}
+        if any(files.get(path) != mtime for path, mtime in self._read.items()):  # rewritten or removed
+            self._read, self._listing = {}, pa.table({name: [] for name in SUMMARY})
+        new = [str(path) for path in files if path not in self._read]
+        if new:
+            read = ds.dataset(new, format="parquet").to_table(columns=list(SUMMARY))
+            self._listing = pa.concat_tables([self._listing, read], promote_options="permissive")
+            self._read.update({Path(path): files[Path(path)] for path in new})
+        return self._listing
 
     def step_table(self, kind: str, step: int) -> pa.Table:
         path = trace_path(self.run_dir, kind, step)
