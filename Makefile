@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install smollm2 test test-fast test-vllm test-vllm-scale demo bench bench-learning bench-objectives real-bench bench-lambda bench-spa bench-step clean
+.PHONY: install smollm2 test test-fast test-vllm test-vllm-scale demo bench bench-learning bench-objectives real-bench bench-lambda bench-spa bench-step bench-traces vendor-js clean
 
 install: $(STAMP)
 
@@ -49,6 +49,14 @@ bench: install
 	$(BIN)/python bench/learner_bench.py
 	$(BIN)/python bench/decode_bench.py
 	$(BIN)/python bench/serve_memory_bench.py
+
+# the traces' write overhead against the same steps untraced, and the listing time of 10,000 traced samples
+bench-traces: install
+	$(BIN)/python bench/trace_bench.py
+
+# re-vendor the pinned three.js that `pointrl traces` serves (needs npm; the result is committed)
+vendor-js:
+	rl/traces_view/vendor.sh
 
 # the budget the README's studies were measured with (the demo's until it moved to 240 cosine-decayed steps)
 STUDY_BUDGET = run.steps=60 learner.schedule=constant checkpoint.every=30

@@ -478,6 +478,17 @@ class EngineConfig:
 
 
 @dataclass
+class TraceConfig:
+    """what each step records of its rollouts for `pointrl traces` and `pointrl replay` (run.dir/traces/)"""
+
+    samples_per_step: int = setting(
+        8,
+        "responses traced per step, rounded up to whole groups (0: off); every evaluation answer is traced too",
+        ">= 0",
+    )
+
+
+@dataclass
 class Config:
     """The whole run."""
 
@@ -497,6 +508,7 @@ class Config:
     sft: SftConfig = field(default_factory=SftConfig)
     recon: ReconConfig = field(default_factory=ReconConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    trace: TraceConfig = field(default_factory=TraceConfig)
 
 
 def policy_overrides(cfg: Config) -> dict:

@@ -56,7 +56,8 @@ async def _read_body(request: Request, limit: int) -> bytearray:
     return body
 
 
-def _check_token(request: Request, token: str | None) -> None:
+def check_token(request: Request, token: str | None) -> None:
+    """A 401 unless the request carries `Authorization: Bearer <token>` (nothing to check without a token)."""
     if not token:
         return
     given = request.headers.get("authorization", "")
@@ -140,7 +141,7 @@ def create_app(token: str | None = None, limits: ServiceLimits = ServiceLimits()
         },
     )
     async def rewards(request: Request) -> Response:
-        _check_token(request, token)
+        check_token(request, token)
         _check_json(request)
         body = await _read_body(request, limits.max_body_bytes)
         if not scoring:

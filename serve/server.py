@@ -30,31 +30,40 @@ def wait_healthy(url: str, timeout_s: float = 60.0, process: subprocess.Popen | 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
-            raise RuntimeError(f"the reward server exited with code {process.returncode} before it became healthy")
+            raise RuntimeError(f"the server exited with code {process.returncode} before it became healthy")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
                 return
         time.sleep(0.1)
-    raise TimeoutError(f"the reward server at {url} was not healthy after {timeout_s:.0f} s")
+    raise TimeoutError(f"the server at {url} was not healthy after {timeout_s:.0f} s")
 
 
 @contextlib.contextmanager
-def running_server(host: str = "127.0.0.1", port: int | None = None, extra_args: tuple[str, ...] = ()) -> Iterator[str]:
-    """Start `python -m serve` in a child process on a free loopback port; yield its base URL; stop it on exit."""
-    with server_process(host, port, extra_args) as (url, _):
+def running_server(
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    extra_args: tuple[str, ...] = (),
+    module: tuple[str, ...] = ("serve",),
+) -> Iterator[str]:
+    """Start `python -m serve` (or `python -m <module...>`, another of our servers that answers `GET /health`, such as
+    `rl.cli traces RUN`) in a child process on a free loopback port; yield its base URL; stop it on exit."""
+    with server_process(host, port, extra_args, module) as (url, _):
         yield url
 
 
 @contextlib.contextmanager
 def server_process(
-    host: str = "127.0.0.1", port: int | None = None, extra_args: tuple[str, ...] = ()
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    extra_args: tuple[str, ...] = (),
+    module: tuple[str, ...] = ("serve",),
 ) -> Iterator[tuple[str, int]]:
     """`running_server` that also yields the server's pid (tests read its memory from /proc/<pid>/status)."""
     port = port or free_port(host)
     command = [
         sys.executable,
         "-m",
-        "serve",
+        *module,
         "--host",
         host,
         "--port",

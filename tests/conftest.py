@@ -47,3 +47,62 @@ def init_policy(tmp_path_factory):
     path = tmp_path_factory.mktemp("init") / "policy"
     build_tiny_policy(out_dir=path)
     return path
+
+
+# one process, two training objects with one keypoint each, no images: a GRCA step in seconds (tests/test_grca_step.py)
+TINY_DATA = [
+    "data.train_size=2",
+    "data.num_points=256",
+    "data.image_size=32",
+    "data.num_kpts=1",
+    "data.use_images=false",
+]
+TINY_BATCH = ["rollout.prompts_per_step=2", "learner.micro_batch_size=8", "learner.warmup_steps=0"]
+
+
+def teach_tiny_policy():
+    """The tiny policy after SFT on its two training objects (TINY_DATA): at temperature 1 its samples are partly
+    right, so the rewards vary within each group (measured: loss 0.017 after 100 steps; half the tokens get a nonzero
+    advantage)."""
+    from rl.algorithms import algorithm
+    from rl.algorithms.update import learn_step, make_learner
+    from rl.config_loading import load_config
+    from rl.runtime.local import InProcessSource
+
+    cfg = load_config("sft.yaml", [*TINY_DATA, *TINY_BATCH, "sft.align_weight=0", "learner.lr=3e-3", "run.steps=100"])
+    policy, sft = build_tiny_policy(seed=0), algorithm("sft")
+    learner, source = make_learner(policy, cfg), InProcessSource(cfg, policy)
+    for k in range(cfg.run.steps):
+        batch, _ = sft.batch(k, source, cfg)
+        learn_step(learner, sft, batch, cfg)
+    return policy
+
+
+@pytest.fixture(scope="module")
+def taught_policy():
+    return teach_tiny_policy()
+
+
+@pytest.fixture(scope="session")
+def traced_runs(tmp_path_factory) -> dict:
+    """Two runs made in process from the same taught policy, each two steps traced (8 samples a step: 2 groups of
+    4), the learner recomputing the old log-probs: GRCA and broadcast GRPO, by name -> run directory."""
+    import copy
+
+    from rl.config_loading import load_config
+    from rl.runtime.local import traced_steps
+
+    taught, runs = teach_tiny_policy(), {}
+    sampling = ["rollout.group_size=4", "rollout.max_new_tokens=100", "learner.lr=1e-4"]
+    for name in ("grca", "grpo"):
+        run_dir = tmp_path_factory.mktemp("traced") / name
+        overrides = [
+            *TINY_DATA,
+            *TINY_BATCH,
+            *sampling,
+            "trace.samples_per_step=6",
+            "learner.recompute_old_logprobs=true",
+        ]
+        traced_steps(load_config(f"{name}.yaml", overrides), copy.deepcopy(taught), run_dir, range(2))
+        runs[name] = run_dir
+    return runs

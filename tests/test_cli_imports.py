@@ -77,6 +77,9 @@ def test_a_bad_command_line_is_one_error_line_without_heavy_imports(tmp_path, co
         (["viz", "--policy", "p", "--data", "d", "--out", "o", "--n", "0"], "--n and --max-new-tokens"),
         (["serve-rewards", "--max-samples", "0"], "max_samples must be positive"),
         (["serve-rewards", "--token", " "], "the bearer token is empty"),
+        (["traces", "no-run"], "no-run: no traces/ here"),
+        (["traces", "no-run", "--host", "0.0.0.0"], "--host 0.0.0.0 exposes the traces: give --token"),
+        (["replay", "no-run", "--step", "1"], "no-run: no traces/ here"),
     ],
     ids=lambda value: value[0] if isinstance(value, list) else "",
 )

@@ -34,6 +34,7 @@ class LearnBatch:
     rollout_logprobs: torch.Tensor | None = None  # (N, T) what the rollout engine reported, for the on-policy check
     ratio_spans: torch.Tensor | None = None  # (N, T) long: each token's span for algo.ratio=sequence (None: one)
     learner_logprobs: torch.Tensor | None = None  # (N, T) their recomputation, by an update that makes one
+    scores: list[dict | None] = field(default_factory=list)  # N reward results (rewards, spans): what traces record
     corrupted: list[Sample] | None = None  # SPA: each sample with its cloud corrupted (x')
     pairs: list[tuple[int, int]] = field(default_factory=list)  # DPO: (chosen row, rejected row)
 
@@ -59,6 +60,7 @@ class LearnBatch:
             ratio_spans=take(self.ratio_spans),
             learner_logprobs=take(self.learner_logprobs),
             corrupted=[self.corrupted[p] for p in prompts] if self.corrupted else None,
+            scores=[],  # the controller's record (traces); no learner rank reads them
             pairs=[(a - first, b - first) for a, b in self.pairs if a in rows and b in rows],
         )
 

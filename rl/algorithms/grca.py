@@ -112,7 +112,8 @@ class GRCA:
             **{f"advantage/{k}": v for k, v in advantage_stats(advantages, mask).items()},
             **{f"credit/other_fields_{k}/{f}": v for f, measured in credit.items() for k, v in measured.items()},
         }
-        return rollout_batch(step, rollout, samples, valid, advantages=advantages, ratio_spans=spans), metrics
+        learned = {"advantages": advantages, "ratio_spans": spans, "scores": results}
+        return rollout_batch(step, rollout, samples, valid, **learned), metrics
 
     # GRCA eqs. 15-16: the clipped surrogate over token advantages, learner.epochs passes over the shard
     def update(self, learner: Learner, batch: LearnBatch, cfg: Config) -> dict[str, float]:

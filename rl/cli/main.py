@@ -300,12 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
     from rl.cli.engine import add_engine_parser
     from rl.cli.import_data import add_import_parser
     from rl.cli.init import add_init_parser
+    from rl.cli.traces import add_traces_parser
     from rl.cli.viz import add_viz_parser
 
     add_import_parser(commands, defaults)
     add_init_parser(commands)
     add_viz_parser(commands)
     add_engine_parser(commands)
+    add_traces_parser(commands)
 
     evaluate = commands.add_parser("eval", help="evaluate a policy directory on a dataset split")
     evaluate.add_argument("--policy", required=True, help="a policy directory (PointVLM.save_pretrained)")

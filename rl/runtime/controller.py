@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +21,10 @@ from rl.algorithms import algorithm
 from rl.algorithms.batch import LearnBatch, rollout_sampling, score_rollouts
 from rl.config import Config, ConfigError, policy_overrides, run_quant
 from rl.eval.viz import pictures_to_draw
-from rl.runtime.data import held_out_samples, training_prompts
+from rl.runtime.data import held_out_name, held_out_samples, training_prompts
 from rl.runtime.metrics import MetricsLog
 from rl.runtime.placement import takes_turns_on_gpus
+from rl.runtime.traces import Traced, note_policy, trace_table, write_trace, write_training_step
 from rollout.engine import RolloutBatch
 
 
@@ -72,6 +75,14 @@ class Controller:
         )
         self.tokenizer = load_tokenizer(Path(policy_dir) / "llm")
         self.log = MetricsLog(run_dir, cfg.run.name, cfg.run.steps)
+        self.run_dir = run_dir  # where the traces go
+        if cfg.trace.samples_per_step:
+            note_policy(run_dir, policy_dir)  # the tokenizer that `pointrl replay` cuts the responses with
+        # traces are cut into tokens and written on a thread of their own while the next step runs (a step waits
+        # only for the trace before it, and the last step for its own), with a tokenizer of their own: a fast
+        # tokenizer is not to be shared between threads
+        self.trace_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="traces")
+        self.trace_tokenizer, self.trace_pending = load_tokenizer(Path(policy_dir) / "llm"), None
         self.version, self.step_batch, self.step_metrics, self.step_started = 0, None, {}, time.perf_counter()
         self.published, self.worker_restarts = None, 0  # the current version's refs, handed again to a restarted worker
         self.prefetched: dict[int, list] = {}  # one_step_off: the next step's rollouts, under way
@@ -187,9 +198,10 @@ class Controller:
             self.step_metrics = {**metrics, **self.rollout_timing}
         return self.step_batch.shard(rank, world)
 
-    def evaluate(self) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    def evaluate(self, step: int) -> tuple[dict[str, float], dict[str, np.ndarray]]:
         """Greedy answers of the just-published policy on held-out prompts, scored in process (`eval/...`), and the
-        pictures of the first `eval.pictures` of them (`eval/picture/<uid>`, as `pointrl viz` draws them)."""
+        pictures of the first `eval.pictures` of them (`eval/picture/<uid>`, as `pointrl viz` draws them); every
+        answer is traced (`traces/eval-<step + 1>.parquet`) unless tracing is off."""
         from rl.eval.evaluate import score_answers
         from rl.eval.viz import drawn
         from rollout.engine import SamplingConfig
@@ -199,14 +211,15 @@ class Controller:
             self.held_out = held_out_samples(self.cfg)
         samples = self.held_out
         greedy = SamplingConfig(n=1, do_sample=False, max_new_tokens=self.cfg.eval.max_new_tokens)
-        texts = self._on_workers(
+        answers = self._on_workers(
             "evaluation",
-            lambda: (
-                generate_on_workers(
-                    self.workers, samples, greedy, self.quant, self.cfg.data.use_images, self.version
-                ).texts
+            lambda: generate_on_workers(
+                self.workers, samples, greedy, self.quant, self.cfg.data.use_images, self.version
             ),
         )
+        texts = answers.texts
+        if self.cfg.trace.samples_per_step:
+            self._trace_evaluation(step, samples, answers)
         report = score_answers(samples, texts, self.quant)
         by_question = {f"eval/answer_{kind}": v["accuracy"] for kind, v in report.pop("answer_by_question").items()}
         pictures = drawn(samples[: self.pictures], texts[: self.pictures], self.quant)
@@ -215,22 +228,72 @@ class Controller:
             {f"eval/picture/{uid}": pixels for uid, pixels in pictures.items()},
         )
 
-    def finish_step(self, step: int, learner_stats: dict[str, float], weights) -> None:
-        """After the update: publish version step + 1 to the rollout workers, then record the step's metrics."""
+    def _in_background(self, write, *args) -> None:
+        """`write(*args)` on the trace thread once the write before it is done (its error, if any, raised here)."""
+        self.wait_for_traces()
+        self.trace_pending = self.trace_thread.submit(write, *args)
+
+    def wait_for_traces(self) -> None:
+        if self.trace_pending is not None:
+            pending, self.trace_pending = self.trace_pending, None
+            pending.result()
+
+    def _trace_evaluation(self, step: int, samples: list[Sample], answers: RolloutBatch) -> None:
+        """Every evaluation answer, scored in process as `score_answers` scores it, to the step's eval trace."""
+        from rl.runtime.reward_client import local_rewards
+
+        traced = Traced(
+            kind="eval",
+            step=step + 1,
+            version=answers.version,
+            samples=samples,
+            indices=list(range(len(samples))),  # held_out_samples: the split's first eval_size
+            group_size=1,
+            texts=answers.texts,
+            response_ids=answers.response_ids,
+            response_mask=answers.response_mask,
+            rollout_logprobs=answers.logprobs,
+            results=score_rollouts(answers, samples, local_rewards(), self.quant),
+        )
+        table = partial(trace_table, traced, self.trace_tokenizer, held_out_name(self.cfg), self.cfg.algo.name)
+        self._in_background(lambda: write_trace(self.run_dir, table()))
+
+    def finish_step(self, step: int, learner_stats: dict[str, float], weights, learner_logprobs=None) -> None:
+        """After the update: publish version step + 1 to the rollout workers, trace the step (`learner_logprobs`:
+        rank 0's recomputation for its traced rows, rl.runtime.traces), then record the step's metrics."""
         sync = self.publish(step + 1, weights)
+        traced = time.perf_counter()
+        batch = self.step_batch
+        if self.cfg.trace.samples_per_step and batch.response_ids is not None:  # rollouts (not SFT's targets)
+            self._in_background(
+                write_training_step,
+                self.run_dir,
+                self.cfg,
+                step,
+                batch,
+                batch.scores,
+                [self.data.index(sample.uid) for sample in batch.samples],
+                self.trace_tokenizer,
+                len(batch.shard(0, self.cfg.learner.num_workers).response_texts),
+                learner_logprobs,
+            )
+        traced = time.perf_counter() - traced
         metrics = {
             **self.step_metrics,
             **learner_stats,
             "time/sync": sync,
+            "time/trace": traced,
             "time/step": time.perf_counter() - self.step_started,
             **({"rollout/worker_restarts": float(self.worker_restarts)} if self.workers else {}),
         }
         pictures = {}
         if self.cfg.eval.every and (step + 1) % self.cfg.eval.every == 0 and self.workers:
-            scores, pictures = self.evaluate()
+            scores, pictures = self.evaluate(step)
             metrics.update(scores)
         echo = (step + 1) % self.cfg.run.log_every == 0 or step + 1 == self.cfg.run.steps
         self.log.log(step, metrics, echo=echo, images=pictures)
+        if step + 1 == self.cfg.run.steps:
+            self.wait_for_traces()  # the run ends: its last traces are on disk before the driver stops this actor
 
 
 class EngineTurns:

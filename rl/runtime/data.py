@@ -39,16 +39,29 @@ class TrainingSet:
             )
         return self.cache[index]
 
-    def by_uid(self, uid: str) -> Sample:
+    def index(self, uid: str) -> int:
+        """Where the sample `uid` is in the split: among the samples read so far (a step's prompts are), else by
+        reading every sample once."""
+        found = next((index for index, sample in self.cache.items() if sample.uid == uid), None)
+        if found is not None:
+            return found
         if not hasattr(self, "index_of"):
             self.index_of = {self[i].uid: i for i in range(self.size)}
         if uid not in self.index_of:
             raise KeyError(f"uid {uid!r} is not in the training data")
-        return self[self.index_of[uid]]
+        return self.index_of[uid]
+
+    def by_uid(self, uid: str) -> Sample:
+        return self[self.index(uid)]
+
+    def indices(self, step: int, count: int) -> list[int]:
+        """Where the prompts of `step` are in the split: a seeded permutation walked in order, so a resumed run
+        continues the sequence."""
+        return [int(self.order[(step * count + j) % self.size]) for j in range(count)]
 
     def take(self, step: int, count: int) -> list[Sample]:
-        """The prompts of `step`: a seeded permutation walked in order, so a resumed run continues the sequence."""
-        return [self[int(self.order[(step * count + j) % self.size])] for j in range(count)]
+        """The prompts of `step` (at `indices`)."""
+        return [self[index] for index in self.indices(step, count)]
 
 
 def training_prompts(cfg: Config) -> TrainingSet:
@@ -61,7 +74,22 @@ def held_out_seed(cfg: Config) -> int:
     return cfg.data.seed + 1
 
 
+def held_out_set(cfg: Config) -> TrainingSet:
+    """The split the evaluation prompts come from: the dataset's eval split, or generated with another seed."""
+    return TrainingSet(cfg, cfg.eval.split, cfg.data.eval_size, held_out_seed(cfg))
+
+
 def held_out_samples(cfg: Config) -> list[Sample]:
-    """The evaluation prompts: the dataset's eval split, or generated with another seed (objects never trained on)."""
-    held_out = TrainingSet(cfg, cfg.eval.split, cfg.data.eval_size, held_out_seed(cfg))
+    """The evaluation prompts: the first eval_size of `held_out_set` (objects never trained on)."""
+    held_out = held_out_set(cfg)
     return [held_out[i] for i in range(min(held_out.size, cfg.data.eval_size))]
+
+
+def held_out_name(cfg: Config) -> str:
+    """Where the evaluation prompts come from, in words (evaluation reports and traces)."""
+    return f"{cfg.data.dir}:{cfg.eval.split}" if cfg.data.dir else f"generated with seed {held_out_seed(cfg)}"
+
+
+def training_name(cfg: Config) -> str:
+    """Where the training prompts come from, in words (traces)."""
+    return f"{cfg.data.dir}:train" if cfg.data.dir else f"generated with seed {cfg.data.seed}"

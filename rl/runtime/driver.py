@@ -24,7 +24,7 @@ from rl.algorithms import ALGORITHMS, algorithm
 from rl.config import Config, ConfigError, data_settings, run_quant
 from rl.config_loading import config_to_dict, parse_cli, save_config
 from rl.runtime.controller import Controller, check_engine_sleep
-from rl.runtime.data import held_out_samples, held_out_seed
+from rl.runtime.data import held_out_name, held_out_samples
 from rl.runtime.placement import (
     PlacementError,
     check_config,
@@ -220,8 +220,7 @@ def _evaluate_report(config: dict, policy_dir: str) -> dict:
     cfg = config_from_dict(config)
     samples = held_out_samples(cfg)
     report = evaluate(held_out_answerer(cfg, Path(policy_dir)), samples, run_quant(cfg), reliance=cfg.eval.reliance)
-    source = f"{cfg.data.dir}:{cfg.eval.split}" if cfg.data.dir else f"generated with seed {held_out_seed(cfg)}"
-    report["meta"] = {"policy": policy_dir, "samples": len(samples), "held_out": source}
+    report["meta"] = {"policy": policy_dir, "samples": len(samples), "held_out": held_out_name(cfg)}
     return report
 
 

@@ -43,6 +43,7 @@ from rl.runtime.sharding import (
     save_sharded,
     shard_policy,
 )
+from rl.runtime.traces import learner_logprobs_of
 from rollout.weight_sync import WeightSync
 
 
@@ -247,7 +248,9 @@ def learner_loop(loop_config: dict) -> None:
             }
         )
         stats = _mean_over_ranks(stats, algo.learning_rows(batch), world, policy.device)
-        publish(partial(controller.finish_step.remote, step, stats))
+        # rank 0's shard holds the traced rows: their learner log-probs travel with the statistics
+        traced = learner_logprobs_of(batch, cfg.trace.samples_per_step) if rank == 0 else None
+        publish(partial(controller.finish_step.remote, step, stats, learner_logprobs=traced))
         if (step + 1) % cfg.checkpoint.every == 0 or step + 1 == cfg.run.steps:
             _checkpoint(learner, {"step": step + 1, "skipped_steps": skipped_steps}, stats, rank, sharded)
         if world > 1:

@@ -6,6 +6,9 @@ current version and no weights need syncing) and the rewards are scored in this 
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 from data3d import Sample
 from policies import PointVLM
 from rl.algorithms.batch import rollout_sampling, score_rollouts
@@ -43,3 +46,32 @@ class InProcessSource:
 
     def score(self, rollout: RolloutBatch, samples: list[Sample]) -> list[dict | None]:
         return score_rollouts(rollout, samples, self.reward_fn, self.quant)
+
+
+def traced_steps(cfg: Config, policy: PointVLM, run_dir: Path, steps: range, learner=None) -> list[dict]:
+    """Training steps of cfg.algo.name in this process, each traced to `run_dir/traces/` as the controller traces
+    (the tests' and bench/trace_bench.py's run); the run directory gets the config and the policy the traces need.
+    Returns each step's metrics, with `time/step` (the step) and `time/trace` (its trace) apart."""
+    from rl.algorithms import algorithm
+    from rl.algorithms.update import learn_step, make_learner
+    from rl.config_loading import save_config
+    from rl.runtime.traces import learner_logprobs_of, note_policy, write_training_step
+
+    run_dir = Path(run_dir)
+    save_config(cfg, run_dir / "config.yaml")
+    policy.save_pretrained(run_dir / "init_policy")
+    note_policy(run_dir, run_dir / "init_policy")
+    algo, source = algorithm(cfg.algo.name), InProcessSource(cfg, policy)
+    learner = learner or make_learner(policy, cfg)
+    measured = []
+    for step in steps:
+        began = time.perf_counter()
+        batch, metrics = algo.batch(step, source, cfg)
+        metrics.update(learn_step(learner, algo, batch, cfg))
+        stepped = time.perf_counter()
+        learned = learner_logprobs_of(batch, cfg.trace.samples_per_step)
+        indices = [source.data.index(sample.uid) for sample in batch.samples]
+        rows = len(batch.response_texts)  # one process: rank 0's shard is the whole batch
+        write_training_step(run_dir, cfg, step, batch, batch.scores, indices, source.tokenizer, rows, learned)
+        measured.append({**metrics, "time/step": stepped - began, "time/trace": time.perf_counter() - stepped})
+    return measured
