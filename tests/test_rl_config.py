@@ -133,7 +133,7 @@ def test_wrong_types(override, expected):
     "override, expected",
     [
         ("rollout.backend=trt", "rollout.backend: expected one of hf, vllm, got 'trt'"),
-        ("algo.name=ppo", "algo.name: expected one of grca, grpo, spa, dpo, sft, got 'ppo'"),
+        ("algo.name=ppo", "algo.name: expected one of grca, grpo, gdpo, dapo, spa, dpo, sft, got 'ppo'"),
         (
             "algo.routed_fields=[bbox3d, colour]",
             "algo.routed_fields[1]: expected one of answer, bbox2d, bbox3d, kpts2d, kpts3d, got 'colour'",

@@ -19,7 +19,8 @@ from rl.algorithms.losses import aggregate_loss, clipped_surrogate_loss, span_lo
 from rl.algorithms.update import make_learner, window_tokens
 from rl.config_loading import ConfigError, load_config
 from rl.runtime.local import InProcessSource
-from tests.test_grca_step import BATCH, DATA, taught  # noqa: F401 (taught: the SFT-taught tiny policy fixture)
+from tests.conftest import TINY_BATCH as BATCH
+from tests.conftest import TINY_DATA as DATA
 
 VALUES = torch.tensor([[1.0, 3.0, 100.0], [4.0, float("-inf"), float("nan")]])
 MASK = torch.tensor([[1, 1, 0], [1, 0, 0]])
@@ -154,12 +155,12 @@ OPTIONS = {
 
 
 @pytest.mark.parametrize("name", OPTIONS)
-def test_each_objective_runs_two_steps_and_moves_the_policy(taught, name):  # noqa: F811
+def test_each_objective_runs_two_steps_and_moves_the_policy(taught_policy, name):
     cfg = load_config(
         "grca.yaml",
         [*DATA, *BATCH, "rollout.group_size=4", "rollout.max_new_tokens=100", "learner.lr=1e-4", *OPTIONS[name]],
     )
-    policy = copy.deepcopy(taught)
+    policy = copy.deepcopy(taught_policy)
     source, learner = InProcessSource(cfg, policy), make_learner(policy, cfg)
     before = {k: v.clone() for k, v in policy.trainable_state_dict().items()}
     rows = [step(k, source, learner, cfg, algorithm(cfg.algo.name)) for k in range(2)]
@@ -171,15 +172,15 @@ def test_each_objective_runs_two_steps_and_moves_the_policy(taught, name):  # no
         assert all(1 <= r["sampling/draws"] <= 1 + cfg.rollout.max_refills for r in rows)
 
 
-def test_the_span_ratio_follows_the_routing(taught):  # noqa: F811
+def test_the_span_ratio_follows_the_routing(taught_policy):
     """GRCA's batch carries each token's span (0 the background, k the k-th routed field); broadcast has one."""
     options = [*DATA, *BATCH, "rollout.group_size=4", "rollout.max_new_tokens=100"]
     cfg = load_config("grca.yaml", options)
-    batch, _ = algorithm("grca").batch(0, InProcessSource(cfg, taught), cfg)
+    batch, _ = algorithm("grca").batch(0, InProcessSource(cfg, taught_policy), cfg)
     spans = batch.ratio_spans[batch.response_mask.bool()]
     assert set(spans.tolist()) <= set(range(1 + len(cfg.algo.routed_fields))) and spans.max() > 0
     grpo = load_config("grpo.yaml", options)
-    assert algorithm("grpo").batch(0, InProcessSource(grpo, taught), grpo)[0].ratio_spans is None
+    assert algorithm("grpo").batch(0, InProcessSource(grpo, taught_policy), grpo)[0].ratio_spans is None
 
 
 @pytest.mark.parametrize("name", ["gdpo", "dapo"])
