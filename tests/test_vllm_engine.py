@@ -322,7 +322,7 @@ def test_three_grca_steps_with_vllm_rollouts_on_a_local_ray_cluster(tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert [r["rollout/version"] for r in rows] == [0.0, 1.0, 2.0]  # each step sampled the weights synced before it
     for row in rows:
-        assert row["onpolicy/max_abs_logprob_diff"] < 1e-4  # vLLM's log-probs == the learner's after each sync
+        assert row["mismatch/log_ratio_abs_max"] < 1e-4  # vLLM's log-probs == the learner's after each sync
         assert row["reward/missing"] == 0.0
     assert any(row["advantage/frac_nonzero"] > 0 for row in rows)  # rewards differed within a group: it learned
     start, end = PointVLM.from_pretrained(policy_dir), PointVLM.from_pretrained(final)
