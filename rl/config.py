@@ -23,12 +23,8 @@ FUSIONS = ("learned", "camera")  # likewise policies.inputs.FUSIONS
 ALIGN_CATEGORIES = tuple(sorted(CATEGORIES))  # the cloud-alignment head's outputs: the box (6), these, then colours
 ALIGN_COLOURS = COLOUR_NAMES
 ALIGN_DIMS = 6 + len(ALIGN_CATEGORIES) + len(ALIGN_COLOURS)
-CORRECTIONS = (
-    "none",
-    "tis",
-    "icepop",
-    "seq_mask",
-)  # rl.algorithms.correction.CORRECTIONS, kept here to stay torch-free
+# rl.algorithms.correction.CORRECTIONS, kept here to stay torch-free
+CORRECTIONS = ("none", "tis", "icepop", "seq_mask")
 SYNC_TRANSPORTS = ("ray", "nccl", "ipc")  # rollout.weight_sync.TRANSPORTS, kept here to stay torch-free
 ROUTABLE_FIELDS = tuple(name for name in FIELDS if name in REWARDS)  # output fields with both a span and a reward
 MOVED_KEYS = {"reward.field_weights.rpc": "algo.rpc_weight"}  # a value with one home: the key to set instead

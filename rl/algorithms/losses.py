@@ -66,8 +66,9 @@ def clipped_surrogate_loss(
     the ratio is clipped around it, and each token's term is multiplied by its truncated importance weight
     pi_prox / pi_rollout (`rl.algorithms.correction.rollout_correction`, tis), a constant, so that a token at the
     cap keeps its gradient. `keep` (N, T) bool (`rollout.correction` icepop or seq_mask): a token where it is false
-    adds nothing to the loss and gets no gradient, but still counts in its sample's 1/|o_i|. Stats over response tokens: `clip_fraction` (the clipped term is the smaller one, so the token gets no
-    gradient), `approx_kl` (mean of old - new log-prob), `ratio_mean`."""
+    adds nothing to the loss and gets no gradient, but still counts in its sample's 1/|o_i|. Stats over response
+    tokens: `clip_fraction` (the clipped term is the smaller one, so the token gets no gradient), `approx_kl` (mean
+    of old - new log-prob), `ratio_mean`."""
     _check_token_tensors(mask, logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages)
     high = clip_eps if clip_eps_high is None else clip_eps_high
     log_ratio = _masked(logprobs - old_logprobs, mask)
