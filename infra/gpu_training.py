@@ -80,7 +80,7 @@ def run_grca(outdir: Path, name: str, cpu: bool, extra: list[str]) -> dict:
         "ratio_mean": first["loss/ratio_mean"],
         "approx_kl": first["loss/approx_kl"],
         "reference_kl": first["loss/kl"],
-        "rollout_vs_learner_max_abs": first.get("onpolicy/max_abs_logprob_diff"),
+        "rollout_vs_learner_max_abs": first.get("mismatch/log_ratio_abs_max"),
         "step_s": [row["time/step"] for row in rows],
         "eval_parse_rate": reports["final"].get("parse_rate"),
         "seconds": time.perf_counter() - started,

@@ -24,6 +24,8 @@ ALIGN_CATEGORIES = tuple(sorted(CATEGORIES))  # the cloud-alignment head's outpu
 ALIGN_COLOURS = COLOUR_NAMES
 ALIGN_DIMS = 6 + len(ALIGN_CATEGORIES) + len(ALIGN_COLOURS)
 LOSS_AGGREGATIONS = ("seq_mean_token_mean", "token_mean", "token_sum_norm")  # rl.algorithms.losses.aggregate_loss
+# rl.algorithms.correction.CORRECTIONS, kept here to stay torch-free
+CORRECTIONS = ("none", "tis", "icepop", "seq_mask")
 SYNC_TRANSPORTS = ("ray", "nccl", "ipc")  # rollout.weight_sync.TRANSPORTS, kept here to stay torch-free
 ROUTABLE_FIELDS = tuple(name for name in FIELDS if name in REWARDS)  # output fields with both a span and a reward
 MOVED_KEYS = {"reward.field_weights.rpc": "algo.rpc_weight"}  # a value with one home: the key to set instead
@@ -165,9 +167,19 @@ class RolloutConfig:
         "sync",
         "sync: each step's rollouts use the weights of the step before; one_step_off: step k+1's rollouts run "
         "while the learner trains on step k (lag 1, needs max_staleness >= 1; decoupled PPO: the ratio is clipped "
-        "around the learner's recomputed log-probs, each token weighed by min(pi_learner / pi_rollout, "
-        "algo.max_is_weight))",
+        "around the learner's recomputed log-probs, each token corrected by rollout.correction, tis by default)",
         choices=("sync", "one_step_off"),
+    )
+    correction: str | None = setting(
+        None,
+        "rollout/learner mismatch correction of the clipped surrogate (rl/algorithms/correction.py), over the learner's "
+        "recomputed log-probs: tis weighs each token by min(pi_learner / pi_rollout, algo.max_is_weight), icepop "
+        "masks each token whose ratio is outside correction_bounds, seq_mask each response whose geometric-mean "
+        "ratio is; null: tis under mode=one_step_off, else none",
+        choices=CORRECTIONS,
+    )
+    correction_bounds: list[float] = setting(
+        [0.5, 2.0], "[low, high] of the ratio that icepop (per token) and seq_mask (per response) keep", "> 0"
     )
     dynamic_sampling: bool = setting(
         False,
@@ -266,9 +278,9 @@ class AlgoConfig:
     kl_beta: float = setting(0.0, "beta of the k3 KL to a frozen reference (0: no reference model)", ">= 0")
     max_is_weight: float = setting(
         2.0,
-        "rollout.mode=one_step_off: the cap C of each token's importance weight min(pi_learner / pi_rollout, C), a "
-        "constant multiplier of its clipped term (truncated importance sampling: a token at the cap keeps its "
-        "gradient)",
+        "rollout.correction=tis (one_step_off's default): the cap C of each token's importance weight "
+        "min(pi_learner / pi_rollout, C), a constant multiplier of its clipped term (truncated importance sampling: "
+        "a token at the cap keeps its gradient)",
         "> 0",
     )
 
@@ -316,9 +328,10 @@ class LearnerConfig:
     recompute_old_logprobs: bool | None = setting(
         None,
         "GRCA/GRPO: the learner recomputes the old policy's log-probs (one more forward pass) as the ratio's "
-        "denominator instead of taking the rollout's, and logs how far they differ (onpolicy/*_abs_logprob_diff); "
+        "denominator instead of taking the rollout's, and logs how far they differ (mismatch/*); "
         "null: whenever the rollout's arithmetic may differ from the learner's (policy.dtype below float32, a "
-        "rollout.vllm.dtype other than policy.dtype, rollout.mode=one_step_off), where false is refused",
+        "rollout.vllm.dtype other than policy.dtype, rollout.mode=one_step_off) or a rollout.correction needs them, "
+        "where false is refused",
     )
     max_failures: int = setting(
         3,
@@ -557,7 +570,20 @@ def recompute_reasons(cfg: Config) -> list[str]:
         reasons.append(f"rollout.vllm.dtype={vllm_dtype} differs from policy.dtype={cfg.policy.dtype}")
     if cfg.rollout.mode == "one_step_off":
         reasons.append("rollout.mode=one_step_off (decoupled PPO clips around the learner's own log-probs)")
+    elif correction_mode(cfg) != "none":
+        reasons.append(
+            f"rollout.correction={correction_mode(cfg)} (it compares the learner's log-probs with the rollout's)"
+        )
     return reasons
+
+
+def correction_mode(cfg: Config) -> str:
+    """The rollout correction of this run: rollout.correction, or when it is null, tis under one_step_off (decoupled
+    PPO's truncated importance weight) and none otherwise."""
+    chosen = cfg.rollout.correction
+    if chosen is not None:
+        return chosen
+    return "tis" if cfg.rollout.mode == "one_step_off" else "none"
 
 
 def recomputes_old_logprobs(cfg: Config) -> bool:

@@ -216,6 +216,7 @@ def _validated(layers: list[tuple[Any, str]]) -> Config:
             origins,
         )
     _check_policy_gradient_options(cfg, learns.clips_ratio, origins)
+    _check_correction(cfg, learns.clips_ratio, origins)
     _check_precision(cfg, learns.clips_ratio, origins)
     return cfg
 
@@ -256,6 +257,30 @@ def _check_policy_gradient_options(cfg: Config, clips_ratio: bool, origins: dict
             "rollout.dynamic_sampling",
             "is true with rollout.mode=one_step_off: a refill's rollouts would wait for the update that one_step_off "
             "overlaps them with; use rollout.mode=sync",
+            origins,
+        )
+
+
+def _check_correction(cfg: Config, clips_ratio: bool, origins: dict[str, str]) -> None:
+    """rollout.correction needs a ratio to correct and the learner's recomputed log-probs; its bounds an interval."""
+    low_high = cfg.rollout.correction_bounds
+    if len(low_high) != 2 or low_high[0] >= low_high[1]:
+        raise _fail("rollout.correction_bounds", f"expected [low, high] with low < high, got {low_high}", origins)
+    mode = cfg.rollout.correction  # its null default (tis under one_step_off) is checked with one_step_off itself
+    if mode in (None, "none"):
+        return
+    if not clips_ratio:
+        raise _fail(
+            "rollout.correction",
+            f"is {mode}, but algo.name={cfg.algo.name} has no ratio over the rollout's log-probs to correct; set "
+            "rollout.correction=none",
+            origins,
+        )
+    if cfg.learner.recompute_old_logprobs is False:
+        raise _fail(
+            "learner.recompute_old_logprobs",
+            f"is false, but rollout.correction={mode} compares the learner's recomputed log-probs with the "
+            "rollout's; set it to true or null",
             origins,
         )
 

@@ -234,7 +234,7 @@ def test_the_fsdp2_learner_runs_grpo_end_to_end_and_resumes_from_its_shards(clus
     rows = metrics(run)
     assert [r["step"] for r in rows] == [1] and "loss/total" in rows[0]
     # the rollout workers hold the gathered weights: their log-probs are the sharded learner's
-    assert rows[0]["onpolicy/max_abs_logprob_diff"] < 1e-4
+    assert rows[0]["mismatch/log_ratio_abs_max"] < 1e-4
     shards = sorted(p.name for p in (run / "learner").glob("checkpoint_*/shards/*"))
     assert shards == [".metadata", "__0_0.distcp", "__1_0.distcp"]  # both ranks wrote theirs
 
@@ -242,5 +242,5 @@ def test_the_fsdp2_learner_runs_grpo_end_to_end_and_resumes_from_its_shards(clus
     final = run_stage(resumed, run / "sft" / "policy", run)
     rows = metrics(run)
     assert [r["step"] for r in rows] == [1, 2] and rows[1]["rollout/version"] == 1.0
-    assert rows[1]["onpolicy/max_abs_logprob_diff"] < 1e-4  # shards read back = the weights published from them
+    assert rows[1]["mismatch/log_ratio_abs_max"] < 1e-4  # shards read back = the weights published from them
     assert (final / "pointvlm.json").is_file()

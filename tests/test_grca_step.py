@@ -34,7 +34,7 @@ def test_one_grca_step_routes_each_fields_reward_to_its_tokens_and_updates_the_p
     # the next step samples with the updated weights (one process: nothing to sync), so the rollout's log-probs are
     # the learner's own: the recomputed ones agree to float32 round-off
     second = step(1, source, learner, cfg)
-    assert second["onpolicy/max_abs_logprob_diff"] < 1e-4
+    assert second["mismatch/log_ratio_abs_max"] < 1e-4
 
 
 def test_grpo_is_the_same_step_with_broadcast_advantages(taught_policy):

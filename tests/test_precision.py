@@ -99,7 +99,7 @@ def test_a_bf16_grca_step_under_fsdp2_starts_on_policy_and_adamw_moves_its_float
     assert abs(first["loss/kl"]) < 1e-6  # the reference computes as the learner does
     # the rollout's KV-cached bfloat16 decode is not the learner's full pass: the learner's own log-probs are the
     # denominator, and how far apart the two are is logged
-    assert first["onpolicy/max_abs_logprob_diff"] > 0
+    assert first["mismatch/log_ratio_abs_max"] > 0
 
     trained = results[1e-5]
     assert trained["dtypes"] == {"torch.float32"}

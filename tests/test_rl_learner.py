@@ -133,7 +133,7 @@ def test_the_learner_recomputes_the_rollout_logprobs_at_the_sampling_temperature
     rank = Rank(config("rollout.temperature=0.5", "learner.recompute_old_logprobs=true"))
     rollout = rank.rollout(samples)
     stats = rank.step(rank.batch(samples, rollout, [1.0, -1.0, -1.0, 1.0], [True] * 4))
-    assert stats["onpolicy/max_abs_logprob_diff"] < 1e-4  # the PPO ratio starts at exactly the sampling policy
+    assert stats["mismatch/log_ratio_abs_max"] < 1e-4  # the PPO ratio starts at exactly the sampling policy
 
 
 @pytest.mark.parametrize("recompute, ratio", [(False, math.exp(-0.1)), (True, 1.0)])
@@ -144,7 +144,7 @@ def test_the_ratio_is_to_the_rollouts_logprobs_unless_asked_to_recompute_them(sa
     rollout.logprobs = rollout.logprobs + 0.1 * rollout.response_mask
     stats = rank.step(rank.batch(samples, rollout, [1.0, -1.0, -1.0, 1.0], [True] * 4))
     assert stats["loss/ratio_mean"] == pytest.approx(ratio, abs=1e-4)
-    assert ("onpolicy/max_abs_logprob_diff" in stats) == recompute
+    assert ("mismatch/log_ratio_abs_max" in stats) == recompute
 
 
 def test_loss_statistics_average_every_micro_batch(samples):

@@ -67,7 +67,7 @@ def test_grca_steps_sync_versions_checkpoint_and_resume(cluster, warm_policy, tm
     assert [r["rollout/version"] for r in rows] == [0.0, 1.0, 2.0]  # each rollout used the weights of the step before
     for row in rows:
         assert row["reward/missing"] == 0.0 and 0.0 <= row["reward/format"] <= 1.0
-        assert row["onpolicy/max_abs_logprob_diff"] < 1e-4  # rollout log-probs == learner log-probs after each sync
+        assert row["mismatch/log_ratio_abs_max"] < 1e-4  # rollout log-probs == learner log-probs after each sync
         assert row["time/rollout"] > 0 and row["time/learn"] > 0 and row["time/sync"] >= 0
         assert 0 < row["time/rollout_engine"] < row["time/rollout"]  # the engine runs inside the Ray call
     assert any(row["advantage/frac_nonzero"] > 0 for row in rows)  # rewards differed within a group
@@ -102,12 +102,12 @@ def test_one_step_off_trains_on_rollouts_one_version_old(cluster, warm_policy, t
     # step 1 samples with version 0 as always; step 2's rollouts ran while the learner made version 1
     assert [r["rollout/version"] for r in rows] == [0.0, 0.0, 1.0]
     assert [r["learner/version_lag"] for r in rows] == [0.0, 1.0, 1.0]
-    assert rows[0]["offpolicy/is_weight_max"] == pytest.approx(1.0, abs=1e-4)  # lag 0: the policy that sampled
-    lagged = [r["offpolicy/is_weight_max"] for r in rows[1:]]
+    assert rows[0]["mismatch/weight_max"] == pytest.approx(1.0, abs=1e-4)  # lag 0: the policy that sampled
+    lagged = [r["mismatch/weight_max"] for r in rows[1:]]
     if equal:  # a learning rate too small to move the weights: the older policy is the same policy
         assert lagged == pytest.approx([1.0, 1.0], abs=1e-4)
     else:
-        assert max(lagged) > 1.001 and all(r["offpolicy/is_truncated_fraction"] >= 0.0 for r in rows)
+        assert max(lagged) > 1.001 and all(r["mismatch/truncated_fraction"] >= 0.0 for r in rows)
 
 
 def test_broadcast_grpo_runs(cluster, warm_policy, tmp_path):

@@ -19,7 +19,6 @@ from rl.algorithms.losses import (
     mean_of_sample_means,
     nll_loss,
     spa_loss,
-    truncated_importance_weights,
 )
 
 VOCAB = 7
@@ -111,48 +110,6 @@ def test_clipping_stops_the_gradient_outside_the_trust_region():
     loss.backward()
     grad = logits.grad.abs().sum(-1)[0]
     assert grad[0] > 0 and grad[1] == 0 and stats["clip_fraction"] == pytest.approx(1 / 4)  # 1.65 < 1 + 0.7
-
-
-def test_decoupled_ppo_clips_around_the_proximal_policy_and_weighs_each_token_by_its_truncated_is_weight():
-    logits, targets = free_token_logprobs(2, (1, 3))
-    logprobs = gather(logits, targets)
-    prox = logprobs.detach()  # the learner's weights before the update: the ratio starts at 1
-    # pi_prox / pi_rollout = e^1.5 (truncated at 2), e^0.5 = 1.65 (kept), e^-1 = 0.37 (kept)
-    rollout = prox - torch.tensor([[1.5, 0.5, -1.0]])
-    advantages = torch.tensor([[-1.0, -1.0, 1.0]])
-    mask = torch.ones(1, 3)
-    weights, stats = truncated_importance_weights(prox, rollout, mask, 2.0)
-    assert torch.allclose(weights, torch.tensor([[2.0, math.exp(0.5), math.exp(-1.0)]]))
-    assert stats["offpolicy/is_truncated_fraction"] == pytest.approx(1 / 3)
-    loss, info = clipped_surrogate_loss(logprobs, prox, advantages, mask, 0.2, is_weights=weights)
-    # ratio 1 everywhere: -(w * A) averaged over the 3 tokens
-    assert loss.item() == pytest.approx((2.0 + math.exp(0.5) - math.exp(-1.0)) / 3, rel=1e-5)
-    assert info["ratio_mean"] == pytest.approx(1.0)
-    loss.backward()
-    grad = logits.grad.abs().sum(-1)[0]
-    # truncated importance sampling keeps the gradient of a token at the cap (dual-clip would zero it), scaled by C
-    assert (grad > 0).all()
-    plain = free_token_logprobs(2, (1, 3))[0]
-    clipped_surrogate_loss(gather(plain, targets), prox, advantages, mask, 0.2)[0].backward()
-    assert torch.allclose(grad, plain.grad.abs().sum(-1)[0] * weights[0], rtol=1e-5)
-
-
-def test_importance_weights_are_one_for_the_same_policy_and_count_what_is_truncated():
-    logprobs = torch.log(torch.rand(2, 4))
-    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
-    weights, same = truncated_importance_weights(logprobs, logprobs.clone(), mask, 2.0)
-    assert torch.equal(weights, torch.ones(2, 4))
-    assert same == {
-        "offpolicy/is_weight_mean": 1.0,
-        "offpolicy/is_weight_max": 1.0,
-        "offpolicy/is_truncated_fraction": 0.0,
-    }
-    stale = logprobs - torch.tensor([[1.0, 0.0, 0.0, 9.0], [0.0, -1.0, 9.0, 9.0]])  # masked entries never count
-    weights, stats = truncated_importance_weights(logprobs, stale, mask, 2.0)
-    assert stats["offpolicy/is_weight_max"] == pytest.approx(math.e)
-    assert stats["offpolicy/is_truncated_fraction"] == pytest.approx(1 / 5)
-    assert stats["offpolicy/is_weight_mean"] == pytest.approx((math.e + 3 + math.exp(-1)) / 5)
-    assert weights[0, 0] == 2.0 and weights[0, 3] == 1.0
 
 
 def test_k3_is_nonnegative_and_zero_at_equality():

@@ -278,7 +278,9 @@ def warm(policy: PointVLM, samples, steps: int = 70) -> PointVLM:
     return policy.eval()
 
 
-def test_three_grca_steps_with_vllm_rollouts_on_a_local_ray_cluster(tmp_path):
+def grca_run(tmp_path, steps: int, overrides: list[str]) -> tuple[list[dict], PointVLM, PointVLM]:
+    """`steps` GRCA steps with vLLM rollouts (one worker) on a local Ray cluster from a warmed tiny policy: each
+    step's metrics row, the starting policy and the final one."""
     import ray
 
     from rl.config_loading import load_config
@@ -292,7 +294,7 @@ def test_three_grca_steps_with_vllm_rollouts_on_a_local_ray_cluster(tmp_path):
         "grca.yaml",
         [
             f"run.dir={tmp_path / 'grca'}",
-            "run.steps=3",
+            f"run.steps={steps}",
             "data.num_points=256",
             "data.image_size=32",
             "data.num_kpts=1",
@@ -308,9 +310,9 @@ def test_three_grca_steps_with_vllm_rollouts_on_a_local_ray_cluster(tmp_path):
             "learner.cpus_per_worker=0.5",
             "learner.micro_batch_size=4",
             "learner.lr=1e-3",
-            "learner.recompute_old_logprobs=true",  # so that each row says how far vLLM's log-probs are
-            "checkpoint.every=3",
+            f"checkpoint.every={steps}",
             *(f"rollout.vllm.{key}={json.dumps(value)}" for key, value in OPTIONS.items()),
+            *overrides,
         ],
     )
     ray.init(num_cpus=4, include_dashboard=False, namespace="pointrl")
@@ -319,14 +321,23 @@ def test_three_grca_steps_with_vllm_rollouts_on_a_local_ray_cluster(tmp_path):
     finally:
         ray.shutdown()
     rows = [json.loads(line) for line in (tmp_path / "grca" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == [1, 2, 3]
-    assert [r["rollout/version"] for r in rows] == [0.0, 1.0, 2.0]  # each step sampled the weights synced before it
-    for row in rows:
-        assert row["onpolicy/max_abs_logprob_diff"] < 1e-4  # vLLM's log-probs == the learner's after each sync
-        assert row["reward/missing"] == 0.0
-    assert any(row["advantage/frac_nonzero"] > 0 for row in rows)  # rewards differed within a group: it learned
-    start, end = PointVLM.from_pretrained(policy_dir), PointVLM.from_pretrained(final)
-    assert any(
+    return rows, PointVLM.from_pretrained(policy_dir), PointVLM.from_pretrained(final)
+
+
+def changed(start: PointVLM, end: PointVLM) -> bool:
+    return any(
         not torch.equal(a, b)
         for a, b in zip(start.trainable_state_dict().values(), end.trainable_state_dict().values())
     )
+
+
+def test_three_grca_steps_with_vllm_rollouts_on_a_local_ray_cluster(tmp_path):
+    # recompute: so that each row says how far vLLM's log-probs are
+    rows, start, end = grca_run(tmp_path, 3, ["learner.recompute_old_logprobs=true"])
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["rollout/version"] for r in rows] == [0.0, 1.0, 2.0]  # each step sampled the weights synced before it
+    for row in rows:
+        assert row["mismatch/log_ratio_abs_max"] < 1e-4  # vLLM's log-probs == the learner's after each sync
+        assert row["reward/missing"] == 0.0
+    assert any(row["advantage/frac_nonzero"] > 0 for row in rows)  # rewards differed within a group: it learned
+    assert changed(start, end)

@@ -26,8 +26,9 @@ from rl.algorithms.advantages import (
     routed_advantages,
 )
 from rl.algorithms.batch import BatchSource, LearnBatch, reward_metrics, reward_table, rollout_batch
+from rl.algorithms.correction import rollout_correction
 from rl.algorithms.dynamic_sampling import dynamic_batch
-from rl.algorithms.losses import clipped_surrogate_loss, kl_penalty, truncated_importance_weights
+from rl.algorithms.losses import clipped_surrogate_loss, kl_penalty
 from rl.algorithms.token_spans import batch_field_masks, span_indices
 from rl.algorithms.update import (
     Learner,
@@ -41,7 +42,7 @@ from rl.algorithms.update import (
     window_tokens,
     with_reconstruction,
 )
-from rl.config import Config, recomputes_old_logprobs, run_quant
+from rl.config import Config, correction_mode, recomputes_old_logprobs, run_quant
 from rollout.batching import policy_inputs
 from rollout.engine import RolloutBatch
 
@@ -129,20 +130,14 @@ class GRCA:
         scoring = (size, temperature, chunk, cfg.rollout.min_new_tokens)
         ref = sequence_logprobs(reference, prompts, owners, ids, mask, *scoring) if reference else None
         # the ratio's denominator: the rollout's own log-probs where its arithmetic is the learner's, else the
-        # learner's recomputation (rl.config.recomputes_old_logprobs); one_step_off, that recomputation is the
-        # proximal policy of decoupled PPO and each token is weighed by its truncated importance weight to the
-        # one-version-older rollout
-        behaviour, is_weights, stats, losses = rollout_logprobs, None, {}, []
+        # learner's recomputation (rl.config.recomputes_old_logprobs), which rollout.correction compares with the
+        # rollout's: weights (tis) or a mask (icepop, seq_mask) on each token's term, and the mismatch metrics;
+        # one_step_off, the recomputation is decoupled PPO's proximal policy (tis by default)
+        behaviour, is_weights, keep, stats, losses = rollout_logprobs, None, None, {}, []
         if recomputes_old_logprobs(cfg):
             behaviour = batch.learner_logprobs = sequence_logprobs(policy, prompts, owners, ids, mask, *scoring)
-            gap = (behaviour - rollout_logprobs).abs() * mask
-            stats["onpolicy/max_abs_logprob_diff"] = float(gap.max())
-            stats["onpolicy/mean_abs_logprob_diff"] = float(gap.sum() / mask.sum().clamp(min=1))
-            if cfg.rollout.mode == "one_step_off":
-                is_weights, is_stats = truncated_importance_weights(
-                    behaviour, rollout_logprobs, mask, cfg.algo.max_is_weight
-                )
-                stats.update(is_stats)
+            correction = (correction_mode(cfg), cfg.algo.max_is_weight, cfg.rollout.correction_bounds)
+            is_weights, keep, stats = rollout_correction(behaviour, rollout_logprobs, mask, *correction)
         a, spans = cfg.algo, batch.ratio_spans
         for _ in range(cfg.learner.epochs):
             chunks = micro_batches(len(ids), size)
@@ -168,6 +163,7 @@ class GRCA:
                     a.clip_eps,
                     a.clip_eps_high,
                     None if is_weights is None else is_weights[rows],
+                    None if keep is None else keep[rows],
                     objective=a.loss,
                     spans=None if spans is None else spans[rows],
                     sequence_ratio=a.ratio == "sequence",

@@ -91,6 +91,7 @@ def clipped_surrogate_loss(
     clip_eps: float,
     clip_eps_high: float | None = None,
     is_weights: Tensor | None = None,
+    keep: Tensor | None = None,
     *,
     objective: str = "clip",
     spans: Tensor | None = None,
@@ -109,9 +110,11 @@ def clipped_surrogate_loss(
     (`rollout.mode=one_step_off`): decoupled PPO (Hilton et al. 2022, "Batch size-invariance for policy
     optimization"; AReaL): `old_logprobs` are then the proximal policy's (the learner's current weights, recomputed),
     the ratio is clipped around it, and each token's term is multiplied by its truncated importance weight
-    pi_prox / pi_rollout (`truncated_importance_weights`), a constant, so that a token at the cap keeps its
-    gradient. Stats over response tokens: `clip_fraction` (clip: the clipped term is the smaller one, so the token
-    gets no gradient; cispo: the weight was clipped), `approx_kl` (mean of old - new log-prob), `ratio_mean`."""
+    pi_prox / pi_rollout (`rl.algorithms.correction.rollout_correction`, tis), a constant, so that a token at the
+    cap keeps its gradient. `keep` (N, T) bool (`rollout.correction` icepop or seq_mask): a token where it is false
+    adds nothing to the loss and gets no gradient, but still counts in its sample's 1/|o_i|. Stats over response
+    tokens: `clip_fraction` (clip: the clipped term is the smaller one, so the token gets no gradient; cispo: the
+    weight was clipped), `approx_kl` (mean of old - new log-prob), `ratio_mean`."""
     _check_token_tensors(mask, logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages)
     high = clip_eps if clip_eps_high is None else clip_eps_high
     log_ratio = _masked(logprobs - old_logprobs, mask)
@@ -131,6 +134,9 @@ def clipped_surrogate_loss(
     if is_weights is not None:
         _check_token_tensors(mask, is_weights=is_weights)
         surrogate = is_weights.detach() * surrogate
+    if keep is not None:
+        _check_token_tensors(mask, keep=keep)
+        surrogate = torch.where(keep.bool(), surrogate, 0.0)
     loss = aggregate_loss(-surrogate, mask, loss_agg, agg_tokens, max_tokens)
     with torch.no_grad():
         stats = {
@@ -139,24 +145,6 @@ def clipped_surrogate_loss(
             "ratio_mean": _masked_token_mean(ratio, mask),
         }
     return loss, stats
-
-
-# truncated importance sampling (Espeholt et al. 2018, IMPALA's rho-bar): min(pi_prox / pi_rollout, C)
-def truncated_importance_weights(
-    prox_logprobs: Tensor, rollout_logprobs: Tensor, mask: Tensor, max_weight: float
-) -> tuple[Tensor, dict[str, float]]:
-    """The per-token weights min(pi_prox / pi_rollout, `max_weight`) (N, T) that correct a stale rollout's tokens
-    towards the proximal policy (1 off the mask), and their statistics before truncation over the response
-    tokens: mean, max and the fraction above `max_weight`."""
-    _check_token_tensors(mask, prox_logprobs=prox_logprobs, rollout_logprobs=rollout_logprobs)
-    weights = _masked(prox_logprobs - rollout_logprobs, mask).exp()
-    on = mask.bool()
-    stats = {
-        "offpolicy/is_weight_mean": _masked_token_mean(weights, mask),
-        "offpolicy/is_weight_max": float(weights[on].max()) if on.any() else 1.0,
-        "offpolicy/is_truncated_fraction": _masked_token_mean((weights > max_weight).float(), mask),
-    }
-    return weights.clamp(max=max_weight), stats
 
 
 def k3_kl(logprobs: Tensor, ref_logprobs: Tensor, mask: Tensor) -> Tensor:

@@ -21,13 +21,17 @@ from rollout.hf_engine import HFEngine
 
 
 class InProcessSource:
-    """Step k's prompts from the run's training set, rollouts sampled by `policy` itself, rewards scored here."""
+    """Step k's prompts from the run's training set, rollouts sampled by `policy` itself, rewards scored here.
 
-    def __init__(self, cfg: Config, policy: PointVLM):
-        self.cfg, self.policy = cfg, policy
+    `rollout_policy`: sample with this copy of `policy` instead, which takes `policy`'s trainable weights before each
+    rollout; a copy whose LLM is in another dtype plays an engine whose arithmetic differs from the learner's (a
+    bfloat16 engine beside a float32 learner: the mismatch that rollout.correction corrects)."""
+
+    def __init__(self, cfg: Config, policy: PointVLM, rollout_policy: PointVLM | None = None):
+        self.cfg, self.policy, self.rollout_policy = cfg, policy, rollout_policy
         self.data = training_prompts(cfg)
         self.quant, self.tokenizer = run_quant(cfg), policy.tokenizer
-        self.engine, self.reward_fn = HFEngine(policy), local_rewards()
+        self.engine, self.reward_fn = HFEngine(rollout_policy or policy), local_rewards()
 
     @property
     def version(self) -> int:
@@ -41,6 +45,8 @@ class InProcessSource:
 
     def rollout(self, step: int) -> RolloutBatch:
         samples = self.prompts(step)
+        if self.rollout_policy is not None:
+            self.rollout_policy.load_trainable_state_dict(self.policy.trainable_state_dict())
         inputs = policy_inputs(self.policy.eval(), samples, self.quant, self.cfg.data.use_images)
         return self.engine.generate(inputs, [s.uid for s in samples], rollout_sampling(self.cfg, step)).cpu()
 

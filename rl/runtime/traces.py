@@ -70,7 +70,7 @@ class Traced:
     results: list[dict | None]  # the reward service's result per response (None: it did not come back)
     advantages: Tensor | None = None  # (N, T) for training rows
     learner_logprobs: Tensor | None = None  # (N, T) when the learner recomputed them
-    importance_weights: Tensor | None = None  # (N, T) one_step_off's truncated importance weights
+    importance_weights: Tensor | None = None  # (N, T) the truncated importance weights (rollout.correction tis)
 
 
 def traced_rows(samples_per_step: int, group_size: int, shard_rows: int) -> int:
@@ -99,15 +99,16 @@ def training_trace(
     max_is_weight: float | None = None,
 ) -> Traced:
     """The first `rows` rows of training step `step` (0-based) as traced: `batch` the step's LearnBatch, `results`
-    its rewards, `indices` its prompts' places in the training split; with `max_is_weight` (one_step_off) the
-    truncated importance weights of the learner's log-probs to the rollout's, as the loss weighed them."""
-    from rl.algorithms.losses import truncated_importance_weights
+    its rewards, `indices` its prompts' places in the training split; with `max_is_weight` (rollout.correction tis,
+    one_step_off's default) the truncated importance weights of the learner's log-probs to the rollout's, as the loss
+    weighed them."""
+    from rl.algorithms.correction import rollout_correction
 
     g = batch.group_size
     mask, rollout = batch.response_mask[:rows], batch.rollout_logprobs[:rows]
     weights = None
     if max_is_weight is not None and learner_logprobs is not None:
-        weights, _ = truncated_importance_weights(learner_logprobs, rollout, mask, max_is_weight)
+        weights, _, _ = rollout_correction(learner_logprobs, rollout, mask, "tis", max_is_weight, (0.0, float("inf")))
     return Traced(
         kind="train",
         step=step + 1,
@@ -140,13 +141,13 @@ def write_training_step(
     """Trace training step `step` (0-based) of a run with config `cfg`: the traced rows of `batch` (within rank 0's
     `shard_rows`) with their `results`, its prompts' `indices` in the training split and rank 0's
     `learner_logprobs`, to the step's file."""
+    from rl.config import correction_mode
     from rl.runtime.data import training_name
 
     rows = traced_rows(cfg.trace.samples_per_step, batch.group_size, shard_rows)
     if rows == 0:
         return
-    one_step_off = cfg.rollout.mode == "one_step_off"
-    weights_cap = cfg.algo.max_is_weight if one_step_off else None
+    weights_cap = cfg.algo.max_is_weight if correction_mode(cfg) == "tis" else None
     traced = training_trace(step, batch, results, indices, rows, learner_logprobs, weights_cap)
     write_trace(run_dir, trace_table(traced, tokenizer, training_name(cfg), cfg.algo.name))
 
