@@ -100,7 +100,7 @@ def preference_batch(
     table, valid = reward_table(results, p, g)
     total = sum(weights.get(name, 0.0) * values for name, values in table.items())
     pairs = dpo_pairs_from_groups(total, valid)
-    batch = rollout_batch(step, rollout, samples, valid, pairs=pairs)
+    batch = rollout_batch(step, rollout, samples, valid, pairs=pairs, scores=results)
     return batch, {**reward_metrics(table, valid), "dpo/pairs": float(len(pairs))}
 
 

@@ -264,7 +264,7 @@ class Controller:
         sync = self.publish(step + 1, weights)
         traced = time.perf_counter()
         batch = self.step_batch
-        if self.cfg.trace.samples_per_step and batch.response_ids is not None:  # rollouts (not SFT's targets)
+        if self.cfg.trace.samples_per_step and batch.scores:  # scored rollouts (not SFT's targets, nor a pairs file)
             self._in_background(
                 write_training_step,
                 self.run_dir,

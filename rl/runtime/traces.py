@@ -96,19 +96,19 @@ def training_trace(
     indices: list[int],
     rows: int,
     learner_logprobs: Tensor | None = None,
-    max_is_weight: float | None = None,
+    tis: tuple[float, list[float]] | None = None,
 ) -> Traced:
     """The first `rows` rows of training step `step` (0-based) as traced: `batch` the step's LearnBatch, `results`
-    its rewards, `indices` its prompts' places in the training split; with `max_is_weight` (rollout.correction tis,
-    one_step_off's default) the truncated importance weights of the learner's log-probs to the rollout's, as the loss
-    weighed them."""
+    its rewards, `indices` its prompts' places in the training split; with `tis` = (algo.max_is_weight,
+    rollout.correction_bounds) (rollout.correction tis, one_step_off's default) the truncated importance weights of
+    the learner's log-probs to the rollout's, as the loss weighed them."""
     from rl.algorithms.correction import rollout_correction
 
     g = batch.group_size
     mask, rollout = batch.response_mask[:rows], batch.rollout_logprobs[:rows]
     weights = None
-    if max_is_weight is not None and learner_logprobs is not None:
-        weights, _, _ = rollout_correction(learner_logprobs, rollout, mask, "tis", max_is_weight, (0.0, float("inf")))
+    if tis is not None and learner_logprobs is not None:
+        weights, _, _ = rollout_correction(learner_logprobs, rollout, mask, "tis", *tis)
     return Traced(
         kind="train",
         step=step + 1,
@@ -147,8 +147,8 @@ def write_training_step(
     rows = traced_rows(cfg.trace.samples_per_step, batch.group_size, shard_rows)
     if rows == 0:
         return
-    weights_cap = cfg.algo.max_is_weight if correction_mode(cfg) == "tis" else None
-    traced = training_trace(step, batch, results, indices, rows, learner_logprobs, weights_cap)
+    tis = (cfg.algo.max_is_weight, cfg.rollout.correction_bounds) if correction_mode(cfg) == "tis" else None
+    traced = training_trace(step, batch, results, indices, rows, learner_logprobs, tis)
     write_trace(run_dir, trace_table(traced, tokenizer, training_name(cfg), cfg.algo.name))
 
 
