@@ -21,6 +21,11 @@ from tests.chromium import Chromium
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def get(url: str, **kwargs) -> httpx.Response:
+    """A GET with room for a loaded machine (httpx waits 5 s by default; a first sample page reads the tokenizer)."""
+    return httpx.get(url, timeout=60, **kwargs)
+
+
 def viewer(*runs: str, extra_args: tuple[str, ...] = ()):
     """`pointrl traces RUNS` in a child process on a free loopback port (yields its base URL once it is healthy)."""
     return running_server(extra_args=extra_args, module=("rl.cli", "traces", *runs))
@@ -33,24 +38,24 @@ def url(traced_runs):
 
 
 def test_steps_and_samples_list_what_was_traced(url, traced_runs):
-    runs = httpx.get(f"{url}/api/runs").json()
+    runs = get(f"{url}/api/runs").json()
     assert [r["path"] for r in runs] == [str(traced_runs["grca"]), str(traced_runs["grpo"])]
-    steps = httpx.get(f"{url}/api/steps").json()
+    steps = get(f"{url}/api/steps").json()
     assert [(s["step"], s["kind"], s["samples"]) for s in steps] == [(1, "train", 8), (2, "train", 8)]
     assert set(steps[0]["rewards"]) == set(REWARDS)
-    listed = httpx.get(f"{url}/api/samples", params={"step": 2}).json()
+    listed = get(f"{url}/api/samples", params={"step": 2}).json()
     assert [s["sample_id"] for s in listed] == [f"train-000002-{k:04d}" for k in range(8)]
     uid = listed[0]["uid"]
-    assert {s["uid"] for s in httpx.get(f"{url}/api/samples", params={"uid": uid}).json()} == {uid}
-    low = httpx.get(f"{url}/api/samples", params={"field": "bbox3d", "max": 0.5}).json()
+    assert {s["uid"] for s in get(f"{url}/api/samples", params={"uid": uid}).json()} == {uid}
+    low = get(f"{url}/api/samples", params={"field": "bbox3d", "max": 0.5}).json()
     assert all(s["reward_bbox3d"] <= 0.5 for s in low)
-    failed = httpx.get(f"{url}/api/samples", params={"failed": "any"}).json()
+    failed = get(f"{url}/api/samples", params={"failed": "any"}).json()
     assert all(any(s[f"invalid_{f}"] for f in FIELDS) for s in failed)
-    assert len(httpx.get(f"{url}/api/samples", params={"run": 1}).json()) == 16
+    assert len(get(f"{url}/api/samples", params={"run": 1}).json()) == 16
 
 
 def test_a_sample_has_one_advantage_and_log_prob_per_token_and_its_object(url):
-    sample = httpx.get(f"{url}/api/sample/train-000001-0002").json()
+    sample = get(f"{url}/api/sample/train-000001-0002").json()
     tokens = sample["tokens"]
     assert tokens and len(sample["advantages"]) == len(tokens) == len(sample["token_fields"])
     assert len(sample["logprobs"]["rollout"]) == len(sample["logprobs"]["learner"]) == len(tokens)
@@ -61,7 +66,7 @@ def test_a_sample_has_one_advantage_and_log_prob_per_token_and_its_object(url):
         if span is not None:
             owned = "".join(t for t, f in zip(tokens, sample["token_fields"]) if f == field)
             assert sample["response"][span[0] : span[1]] in owned  # a field's tokens write its whole span
-    drawn = httpx.get(f"{url}/api/object/train-000001-0002").json()
+    drawn = get(f"{url}/api/object/train-000001-0002").json()
     assert drawn["uid"] == sample["uid"] and len(drawn["points"][0]) == 6
     assert drawn["geometry"]["target"]["bbox2d"] and len(drawn["target3d"]["bbox3d"]) == 6
 
@@ -79,16 +84,16 @@ def test_a_sample_has_one_advantage_and_log_prob_per_token_and_its_object(url):
     ],
 )
 def test_bad_input_is_one_line(url, path, params, status, detail):
-    response = httpx.get(f"{url}{path}", params=params)
+    response = get(f"{url}{path}", params=params)
     assert response.status_code == status
     assert detail in response.json()["detail"] and "\n" not in response.json()["detail"]
 
 
 def test_the_token_guards_the_api_and_exposing_the_viewer_needs_one(traced_runs):
     with viewer(str(traced_runs["grca"]), extra_args=("--token", "s3cret")) as base:
-        assert httpx.get(f"{base}/api/steps").status_code == 401
-        assert httpx.get(f"{base}/api/steps", headers={"authorization": "Bearer s3cret"}).status_code == 200
-        assert httpx.get(f"{base}/").status_code == 200  # the pages hold no data; they send ?token= to the API
+        assert get(f"{base}/api/steps").status_code == 401
+        assert get(f"{base}/api/steps", headers={"authorization": "Bearer s3cret"}).status_code == 200
+        assert get(f"{base}/").status_code == 200  # the pages hold no data; they send ?token= to the API
     refused = subprocess.run(
         [sys.executable, "-m", "rl.cli", "traces", str(traced_runs["grca"]), "--host", "0.0.0.0"],
         env={**{k: v for k, v in os.environ.items() if k != "POINTRL_REWARDS_TOKEN"}, "PYTHONPATH": str(ROOT)},
@@ -115,10 +120,10 @@ def test_the_pages_draw_in_headless_chromium(url, tmp_path):
         browser.wait_for("document.body.dataset.listed === '16'")
         listed = browser.evaluate("document.querySelectorAll('#samples tr').length")
         browser.screenshot(shots / "traces_list.png")
-        best = max(httpx.get(f"{url}/api/samples").json(), key=lambda s: s["reward_bbox3d"])["sample_id"]
+        best = max(get(f"{url}/api/samples").json(), key=lambda s: s["reward_bbox3d"])["sample_id"]
         browser.open(f"{url}/sample/{best}")
         browser.wait_for("document.body.dataset.drawn !== undefined", timeout_s=30)
-        sample = httpx.get(f"{url}/api/sample/{best}").json()
+        sample = get(f"{url}/api/sample/{best}").json()
         page = browser.evaluate(
             """({tokens: document.querySelectorAll('#answer .token').length,
                  text: document.getElementById('answer').textContent,
