@@ -35,15 +35,16 @@ def only_groups(draw: Draw, groups: list[int]) -> Draw:
 def dynamic_batch(algorithm, step: int, source: BatchSource, cfg: Config) -> tuple[LearnBatch, dict[str, float]]:
     """Step `step`'s batch of teaching groups (see the module doc) and its metrics, with `sampling/draws`,
     `sampling/dropped_groups` and `sampling/groups` (fewer than prompts_per_step when the refills ran out)."""
-    wanted, kept, dropped, draws = cfg.rollout.prompts_per_step, [], 0, 0
-    while draws <= cfg.rollout.max_refills and sum(len(k[1]) for k in kept) < wanted:
+    missing, kept, dropped, draws = cfg.rollout.prompts_per_step, [], 0, 0  # missing: teaching groups still wanted
+    while draws <= cfg.rollout.max_refills and missing > 0:
         at = draw_position(cfg, step, draws)
         samples = source.prompts(at)
         rollout = source.rollout(at)
         draw = (rollout, samples, source.score(rollout, samples))
         draws += 1
         groups = teaching_groups(algorithm, step, draw, source.tokenizer, cfg)
-        groups = groups[: wanted - sum(len(k[1]) for k in kept)]
+        groups = groups[:missing]
+        missing -= len(groups)
         dropped += len(samples) - len(groups)
         if groups:
             kept.append(only_groups(draw, groups))
