@@ -38,7 +38,7 @@ def start(policy_dir: Path, run_dir: Path, extra: list[str]):
         ["reward.mode=local", "rollout.num_workers=2", "rollout.cpus_per_worker=0.5", f"run.dir={run_dir}", *extra],
     )
     controller = Controller.remote(config_to_dict(cfg), str(policy_dir), str(run_dir))
-    workers = ray.get(controller.__ray_call__.remote(lambda c: c.workers))
+    workers = ray.get(controller.__ray_call__.remote(lambda c: c.fleet.workers))
     learner = PointVLM.from_pretrained(policy_dir, **policy_overrides(cfg))
     return cfg, controller, workers, learner.trainable_state_dict()
 

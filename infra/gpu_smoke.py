@@ -52,7 +52,7 @@ LOGPROB_TOL = {"float32": {"max": 1e-3, "mean": 1e-4}, "bfloat16": {"max": 0.5, 
 FSDP_LR, FSDP_EPS, FSDP_TOL, FSDP_LOGPROB_TOL = 1e-3, 1e-6, 1e-5, 1e-4
 MEDIUM = {
     "hidden_size": 1024,
-    "num_hidden_layers": 16,
+    "num_layers": 16,
     "num_attention_heads": 16,
     "num_key_value_heads": 8,
     "intermediate_size": 2816,
@@ -74,19 +74,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def build_policy(size: str, dtype: str, device, seed: int = 0):
     """A random-init PointVLM on `device`: "tiny" (policies.tiny) or "medium" (MEDIUM Qwen2, real encoder sizes)."""
-    import torch
-    from transformers import Qwen2ForCausalLM
-
-    from policies import PointVLM, PointVLMConfig, build_tiny_policy, build_tiny_tokenizer, tiny_config, tiny_llm_config
+    from policies import PointVLMConfig, build_tiny_policy, tiny_config
 
     if size == "tiny":
         return build_tiny_policy(seed=seed, config=tiny_config(llm_dtype=dtype)).to(device)
-    tokenizer = build_tiny_tokenizer()
-    llm_config = tiny_llm_config(tokenizer, **MEDIUM)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        policy = PointVLM(PointVLMConfig(llm_dtype=dtype), Qwen2ForCausalLM(llm_config), tokenizer)
-    return policy.to(device)
+    return build_tiny_policy(seed=seed, config=PointVLMConfig(llm_dtype=dtype), **MEDIUM).to(device)
 
 
 def make_inputs(policy, count: int, seed: int = 0):

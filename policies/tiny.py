@@ -112,12 +112,18 @@ def tiny_llm_config(tokenizer, hidden_size: int = 64, num_hidden_layers: int = 2
     """The `Qwen2Config` of the tiny policy's LLM over `tokenizer` (`build_tiny_tokenizer`): its vocabulary, eos and
     pad ids, no bos, tied embeddings, 4096 positions; `hidden_size` x `num_hidden_layers` layers with 4 attention
     heads (2 key-value heads) and a 4x MLP unless `sizes` (other Qwen2Config size fields) say otherwise, as for
-    infra/gpu_smoke.py's medium model."""
+    infra/gpu_smoke.py's medium model and bench/scale_bench.py's real shapes (a `vocab_size` above the tokenizer's
+    gives the embedding and LM head a real model's size; the ids past the tokenizer are never produced by it)."""
     from transformers import Qwen2Config
 
-    shape = {"intermediate_size": 4 * hidden_size, "num_attention_heads": 4, "num_key_value_heads": 2, **sizes}
+    shape = {
+        "vocab_size": len(tokenizer),
+        "intermediate_size": 4 * hidden_size,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        **sizes,
+    }
     return Qwen2Config(
-        vocab_size=len(tokenizer),
         hidden_size=hidden_size,
         num_hidden_layers=num_hidden_layers,
         max_position_embeddings=4096,
@@ -135,13 +141,14 @@ def build_tiny_policy(
     config: PointVLMConfig | None = None,
     hidden_size: int = 64,
     num_layers: int = 2,
+    **llm_sizes,
 ) -> PointVLM:
-    """The tiny policy (hidden 64, 2 layers, 4 heads by default), deterministic for `seed`; saved to `out_dir` if
-    given. The caller's global torch RNG state is left as it was."""
+    """The tiny policy (hidden 64, 2 layers, 4 heads by default; `llm_sizes`: other `tiny_llm_config` sizes),
+    deterministic for `seed`; saved to `out_dir` if given. The caller's global torch RNG state is left as it was."""
     from transformers import Qwen2ForCausalLM
 
     tokenizer = build_tiny_tokenizer()
-    llm_config = tiny_llm_config(tokenizer, hidden_size=hidden_size, num_hidden_layers=num_layers)
+    llm_config = tiny_llm_config(tokenizer, hidden_size=hidden_size, num_hidden_layers=num_layers, **llm_sizes)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         policy = PointVLM(config or tiny_config(), Qwen2ForCausalLM(llm_config), tokenizer)

@@ -40,6 +40,7 @@ CHECKS = {
     "in [0, 1)": lambda v: 0 <= v < 1,
     "in (0, 1)": lambda v: 0 < v < 1,
     "ray (nccl and ipc need GPUs and vLLM's weight-transfer API: not built yet)": lambda v: v == "ray",
+    "empty or key=value": lambda v: v == "" or (v.count("=") == 1 and all(v.split("="))),
 }
 
 
@@ -194,6 +195,12 @@ class RolloutConfig:
         "times a rollout worker whose process died is restarted (it gets the current weights again and the "
         "step's rollout is retried); 0: a dead worker ends the run",
         ">= 0",
+    )
+    answer_wait_s: float = setting(
+        60.0,
+        "after a rollout worker died, how long the step waits for the workers to answer: it goes on with those "
+        "that did (a worker whose node is gone rejoins once Ray places it again), and stops if none did",
+        "> 0",
     )
     vllm: VllmConfig = field(
         default_factory=VllmConfig, metadata={"doc": "vLLM engine options", "check": None, "choices": None}
@@ -362,6 +369,16 @@ class PlacementConfig:
         "Ray placement-group strategy of the learner workers (disaggregated; "
         "colocated puts each on its rollout worker's node)",
         choices=("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"),
+    )
+    rollout_label: str = setting(
+        "",
+        "key=value: the rollout workers run only on nodes with this Ray label (ray start --labels); empty: any node",
+        "empty or key=value",
+    )
+    learner_label: str = setting(
+        "",
+        "key=value: the learner workers run only on nodes with this Ray label (disaggregated); empty: any node",
+        "empty or key=value",
     )
     wait_s: float = setting(
         0.0,

@@ -7,7 +7,6 @@ produced it. The driver shards prompts over them with `generate_on_workers`.
 
 from __future__ import annotations
 
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -69,8 +68,9 @@ class RolloutWorker:
         self.engine = make_engine(backend, self.policy, policy_dir, version, **(engine_options or {}))
         move_to(self.policy, self.device)  # after vLLM has taken its memory and freed the torch decoder
 
-    def ping(self) -> bool:
-        return True
+    def ping(self) -> str:
+        """The id of the node this worker runs on (a worker that Ray placed again may be on another)."""
+        return ray.get_runtime_context().get_node_id()
 
     def version(self) -> int:
         return self.engine.version
@@ -158,23 +158,6 @@ def make_rollout_workers(
     ]
     ray.get([w.ping.remote() for w in workers])
     return workers
-
-
-def wait_for_workers(workers: list, timeout_s: float = 600.0) -> None:
-    """Returns once every worker answers (a restarting one reloads its policy first); raises Ray's ActorDiedError
-    for a worker that is gone for good (out of restarts), and TimeoutError after `timeout_s`."""
-    from ray.exceptions import ActorUnavailableError, GetTimeoutError
-
-    deadline = time.monotonic() + timeout_s
-    for worker in workers:
-        while True:
-            try:
-                ray.get(worker.ping.remote(), timeout=max(1.0, deadline - time.monotonic()))
-                break
-            except (ActorUnavailableError, GetTimeoutError) as error:
-                if time.monotonic() >= deadline:
-                    raise TimeoutError(f"a rollout worker did not come back within {timeout_s:.0f} s") from error
-                time.sleep(0.5)
 
 
 def gather(refs: list) -> RolloutBatch:

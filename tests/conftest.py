@@ -16,6 +16,7 @@ RAY_CLUSTER_FIXTURES = {"cluster", "gpu_cluster"}
 # Files whose tests start Ray under other names, or run training end to end without a cluster fixture:
 E2E_FILES = {
     "test_first_job.py",  # `ray start --head` as the README says, then the README's `ray job submit`, on free ports
+    "test_node_faults.py",  # a Cluster of five nodes, two of which die under runs
     "test_faults.py",  # SIGKILLs rollout and learner workers, the reward replica and the driver of real runs
     "test_rl_loop.py",  # the RL loop end to end: every algorithm, checkpoints and resume, on the suite's cluster
     "test_gpu_training.py",  # infra/gpu_training.py --cpu: rl.runtime.driver.main on its own local Ray, in a subprocess

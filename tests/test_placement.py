@@ -99,6 +99,28 @@ def test_a_plan_that_does_not_fit_is_refused_in_one_line(overrides, nodes, expec
     assert expected in message and "\n" not in message
 
 
+LABELLED = ["placement.rollout_label=role=rollout", "placement.learner_label=role=learner"]
+
+
+def test_labelled_workers_go_only_to_nodes_with_their_label():
+    nodes = [{"CPU": 8}, {"CPU": 1}, {"CPU": 1}, {"CPU": 1}]  # the big head carries no label
+    labels = [{}, {"role": "learner"}, {"role": "rollout"}, {"role": "rollout"}]
+    plan = plan_placement(config(*LABELLED, "rollout.num_workers=2"), nodes, labels=labels)
+    assert plan.rollout_label == {"role": "rollout"} and plan.learner_label == {"role": "learner"}
+    assert "rollout on nodes labelled role=rollout" in plan.describe()
+    with pytest.raises(PlacementError) as refused:  # 12 x 0.25 CPU would fit the head, not the 2 rollout CPUs
+        plan_placement(config(*LABELLED, "rollout.num_workers=12"), nodes, labels=labels)
+    assert "the rollout workers do not fit on the 2 nodes labelled role=rollout" in str(refused.value)
+    with pytest.raises(PlacementError, match="the learner workers do not fit on the 0 nodes labelled role=trainer"):
+        plan_placement(config("placement.learner_label=role=trainer"), nodes, labels=labels)
+    assert plan_placement(config(), nodes, labels=labels).rollout_label == {}  # no label: any node
+
+
+def test_a_label_that_is_not_key_equals_value_is_refused():
+    with pytest.raises(ConfigError, match="placement.rollout_label"):
+        config("placement.rollout_label=rollout")
+
+
 @pytest.mark.parametrize(
     "overrides, expected",
     [

@@ -5,6 +5,7 @@ import dataclasses
 import json
 
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from data3d.settings import DataSettings, load_settings
@@ -71,6 +72,9 @@ def test_grca_steps_sync_versions_checkpoint_and_resume(cluster, warm_policy, tm
         assert row["time/rollout"] > 0 and row["time/learn"] > 0 and row["time/sync"] >= 0
         assert 0 < row["time/rollout_engine"] < row["time/rollout"]  # the engine runs inside the Ray call
     assert any(row["advantage/frac_nonzero"] > 0 for row in rows)  # rewards differed within a group
+    assert all(row["sync/mib"] > 0 and row["rollout/workers"] == 2.0 for row in rows)
+    # the learner's start-up is reported with its first step, step 2's checkpoint with step 3
+    assert [("time/learner_start" in r, "time/checkpoint" in r) for r in rows] == [(1, 0), (0, 0), (0, 1)]
     # GRCA §3.6: routed, no other reward reaches a routed field's tokens
     assert all(row.get(f"credit/other_fields_var/{f}", 0.0) == 0.0 for row in rows for f in ("bbox3d", "kpts3d"))
     assert not trainable_close(PointVLM.from_pretrained(warm_policy), PointVLM.from_pretrained(final))
@@ -83,7 +87,23 @@ def test_grca_steps_sync_versions_checkpoint_and_resume(cluster, warm_policy, tm
     run_stage(resumed, warm_policy, tmp_path / "grca")
     rows = metrics(tmp_path / "grca")
     assert [r["step"] for r in rows] == [1, 2, 3, 4]  # continued from step 3, not from scratch
+    assert rows[-1]["time/learner_start"] > 0  # the learner restored from step 3's checkpoint
     assert rows[-1]["rollout/version"] == 3.0
+
+
+@pytest.mark.parametrize("algo", ["sft", "grca"])
+def test_a_run_stopped_and_resumed_ends_with_the_weights_of_one_never_stopped(cluster, warm_policy, tmp_path, algo):
+    whole = run_stage(config(tmp_path, algo, "run.steps=4"), warm_policy, tmp_path / "whole")
+    run_stage(config(tmp_path, algo, "run.steps=2"), warm_policy, tmp_path / "parts")  # checkpoint.every=2
+    resumed = run_stage(config(tmp_path, algo, "run.steps=4"), warm_policy, tmp_path / "parts")
+    a, b = (
+        PointVLM.from_pretrained(whole).trainable_state_dict(),
+        PointVLM.from_pretrained(resumed).trainable_state_dict(),
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit: data order, seeds, optimizer and schedule restored
+    assert [r["loss/total"] for r in metrics(tmp_path / "whole")] == [
+        r["loss/total"] for r in metrics(tmp_path / "parts")
+    ]
 
 
 @pytest.mark.parametrize("lr, equal", [("1e-3", False), ("1e-12", True)])

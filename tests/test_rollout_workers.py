@@ -147,3 +147,19 @@ def test_a_worker_built_in_the_learners_llm_mode_takes_its_lora_weights(cluster,
     before = worker.logprobs(samples[:1], *fixed)
     assert worker.load_weights(1, state) == 1 and worker.version() == 1
     assert not torch.allclose(before, worker.logprobs(samples[:1], *fixed), atol=1e-3)
+
+
+def test_a_fleet_goes_on_without_a_worker_gone_for_good_and_stops_in_one_line_with_none(cluster, samples):
+    from rl.runtime.fleet import Fleet, NoRolloutWorkers
+
+    policy_dir, _ = cluster
+    fleet = Fleet(make_rollout_workers(2, policy_dir, cpus_per_worker=0.25, max_restarts=0), answer_wait_s=5)
+    whole = fleet.run("rollout", lambda workers: generate_on_workers(workers, samples, SAMPLING))
+    ray.kill(fleet.workers[0], no_restart=True)
+    # the call fails on the dead worker and is redone, every prompt on the other
+    alone = fleet.run("rollout", lambda workers: generate_on_workers(workers, samples, SAMPLING))
+    assert fleet.live == [1] and fleet.failures == 1 and not fleet.returning  # dead for good: not waited for
+    assert alone.uids == whole.uids and len(alone.texts) == len(whole.texts) == 5 * SAMPLING.n
+    ray.kill(fleet.workers[1], no_restart=True)
+    with pytest.raises(NoRolloutWorkers, match="no rollout worker answered within rollout.answer_wait_s=5 s"):
+        fleet.run("rollout", lambda workers: generate_on_workers(workers, samples, SAMPLING))

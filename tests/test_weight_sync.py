@@ -32,7 +32,7 @@ def setup(tmp_path_factory):
     )
     ray.init(num_cpus=2, include_dashboard=False, namespace="pointrl")
     controller = Controller.remote(config_to_dict(cfg), str(root / "policy"), str(root / "run"))
-    workers = ray.get(controller.__ray_call__.remote(lambda c: c.workers))
+    workers = ray.get(controller.__ray_call__.remote(lambda c: c.fleet.workers))
     yield root / "policy", cfg, controller, workers
     ray.kill(controller)
     ray.shutdown()
@@ -78,7 +78,7 @@ def test_a_sync_leaves_every_worker_with_the_learners_exact_tensors(setup, bucke
         assert len(published.buckets) == 1
     ray.get(controller.publish.remote(version, published))
     assert_workers_hold(workers, state, version)
-    assert ray.get(controller.__ray_call__.remote(lambda c: c.version)) == version
+    assert ray.get(controller.__ray_call__.remote(lambda c: c.fleet.version)) == version
 
 
 def _shares_the_store(worker, published) -> bool:

@@ -22,6 +22,7 @@ from rl.algorithms.batch import LearnBatch, rollout_sampling, score_rollouts
 from rl.config import Config, ConfigError, policy_overrides, run_quant
 from rl.eval.viz import pictures_to_draw
 from rl.runtime.data import held_out_name, held_out_samples, training_prompts
+from rl.runtime.fleet import Fleet
 from rl.runtime.metrics import MetricsLog
 from rl.runtime.placement import takes_turns_on_gpus
 from rl.runtime.traces import Traced, note_policy, trace_table, write_trace, write_training_step
@@ -47,7 +48,7 @@ class Controller:
         self.quant = run_quant(cfg)
         self.algorithm = algorithm(cfg.algo.name)
         self.rollouts = self.algorithm.rollouts(cfg)
-        self.workers = (
+        workers = (
             make_rollout_workers(
                 cfg.rollout.num_workers,
                 policy_dir,
@@ -63,8 +64,9 @@ class Controller:
             if self.rollouts
             else []
         )
+        self.fleet = Fleet(workers, cfg.rollout.answer_wait_s)
         # colocated vLLM gives the GPU memory back while the learner trains on the same GPU
-        self.engines = EngineTurns(lambda name: call_engines(self.workers, name), takes_turns_on_gpus(cfg))
+        self.engines = EngineTurns(lambda name: call_engines(self.fleet.taking_part, name), takes_turns_on_gpus(cfg))
         self.engines.sleep()  # the learner loads its policy onto the GPUs next; its first publication wakes them
         self.reward_fn = (
             make_reward_fn(
@@ -83,8 +85,7 @@ class Controller:
         # tokenizer is not to be shared between threads
         self.trace_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="traces")
         self.trace_tokenizer, self.trace_pending = load_tokenizer(Path(policy_dir) / "llm"), None
-        self.version, self.step_batch, self.step_metrics, self.step_started = 0, None, {}, time.perf_counter()
-        self.published, self.worker_restarts = None, 0  # the current version's refs, handed again to a restarted worker
+        self.step_batch, self.step_metrics, self.step_started = None, {}, time.perf_counter()
         self.prefetched: dict[int, list] = {}  # one_step_off: the next step's rollouts, under way
         self.held_out: list[Sample] | None = None  # made on the first periodic evaluation, then reused
         self.pictures = pictures_to_draw(cfg.eval.pictures) if self.rollouts and cfg.eval.every else 0
@@ -92,66 +93,45 @@ class Controller:
     def ready(self) -> bool:
         return True
 
+    @property
+    def version(self) -> int:
+        """The policy version published last (BatchSource's `version`)."""
+        return self.fleet.version
+
     def publish(self, version: int, weights, rollback: bool = False) -> float:
         """Every rollout worker fetches the learner's weights (a Published: refs, unread here) as `version`. The
         learner's first publication of a stage is a `rollback`: restored from a checkpoint after a failure, it
         hands the workers an older version than they hold, and they must take it."""
-        from rollout.weight_sync import relay
-
         began = time.perf_counter()
-        self.version, self.published = version, weights
         self.engines.wake()  # weights load only into an engine that is awake (a restored learner's rollback too)
-        self._on_workers("weight sync", lambda: relay(self.workers, version, weights, rollback))
+        self.fleet.publish(version, weights, rollback)
         return time.perf_counter() - began
 
-    def _on_workers(self, what: str, call):
-        """`call()`, which every rollout worker takes part in. When a worker's process has died, Ray restarts it (up
-        to rollout.max_restarts times per worker) from the stage's initial policy: once every worker answers again,
-        they all get the current version and `call` is retried, so the step goes on with the same prompts and seeds.
-        A worker out of restarts ends the run with Ray's ActorDiedError."""
-        from ray.exceptions import RayActorError
-
-        from rollout.weight_sync import relay
-        from rollout.worker import StaleWeights, wait_for_workers
-
-        while True:
-            try:
-                return call()
-            except (RayActorError, StaleWeights) as error:  # died mid-call, or restarted since the last sync
-                self.worker_restarts += 1
-                print(
-                    f"{what}: a rollout worker died ({type(error).__name__}); waiting for its restart, then it gets "
-                    f"version {self.version} again and the call is retried",
-                    flush=True,
-                )
-                wait_for_workers(self.workers)
-                if self.published is not None:  # the controller's version is the current one
-                    relay(self.workers, self.version, self.published, rollback=True)
-
-    def _launch(self, step: int) -> list:
-        """Start step `step`'s rollouts on the workers with the version they hold now; returns the refs."""
+    def _launch(self, step: int, workers: list) -> list:
+        """Start step `step`'s rollouts on `workers` with the version they hold now; returns the refs."""
         from rollout.worker import launch_on_workers
 
         sampling, use_images = rollout_sampling(self.cfg, step), self.cfg.data.use_images
-        return launch_on_workers(self.workers, self.prompts(step), sampling, self.quant, use_images, self.version)
+        return launch_on_workers(workers, self.prompts(step), sampling, self.quant, use_images, self.version)
 
     def _rollout(self, step: int):
         """Step `step`'s rollouts. one_step_off: those launched while the learner trained on the step before (one
         version old), and step + 1's are launched now, before this step's rewards and update; a prefetch for any
-        other step (a restored learner went back) is dropped. A dead worker's rollouts are launched again."""
+        other step (a restored learner went back) is dropped. The rollouts are launched again on the workers left when
+        one dies (rl.runtime.fleet)."""
         from rollout.worker import gather
 
         pending = self.prefetched.pop(step, None)
         self.prefetched.clear()
 
-        def sample():
+        def sample(workers: list):
             nonlocal pending
-            refs, pending = pending or self._launch(step), None
+            refs, pending = pending or self._launch(step, workers), None
             return gather(refs)
 
-        rollout = self._on_workers(f"step {step + 1} rollout", sample)
+        rollout = self.fleet.run(f"step {step + 1} rollout", sample)
         if self.cfg.rollout.mode == "one_step_off" and step + 1 < self.cfg.run.steps:
-            self.prefetched[step + 1] = self._launch(step + 1)
+            self.prefetched[step + 1] = self._launch(step + 1, self.fleet.taking_part)
         return rollout
 
     # the BatchSource the algorithm builds each step's batch from (rl.algorithms.batch)
@@ -211,10 +191,10 @@ class Controller:
             self.held_out = held_out_samples(self.cfg)
         samples = self.held_out
         greedy = SamplingConfig(n=1, do_sample=False, max_new_tokens=self.cfg.eval.max_new_tokens)
-        answers = self._on_workers(
+        answers = self.fleet.run(
             "evaluation",
-            lambda: generate_on_workers(
-                self.workers, samples, greedy, self.quant, self.cfg.data.use_images, self.version
+            lambda workers: generate_on_workers(
+                workers, samples, greedy, self.quant, self.cfg.data.use_images, self.version
             ),
         )
         texts = answers.texts
@@ -282,12 +262,17 @@ class Controller:
             **self.step_metrics,
             **learner_stats,
             "time/sync": sync,
+            "sync/mib": self.fleet.published.nbytes / 2**20,
             "time/trace": traced,
             "time/step": time.perf_counter() - self.step_started,
-            **({"rollout/worker_restarts": float(self.worker_restarts)} if self.workers else {}),
+            **(
+                {"rollout/worker_restarts": float(self.fleet.failures), "rollout/workers": float(len(self.fleet.live))}
+                if self.fleet.workers
+                else {}
+            ),
         }
         pictures = {}
-        if self.cfg.eval.every and (step + 1) % self.cfg.eval.every == 0 and self.workers:
+        if self.cfg.eval.every and (step + 1) % self.cfg.eval.every == 0 and self.fleet.workers:
             scores, pictures = self.evaluate(step)
             metrics.update(scores)
         echo = (step + 1) % self.cfg.run.log_every == 0 or step + 1 == self.cfg.run.steps

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from data3d import read_meta
 from data3d.settings import DataSettings, dataset_settings, save_settings
@@ -125,7 +126,12 @@ def run_stage(cfg: Config, policy_dir: Path, run_dir: Path) -> Path:
     name = f"controller-{run_dir.as_posix().replace('/', '-')}"
     # reserved before Ray Train asks for the learners' resources: colocated, they take the rest of these GPUs
     rollout_group = reserve_rollout_group(plan)
-    controller = Controller.options(name=name).remote(config_to_dict(cfg), str(policy_dir), str(run_dir), rollout_group)
+    # on the driver's node where it has room (as Ray Train puts its own controller there): the run's state then goes
+    # down only with the driver, not with a node of workers
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+    controller = Controller.options(name=name, scheduling_strategy=here).remote(
+        config_to_dict(cfg), str(policy_dir), str(run_dir), rollout_group
+    )
     final_dir = run_dir / "policy"
     try:
         if plan.colocated:  # vLLM sizes its memory at start from a GPU it expects to have to itself

@@ -216,7 +216,10 @@ def learner_loop(loop_config: dict) -> None:
     controller = ray.get_actor(loop_config["controller"])
     torch.manual_seed(cfg.run.seed + rank)
     sharded = cfg.learner.strategy == "fsdp2"
+    began = time.perf_counter()
     learner, state = _restore(cfg, loop_config, world)
+    # reported with the next step: building the learner (from a checkpoint when restored), the last checkpoint's save
+    timings = {"time/learner_start": time.perf_counter() - began}
     policy, optimizer, reference = learner.policy, learner.accumulator.optimizer, learner.reference
     algo = algorithm(cfg.algo.name)
     start, skipped_steps = state["step"], state.get("skipped_steps", 0)
@@ -245,14 +248,18 @@ def learner_loop(loop_config: dict) -> None:
                 "learner/skipped_steps": float(skipped_steps),
                 "learner/version_lag": float(lag),
                 "time/learn": time.perf_counter() - began,
+                **timings,
             }
         )
+        timings = {}
         stats = _mean_over_ranks(stats, algo.learning_rows(batch), world, policy.device)
         # rank 0's shard holds the traced rows: their learner log-probs travel with the statistics
         traced = learner_logprobs_of(batch, cfg.trace.samples_per_step) if rank == 0 else None
         publish(partial(controller.finish_step.remote, step, stats, learner_logprobs=traced))
         if (step + 1) % cfg.checkpoint.every == 0 or step + 1 == cfg.run.steps:
+            began = time.perf_counter()
             _checkpoint(learner, {"step": step + 1, "skipped_steps": skipped_steps}, stats, rank, sharded)
+            timings = {"time/checkpoint": time.perf_counter() - began}
         if world > 1:
             dist.barrier()
     _export(policy, cfg, loop_config, rank, sharded)

@@ -17,6 +17,9 @@ colocated: GPU k holds rollout worker k (share s = rollout.gpus_per_worker, 0.5 
   gives it the GPU where exactly 1 - s is free: rollout worker k's. s > 0.5 keeps two rollout workers off one GPU,
   and s + (1 - s) = 1 leaves no room for a second learner. A stage without rollout workers (SFT, SPA, DPO from a
   pairs file) has nothing to share a GPU with: its learners take whole GPUs.
+labels: `placement.rollout_label` / `learner_label` ("key=value") keep each kind of worker on the nodes started with
+  that Ray label (`ray start --labels`), so that, on a cluster of inference and training nodes, the weights always
+  cross from one to the other; an empty label lets Ray choose any node.
 """
 
 from __future__ import annotations
@@ -43,6 +46,8 @@ class Plan:
     learner_bundles: tuple[dict[str, float], ...]  # one per learner worker (Ray Train's own placement group)
     learner_strategy: str
     colocated: bool  # learner worker k runs on rollout worker k's node and GPU
+    rollout_label: dict[str, str]  # the node label the rollout workers need ({} for any node)
+    learner_label: dict[str, str]  # likewise the learner workers (disaggregated)
 
     @property
     def learner_resources(self) -> dict[str, float]:
@@ -54,7 +59,12 @@ class Plan:
             for name, b in (("learner", self.learner_bundles), ("rollout", self.rollout_bundles))
             if b
         ]
-        return f"{' + '.join(parts)} = {_count(self.total('GPU'), 'GPU')}, {_count(self.total('CPU'), 'CPU')}"
+        labels = [f"{name} on nodes labelled {_label(label)}" for name, label in self.labels() if label]
+        total = f"{_count(self.total('GPU'), 'GPU')}, {_count(self.total('CPU'), 'CPU')}"
+        return f"{' + '.join(parts)} = {total}{' (' + ', '.join(labels) + ')' if labels else ''}"
+
+    def labels(self) -> list[tuple[str, dict[str, str]]]:
+        return [("rollout", self.rollout_label), ("learner", {} if self.colocated else self.learner_label)]
 
     def total(self, resource: str) -> float:
         return sum(bundle.get(resource, 0.0) for bundle in self.learner_bundles + self.rollout_bundles)
@@ -127,6 +137,15 @@ def check_config(cfg: Config) -> None:
         )
 
 
+def parse_label(text: str) -> dict[str, str]:
+    """`placement.rollout_label` / `learner_label` ("key=value", or "" for any node) as a Ray label selector."""
+    return dict([text.split("=", 1)]) if text else {}
+
+
+def _label(selector: dict[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in selector.items())
+
+
 def _bundle(cpus: float, gpus: float) -> dict[str, float]:
     # Ray refuses zero-valued entries in a bundle
     return {key: float(value) for key, value in (("CPU", cpus), ("GPU", gpus)) if value > 0}
@@ -152,15 +171,21 @@ def make_plan(cfg: Config, rollouts: bool = True) -> Plan:
         learner_bundles,
         place.learner_strategy,
         colocated,
+        parse_label(place.rollout_label) if rollouts else {},
+        parse_label(place.learner_label),
     )
 
 
 class _Node:
     """A node's free resources while bundles are placed: CPU and others as amounts, GPUs one share per device."""
 
-    def __init__(self, resources: dict[str, float]):
+    def __init__(self, resources: dict[str, float], labels: dict[str, str] | None = None):
         self.free = {k: float(v) for k, v in resources.items() if k != "GPU"}
         self.gpus = [1.0] * int(round(resources.get("GPU", 0)))
+        self.labels = labels or {}
+
+    def carries(self, selector: dict[str, str]) -> bool:
+        return all(self.labels.get(k) == v for k, v in selector.items())
 
     def take(self, bundle: dict[str, float], gpu: int | None = None) -> list[int] | None:
         """Reserve `bundle` here as Ray would (a fraction on the best-fitting GPU, whole GPUs on free ones; `gpu`
@@ -188,12 +213,16 @@ class _Node:
         return chosen
 
 
-def _place(nodes: list[_Node], bundles, strategy: str) -> list[tuple[int, list[int]]] | None:
-    """Each bundle's (node, GPUs), following the strategy's rule; None when the group does not fit. PACK and SPREAD
-    are Ray's soft preferences (fewest nodes, most nodes); the STRICT ones are hard."""
+def _place(
+    nodes: list[_Node], bundles, strategy: str, selector: dict[str, str] | None = None
+) -> list[tuple[int, list[int]]] | None:
+    """Each bundle's (node, GPUs) on the nodes that carry `selector`'s labels, following the strategy's rule; None
+    when the group does not fit. PACK and SPREAD are Ray's soft preferences (fewest nodes, most nodes); the STRICT
+    ones are hard."""
+    allowed = [n for n, node in enumerate(nodes) if node.carries(selector or {})]
     if strategy == "STRICT_PACK":
-        for n, node in enumerate(nodes):
-            trial = copy.deepcopy(node)
+        for n in allowed:
+            trial = copy.deepcopy(nodes[n])
             spots = [trial.take(bundle) for bundle in bundles]
             if None not in spots:
                 nodes[n] = trial
@@ -203,11 +232,11 @@ def _place(nodes: list[_Node], bundles, strategy: str) -> list[tuple[int, list[i
     for bundle in bundles:
         used = [n for n, _ in placed]
         if strategy == "STRICT_SPREAD":
-            order = [n for n in range(len(nodes)) if n not in used]
+            order = [n for n in allowed if n not in used]
         elif strategy == "SPREAD":
-            order = sorted(range(len(nodes)), key=used.count)
+            order = sorted(allowed, key=used.count)
         else:  # PACK: the nodes this group already uses first
-            order = sorted(range(len(nodes)), key=lambda n: n not in used)
+            order = sorted(allowed, key=lambda n: n not in used)
         spot = next(((n, g) for n in order if (g := nodes[n].take(bundle)) is not None), None)
         if spot is None:
             return None
@@ -217,19 +246,25 @@ def _place(nodes: list[_Node], bundles, strategy: str) -> list[tuple[int, list[i
 
 def _fit(plan: Plan, state: list[_Node]) -> str | None:
     """Places the plan's bundles on `state` (which it uses up); None when they fit, else what does not."""
-    spots = _place(state, plan.rollout_bundles, plan.rollout_strategy)
+    spots = _place(state, plan.rollout_bundles, plan.rollout_strategy, plan.rollout_label)
     if spots is None:
-        return "the rollout workers do not fit"
+        return "the rollout workers do not fit" + _on_labelled(plan.rollout_label, state)
     if plan.colocated:
         for k, (bundle, (node, gpus)) in enumerate(zip(plan.learner_bundles, spots, strict=True)):
             if state[node].take(bundle, gpu=gpus[0] if gpus else None) is None:
                 return f"learner worker {k} does not fit beside rollout worker {k}"
-    elif _place(state, plan.learner_bundles, plan.learner_strategy) is None:
-        return "the learner workers do not fit"
+    elif _place(state, plan.learner_bundles, plan.learner_strategy, plan.learner_label) is None:
+        return "the learner workers do not fit" + _on_labelled(plan.learner_label, state)
     return None
 
 
-def _fewer_cpus(cfg: Config, nodes: list[dict[str, float]], rollouts: bool) -> str | None:
+def _on_labelled(selector: dict[str, str], state: list[_Node]) -> str:
+    if not selector:
+        return ""
+    return f" on the {sum(node.carries(selector) for node in state)} nodes labelled {_label(selector)}"
+
+
+def _fewer_cpus(cfg: Config, nodes: list[dict[str, float]], labels: list[dict[str, str]], rollouts: bool) -> str | None:
     """The overrides that would make the plan fit when CPU is what is short: learner.cpus_per_worker and
     rollout.cpus_per_worker halved together (a half, a quarter, ...) until the workers fit with the reward replicas'
     CPUs left beside them (the replicas are not in the plan, but a run waits for them); None when no halving does."""
@@ -242,7 +277,7 @@ def _fewer_cpus(cfg: Config, nodes: list[dict[str, float]], rollouts: bool) -> s
     for halvings in range(1, 7):
         smaller = {section: cpus / 2**halvings for section, cpus in keys}
         trial = replace(cfg, **{s: replace(getattr(cfg, s), cpus_per_worker=c) for s, c in smaller.items()})
-        state = [_Node(resources) for resources in nodes]
+        state = [_Node(resources, label) for resources, label in zip(nodes, labels, strict=True)]
         if _fit(make_plan(trial, rollouts), state) is None and _place(state, reward_bundles, "PACK") is not None:
             reserve = sum(bundle["CPU"] for bundle in reward_bundles)
             left = f" with {_count(reserve, 'CPU')} left for the reward replica{'s' if len(reward_bundles) > 1 else ''}"
@@ -252,12 +287,18 @@ def _fewer_cpus(cfg: Config, nodes: list[dict[str, float]], rollouts: bool) -> s
     return None
 
 
-def plan_placement(cfg: Config, nodes: list[dict[str, float]] | dict[str, float], rollouts: bool = True) -> Plan:
-    """The plan of a stage on a cluster of `nodes` (their total resources), or PlacementError in one line (naming the
-    smaller CPU overrides that would fit, when CPU is what is short)."""
+def plan_placement(
+    cfg: Config,
+    nodes: list[dict[str, float]] | dict[str, float],
+    rollouts: bool = True,
+    labels: list[dict[str, str]] | None = None,
+) -> Plan:
+    """The plan of a stage on a cluster of `nodes` (their total resources; `labels`: each one's Ray labels), or
+    PlacementError in one line (naming the smaller CPU overrides that would fit, when CPU is what is short)."""
     plan = make_plan(cfg, rollouts)
     nodes = [nodes] if isinstance(nodes, dict) else list(nodes)
-    problem = _fit(plan, [_Node(resources) for resources in nodes])
+    labels = labels or [{} for _ in nodes]
+    problem = _fit(plan, [_Node(resources, label) for resources, label in zip(nodes, labels, strict=True)])
     if problem:
         have = {key: sum(n.get(key, 0.0) for n in nodes) for key in ("GPU", "CPU")}
         shapes = (
@@ -267,7 +308,7 @@ def plan_placement(cfg: Config, nodes: list[dict[str, float]] | dict[str, float]
         if have["GPU"] == 0 and plan.total("GPU") > 0:
             problem += " (Ray sees no GPU: start it on GPU machines, or set learner.use_gpu=false and "
             problem += "rollout.gpus_per_worker=0)"
-        elif fix := _fewer_cpus(cfg, nodes, rollouts):
+        elif fix := _fewer_cpus(cfg, nodes, labels, rollouts):
             problem += f"; {fix}"
         raise PlacementError(
             f"placement ({plan.mode}): {plan.describe()} needed; the Ray cluster has "
@@ -289,10 +330,12 @@ def _show(bundle: dict[str, float]) -> str:
 # ---- the Ray side ------------------------------------------------------------------------------------------------
 
 
-def cluster_nodes() -> list[dict[str, float]]:
+def cluster_nodes() -> tuple[list[dict[str, float]], list[dict[str, str]]]:
+    """The resources and the labels of each live node of the running cluster."""
     import ray
 
-    return [node["Resources"] for node in ray.nodes() if node["Alive"]]
+    alive = [node for node in ray.nodes() if node["Alive"]]
+    return [node["Resources"] for node in alive], [node.get("Labels") or {} for node in alive]
 
 
 def plan_on_cluster(cfg: Config, rollouts: bool = True) -> Plan:
@@ -301,7 +344,8 @@ def plan_on_cluster(cfg: Config, rollouts: bool = True) -> Plan:
     deadline, asked = time.monotonic() + cfg.placement.wait_s, False
     while True:
         try:
-            return plan_placement(cfg, cluster_nodes(), rollouts)
+            resources, labels = cluster_nodes()
+            return plan_placement(cfg, resources, rollouts, labels)
         except PlacementError:
             if time.monotonic() >= deadline:
                 raise
@@ -323,7 +367,11 @@ def reserve_rollout_group(plan: Plan, timeout_s: float = 60.0):
 
     if not plan.rollout_bundles or not all(plan.rollout_bundles):
         return None
-    group = placement_group(list(plan.rollout_bundles), strategy=plan.rollout_strategy)
+    group = placement_group(
+        list(plan.rollout_bundles),
+        strategy=plan.rollout_strategy,
+        bundle_label_selector=[plan.rollout_label] * len(plan.rollout_bundles) if plan.rollout_label else None,
+    )
     if not group.wait(timeout_s):
         remove_placement_group(group)
         raise PlacementError(
@@ -350,6 +398,8 @@ def learner_scaling(cfg: Config, plan: Plan, rollout_group=None):
         if rollout_group is None:
             raise PlacementError("placement: colocated learners need the rollout workers' placement group")
         selector = [{NODE_ID_LABEL: node} for node in bundle_nodes(rollout_group)]
+    elif plan.learner_label:
+        selector = plan.learner_label
     return ScalingConfig(
         num_workers=cfg.learner.num_workers,
         use_gpu=cfg.learner.use_gpu,

@@ -1,0 +1,126 @@
+"""A node dies under a run, on a real Ray cluster of several nodes on this machine (`ray.cluster_utils.Cluster`, one
+raylet per node): the head holds the driver and the controller, one node labelled learner holds the learner, a spare
+learner node waits, and two nodes labelled rollout hold a rollout worker each (STRICT_SPREAD). A node is killed
+as `Cluster.remove_node` kills it (its raylet and every worker process on it) while steps run."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import ray
+
+from tests.test_rl_loop import config, metrics
+
+ROLE = "pointrl-role"
+LABELLED = [
+    f"placement.rollout_label={ROLE}=rollout",
+    f"placement.learner_label={ROLE}=learner",
+    "placement.rollout_strategy=STRICT_SPREAD",
+    "reward.mode=local",
+    "rollout.answer_wait_s=5",
+]
+# each worker node by name, and the role its label gives it
+NODES = {"learner": "learner", "spare": "learner", "rollout-a": "rollout", "rollout-b": "rollout"}
+
+
+@pytest.fixture(scope="module")
+def nodes():
+    from ray.cluster_utils import Cluster
+
+    # a dead raylet is noticed in about a second (Ray's default takes half a minute)
+    fast = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 300, "health_check_failure_threshold": 3}
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "include_dashboard": False, "_system_config": fast, "labels": {ROLE: "head"}},
+    )
+    named = {name: cluster.add_node(num_cpus=1, labels={ROLE: role}) for name, role in NODES.items()}
+    ray.init(address=cluster.address, namespace="pointrl")
+    cluster.wait_for_nodes()
+    yield cluster, named
+    ray.shutdown()
+    cluster.shutdown()
+
+
+def node_of(cluster_nodes: dict, title: str) -> str:
+    """The name of the cluster node whose raylet runs the first worker process titled `title` (`ray::RolloutWorker`)."""
+    raylets = {node.all_processes["raylet"][0].process.pid: name for name, node in cluster_nodes.items()}
+    for process in psutil.process_iter(["cmdline"]):
+        if " ".join(process.info["cmdline"] or []).startswith(title):
+            for parent in process.parents():
+                if parent.pid in raylets:
+                    return raylets[parent.pid]
+    raise AssertionError(f"no process titled {title} runs on the cluster's worker nodes")
+
+
+def kill_node(cluster, cluster_nodes: dict, name: str) -> None:
+    """The node's raylet and every process on it killed, as a machine that dies; it leaves `cluster_nodes`."""
+    cluster.remove_node(cluster_nodes.pop(name), allow_graceful=False)
+
+
+class Run(threading.Thread):
+    """`run_stage` on a thread of its own, so that the test's main thread can add nodes (Ray's node start installs
+    signal handlers, which only the main thread may)."""
+
+    def __init__(self, cfg, policy_dir: Path, run_dir: Path):
+        from rl.runtime.driver import run_stage
+
+        super().__init__(daemon=True)
+        self.run_dir, self.error = run_dir, None
+        self.stage = lambda: run_stage(cfg, policy_dir, run_dir)
+        self.start()
+
+    def run(self) -> None:
+        try:
+            self.stage()
+        except BaseException as error:  # noqa: BLE001 - re-raised in the test by `finish`
+            self.error = error
+
+    def wait_for_steps(self, steps: int) -> None:
+        path, deadline = self.run_dir / "metrics.jsonl", time.monotonic() + 600
+        while not (path.is_file() and len(path.read_text().splitlines()) >= steps):
+            assert self.is_alive() and time.monotonic() < deadline, f"the run ended before step {steps}: {self.error}"
+            time.sleep(0.2)
+
+    def finish(self) -> list[dict]:
+        self.join(timeout=900)
+        if self.error is not None:
+            raise self.error
+        return metrics(self.run_dir)
+
+
+def test_a_rollout_node_dies_the_step_is_redone_on_the_survivor_and_a_new_node_gets_the_worker(
+    nodes, init_policy, tmp_path
+):
+    cluster, named = nodes
+    steps = 40  # the lost worker's restart on the new node takes a process start and a policy load: ~ 20 steps
+    run = Run(config(tmp_path, "grpo", f"run.steps={steps}", *LABELLED), init_policy, tmp_path / "grpo")
+    run.wait_for_steps(2)
+    kill_node(cluster, named, node_of(named, "ray::RolloutWorker"))
+    run.wait_for_steps(5)  # steps on one worker: no rollout node has room for the other (STRICT_SPREAD)
+    named["rollout-c"] = cluster.add_node(num_cpus=1, labels={ROLE: "rollout"})
+    rows = run.finish()
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))  # every step once
+    workers = [r["rollout/workers"] for r in rows]
+    # two, then one while the lost worker waited for a node, then two again: Ray placed it on the new node
+    assert workers[:2] == [2.0, 2.0] and workers[3:5] == [1.0, 1.0] and workers[-1] == 2.0, workers
+    assert rows[-1]["rollout/worker_restarts"] >= 1
+    assert [r["rollout/version"] for r in rows] == [float(s) for s in range(steps)]  # the returning one caught up
+
+
+def test_the_learners_node_dies_and_the_spare_takes_over_from_the_checkpoint(nodes, init_policy, tmp_path):
+    cluster, named = nodes
+    steps = 6
+    run = Run(config(tmp_path, "grca", f"run.steps={steps}", *LABELLED), init_policy, tmp_path / "grca")
+    run.wait_for_steps(3)
+    learner = node_of(named, "ray::RayTrainWorker")
+    kill_node(cluster, named, learner)
+    rows = run.finish()
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))  # the steps after step 2's checkpoint, once
+    # the learner restored on the spare published version 2 to workers that held 3, and they took it
+    assert [r["rollout/version"] for r in rows] == [float(s) for s in range(steps)]
+    assert learner in ("learner", "spare") and len([name for name in named if NODES.get(name) == "learner"]) == 1
+    assert "time/learner_start" in rows[2]  # step 3 was redone by the learner restored from step 2's checkpoint
