@@ -2,11 +2,11 @@
 
 A worker dies with its process (Ray restarts it in place, from the stage's initial policy) or with its node (Ray
 restarts it once its placement-group bundle has a node again: at once where another node has room, when a node is
-added otherwise). The fleet never waits for either: the call that failed is redone, with the same prompts, on the
-workers that answer within `rollout.answer_wait_s`, and each missing worker keeps a ping under way. (The samples are
-the same ones where the engine seeds each prompt by its place in the step, as vLLM does: see
-`rollout.worker.launch_on_workers`; the HF engine seeds a worker's shard, so its redone samples differ.) Before every later call the
-answered pings are collected: that worker gets the current version and takes part again. A worker out of restarts is
+added otherwise). The fleet waits for neither beyond `rollout.answer_wait_s`: the call that failed is redone, with
+the same prompts, on the workers that answered within it, and each missing worker keeps a ping under way. (The samples
+are the same ones where the engine seeds each prompt by its place in the step, as vLLM does: see
+`rollout.worker.launch_on_workers`; the HF engine seeds a worker's shard, so its redone samples differ.) Before every
+later call the answered pings are collected: that worker gets the current version and takes part again. A worker out of restarts is
 dropped; with no worker left the run stops, saying so.
 """
 
@@ -64,23 +64,31 @@ class Fleet:
                 print(f"{what}: a rollout worker died ({type(error).__name__}); redoing it on those that answer")
                 self._regroup(what)
 
-    def _regroup(self, what: str) -> None:
-        """Live becomes the workers that answer a ping within `answer_wait_s`; the others keep their ping."""
+    def _answers(self, pings: dict[int, ray.ObjectRef], ready: list, what: str) -> dict[int, str]:
+        """The node id of each worker whose ping in `ready` answered, taken out of `pings`. A worker out of restarts
+        leaves `pings` for good; one still restarting is asked again (its new ping in `pings`)."""
         from ray.exceptions import ActorDiedError, ActorUnavailableError
 
+        answered = {}
+        for i in [i for i, ref in pings.items() if ref in ready]:
+            try:
+                answered[i] = ray.get(pings.pop(i))
+            except ActorDiedError:  # out of restarts
+                print(f"{what}: rollout worker {i} is gone for good (out of rollout.max_restarts)")
+            except ActorUnavailableError:  # restarting: ask again
+                pings[i] = self.workers[i].ping.remote()
+        return answered
+
+    def _regroup(self, what: str) -> None:
+        """Live becomes the workers that answer a ping within `answer_wait_s`; the others keep their ping."""
         pending = {i: self.workers[i].ping.remote() for i in self.live}
         answered, deadline = [], time.monotonic() + self.answer_wait_s
         while pending and time.monotonic() < deadline:
             ready, _ = ray.wait(list(pending.values()), num_returns=1, timeout=max(0.0, deadline - time.monotonic()))
-            for i in [i for i, ref in pending.items() if ref in ready]:
-                try:
-                    ray.get(pending.pop(i))
-                    answered.append(i)
-                except ActorDiedError:  # out of restarts
-                    print(f"{what}: rollout worker {i} is gone for good (out of rollout.max_restarts)")
-                except ActorUnavailableError:  # restarting: ask again
-                    time.sleep(0.5)
-                    pending[i] = self.workers[i].ping.remote()
+            asked = len(pending)
+            answered += self._answers(pending, ready, what)
+            if ready and len(pending) == asked:  # only a restarting worker was asked again: give it a moment
+                time.sleep(0.5)
         self.returning |= pending
         self.live, self.unchecked = sorted(answered), set(answered)  # only live workers are ever checked
         lost = sorted(self.returning)
@@ -98,21 +106,11 @@ class Fleet:
     def _take_back(self, what: str) -> None:
         """The missing workers whose ping has answered join again; any worker not known to hold the current version
         gets it (a restarted one holds the initial policy)."""
-        from ray.exceptions import ActorDiedError, ActorUnavailableError
-
         from rollout.weight_sync import relay
 
         if self.returning:
             ready, _ = ray.wait(list(self.returning.values()), num_returns=len(self.returning), timeout=0)
-            for i in [i for i, ref in self.returning.items() if ref in ready]:
-                try:
-                    node = ray.get(self.returning.pop(i))
-                except ActorDiedError:
-                    print(f"{what}: rollout worker {i} is gone for good (out of rollout.max_restarts)")
-                    continue
-                except ActorUnavailableError:
-                    self.returning[i] = self.workers[i].ping.remote()
-                    continue
+            for i, node in self._answers(self.returning, ready, what).items():
                 self.live, self.unchecked = sorted({*self.live, i}), self.unchecked | {i}
                 print(f"{what}: rollout worker {i} is back, on node {node}; {len(self.live)} take part", flush=True)
         if self.unchecked and self.published is not None:
