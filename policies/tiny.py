@@ -112,8 +112,8 @@ def tiny_llm_config(tokenizer, hidden_size: int = 64, num_hidden_layers: int = 2
     """The `Qwen2Config` of the tiny policy's LLM over `tokenizer` (`build_tiny_tokenizer`): its vocabulary, eos and
     pad ids, no bos, tied embeddings, 4096 positions; `hidden_size` x `num_hidden_layers` layers with 4 attention
     heads (2 key-value heads) and a 4x MLP unless `sizes` (other Qwen2Config size fields) say otherwise, as for
-    infra/gpu_smoke.py's medium model and bench/scale_bench.py's real shapes (a `vocab_size` above the tokenizer's
-    gives the embedding and LM head a real model's size; the ids past the tokenizer are never produced by it)."""
+    infra/gpu_smoke.py's medium model (a `vocab_size` above the tokenizer's gives the embedding and LM head a real
+    model's size; the ids past the tokenizer are never produced by it)."""
     from transformers import Qwen2Config
 
     shape = {
