@@ -26,6 +26,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from data3d.settings import DataSettings, load_settings
 from tests.test_infra_configs import readme_commands
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,5 +168,12 @@ def test_the_readmes_first_job_succeeds_on_a_head_started_as_it_says(head, tmp_p
     job_id = re.search(r"Job '([^']+)' submitted successfully", output).group(1)
     assert get(head, f"/api/jobs/{job_id}")["status"] == "SUCCEEDED"
     assert "ModuleNotFoundError" not in output and "placement error" not in output
-    final = json.loads((run_dir / "eval_final.json").read_text())  # it trained and evaluated, where run.dir said
-    assert final["meta"]["samples"] == 8
+    # main warmed up with SFT, trained, and evaluated both policies, where run.dir said
+    for name in ("eval_sft.json", "eval_final.json"):
+        report = json.loads((run_dir / name).read_text())
+        assert {"iou2d", "iou3d", "kpa2d", "kpa3d", "rpc", "answer_acc", "parse_rate"} <= set(report)
+        assert report["meta"]["samples"] == 8
+    # both policies record the data they read, for `pointrl eval`; the warm-up trained the cloud-alignment head
+    assert load_settings(run_dir / "sft" / "policy") == load_settings(run_dir / "policy") == DataSettings()
+    sft_log = [json.loads(line) for line in (run_dir / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert len(sft_log) == 20 and all(row["loss/align"] > 0 for row in sft_log)

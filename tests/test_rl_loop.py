@@ -8,7 +8,7 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from data3d.settings import DataSettings, load_settings
+from data3d.settings import DataSettings
 from policies import PointVLM
 from rl.config_loading import load_config
 from rl.runtime.driver import main, run_stage
@@ -60,12 +60,14 @@ def trainable_close(a: PointVLM, b: PointVLM) -> bool:
     return all(bool((sa[k] - sb[k]).abs().max() < 1e-7) for k in sa)
 
 
-def test_grca_steps_sync_versions_checkpoint_and_resume(cluster, warm_policy, tmp_path):
-    cfg = config(tmp_path, "grca", "run.steps=3", "eval.every=3", "learner.recompute_old_logprobs=true")
-    final = run_stage(cfg, warm_policy, tmp_path / "grca")
-    rows = metrics(tmp_path / "grca")
-    assert [r["step"] for r in rows] == [1, 2, 3]
-    assert [r["rollout/version"] for r in rows] == [0.0, 1.0, 2.0]  # each rollout used the weights of the step before
+def test_grca_steps_sync_versions_checkpoint_and_a_resume_ends_bit_for_bit_where_one_never_stopped(
+    cluster, warm_policy, tmp_path
+):
+    options = ("eval.every=3", "learner.recompute_old_logprobs=true")  # checkpoint.every=2
+    whole = run_stage(config(tmp_path, "grca", "run.steps=4", *options), warm_policy, tmp_path / "whole")
+    rows = metrics(tmp_path / "whole")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["rollout/version"] for r in rows] == [0.0, 1.0, 2.0, 3.0]  # each rollout used the previous step's weights
     for row in rows:
         assert row["reward/missing"] == 0.0 and 0.0 <= row["reward/format"] <= 1.0
         assert row["mismatch/log_ratio_abs_max"] < 1e-4  # rollout log-probs == learner log-probs after each sync
@@ -74,36 +76,27 @@ def test_grca_steps_sync_versions_checkpoint_and_resume(cluster, warm_policy, tm
     assert any(row["advantage/frac_nonzero"] > 0 for row in rows)  # rewards differed within a group
     assert all(row["sync/mib"] > 0 and row["rollout/workers"] == 2.0 for row in rows)
     # the learner's start-up is reported with its first step, step 2's checkpoint with step 3
-    assert [("time/learner_start" in r, "time/checkpoint" in r) for r in rows] == [(1, 0), (0, 0), (0, 1)]
+    assert [("time/learner_start" in r, "time/checkpoint" in r) for r in rows] == [(1, 0), (0, 0), (0, 1), (0, 0)]
     # GRCA §3.6: routed, no other reward reaches a routed field's tokens
     assert all(row.get(f"credit/other_fields_var/{f}", 0.0) == 0.0 for row in rows for f in ("bbox3d", "kpts3d"))
-    assert not trainable_close(PointVLM.from_pretrained(warm_policy), PointVLM.from_pretrained(final))
+    assert not trainable_close(PointVLM.from_pretrained(warm_policy), PointVLM.from_pretrained(whole))
     assert "eval/iou3d" in rows[2] and "eval/iou3d" not in rows[1]  # held-out evaluation every 3 steps
-    checkpoints = sorted(p for p in (tmp_path / "grca" / "learner").glob("checkpoint_*") if p.is_dir())
+    checkpoints = sorted(p for p in (tmp_path / "whole" / "learner").glob("checkpoint_*") if p.is_dir())
     assert checkpoints and (checkpoints[-1] / "policy" / "pointvlm.json").is_file()
-    assert json.loads((checkpoints[-1] / "state.json").read_text())["step"] == 3
+    assert json.loads((checkpoints[-1] / "state.json").read_text())["step"] == 4
 
-    resumed = config(tmp_path, "grca", "run.steps=4")
-    run_stage(resumed, warm_policy, tmp_path / "grca")
-    rows = metrics(tmp_path / "grca")
-    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # continued from step 3, not from scratch
-    assert rows[-1]["time/learner_start"] > 0  # the learner restored from step 3's checkpoint
-    assert rows[-1]["rollout/version"] == 3.0
-
-
-def test_a_run_stopped_and_resumed_ends_with_the_weights_of_one_never_stopped(cluster, warm_policy, tmp_path):
-    algo = "grca"  # rollouts, rewards and the learner: every seeded stream a resume must restore
-    whole = run_stage(config(tmp_path, algo, "run.steps=4"), warm_policy, tmp_path / "whole")
-    run_stage(config(tmp_path, algo, "run.steps=2"), warm_policy, tmp_path / "parts")  # checkpoint.every=2
-    resumed = run_stage(config(tmp_path, algo, "run.steps=4"), warm_policy, tmp_path / "parts")
+    # stopped after step 2 and resumed: rollouts, rewards and the learner restore every seeded stream
+    run_stage(config(tmp_path, "grca", "run.steps=2", *options), warm_policy, tmp_path / "parts")
+    resumed = run_stage(config(tmp_path, "grca", "run.steps=4", *options), warm_policy, tmp_path / "parts")
+    parts = metrics(tmp_path / "parts")
+    assert [r["step"] for r in parts] == [1, 2, 3, 4]  # continued from step 2, not from scratch
+    assert parts[2]["time/learner_start"] > 0 and parts[2]["rollout/version"] == 2.0  # restored from step 2
     a, b = (
         PointVLM.from_pretrained(whole).trainable_state_dict(),
         PointVLM.from_pretrained(resumed).trainable_state_dict(),
     )
     assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit: data order, seeds, optimizer and schedule restored
-    assert [r["loss/total"] for r in metrics(tmp_path / "whole")] == [
-        r["loss/total"] for r in metrics(tmp_path / "parts")
-    ]
+    assert [r["loss/total"] for r in rows] == [r["loss/total"] for r in parts]
 
 
 @pytest.mark.parametrize("lr, equal", [("1e-3", False), ("1e-12", True)])
@@ -191,31 +184,6 @@ def test_dpo_from_a_pairs_file(cluster, warm_policy, tmp_path):
     )
     rows = metrics(tmp_path / "dpo")
     assert len(rows) == 2 and all("loss/reward_margin" in r for r in rows)
-
-
-def test_main_warms_up_with_sft_then_trains_and_evaluates(cluster, tmp_path):
-    reports = main(
-        "grca.yaml",
-        [
-            *SMALL,
-            f"run.dir={tmp_path / 'full'}",
-            "run.steps=1",
-            "sft.steps=2",
-            "sft.batch_size=2",
-            "eval.reliance=false",
-        ],
-    )
-    assert set(reports) == {"sft", "final"}
-    for name in ("eval_sft.json", "eval_final.json"):
-        report = json.loads((tmp_path / "full" / name).read_text())
-        assert {"iou2d", "iou3d", "kpa2d", "kpa3d", "rpc", "answer_acc", "parse_rate"} <= set(report)
-    assert (tmp_path / "full" / "policy" / "pointvlm.json").is_file()
-    assert (tmp_path / "full" / "sft" / "metrics.jsonl").is_file()
-    # both policies record the data they read, for `pointrl eval`; the warm-up trained the cloud-alignment head
-    for stage in ("sft/policy", "policy"):
-        assert load_settings(tmp_path / "full" / stage) == DataSettings(num_points=256, image_size=32, num_kpts=1)
-    sft_log = [json.loads(line) for line in (tmp_path / "full" / "sft" / "metrics.jsonl").read_text().splitlines()]
-    assert all(row["loss/align"] > 0 for row in sft_log)
 
 
 def test_bad_config_fails_before_anything_starts(tmp_path, capsys):
