@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install smollm2 test test-fast test-vllm test-vllm-scale demo bench bench-learning bench-objectives real-bench bench-lambda bench-spa bench-step bench-traces vendor-js clean
+.PHONY: install smollm2 test test-fast test-vllm test-vllm-scale demo bench bench-learning bench-objectives real-bench bench-lambda bench-scale bench-scaling bench-spa bench-step bench-traces vendor-js clean
 
 install: $(STAMP)
 
@@ -73,6 +73,15 @@ real-bench: install
 	@[ -d /usr/share/inventor/data/models ] && [ -d /usr/share/assimp/models ] && /usr/bin/python3 -c "import pivy" || \
 		(apt-get update -qq && apt-get install -y -qq inventor-data assimp-testmodels python3-pivy)
 	$(BIN)/python bench/real_bench.py $(if $(POLICY),--policy $(POLICY))
+
+# Real size on several nodes (issue 25): a 0.5B-parameter policy (SIZE=0.5b|mid|tiny) through GRCA steps on a
+# 5-node Ray cluster of this machine, a rollout node and the learner's node killed under it; runs/bench-scale/scale.json
+bench-scale: install
+	$(BIN)/python bench/scale_bench.py $(if $(SIZE),--size $(SIZE)) $(if $(STEPS),--steps $(STEPS))
+
+# How a step's cost grows with the policy's size, G and the response length (docs/scaling.md); SIZES=tiny,mid,0.5b
+bench-scaling: install
+	$(BIN)/python bench/scaling_bench.py $(if $(SIZES),--sizes $(SIZES))
 
 bench-lambda: install
 	$(BIN)/python bench/learning_bench.py --study lambda $(STUDY_BUDGET)

@@ -380,6 +380,11 @@ class PlacementConfig:
         "key=value: the learner workers run only on nodes with this Ray label (disaggregated); empty: any node",
         "empty or key=value",
     )
+    reward_label: str = setting(
+        "",
+        "key=value: the reward replicas (reward.mode=serve) run only on nodes with this Ray label; empty: any node",
+        "empty or key=value",
+    )
     wait_s: float = setting(
         0.0,
         "seconds to wait for the cluster to show what the plan needs (an autoscaling "

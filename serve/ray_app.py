@@ -27,6 +27,7 @@ def reward_application(
     max_replicas: int = 2,
     target_ongoing_requests: float = 2.0,
     max_ongoing_requests: int = 5,  # Serve's own default
+    label_selector: dict[str, str] | None = None,
 ):
     """A bound Serve application of the reward service, autoscaling between min and max replicas (a fixed count
     when they are equal: autoscaling's metrics would cost CPU for nothing). A replica busy with
@@ -48,7 +49,7 @@ def reward_application(
 
     @serve.deployment(
         name="RewardService",
-        ray_actor_options={"num_cpus": num_cpus},
+        ray_actor_options={"num_cpus": num_cpus, **({"label_selector": label_selector} if label_selector else {})},
         max_ongoing_requests=max_ongoing_requests,
         **scaling,
     )

@@ -1,5 +1,5 @@
 """A node dies under a run, on a real Ray cluster of several nodes on this machine (`ray.cluster_utils.Cluster`, one
-raylet per node): the head holds the driver and the controller, one node labelled learner holds the learner, a spare
+raylet per node): the head holds the driver, the controller and (labelled head) the reward replica, one node labelled learner holds the learner, a spare
 learner node waits, and two nodes labelled rollout hold a rollout worker each (STRICT_SPREAD). A node is killed
 as `Cluster.remove_node` kills it (its raylet and every worker process on it) while steps run."""
 
@@ -45,15 +45,21 @@ def nodes():
     cluster.shutdown()
 
 
-def node_of(cluster_nodes: dict, title: str) -> str:
-    """The name of the cluster node whose raylet runs the first worker process titled `title` (`ray::RolloutWorker`)."""
+def nodes_running(cluster_nodes: dict, title: str) -> list[str]:
+    """The names of the cluster nodes whose raylets run a process titled `title` (`ray::RolloutWorker`)."""
     raylets = {node.all_processes["raylet"][0].process.pid: name for name, node in cluster_nodes.items()}
+    found = []
     for process in psutil.process_iter(["cmdline"]):
         if " ".join(process.info["cmdline"] or []).startswith(title):
-            for parent in process.parents():
-                if parent.pid in raylets:
-                    return raylets[parent.pid]
-    raise AssertionError(f"no process titled {title} runs on the cluster's worker nodes")
+            found += [raylets[parent.pid] for parent in process.parents() if parent.pid in raylets]
+    return found
+
+
+def node_of(cluster_nodes: dict, title: str) -> str:
+    """The name of the cluster node whose raylet runs the first worker process titled `title`."""
+    found = nodes_running(cluster_nodes, title)
+    assert found, f"no process titled {title} runs on the cluster's worker nodes"
+    return found[0]
 
 
 def kill_node(cluster, cluster_nodes: dict, name: str) -> None:
@@ -114,8 +120,12 @@ def test_a_rollout_node_dies_the_step_is_redone_on_the_survivor_and_a_new_node_g
 def test_the_learners_node_dies_and_the_spare_takes_over_from_the_checkpoint(nodes, init_policy, tmp_path):
     cluster, named = nodes
     steps = 6
-    run = Run(config(tmp_path, "grca", f"run.steps={steps}", *LABELLED), init_policy, tmp_path / "grca")
+    # the reward replica on the head: on the spare, its CPUs would keep the restored learner from fitting there
+    serve_on_head = ("reward.mode=serve", f"placement.reward_label={ROLE}=head")
+    cfg = config(tmp_path, "grca", f"run.steps={steps}", *LABELLED, *serve_on_head)
+    run = Run(cfg, init_policy, tmp_path / "grca")
     run.wait_for_steps(3)
+    assert nodes_running(named, "ray::ServeReplica") == []  # on none of the worker nodes
     learner = node_of(named, "ray::RayTrainWorker")
     kill_node(cluster, named, learner)
     rows = run.finish()

@@ -116,9 +116,10 @@ def test_labelled_workers_go_only_to_nodes_with_their_label():
     assert plan_placement(config(), nodes, labels=labels).rollout_label == {}  # no label: any node
 
 
-def test_a_label_that_is_not_key_equals_value_is_refused():
-    with pytest.raises(ConfigError, match="placement.rollout_label"):
-        config("placement.rollout_label=rollout")
+@pytest.mark.parametrize("key", ["rollout_label", "learner_label", "reward_label"])
+def test_a_label_that_is_not_key_equals_value_is_refused(key):
+    with pytest.raises(ConfigError, match=f"placement.{key}"):
+        config(f"placement.{key}=rollout")
 
 
 @pytest.mark.parametrize(

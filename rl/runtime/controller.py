@@ -24,7 +24,7 @@ from rl.eval.viz import pictures_to_draw
 from rl.runtime.data import held_out_name, held_out_samples, training_prompts
 from rl.runtime.fleet import Fleet
 from rl.runtime.metrics import MetricsLog
-from rl.runtime.placement import takes_turns_on_gpus
+from rl.runtime.placement import parse_label, takes_turns_on_gpus
 from rl.runtime.traces import Traced, note_policy, trace_table, write_trace, write_training_step
 from rollout.engine import RolloutBatch
 
@@ -70,7 +70,12 @@ class Controller:
         self.engines.sleep()  # the learner loads its policy onto the GPUs next; its first publication wakes them
         self.reward_fn = (
             make_reward_fn(
-                cfg.reward.mode, cfg.reward.url, cfg.reward.timeout_s, cfg.reward.replicas, cfg.reward.cpus_per_replica
+                cfg.reward.mode,
+                cfg.reward.url,
+                cfg.reward.timeout_s,
+                cfg.reward.replicas,
+                cfg.reward.cpus_per_replica,
+                label=parse_label(cfg.placement.reward_label),
             )
             if self.rollouts
             else None

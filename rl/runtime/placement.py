@@ -138,7 +138,8 @@ def check_config(cfg: Config) -> None:
 
 
 def parse_label(text: str) -> dict[str, str]:
-    """`placement.rollout_label` / `learner_label` ("key=value", or "" for any node) as a Ray label selector."""
+    """`placement.rollout_label` / `learner_label` / `reward_label` ("key=value", or "" for any node) as a Ray label
+    selector."""
     return dict([text.split("=", 1)]) if text else {}
 
 
@@ -278,7 +279,11 @@ def _fewer_cpus(cfg: Config, nodes: list[dict[str, float]], labels: list[dict[st
         smaller = {section: cpus / 2**halvings for section, cpus in keys}
         trial = replace(cfg, **{s: replace(getattr(cfg, s), cpus_per_worker=c) for s, c in smaller.items()})
         state = [_Node(resources, label) for resources, label in zip(nodes, labels, strict=True)]
-        if _fit(make_plan(trial, rollouts), state) is None and _place(state, reward_bundles, "PACK") is not None:
+        reward_label = parse_label(cfg.placement.reward_label)
+        if (
+            _fit(make_plan(trial, rollouts), state) is None
+            and _place(state, reward_bundles, "PACK", reward_label) is not None
+        ):
             reserve = sum(bundle["CPU"] for bundle in reward_bundles)
             left = f" with {_count(reserve, 'CPU')} left for the reward replica{'s' if len(reward_bundles) > 1 else ''}"
             overrides = " ".join(f"{section}.cpus_per_worker={c:g}" for section, c in smaller.items())

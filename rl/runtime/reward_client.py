@@ -28,9 +28,11 @@ def local_rewards() -> RewardFn:
     return lambda samples, quant: score_batch(samples, quant)
 
 
-def serve_rewards(timeout_s: float, replicas: int = 1, cpus_per_replica: float = 0.25) -> RewardFn:
+def serve_rewards(
+    timeout_s: float, replicas: int = 1, cpus_per_replica: float = 0.25, label: dict[str, str] | None = None
+) -> RewardFn:
     """Use the cluster's running reward app, or deploy one of `replicas` replicas (without an HTTP proxy port of its
-    own). A call sends one contiguous chunk of its samples per replica, all at once, so the replicas score in
+    own) on nodes with the Ray `label`, if one is given. A call sends one contiguous chunk of its samples per replica, all at once, so the replicas score in
     parallel; a chunk that fails or runs past the call's `timeout_s` leaves only its own samples missing."""
     from ray import serve
 
@@ -44,7 +46,11 @@ def serve_rewards(timeout_s: float, replicas: int = 1, cpus_per_replica: float =
         # per replica: the router's power of two choices may pick the same idle replica for two chunks sent at once,
         # but a busy replica turns the second away to an idle one (and scoring, GIL-bound, gains nothing from two).
         app = reward_application(
-            num_cpus=cpus_per_replica, min_replicas=replicas, max_replicas=replicas, max_ongoing_requests=1
+            num_cpus=cpus_per_replica,
+            min_replicas=replicas,
+            max_replicas=replicas,
+            max_ongoing_requests=1,
+            label_selector=label,
         )
         handle = serve.run(app, name=APP_NAME, route_prefix=None)
 
@@ -97,12 +103,14 @@ def make_reward_fn(
     replicas: int = 1,
     cpus_per_replica: float = 0.25,
     token: str | None = None,
+    label: dict[str, str] | None = None,
 ) -> RewardFn:
-    """The reward function for `reward.mode`: "serve" (a Ray Serve handle), "local" or "http" (needs `url`)."""
+    """The reward function for `reward.mode`: "serve" (a Ray Serve handle; `label`: the Ray node label its replicas
+    need), "local" or "http" (needs `url`)."""
     if mode == "local":
         return local_rewards()
     if mode == "serve":
-        return serve_rewards(timeout_s, replicas, cpus_per_replica)
+        return serve_rewards(timeout_s, replicas, cpus_per_replica, label)
     if mode == "http":
         if not url:
             raise ValueError("reward.mode=http needs reward.url (e.g. http://127.0.0.1:8000)")

@@ -1,0 +1,358 @@
+"""The rehearsal at real size (`make bench-scale`): a Point-VLM with Qwen2.5-0.5B's LLM dimensions through GRCA steps
+on a Ray cluster of several nodes on this machine, with a rollout node and then the learner's node killed under it.
+
+    python bench/scale_bench.py [--size 0.5b|mid|tiny] [--steps 6] [--out runs/bench-scale]
+
+The policy is random-initialized (nothing is downloaded): `--size 0.5b` is Qwen2.5-0.5B's LLM (hidden 896, 24 layers,
+14 heads, 2 KV heads, MLP 4864, 151,936-token vocabulary, tied embeddings) over Point-BERT's encoder (12 layers, 384
+wide, 512 groups of 32 points from 8,192); `mid` is SmolLM2-135M's LLM over the same encoder; `tiny` the demo's.
+
+The cluster (`ray.cluster_utils.Cluster`, one raylet per node): the head holds the driver, the controller and the
+reward deployment; two nodes labelled learner (one a spare) and two labelled rollout, one rollout worker on each
+(`placement.learner_label`, `rollout_label`, STRICT_SPREAD; `reward_label` keeps the reward replica on the head, where
+it cannot take the CPUs the restored learner needs on the spare), so every weight sync crosses from the learner's node to
+the rollout nodes. The learner is FSDP2 on 2 ranks in bfloat16 with float32 masters (the precision contract of
+docs/gpu.md); the rollout workers decode with the HF backend.
+
+Under the run: a rollout node dies while step 2's rollouts run (the step is redone on the survivor; a node added
+once step 2 is logged gets the lost worker back), then the learner's node dies once step `steps - 2` is logged
+(the spare restores the learner from the checkpoint of the step before). After it, a LoRA run of 2 steps on the same cluster
+measures the sync of the LoRA-only trainable weights (its learner is DDP on 2 ranks: FSDP2 is built for full weights).
+
+Measured in the one run: each phase's time per step (from metrics.jsonl), the bytes a sync sends and its time beside
+the raw object store moving the same bytes between the same nodes (an actor on a learner node puts them, one on a
+rollout node gets them), the checkpoint's save and restore time and size, and the proportional set size (PSS, so that
+shared pages count once) of every process of the cluster, sampled every 2 s, at its peak, per process and in total.
+Written: `<out>/scale.json` and `<out>/scale.md`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ROLE = "pointrl-role"
+GIB = 2**30
+SIZES = {  # build_tiny_policy's LLM sizes, and whether the point encoder is Point-BERT's
+    "tiny": ({}, False),
+    "mid": (  # SmolLM2-135M's
+        {"hidden_size": 576, "num_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+         "intermediate_size": 1536, "vocab_size": 49152},
+        True,
+    ),
+    "0.5b": (  # Qwen2.5-0.5B's
+        {"hidden_size": 896, "num_layers": 24, "num_attention_heads": 14, "num_key_value_heads": 2,
+         "intermediate_size": 4864, "vocab_size": 151936},
+        True,
+    ),
+}  # fmt: skip
+PHASES = ("rollout", "reward", "learn", "sync", "trace")
+NODES = {"learner": "learner", "spare": "learner", "rollout-a": "rollout", "rollout-b": "rollout"}
+
+
+def build_policy(size: str, out: Path) -> tuple[int, int]:
+    """The random-init policy of `size`, saved to `out`; (its parameters, its cloud's points)."""
+    from policies import PointVLMConfig, build_tiny_policy
+
+    sizes, real_encoder = SIZES[size]
+    config = PointVLMConfig(image=None) if real_encoder else None  # its point encoder's defaults are Point-BERT's
+    policy = build_tiny_policy(out_dir=out, config=config, **sizes)
+    return sum(p.numel() for p in policy.parameters()), 16 * policy.config.point.num_groups
+
+
+class MemorySampler(threading.Thread):
+    """Every `every_s`, the PSS of this process and every process under it (the nodes' raylets, GCS, workers):
+    the peak of their sum, and each process's own peak under its title (`ray::RolloutWorker`, `raylet`, ...)."""
+
+    def __init__(self, every_s: float = 2.0):
+        super().__init__(daemon=True)
+        self.every_s, self.stop, self.total, self.per_process = every_s, threading.Event(), 0.0, {}
+        self.start()
+
+    def run(self) -> None:
+        me = psutil.Process()
+        while not self.stop.wait(self.every_s):
+            total = 0.0
+            for process in [me, *me.children(recursive=True)]:
+                try:
+                    pss = process.memory_full_info().pss / GIB
+                    # `ray::RolloutWorker.generate` while it runs a method: one name per process
+                    title = (process.cmdline() or [process.name()])[0].split("/")[-1].split(".")[0]
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+                total += pss
+                key = f"{title} [{process.pid}]"
+                self.per_process[key] = max(self.per_process.get(key, 0.0), pss)
+            self.total = max(self.total, total)
+
+
+def raw_transfer(nbytes: int, repeats: int = 3) -> float:
+    """The median seconds for an actor on a learner node to put `nbytes` and one on a rollout node to get them."""
+    import numpy as np
+    import ray
+
+    class Holder:
+        def put(self, n: int) -> list:
+            return [ray.put(np.ones(n, dtype=np.uint8))]
+
+        def get(self, wrapped: list) -> int:
+            return ray.get(wrapped[0]).nbytes
+
+    holder = ray.remote(Holder)
+    sender = holder.options(num_cpus=0, label_selector={ROLE: "learner"}).remote()
+    receiver = holder.options(num_cpus=0, label_selector={ROLE: "rollout"}).remote()
+    times = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        assert ray.get(receiver.get.remote(ray.get(sender.put.remote(nbytes)))) == nbytes
+        times.append(time.perf_counter() - began)
+    for actor in (sender, receiver):
+        ray.kill(actor)
+    return statistics.median(times)
+
+
+def node_of(nodes: dict, title: str) -> str | None:
+    """The name of the cluster node whose raylet runs the first process titled `title` (`ray::RayTrainWorker`)."""
+    raylets = {node.all_processes["raylet"][0].process.pid: name for name, node in nodes.items()}
+    for process in psutil.process_iter(["cmdline"]):
+        if " ".join(process.info["cmdline"] or []).startswith(title):
+            for parent in process.parents():
+                if parent.pid in raylets:
+                    return raylets[parent.pid]
+    return None
+
+
+class Run(threading.Thread):
+    """`run_stage` on a thread of its own, so that the main thread can add nodes (only it may install Ray's signal
+    handlers); `rows()` reads the steps logged so far."""
+
+    def __init__(self, cfg, policy_dir: Path, run_dir: Path):
+        from rl.runtime.driver import run_stage
+
+        super().__init__(daemon=True)
+        self.run_dir, self.error, self.seconds = run_dir, None, 0.0
+        self.stage = lambda: run_stage(cfg, policy_dir, run_dir)
+        self.start()
+
+    def run(self) -> None:
+        began = time.perf_counter()
+        try:
+            self.stage()
+        except BaseException as error:  # noqa: BLE001 - re-raised by `finish`
+            self.error = error
+        self.seconds = time.perf_counter() - began
+
+    def rows(self) -> list[dict]:
+        path = self.run_dir / "metrics.jsonl"
+        lines = path.read_text().splitlines() if path.is_file() else []
+        return [json.loads(line) for line in lines if line.endswith("}")]
+
+    def wait_for_steps(self, steps: int) -> None:
+        while len(self.rows()) < steps:
+            if not self.is_alive():
+                raise RuntimeError(f"the run ended before step {steps}: {self.error}")
+            time.sleep(0.5)
+
+    def finish(self) -> list[dict]:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.rows()
+
+
+def grca_config(run_dir: Path, steps: int, points: int, *extra: str):
+    from rl.config_loading import load_config
+
+    return load_config(
+        "grca.yaml",
+        [
+            f"run.dir={run_dir}", f"run.steps={steps}", "eval.every=0",
+            f"data.num_points={points}", "data.use_images=false", "data.train_size=32", "data.eval_size=4",
+            "policy.dtype=bfloat16", "learner.strategy=fsdp2", "learner.num_workers=2", "learner.cpus_per_worker=1",
+            "learner.micro_batch_size=4", "rollout.num_workers=2", "rollout.cpus_per_worker=2",
+            "rollout.group_size=4", "rollout.prompts_per_step=4", "rollout.max_new_tokens=128",
+            "reward.mode=serve", "reward.replicas=1", "reward.cpus_per_replica=0.5", "rollout.answer_wait_s=30",
+            f"placement.learner_label={ROLE}=learner", f"placement.rollout_label={ROLE}=rollout",
+            f"placement.reward_label={ROLE}=head", "placement.rollout_strategy=STRICT_SPREAD", *extra,
+        ],
+    )  # fmt: skip
+
+
+def median(rows: list[dict], key: str) -> float:
+    return statistics.median(r.get(key, 0.0) for r in rows)
+
+
+def phases_of(row: dict) -> dict[str, float]:
+    phases = {name: row.get(f"time/{name}", 0.0) for name in PHASES}
+    return phases | {"other": max(0.0, row["time/step"] - sum(phases.values()))}
+
+
+def main(argv: list[str]) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", choices=tuple(SIZES), default="0.5b")
+    parser.add_argument("--steps", type=int, default=6, help="GRCA steps of the full run (at least 5)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench-scale"))
+    parser.add_argument("--store-gib", type=float, default=2.0, help="object store of each worker node")
+    args = parser.parse_args(argv)
+    if args.steps < 5:
+        parser.error("--steps must be at least 5: a rollout node dies in step 2, the learner's after step steps-2")
+    import ray
+    from ray.cluster_utils import Cluster
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    began = time.perf_counter()
+    params, points = build_policy(args.size, args.out / "init")
+    print(f"policy: {params / 1e6:.0f}M parameters ({args.size}), built in {time.perf_counter() - began:.0f} s")
+    memory = MemorySampler()
+    fast = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 1000, "health_check_failure_threshold": 5}
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={
+            "num_cpus": 2,
+            "include_dashboard": False,
+            "labels": {ROLE: "head"},
+            "object_store_memory": GIB,
+            "_system_config": fast,
+        },
+    )
+    store = int(args.store_gib * GIB)
+
+    def add_node(role: str):
+        return cluster.add_node(num_cpus=2, labels={ROLE: role}, object_store_memory=store)
+
+    nodes = {name: add_node(role) for name, role in NODES.items()}
+    ray.init(address=cluster.address, namespace="pointrl")
+    cluster.wait_for_nodes()
+    node_ids = {name: node.node_id for name, node in nodes.items()}
+    checkpoint_at = args.steps - 3  # on disk once the next step is logged: the learner's node dies then
+    run_dir = args.out / "run"
+    run = Run(grca_config(run_dir, args.steps, points, f"checkpoint.every={checkpoint_at}"), args.out / "init", run_dir)
+
+    # a rollout node dies as soon as step 1 is logged (step 2's rollouts are under way), and a new one joins once
+    # step 2 is logged
+    run.wait_for_steps(1)
+    rollout_killed = node_of(nodes, "ray::RolloutWorker")
+    cluster.remove_node(nodes.pop(rollout_killed), allow_graceful=False)
+    print(f"killed rollout node {rollout_killed} in step 2")
+    run.wait_for_steps(2)
+    nodes["rollout-c"] = add_node("rollout")
+    node_ids["rollout-c"] = nodes["rollout-c"].node_id
+    # the learner's node dies after the checkpoint of step `checkpoint_at`
+    run.wait_for_steps(checkpoint_at + 1)
+    saved = run.rows()[checkpoint_at].get("time/checkpoint")  # the redone step's row will carry the restore instead
+    learner_killed = node_of(nodes, "ray::RayTrainWorker")
+    cluster.remove_node(nodes.pop(learner_killed), allow_graceful=False)
+    print(f"killed learner node {learner_killed} after step {checkpoint_at + 1}")
+    rows = run.finish()
+    sync_bytes = int(rows[-1]["sync/mib"] * 2**20)
+    raw_s = raw_transfer(sync_bytes)
+
+    lora_dir = args.out / "lora"
+    lora_run = Run(grca_config(lora_dir, 2, points, "policy.llm_mode=lora", "learner.strategy=ddp"), args.out / "init", lora_dir)  # fmt: skip
+    lora_rows = lora_run.finish()
+    lora_bytes = int(lora_rows[-1]["sync/mib"] * 2**20)
+    lora_raw_s = raw_transfer(lora_bytes)
+    memory.stop.set()
+    memory.join()
+    ray.shutdown()
+    cluster.shutdown()
+
+    checkpoints = sorted(p for p in (run_dir / "learner").glob("checkpoint_*") if p.is_dir())
+    restored = [r for r in rows[1:] if "time/learner_start" in r]  # the first row's is the learner's first start
+    workers = [r["rollout/workers"] for r in rows]
+    result = {
+        "policy": {"params": params, "dtype": "bfloat16 compute, float32 masters (FSDP2)", "size": args.size},
+        "cluster": {
+            "nodes": 1 + len(NODES) + 1,
+            "learner_nodes": [node_ids["learner"], node_ids["spare"]],
+            "rollout_nodes": [node_ids[n] for n in ("rollout-a", "rollout-b", "rollout-c")],
+        },
+        "steps": [r["step"] for r in rows],
+        "run_s": run.seconds,
+        "step_s_median": median(rows, "time/step"),
+        "phases_s": phases_of({f"time/{k}": median(rows, f"time/{k}") for k in (*PHASES, "step")}),
+        "per_step": [{"step": r["step"], "workers": r["rollout/workers"], **phases_of(r)} for r in rows],
+        "sync": {
+            "bytes": sync_bytes,
+            "s": median(rows, "time/sync"),
+            "raw_s": raw_s,
+            "ratio": median(rows, "time/sync") / raw_s,
+            "lora": {"bytes": lora_bytes, "s": median(lora_rows, "time/sync"), "raw_s": lora_raw_s},
+        },
+        "checkpoint": {
+            "save_s": saved,
+            "restore_s": restored[0]["time/learner_start"] if restored else None,
+            "gib": sum(f.stat().st_size for f in checkpoints[-1].rglob("*") if f.is_file()) / GIB if checkpoints else 0,
+        },
+        "peak_rss_gib": {"kind": "PSS", "total": memory.total, "per_process": dict(sorted(memory.per_process.items()))},
+        "node_kill": {
+            "rollout": {
+                "node": rollout_killed,
+                "in_step": 2,
+                "workers_per_step": workers,
+                "rejoined": workers[-1] == 2.0,
+                "survived": [r["step"] for r in rows] == list(range(1, args.steps + 1)),
+                "steps": [r["step"] for r in rows],
+            },
+            "learner": {
+                "node": learner_killed,
+                "after_step": checkpoint_at + 1,
+                "restored_from_step": checkpoint_at,
+                "survived": [r["step"] for r in rows] == list(range(1, args.steps + 1)),
+                "steps": [r["step"] for r in rows],
+            },
+        },
+    }
+    (args.out / "scale.json").write_text(json.dumps(result, indent=1))
+    (args.out / "scale.md").write_text(report(result, args.size) + "\n")
+    print(report(result, args.size))
+
+
+def report(result: dict, size: str) -> str:
+    sync, checkpoint, kills = result["sync"], result["checkpoint"], result["node_kill"]
+    top = sorted(result["peak_rss_gib"]["per_process"].items(), key=lambda kv: -kv[1])[:10]
+    return "\n".join(
+        [
+            f"# bench-scale: {size}, {result['policy']['params'] / 1e6:.0f}M parameters, "
+            f"{len(result['steps'])} GRCA steps on {result['cluster']['nodes']} nodes",
+            "",
+            "| step | workers | " + " | ".join(result["phases_s"]) + " |",
+            "|---|---|" + "---|" * len(result["phases_s"]),
+            *[
+                f"| {s['step']} | {s['workers']:.0f} | "
+                + " | ".join(f"{s[name]:.2f}" for name in result["phases_s"])
+                + " |"
+                for s in result["per_step"]
+            ],
+            f"| median | | {' | '.join(f'{v:.2f}' for v in result['phases_s'].values())} |",
+            "",
+            "| what | value |",
+            "|---|---|",
+            f"| step, median | {result['step_s_median']:.1f} s |",
+            f"| sync: bytes / time / raw object store / ratio | {sync['bytes'] / 2**20:.0f} MiB / {sync['s']:.2f} s / "
+            f"{sync['raw_s']:.2f} s / {sync['ratio']:.2f}x |",
+            f"| LoRA-only sync: bytes / time / raw object store | {sync['lora']['bytes'] / 2**20:.0f} MiB / "
+            f"{sync['lora']['s']:.2f} s / {sync['lora']['raw_s']:.2f} s |",
+            f"| checkpoint: save / restore / size | {checkpoint['save_s']:.1f} s / {checkpoint['restore_s']:.1f} s / "
+            f"{checkpoint['gib']:.2f} GiB |",
+            f"| rollout node killed in step 2 | workers per step {kills['rollout']['workers_per_step']}, "
+            f"steps {kills['rollout']['steps']} |",
+            f"| learner node killed after step {kills['learner']['after_step']} | "
+            f"restored from step {kills['learner']['restored_from_step']}, steps {kills['learner']['steps']} |",
+            f"| peak PSS, all processes | {result['peak_rss_gib']['total']:.1f} GiB |",
+            *[f"| peak PSS, {name} | {gib:.2f} GiB |" for name, gib in top],
+        ]
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
