@@ -11,18 +11,19 @@ The cluster (`ray.cluster_utils.Cluster`, one raylet per node): the head holds t
 reward deployment; two nodes labelled learner (one a spare) and two labelled rollout, one rollout worker on each
 (`placement.learner_label`, `rollout_label`, STRICT_SPREAD; `reward_label` keeps the reward replica on the head, where
 it cannot take the CPUs the restored learner needs on the spare), so every weight sync crosses from the learner's node to
-the rollout nodes. The learner is FSDP2 on 2 ranks in bfloat16 with float32 masters (the precision contract of
-docs/gpu.md); the rollout workers decode with the HF backend.
+the rollout nodes. The learner is FSDP2 on 2 ranks with float32 masters, computing in bfloat16 where the CPU
+multiplies it natively and in float32 where it does not (`native_dtype`; the precision contract of docs/gpu.md); the
+rollout workers decode with the HF backend.
 
 Under the run: a rollout node dies while step 2's rollouts run (the step is redone on the survivor; a node added
 once step 2 is logged gets the lost worker back), then the learner's node dies once step `steps - 2` is logged
-(the spare restores the learner from the checkpoint of the step before). After it, a LoRA run of 2 steps on the same cluster
+(the spare restores the learner from the checkpoint of the step before). After it, a LoRA run of 1 step on the same cluster
 measures the sync of the LoRA-only trainable weights (its learner is DDP on 2 ranks: FSDP2 is built for full weights).
 
 Measured in the one run: each phase's time per step (from metrics.jsonl), the bytes a sync sends and its time beside
 the raw object store moving the same bytes between the same nodes (an actor on a learner node puts them, one on a
 rollout node gets them), the checkpoint's save and restore time and size, and the proportional set size (PSS, so that
-shared pages count once) of every process of the cluster, sampled every 2 s, at its peak, per process and in total.
+shared pages count once) of every process of the cluster, sampled every 15 s, at its peak, per process and in total.
 Written: `<out>/scale.json` and `<out>/scale.md`.
 """
 
@@ -69,11 +70,31 @@ def build_policy(size: str, out: Path) -> tuple[int, int]:
     return sum(p.numel() for p in policy.parameters()), 16 * policy.config.point.num_groups
 
 
+def native_dtype() -> tuple[str, str]:
+    """bfloat16 where this CPU multiplies it natively (oneDNN's AVX512-BF16 or AMX path), else float32; and why.
+    Without that path torch emulates bfloat16 matmuls, several times slower than float32."""
+    import torch
+
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "bfloat16", "this CPU multiplies bfloat16 natively (oneDNN)"
+    return "float32", "this CPU has no native bfloat16 matmul (no AVX512-BF16 or AMX): torch emulates it, slower"
+
+
+def pss_gib(pid: int) -> float:
+    """A process's proportional set size from /proc/<pid>/smaps_rollup (psutil's memory_full_info reads the whole
+    smaps, which costs a core's worth of time on a cluster of 50 processes)."""
+    with open(f"/proc/{pid}/smaps_rollup") as f:
+        for line in f:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024 / GIB
+    return 0.0
+
+
 class MemorySampler(threading.Thread):
     """Every `every_s`, the PSS of this process and every process under it (the nodes' raylets, GCS, workers):
     the peak of their sum, and each process's own peak under its title (`ray::RolloutWorker`, `raylet`, ...)."""
 
-    def __init__(self, every_s: float = 2.0):
+    def __init__(self, every_s: float = 15.0):  # reading 50 processes' page tables costs ~0.1 s of a core
         super().__init__(daemon=True)
         self.every_s, self.stop, self.total, self.per_process = every_s, threading.Event(), 0.0, {}
         self.start()
@@ -84,10 +105,10 @@ class MemorySampler(threading.Thread):
             total = 0.0
             for process in [me, *me.children(recursive=True)]:
                 try:
-                    pss = process.memory_full_info().pss / GIB
+                    pss = pss_gib(process.pid)
                     # `ray::RolloutWorker.generate` while it runs a method: one name per process
                     title = (process.cmdline() or [process.name()])[0].split("/")[-1].split(".")[0]
-                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                except (psutil.NoSuchProcess, psutil.AccessDenied, FileNotFoundError, ProcessLookupError):
                     continue
                 total += pss
                 key = f"{title} [{process.pid}]"
@@ -169,7 +190,10 @@ class Run(threading.Thread):
         return self.rows()
 
 
-def grca_config(run_dir: Path, steps: int, points: int, *extra: str):
+def grca_config(run_dir: Path, steps: int, points: int, dtype: str, *extra: str):
+    """The rehearsal's GRCA stage. One CPU per worker: the nodes share this machine's cores, and a worker runs as many
+    torch threads as it has CPUs, so two rollout workers of two threads each would fight over the cores. The
+    learner's memory savers are on: at 0.5B a micro-batch's float32 logits over 151,936 tokens are GiBs."""
     from rl.config_loading import load_config
 
     return load_config(
@@ -177,8 +201,9 @@ def grca_config(run_dir: Path, steps: int, points: int, *extra: str):
         [
             f"run.dir={run_dir}", f"run.steps={steps}", "eval.every=0",
             f"data.num_points={points}", "data.use_images=false", "data.train_size=32", "data.eval_size=4",
-            "policy.dtype=bfloat16", "learner.strategy=fsdp2", "learner.num_workers=2", "learner.cpus_per_worker=1",
-            "learner.micro_batch_size=4", "rollout.num_workers=2", "rollout.cpus_per_worker=2",
+            f"policy.dtype={dtype}", "learner.strategy=fsdp2", "learner.num_workers=2", "learner.cpus_per_worker=1",
+            "learner.micro_batch_size=2", "learner.logprob_chunk=32", "learner.activation_checkpointing=true",
+            "rollout.num_workers=2", "rollout.cpus_per_worker=1",
             "rollout.group_size=4", "rollout.prompts_per_step=4", "rollout.max_new_tokens=128",
             "reward.mode=serve", "reward.replicas=1", "reward.cpus_per_replica=0.5", "rollout.answer_wait_s=30",
             f"placement.learner_label={ROLE}=learner", f"placement.rollout_label={ROLE}=rollout",
@@ -199,7 +224,7 @@ def phases_of(row: dict) -> dict[str, float]:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", choices=tuple(SIZES), default="0.5b")
-    parser.add_argument("--steps", type=int, default=6, help="GRCA steps of the full run (at least 5)")
+    parser.add_argument("--steps", type=int, default=5, help="GRCA steps of the full run (at least 5)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-scale"))
     parser.add_argument("--store-gib", type=float, default=2.0, help="object store of each worker node")
     args = parser.parse_args(argv)
@@ -209,6 +234,8 @@ def main(argv: list[str]) -> None:
     from ray.cluster_utils import Cluster
 
     args.out.mkdir(parents=True, exist_ok=True)
+    dtype, why = native_dtype()
+    print(f"compute dtype: {dtype} ({why})")
     began = time.perf_counter()
     params, points = build_policy(args.size, args.out / "init")
     print(f"policy: {params / 1e6:.0f}M parameters ({args.size}), built in {time.perf_counter() - began:.0f} s")
@@ -235,7 +262,8 @@ def main(argv: list[str]) -> None:
     node_ids = {name: node.node_id for name, node in nodes.items()}
     checkpoint_at = args.steps - 3  # on disk once the next step is logged: the learner's node dies then
     run_dir = args.out / "run"
-    run = Run(grca_config(run_dir, args.steps, points, f"checkpoint.every={checkpoint_at}"), args.out / "init", run_dir)
+    cfg = grca_config(run_dir, args.steps, points, dtype, f"checkpoint.every={checkpoint_at}")
+    run = Run(cfg, args.out / "init", run_dir)
 
     # a rollout node dies as soon as step 1 is logged (step 2's rollouts are under way), and a new one joins once
     # step 2 is logged
@@ -257,7 +285,8 @@ def main(argv: list[str]) -> None:
     raw_s = raw_transfer(sync_bytes)
 
     lora_dir = args.out / "lora"
-    lora_run = Run(grca_config(lora_dir, 2, points, "policy.llm_mode=lora", "learner.strategy=ddp"), args.out / "init", lora_dir)  # fmt: skip
+    lora_cfg = grca_config(lora_dir, 1, points, dtype, "policy.llm_mode=lora", "learner.strategy=ddp")
+    lora_run = Run(lora_cfg, args.out / "init", lora_dir)
     lora_rows = lora_run.finish()
     lora_bytes = int(lora_rows[-1]["sync/mib"] * 2**20)
     lora_raw_s = raw_transfer(lora_bytes)
@@ -270,7 +299,12 @@ def main(argv: list[str]) -> None:
     restored = [r for r in rows[1:] if "time/learner_start" in r]  # the first row's is the learner's first start
     workers = [r["rollout/workers"] for r in rows]
     result = {
-        "policy": {"params": params, "dtype": "bfloat16 compute, float32 masters (FSDP2)", "size": args.size},
+        "policy": {
+            "params": params,
+            "dtype": f"{dtype} compute, float32 masters (FSDP2)",
+            "why": why,
+            "size": args.size,
+        },
         "cluster": {
             "nodes": 1 + len(NODES) + 1,
             "learner_nodes": [node_ids["learner"], node_ids["spare"]],

@@ -68,8 +68,11 @@ class RolloutWorker:
         self.engine = make_engine(backend, self.policy, policy_dir, version, **(engine_options or {}))
         move_to(self.policy, self.device)  # after vLLM has taken its memory and freed the torch decoder
 
+    @ray.method(concurrency_group="ping")
     def ping(self) -> str:
-        """The id of the node this worker runs on (a worker that Ray placed again may be on another)."""
+        """The id of the node this worker runs on (a worker that Ray placed again may be on another). It answers on a
+        thread of its own (`make_rollout_workers`' concurrency group), so a worker busy generating for minutes still
+        answers a fleet that asks who is alive after another worker died."""
         return ray.get_runtime_context().get_node_id()
 
     def version(self) -> int:
@@ -144,7 +147,7 @@ def make_rollout_workers(
         raise ValueError(f"unknown rollout backend {backend!r}: choose one of {BACKENDS}")
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-    actor = ray.remote(RolloutWorker)
+    actor = ray.remote(concurrency_groups={"ping": 1})(RolloutWorker)
     workers = [
         actor.options(
             num_cpus=cpus_per_worker,

@@ -149,6 +149,18 @@ def test_a_worker_built_in_the_learners_llm_mode_takes_its_lora_weights(cluster,
     assert not torch.allclose(before, worker.logprobs(samples[:1], *fixed), atol=1e-3)
 
 
+def test_a_worker_busy_generating_answers_a_ping(cluster, samples):
+    """The fleet pings the workers left after one died; a survivor in the middle of a long generate must answer
+    within rollout.answer_wait_s, not after its generate (at 0.5B a generate takes minutes)."""
+    _, workers = cluster
+    long = replace(SAMPLING, max_new_tokens=400, min_new_tokens=400)
+    busy = workers[0].generate.remote(samples, long, None, True)
+    ray.wait([busy], timeout=1.0)  # under way
+    ready, _ = ray.wait([workers[0].ping.remote()], timeout=2.0)
+    assert ready and not ray.wait([busy], timeout=0)[0]  # the ping answered while the generate still ran
+    assert ray.get(busy).response_ids.shape[1] == 400
+
+
 def test_a_fleet_goes_on_without_a_worker_gone_for_good_and_stops_in_one_line_with_none(cluster, samples):
     from rl.runtime.fleet import Fleet, NoRolloutWorkers
 
@@ -162,4 +174,7 @@ def test_a_fleet_goes_on_without_a_worker_gone_for_good_and_stops_in_one_line_wi
     assert alone.uids == whole.uids and len(alone.texts) == len(whole.texts) == 5 * SAMPLING.n
     ray.kill(fleet.workers[1], no_restart=True)
     with pytest.raises(NoRolloutWorkers, match="no rollout worker answered within rollout.answer_wait_s=5 s"):
+        fleet.run("rollout", lambda workers: generate_on_workers(workers, samples, SAMPLING))
+    # asked again (the other learner rank's call): the same one line, not a split of the prompts over no worker
+    with pytest.raises(NoRolloutWorkers, match="no rollout worker answered"):
         fleet.run("rollout", lambda workers: generate_on_workers(workers, samples, SAMPLING))
