@@ -161,6 +161,12 @@ def test_a_worker_busy_generating_answers_a_ping(cluster, samples):
     assert ray.get(busy).response_ids.shape[1] == 400
 
 
+def test_a_stage_without_rollout_workers_has_an_empty_fleet_that_runs_calls_on_none():
+    from rl.runtime.fleet import Fleet
+
+    assert Fleet([], answer_wait_s=5).run("weight sync", len) == 0  # SFT and DPO publish to no worker
+
+
 def test_a_fleet_goes_on_without_a_worker_gone_for_good_and_stops_in_one_line_with_none(cluster, samples):
     from rl.runtime.fleet import Fleet, NoRolloutWorkers
 

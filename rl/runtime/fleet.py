@@ -58,7 +58,7 @@ class Fleet:
         while True:
             try:
                 self._take_back(what)
-                if not self.live:  # asked again after the last worker was lost (by another learner rank): one line
+                if self.workers and not self.live:  # asked again after the last one was lost (another learner rank)
                     self._regroup(what)
                 return call(self.taking_part)
             except (RayActorError, StaleWeights) as error:  # died mid-call, or restarted since the last sync
