@@ -9,16 +9,17 @@ wide, 512 groups of 32 points from 8,192); `mid` is SmolLM2-135M's LLM over the 
 
 The cluster (`ray.cluster_utils.Cluster`, one raylet per node): the head holds the driver, the controller and the
 reward deployment; two nodes labelled learner (one a spare) and two labelled rollout, one rollout worker on each
-(`placement.learner_label`, `rollout_label`, STRICT_SPREAD; `reward_label` keeps the reward replica on the head, where
-it cannot take the CPUs the restored learner needs on the spare), so every weight sync crosses from the learner's node to
-the rollout nodes. The learner is FSDP2 on 2 ranks with float32 masters, computing in bfloat16 where the CPU
+(`placement.learner_label`, `rollout_label`, STRICT_SPREAD; `reward_label` keeps the reward replica on the head,
+where it cannot take the CPUs the restored learner needs on the spare), so every weight sync crosses from the
+learner's node to the rollout nodes. The learner is FSDP2 on 2 ranks with float32 masters, computing in bfloat16 where the CPU
 multiplies it natively and in float32 where it does not (`native_dtype`; the precision contract of docs/gpu.md); the
 rollout workers decode with the HF backend.
 
 Under the run: a rollout node dies while step 2's rollouts run (the step is redone on the survivor; a node added
 once step 2 is logged gets the lost worker back), then the learner's node dies once step `steps - 2` is logged
-(the spare restores the learner from the checkpoint of the step before). After it, a LoRA run of 1 step on the same cluster
-measures the sync of the LoRA-only trainable weights (its learner is DDP on 2 ranks: FSDP2 is built for full weights).
+(the spare restores the learner from the checkpoint of the step before). After it, a LoRA run of 1 step on the same
+cluster measures the sync of the LoRA-only trainable weights (its learner is DDP on 2 ranks: FSDP2 is built for full
+weights).
 
 Measured in the one run: each phase's time per step (from metrics.jsonl), the bytes a sync sends and its time beside
 the raw object store moving the same bytes between the same nodes (an actor on a learner node puts them, one on a

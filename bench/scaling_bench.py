@@ -4,9 +4,10 @@ response lengths, each phase timed, and the peak memory of the whole cluster.
     python bench/scaling_bench.py [--sizes tiny,mid] [--groups 4,8,16] [--lengths 32,96] [--out runs/bench-scaling]
 
 Each point is a 2-step run on one local Ray node (one rollout worker on the HF backend, one learner rank, float32
-masters computing in bfloat16 where the CPU multiplies it natively, else float32, 4 prompts x G, every response forced to the length: `rollout.min_new_tokens`); step 2's phases
-are reported (step 1 pays the first sync's and the kernels' warm-up). The sizes are scale_bench.py's (`tiny`: the
-demo's, `mid`: SmolLM2-135M's LLM, `0.5b`: Qwen2.5-0.5B's, both over Point-BERT's encoder), random-initialized.
+masters computing in bfloat16 where the CPU multiplies it natively, else float32, 4 prompts x G, every response
+forced to the length: `rollout.min_new_tokens`); step 2's phases are reported (step 1 pays the first sync's and the
+kernels' warm-up). The sizes are scale_bench.py's (`tiny`: the demo's, `mid`: SmolLM2-135M's LLM, `0.5b`:
+Qwen2.5-0.5B's, both over Point-BERT's encoder), random-initialized.
 Written: `<out>/scaling.json` (one record per point), `<out>/model.json` (each phase's fitted fixed seconds and work
 rate, `fit`), the plot (`--plot`, docs/scaling.png) and the table on stdout.
 """
@@ -21,7 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from scale_bench import SIZES, MemorySampler, build_policy, native_dtype, phases_of  # noqa: E402 - bench/ is sys.path[0]
+# bench/ is sys.path[0] when this script runs
+from scale_bench import SIZES, MemorySampler, build_policy, native_dtype, phases_of  # noqa: E402
 
 
 def measure(size: str, group: int, length: int, policy: Path, points: int, run_dir: Path) -> dict:

@@ -6,8 +6,8 @@ added otherwise). The fleet waits for neither beyond `rollout.answer_wait_s`: th
 the same prompts, on the workers that answered within it, and each missing worker keeps a ping under way. (The samples
 are the same ones where the engine seeds each prompt by its place in the step, as vLLM does: see
 `rollout.worker.launch_on_workers`; the HF engine seeds a worker's shard, so its redone samples differ.) Before every
-later call the answered pings are collected: that worker gets the current version and takes part again. A worker out of restarts is
-dropped; with no worker left the run stops, saying so.
+later call the answered pings are collected: that worker gets the current version and takes part again. A worker out
+of restarts is dropped; with no worker left the run stops, saying so.
 """
 
 from __future__ import annotations

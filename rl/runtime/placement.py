@@ -273,13 +273,13 @@ def _fewer_cpus(cfg: Config, nodes: list[dict[str, float]], labels: list[dict[st
 
     rewards = rollouts and cfg.reward.mode == "serve" and cfg.reward.cpus_per_replica > 0
     reward_bundles = [{"CPU": cfg.reward.cpus_per_replica}] * (cfg.reward.replicas if rewards else 0)
+    reward_label = parse_label(cfg.placement.reward_label)
     keys = [("learner", cfg.learner.cpus_per_worker)] + ([("rollout", cfg.rollout.cpus_per_worker)] if rollouts else [])
     keys = [(section, cpus) for section, cpus in keys if cpus > 0]
     for halvings in range(1, 7):
         smaller = {section: cpus / 2**halvings for section, cpus in keys}
         trial = replace(cfg, **{s: replace(getattr(cfg, s), cpus_per_worker=c) for s, c in smaller.items()})
         state = [_Node(resources, label) for resources, label in zip(nodes, labels, strict=True)]
-        reward_label = parse_label(cfg.placement.reward_label)
         if (
             _fit(make_plan(trial, rollouts), state) is None
             and _place(state, reward_bundles, "PACK", reward_label) is not None

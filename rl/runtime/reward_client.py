@@ -32,8 +32,9 @@ def serve_rewards(
     timeout_s: float, replicas: int = 1, cpus_per_replica: float = 0.25, label: dict[str, str] | None = None
 ) -> RewardFn:
     """Use the cluster's running reward app, or deploy one of `replicas` replicas (without an HTTP proxy port of its
-    own) on nodes with the Ray `label`, if one is given. A call sends one contiguous chunk of its samples per replica, all at once, so the replicas score in
-    parallel; a chunk that fails or runs past the call's `timeout_s` leaves only its own samples missing."""
+    own) on nodes with the Ray `label`, if one is given. A call sends one contiguous chunk of its samples per replica,
+    all at once, so the replicas score in parallel; a chunk that fails or runs past the call's `timeout_s` leaves only
+    its own samples missing."""
     from ray import serve
 
     from serve.ray_app import APP_NAME, reward_application
