@@ -74,8 +74,8 @@ real-bench: install
 		(apt-get update -qq && apt-get install -y -qq inventor-data assimp-testmodels python3-pivy)
 	$(BIN)/python bench/real_bench.py $(if $(POLICY),--policy $(POLICY))
 
-# Real size on several nodes (issue 25): a 0.5B-parameter policy (SIZE=0.5b|mid|tiny) through GRCA steps on a
-# 5-node Ray cluster of this machine, a rollout node and the learner's node killed under it; runs/bench-scale/scale.json
+# Real size on several nodes (issue 25): a 160M-parameter policy (SIZE=mid|0.5b|tiny) through GRCA steps on a
+# 6-node Ray cluster of this machine, a rollout node and the learner's node killed under it; runs/bench-scale/scale.json
 bench-scale: install
 	$(BIN)/python bench/scale_bench.py $(if $(SIZE),--size $(SIZE)) $(if $(STEPS),--steps $(STEPS))
 

@@ -1,7 +1,9 @@
-"""The rehearsal at real size (`make bench-scale`): a Point-VLM with Qwen2.5-0.5B's LLM dimensions through GRCA steps
-on a Ray cluster of several nodes on this machine, with a rollout node and then the learner's node killed under it.
+"""The rehearsal at real size (`make bench-scale`): a Point-VLM of 160M parameters (`mid`) or with Qwen2.5-0.5B's LLM
+dimensions (`0.5b`) through GRCA steps on a Ray cluster of several nodes on this machine, with a rollout node and then
+the learner's node killed under it. `mid` is the default: on 2 cores its 5 steps, two kills and LoRA run take about
+20 minutes, within the issue's 40; a 0.5B step costs about three times a mid one (docs/scaling.md).
 
-    python bench/scale_bench.py [--size 0.5b|mid|tiny] [--steps 6] [--out runs/bench-scale]
+    python bench/scale_bench.py [--size mid|0.5b|tiny] [--steps 5] [--out runs/bench-scale]
 
 The policy is random-initialized (nothing is downloaded): `--size 0.5b` is Qwen2.5-0.5B's LLM (hidden 896, 24 layers,
 14 heads, 2 KV heads, MLP 4864, 151,936-token vocabulary, tied embeddings) over Point-BERT's encoder (12 layers, 384
@@ -22,9 +24,10 @@ cluster measures the sync of the LoRA-only trainable weights (its learner is DDP
 weights).
 
 Measured in the one run: each phase's time per step (from metrics.jsonl), the bytes a sync sends and its time beside
-the raw object store moving the same bytes between the same nodes (an actor on a learner node puts them, one on a
-rollout node gets them), the checkpoint's save and restore time and size, and the proportional set size (PSS, so that
-shared pages count once) of every process of the cluster, sampled every 15 s, at its peak, per process and in total.
+the raw object store moving the same bytes between the same nodes (an actor on a learner node puts them, one on each
+rollout node gets them at once, as the workers fetch a version), the checkpoint's save and restore time and size,
+and the proportional set size (PSS, so that shared pages count once) of every process of the cluster, sampled every
+15 s, at its peak, per process and in total.
 Written: `<out>/scale.json` and `<out>/scale.md`.
 """
 
@@ -42,7 +45,8 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-ROLE = "pointrl-role"
+from bench.local_cluster import NODES, ROLE, Run, node_of  # noqa: E402
+
 GIB = 2**30
 SIZES = {  # build_tiny_policy's LLM sizes, and whether the point encoder is Point-BERT's
     "tiny": ({}, False),
@@ -58,7 +62,6 @@ SIZES = {  # build_tiny_policy's LLM sizes, and whether the point encoder is Poi
     ),
 }  # fmt: skip
 PHASES = ("rollout", "reward", "learn", "sync", "trace")
-NODES = {"learner": "learner", "spare": "learner", "rollout-a": "rollout", "rollout-b": "rollout"}
 
 
 def build_policy(size: str, out: Path) -> tuple[int, int]:
@@ -93,17 +96,18 @@ def pss_gib(pid: int) -> float:
 
 class MemorySampler(threading.Thread):
     """Every `every_s`, the PSS of this process and every process under it (the nodes' raylets, GCS, workers):
-    the peak of their sum, and each process's own peak under its title (`ray::RolloutWorker`, `raylet`, ...)."""
+    the peak of their sum, what held it at that moment by kind of process (`at_peak`: title -> GiB and count), and
+    each process's own peak under its title (`ray::RolloutWorker`, `raylet`, ...)."""
 
     def __init__(self, every_s: float = 15.0):  # reading 50 processes' page tables costs ~0.1 s of a core
         super().__init__(daemon=True)
-        self.every_s, self.stop, self.total, self.per_process = every_s, threading.Event(), 0.0, {}
+        self.every_s, self.stop, self.total, self.per_process, self.at_peak = every_s, threading.Event(), 0.0, {}, {}
         self.start()
 
     def run(self) -> None:
         me = psutil.Process()
         while not self.stop.wait(self.every_s):
-            total = 0.0
+            by_title: dict[str, dict] = {}
             for process in [me, *me.children(recursive=True)]:
                 try:
                     pss = pss_gib(process.pid)
@@ -111,16 +115,21 @@ class MemorySampler(threading.Thread):
                     title = (process.cmdline() or [process.name()])[0].split("/")[-1].split(".")[0]
                 except (psutil.NoSuchProcess, psutil.AccessDenied, FileNotFoundError, ProcessLookupError):
                     continue
-                total += pss
+                kind = by_title.setdefault(title, {"gib": 0.0, "processes": 0})
+                kind["gib"], kind["processes"] = kind["gib"] + pss, kind["processes"] + 1
                 key = f"{title} [{process.pid}]"
                 self.per_process[key] = max(self.per_process.get(key, 0.0), pss)
-            self.total = max(self.total, total)
+            total = sum(kind["gib"] for kind in by_title.values())
+            if total > self.total:
+                self.total, self.at_peak = total, dict(sorted(by_title.items(), key=lambda kv: -kv[1]["gib"]))
 
 
-def raw_transfer(nbytes: int, repeats: int = 3) -> float:
-    """The median seconds for an actor on a learner node to put `nbytes` and one on a rollout node to get them."""
+def raw_transfer(nbytes: int, rollout_nodes: list[str], repeats: int = 3) -> float:
+    """The median seconds for an actor on a learner node to put `nbytes` and an actor on each rollout node to get
+    them, all at once: the fan-out of a sync, whose workers fetch one published version together."""
     import numpy as np
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     class Holder:
         def put(self, n: int) -> list:
@@ -131,64 +140,19 @@ def raw_transfer(nbytes: int, repeats: int = 3) -> float:
 
     holder = ray.remote(Holder)
     sender = holder.options(num_cpus=0, label_selector={ROLE: "learner"}).remote()
-    receiver = holder.options(num_cpus=0, label_selector={ROLE: "rollout"}).remote()
+    receivers = [
+        holder.options(num_cpus=0, scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+        for node in rollout_nodes
+    ]
     times = []
     for _ in range(repeats):
         began = time.perf_counter()
-        assert ray.get(receiver.get.remote(ray.get(sender.put.remote(nbytes)))) == nbytes
+        wrapped = ray.get(sender.put.remote(nbytes))
+        assert ray.get([receiver.get.remote(wrapped) for receiver in receivers]) == [nbytes] * len(receivers)
         times.append(time.perf_counter() - began)
-    for actor in (sender, receiver):
+    for actor in (sender, *receivers):
         ray.kill(actor)
     return statistics.median(times)
-
-
-def node_of(nodes: dict, title: str) -> str | None:
-    """The name of the cluster node whose raylet runs the first process titled `title` (`ray::RayTrainWorker`)."""
-    raylets = {node.all_processes["raylet"][0].process.pid: name for name, node in nodes.items()}
-    for process in psutil.process_iter(["cmdline"]):
-        if " ".join(process.info["cmdline"] or []).startswith(title):
-            for parent in process.parents():
-                if parent.pid in raylets:
-                    return raylets[parent.pid]
-    return None
-
-
-class Run(threading.Thread):
-    """`run_stage` on a thread of its own, so that the main thread can add nodes (only it may install Ray's signal
-    handlers); `rows()` reads the steps logged so far."""
-
-    def __init__(self, cfg, policy_dir: Path, run_dir: Path):
-        from rl.runtime.driver import run_stage
-
-        super().__init__(daemon=True)
-        self.run_dir, self.error, self.seconds = run_dir, None, 0.0
-        self.stage = lambda: run_stage(cfg, policy_dir, run_dir)
-        self.start()
-
-    def run(self) -> None:
-        began = time.perf_counter()
-        try:
-            self.stage()
-        except BaseException as error:  # noqa: BLE001 - re-raised by `finish`
-            self.error = error
-        self.seconds = time.perf_counter() - began
-
-    def rows(self) -> list[dict]:
-        path = self.run_dir / "metrics.jsonl"
-        lines = path.read_text().splitlines() if path.is_file() else []
-        return [json.loads(line) for line in lines if line.endswith("}")]
-
-    def wait_for_steps(self, steps: int) -> None:
-        while len(self.rows()) < steps:
-            if not self.is_alive():
-                raise RuntimeError(f"the run ended before step {steps}: {self.error}")
-            time.sleep(0.5)
-
-    def finish(self) -> list[dict]:
-        self.join()
-        if self.error is not None:
-            raise self.error
-        return self.rows()
 
 
 def grca_config(run_dir: Path, steps: int, points: int, dtype: str, *extra: str):
@@ -224,7 +188,7 @@ def phases_of(row: dict) -> dict[str, float]:
 
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", choices=tuple(SIZES), default="0.5b")
+    parser.add_argument("--size", choices=tuple(SIZES), default="mid")
     parser.add_argument("--steps", type=int, default=5, help="GRCA steps of the full run (at least 5)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-scale"))
     parser.add_argument("--store-gib", type=float, default=2.0, help="object store of each worker node")
@@ -283,14 +247,15 @@ def main(argv: list[str]) -> None:
     print(f"killed learner node {learner_killed} after step {checkpoint_at + 1}")
     rows = run.finish()
     sync_bytes = int(rows[-1]["sync/mib"] * 2**20)
-    raw_s = raw_transfer(sync_bytes)
+    rollout_nodes = [node.node_id for name, node in nodes.items() if name.startswith("rollout")]
+    raw_s = raw_transfer(sync_bytes, rollout_nodes)
 
     lora_dir = args.out / "lora"
     lora_cfg = grca_config(lora_dir, 1, points, dtype, "policy.llm_mode=lora", "learner.strategy=ddp")
     lora_run = Run(lora_cfg, args.out / "init", lora_dir)
     lora_rows = lora_run.finish()
     lora_bytes = int(lora_rows[-1]["sync/mib"] * 2**20)
-    lora_raw_s = raw_transfer(lora_bytes)
+    lora_raw_s = raw_transfer(lora_bytes, rollout_nodes)
     memory.stop.set()
     memory.join()
     ray.shutdown()
@@ -328,7 +293,12 @@ def main(argv: list[str]) -> None:
             "restore_s": restored[0]["time/learner_start"] if restored else None,
             "gib": sum(f.stat().st_size for f in checkpoints[-1].rglob("*") if f.is_file()) / GIB if checkpoints else 0,
         },
-        "peak_rss_gib": {"kind": "PSS", "total": memory.total, "per_process": dict(sorted(memory.per_process.items()))},
+        "peak_rss_gib": {
+            "kind": "PSS",
+            "total": memory.total,
+            "at_peak": memory.at_peak,
+            "per_process": dict(sorted(memory.per_process.items())),
+        },
         "node_kill": {
             "rollout": {
                 "node": rollout_killed,
@@ -384,7 +354,12 @@ def report(result: dict, size: str) -> str:
             f"| learner node killed after step {kills['learner']['after_step']} | "
             f"restored from step {kills['learner']['restored_from_step']}, steps {kills['learner']['steps']} |",
             f"| peak PSS, all processes | {result['peak_rss_gib']['total']:.1f} GiB |",
-            *[f"| peak PSS, {name} | {gib:.2f} GiB |" for name, gib in top],
+            *[
+                f"| at that peak, {title} (x{kind['processes']}) | {kind['gib']:.2f} GiB |"
+                for title, kind in result["peak_rss_gib"]["at_peak"].items()
+                if kind["gib"] >= 0.05
+            ],
+            *[f"| peak PSS of one process, {name} | {gib:.2f} GiB |" for name, gib in top],
         ]
     )
 

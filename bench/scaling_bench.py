@@ -3,11 +3,12 @@ response lengths, each phase timed, and the peak memory of the whole cluster.
 
     python bench/scaling_bench.py [--sizes tiny,mid] [--groups 4,8,16] [--lengths 32,96] [--out runs/bench-scaling]
 
-Each point is a 2-step run on one local Ray node (one rollout worker on the HF backend, one learner rank, float32
-masters computing in bfloat16 where the CPU multiplies it natively, else float32, 4 prompts x G, every response
-forced to the length: `rollout.min_new_tokens`); step 2's phases are reported (step 1 pays the first sync's and the
-kernels' warm-up). The sizes are scale_bench.py's (`tiny`: the demo's, `mid`: SmolLM2-135M's LLM, `0.5b`:
-Qwen2.5-0.5B's, both over Point-BERT's encoder), random-initialized.
+Each point is a 2-step run on one local Ray node: one rollout worker on the HF backend and one learner rank, each
+with two threads (rollout and learning take turns in a step), float32 masters computing in bfloat16 where the CPU
+multiplies it natively and else in float32, 4 prompts x G, and every response forced to the length
+(`rollout.min_new_tokens`). Step 2's phases are reported: step 1 pays the first sync's and the kernels' warm-up.
+The sizes are scale_bench.py's (`tiny`: the demo's, `mid`: SmolLM2-135M's LLM, `0.5b`: Qwen2.5-0.5B's, both over
+Point-BERT's encoder), random-initialized.
 Written: `<out>/scaling.json` (one record per point), `<out>/model.json` (each phase's fitted fixed seconds and work
 rate, `fit`), the plot (`--plot`, docs/scaling.png) and the table on stdout.
 """
@@ -37,8 +38,10 @@ def measure(size: str, group: int, length: int, policy: Path, points: int, run_d
         [
             f"run.dir={run_dir}", "run.steps=2", "checkpoint.every=10", "eval.every=0", "data.eval_size=2",
             f"data.num_points={points}", "data.use_images=false", "data.train_size=16",
-            f"policy.dtype={native_dtype()[0]}", "learner.num_workers=1", "learner.cpus_per_worker=1", "learner.micro_batch_size=8",
-            "rollout.num_workers=1", "rollout.cpus_per_worker=1", "reward.mode=local",
+            f"policy.dtype={native_dtype()[0]}", "learner.strategy=fsdp2", "learner.num_workers=1",
+            "learner.cpus_per_worker=2",
+            "learner.micro_batch_size=4", "learner.logprob_chunk=32",  # 0.5B's logits over 151,936 tokens are GiBs
+            "rollout.num_workers=1", "rollout.cpus_per_worker=2", "reward.mode=local",
             f"rollout.group_size={group}", "rollout.prompts_per_step=4",
             f"rollout.max_new_tokens={length}", f"rollout.min_new_tokens={length}",
         ],
@@ -161,7 +164,9 @@ def main(argv: list[str]) -> None:
     path = args.out / "scaling.json"
     records = json.loads(path.read_text()) if path.is_file() else []  # a rerun measures only the missing points
     done = {(r["size"], r["group"], r["length"]) for r in records}
-    ray.init(num_cpus=4, include_dashboard=False, namespace="pointrl")
+    ray.init(
+        num_cpus=6, include_dashboard=False, namespace="pointrl"
+    )  # 2 + 2 for the workers, the rest for the controllers
     for size in sizes:
         params, points = build_policy(size, args.out / size / "init")
         prompt = prompt_tokens(args.out / size / "init", points)

@@ -79,6 +79,11 @@ def stop(process: subprocess.Popen, temp_dir: str) -> list[str]:
     (other tests' clusters, a run in another checkout): on SIGTERM `ray start --block` stops the processes it started.
     Returns the command lines of any that outlived it (then killed, by pid)."""
     if process.poll() is None:
+        for member in ours(temp_dir):  # all at once: the head's own stop signals one process after another
+            try:
+                member.terminate()
+            except psutil.NoSuchProcess:
+                pass
         process.send_signal(signal.SIGTERM)
         try:
             process.wait(60)

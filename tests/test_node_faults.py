@@ -1,21 +1,17 @@
 """A node dies under a run, on a real Ray cluster of several nodes on this machine (`ray.cluster_utils.Cluster`, one
-raylet per node): the head holds the driver, the controller and (labelled head) the reward replica, one node labelled learner holds the learner, a spare
-learner node waits, and two nodes labelled rollout hold a rollout worker each (STRICT_SPREAD). A node is killed
-as `Cluster.remove_node` kills it (its raylet and every worker process on it) while steps run."""
+raylet per node): the head holds the driver, the controller and (labelled head) the reward replica, one node labelled
+learner holds the learner, a spare learner node waits, and two nodes labelled rollout hold a rollout worker each
+(STRICT_SPREAD). A node is killed as `Cluster.remove_node` kills it (its raylet and every worker process on it) while
+steps run."""
 
 from __future__ import annotations
 
-import threading
-import time
-from pathlib import Path
-
-import psutil
 import pytest
 import ray
 
-from tests.test_rl_loop import config, metrics
+from bench.local_cluster import NODES, ROLE, Run, node_of, nodes_running
+from tests.test_rl_loop import config
 
-ROLE = "pointrl-role"
 LABELLED = [
     f"placement.rollout_label={ROLE}=rollout",
     f"placement.learner_label={ROLE}=learner",
@@ -23,8 +19,6 @@ LABELLED = [
     "reward.mode=local",
     "rollout.answer_wait_s=5",
 ]
-# each worker node by name, and the role its label gives it
-NODES = {"learner": "learner", "spare": "learner", "rollout-a": "rollout", "rollout-b": "rollout"}
 
 
 @pytest.fixture(scope="module")
@@ -45,57 +39,9 @@ def nodes():
     cluster.shutdown()
 
 
-def nodes_running(cluster_nodes: dict, title: str) -> list[str]:
-    """The names of the cluster nodes whose raylets run a process titled `title` (`ray::RolloutWorker`)."""
-    raylets = {node.all_processes["raylet"][0].process.pid: name for name, node in cluster_nodes.items()}
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        if " ".join(process.info["cmdline"] or []).startswith(title):
-            found += [raylets[parent.pid] for parent in process.parents() if parent.pid in raylets]
-    return found
-
-
-def node_of(cluster_nodes: dict, title: str) -> str:
-    """The name of the cluster node whose raylet runs the first worker process titled `title`."""
-    found = nodes_running(cluster_nodes, title)
-    assert found, f"no process titled {title} runs on the cluster's worker nodes"
-    return found[0]
-
-
 def kill_node(cluster, cluster_nodes: dict, name: str) -> None:
     """The node's raylet and every process on it killed, as a machine that dies; it leaves `cluster_nodes`."""
     cluster.remove_node(cluster_nodes.pop(name), allow_graceful=False)
-
-
-class Run(threading.Thread):
-    """`run_stage` on a thread of its own, so that the test's main thread can add nodes (Ray's node start installs
-    signal handlers, which only the main thread may)."""
-
-    def __init__(self, cfg, policy_dir: Path, run_dir: Path):
-        from rl.runtime.driver import run_stage
-
-        super().__init__(daemon=True)
-        self.run_dir, self.error = run_dir, None
-        self.stage = lambda: run_stage(cfg, policy_dir, run_dir)
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self.stage()
-        except BaseException as error:  # noqa: BLE001 - re-raised in the test by `finish`
-            self.error = error
-
-    def wait_for_steps(self, steps: int) -> None:
-        path, deadline = self.run_dir / "metrics.jsonl", time.monotonic() + 600
-        while not (path.is_file() and len(path.read_text().splitlines()) >= steps):
-            assert self.is_alive() and time.monotonic() < deadline, f"the run ended before step {steps}: {self.error}"
-            time.sleep(0.2)
-
-    def finish(self) -> list[dict]:
-        self.join(timeout=900)
-        if self.error is not None:
-            raise self.error
-        return metrics(self.run_dir)
 
 
 def test_a_rollout_node_dies_the_step_is_redone_on_the_survivor_and_a_new_node_gets_the_worker(
