@@ -3,7 +3,7 @@ dimensions (`0.5b`) through GRCA steps on a Ray cluster of several nodes on this
 the learner's node killed under it. `mid` is the default: on 2 cores its 5 steps, two kills and LoRA run take about
 20 minutes, within the issue's 40; a 0.5B step costs about three times a mid one (docs/scaling.md).
 
-    python bench/scale_bench.py [--size mid|0.5b|tiny] [--steps 5] [--out runs/bench-scale]
+    python bench/scale_bench.py [--size mid|0.5b|tiny] [--steps 5] [--out runs/bench-scale] [--backend hf|vllm]
 
 The policy is random-initialized (nothing is downloaded): `--size 0.5b` is Qwen2.5-0.5B's LLM (hidden 896, 24 layers,
 14 heads, 2 KV heads, MLP 4864, 151,936-token vocabulary, tied embeddings) over Point-BERT's encoder (12 layers, 384
@@ -13,9 +13,10 @@ The cluster (`ray.cluster_utils.Cluster`, one raylet per node): the head holds t
 reward deployment; two nodes labelled learner (one a spare) and two labelled rollout, one rollout worker on each
 (`placement.learner_label`, `rollout_label`, STRICT_SPREAD; `reward_label` keeps the reward replica on the head,
 where it cannot take the CPUs the restored learner needs on the spare), so every weight sync crosses from the
-learner's node to the rollout nodes. The learner is FSDP2 on 2 ranks with float32 masters, computing in bfloat16 where the CPU
-multiplies it natively and in float32 where it does not (`native_dtype`; the precision contract of docs/gpu.md); the
-rollout workers decode with the HF backend.
+learner's node to the rollout nodes. The learner is FSDP2 on 2 ranks with float32 masters, computing in bfloat16
+where the CPU multiplies it natively and in float32 where it does not (`native_dtype`; the precision contract of
+docs/gpu.md). The rollout workers decode with the HF backend, or with `--backend vllm` with the real vLLM engine
+(vLLM's CPU build: run it with the vLLM lane's `.venv-vllm/bin/python`).
 
 Under the run: a rollout node dies while step 2's rollouts run (the step is redone on the survivor; a node added
 once step 2 is logged gets the lost worker back), then the learner's node dies once step `steps - 2` is logged
@@ -34,6 +35,7 @@ Written: `<out>/scale.json` and `<out>/scale.md`.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
@@ -62,6 +64,11 @@ SIZES = {  # build_tiny_policy's LLM sizes, and whether the point encoder is Poi
     ),
 }  # fmt: skip
 PHASES = ("rollout", "reward", "learn", "sync", "trace")
+BACKENDS = {  # the rollout engine's settings: vLLM's CPU build sized for a worker of one core beside the others
+    "hf": (),
+    "vllm": ("rollout.backend=vllm", "rollout.vllm.kv_cache_gib=0.5", "rollout.vllm.max_model_len=1024",
+             "rollout.vllm.enforce_eager=true"),
+}  # fmt: skip
 
 
 def build_policy(size: str, out: Path) -> tuple[int, int]:
@@ -192,9 +199,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--steps", type=int, default=5, help="GRCA steps of the full run (at least 5)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-scale"))
     parser.add_argument("--store-gib", type=float, default=2.0, help="object store of each worker node")
+    parser.add_argument("--backend", choices=tuple(BACKENDS), default="hf", help="the rollout workers' engine")
     args = parser.parse_args(argv)
     if args.steps < 5:
         parser.error("--steps must be at least 5: a rollout node dies in step 2, the learner's after step steps-2")
+    if args.backend == "vllm" and importlib.util.find_spec("vllm") is None:
+        parser.error("--backend vllm: vLLM is not installed here; run with the vLLM lane's .venv-vllm/bin/python")
     import ray
     from ray.cluster_utils import Cluster
 
@@ -227,7 +237,8 @@ def main(argv: list[str]) -> None:
     node_ids = {name: node.node_id for name, node in nodes.items()}
     checkpoint_at = args.steps - 3  # on disk once the next step is logged: the learner's node dies then
     run_dir = args.out / "run"
-    cfg = grca_config(run_dir, args.steps, points, dtype, f"checkpoint.every={checkpoint_at}")
+    engine = BACKENDS[args.backend]
+    cfg = grca_config(run_dir, args.steps, points, dtype, f"checkpoint.every={checkpoint_at}", *engine)
     run = Run(cfg, args.out / "init", run_dir)
 
     # a rollout node dies as soon as step 1 is logged (step 2's rollouts are under way), and a new one joins once
@@ -251,7 +262,7 @@ def main(argv: list[str]) -> None:
     raw_s = raw_transfer(sync_bytes, rollout_nodes)
 
     lora_dir = args.out / "lora"
-    lora_cfg = grca_config(lora_dir, 1, points, dtype, "policy.llm_mode=lora", "learner.strategy=ddp")
+    lora_cfg = grca_config(lora_dir, 1, points, dtype, "policy.llm_mode=lora", "learner.strategy=ddp", *engine)
     lora_run = Run(lora_cfg, args.out / "init", lora_dir)
     lora_rows = lora_run.finish()
     lora_bytes = int(lora_rows[-1]["sync/mib"] * 2**20)
@@ -271,6 +282,7 @@ def main(argv: list[str]) -> None:
             "why": why,
             "size": args.size,
         },
+        "rollout_backend": args.backend,
         "cluster": {
             "nodes": 1 + len(NODES) + 1,
             "learner_nodes": [node_ids["learner"], node_ids["spare"]],
@@ -328,7 +340,8 @@ def report(result: dict, size: str) -> str:
     return "\n".join(
         [
             f"# bench-scale: {size}, {result['policy']['params'] / 1e6:.0f}M parameters, "
-            f"{len(result['steps'])} GRCA steps on {result['cluster']['nodes']} nodes",
+            f"{len(result['steps'])} GRCA steps on {result['cluster']['nodes']} nodes, "
+            f"{result['rollout_backend']} rollouts",
             "",
             "| step | workers | " + " | ".join(result["phases_s"]) + " |",
             "|---|---|" + "---|" * len(result["phases_s"]),

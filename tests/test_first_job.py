@@ -11,7 +11,6 @@ import re
 import secrets
 import shlex
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -76,27 +75,27 @@ def ours(temp_dir: str) -> list[psutil.Process]:
 
 def stop(process: subprocess.Popen, temp_dir: str) -> list[str]:
     """Stops the head by its own pid, not with the README's `ray stop`, which stops every Ray process of the machine
-    (other tests' clusters, a run in another checkout): on SIGTERM `ray start --block` stops the processes it started.
-    Returns the command lines of any that outlived it (then killed, by pid)."""
-    if process.poll() is None:
-        for member in ours(temp_dir):  # all at once: the head's own stop signals one process after another
+    (other tests' clusters, a run in another checkout). Every process of the head gets SIGTERM at once, then SIGKILL
+    after 5 s, as `ray stop --force` would: its raylet and GCS take about half a minute to drain on SIGTERM, which
+    this test does not measure. Returns the command lines of any that outlived the head (then killed, by pid)."""
+
+    def signal_all(how: str) -> None:
+        for member in ours(temp_dir):
             try:
-                member.terminate()
+                getattr(member, how)()
             except psutil.NoSuchProcess:
                 pass
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+
+    signal_all("terminate")
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        pass
+    signal_all("kill")
+    process.wait(10)
     time.sleep(2)  # the head's last processes exit after it
     left = ours(temp_dir)
-    for straggler in left:
-        try:
-            straggler.kill()
-        except psutil.NoSuchProcess:
-            pass
+    signal_all("kill")
     return [" ".join(p.info["cmdline"] or ())[:200] for p in left]
 
 

@@ -153,12 +153,12 @@ def test_a_worker_busy_generating_answers_a_ping(cluster, samples):
     """The fleet pings the workers left after one died; a survivor in the middle of a long generate must answer
     within rollout.answer_wait_s, not after its generate (at 0.5B a generate takes minutes)."""
     _, workers = cluster
-    long = replace(SAMPLING, max_new_tokens=400, min_new_tokens=400)
+    long = replace(SAMPLING, max_new_tokens=1000, min_new_tokens=1000)  # seconds of decoding, whatever the CPU
     busy = workers[0].generate.remote(samples, long, None, True)
-    ray.wait([busy], timeout=1.0)  # under way
-    ready, _ = ray.wait([workers[0].ping.remote()], timeout=2.0)
-    assert ready and not ray.wait([busy], timeout=0)[0]  # the ping answered while the generate still ran
-    assert ray.get(busy).response_ids.shape[1] == 400
+    ping = workers[0].ping.remote()  # sent after the generate: in one queue it would run after it
+    ready, _ = ray.wait([ping, busy], num_returns=1, timeout=120)
+    assert ready == [ping]  # the ping answered while the generate still ran
+    assert ray.get(busy).response_ids.shape[1] == 1000
 
 
 def test_a_stage_without_rollout_workers_has_an_empty_fleet_that_runs_calls_on_none():
