@@ -341,3 +341,10 @@ def test_three_grca_steps_with_vllm_rollouts_on_a_local_ray_cluster(tmp_path):
         assert row["reward/missing"] == 0.0
     assert any(row["advantage/frac_nonzero"] > 0 for row in rows)  # rewards differed within a group: it learned
     assert changed(start, end)
+
+
+def test_activation_checkpointing_works_with_this_venvs_transformers():
+    """The learner's `learner.activation_checkpointing` under the transformers the vLLM extra installs."""
+    from tests.test_fsdp2 import assert_checkpointing_keeps_values_and_gradients
+
+    assert_checkpointing_keeps_values_and_gradients()

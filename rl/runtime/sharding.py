@@ -62,7 +62,10 @@ def enable_activation_checkpointing(policy: nn.Module) -> None:
     """Each LLM decoder layer recomputed in backward (transformers' own checkpointing, non-reentrant, so that it
     composes with DDP and FSDP2 and needs no input that requires grad)."""
     llm = base_llm(policy.llm, policy.config.llm_mode)
-    llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    if hasattr(llm, "activation_checkpointing_enable"):
+        llm.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:  # its name before transformers 5.2x renamed it; the vLLM lane's venv pins one of those
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def published_state(policy: nn.Module, rank: int) -> Iterator[tuple[str, torch.Tensor]]:
