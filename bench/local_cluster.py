@@ -1,6 +1,7 @@
 """A Ray cluster of several nodes on this machine (`ray.cluster_utils.Cluster`, one raylet per node), as the
 rehearsal (bench/scale_bench.py) and the node-kill tests (tests/test_node_faults.py) drive it: which node runs a
-process, and a run on a thread of its own while the main thread kills and adds nodes."""
+process, a node killed as a machine dies, and a run on a thread of its own while the main thread kills and adds
+nodes."""
 
 from __future__ import annotations
 
@@ -31,6 +32,11 @@ def node_of(cluster_nodes: dict, title: str) -> str:
     if not found:
         raise RuntimeError(f"no process titled {title} runs on the cluster's worker nodes")
     return found[0]
+
+
+def kill_node(cluster, cluster_nodes: dict, name: str) -> None:
+    """The node's raylet and every process on it killed, as a machine that dies; it leaves `cluster_nodes`."""
+    cluster.remove_node(cluster_nodes.pop(name), allow_graceful=False)
 
 
 class Run(threading.Thread):

@@ -1,7 +1,7 @@
 """The rehearsal at real size (`make bench-scale`): a Point-VLM of 160M parameters (`mid`) or with Qwen2.5-0.5B's LLM
 dimensions (`0.5b`) through GRCA steps on a Ray cluster of several nodes on this machine, with a rollout node and then
 the learner's node killed under it. `mid` is the default: on 2 cores its 5 steps, two kills and LoRA run take about
-20 minutes, within the issue's 40; a 0.5B step costs about three times a mid one (docs/scaling.md).
+20 minutes, within the issue's 40; a 0.5B step costs about 2.4 times a mid one (docs/scaling.md).
 
     python bench/scale_bench.py [--size mid|0.5b|tiny] [--steps 5] [--out runs/bench-scale] [--backend hf|vllm]
 
@@ -47,7 +47,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.local_cluster import NODES, ROLE, Run, node_of  # noqa: E402
+from bench.local_cluster import NODES, ROLE, Run, kill_node, node_of  # noqa: E402
 
 GIB = 2**30
 SIZES = {  # build_tiny_policy's LLM sizes, and whether the point encoder is Point-BERT's
@@ -245,7 +245,7 @@ def main(argv: list[str]) -> None:
     # step 2 is logged
     run.wait_for_steps(1)
     rollout_killed = node_of(nodes, "ray::RolloutWorker")
-    cluster.remove_node(nodes.pop(rollout_killed), allow_graceful=False)
+    kill_node(cluster, nodes, rollout_killed)
     print(f"killed rollout node {rollout_killed} in step 2")
     run.wait_for_steps(2)
     nodes["rollout-c"] = add_node("rollout")
@@ -254,7 +254,7 @@ def main(argv: list[str]) -> None:
     run.wait_for_steps(checkpoint_at + 1)
     saved = run.rows()[checkpoint_at].get("time/checkpoint")  # the redone step's row will carry the restore instead
     learner_killed = node_of(nodes, "ray::RayTrainWorker")
-    cluster.remove_node(nodes.pop(learner_killed), allow_graceful=False)
+    kill_node(cluster, nodes, learner_killed)
     print(f"killed learner node {learner_killed} after step {checkpoint_at + 1}")
     rows = run.finish()
     sync_bytes = int(rows[-1]["sync/mib"] * 2**20)

@@ -38,8 +38,8 @@ def measure(size: str, group: int, length: int, policy: Path, points: int, run_d
             f"run.dir={run_dir}", "run.steps=2", "checkpoint.every=10", "eval.every=0", "data.eval_size=2",
             f"data.num_points={points}", "data.use_images=false", "data.train_size=16",
             f"policy.dtype={native_dtype()[0]}", "learner.strategy=fsdp2", "learner.num_workers=1",
-            "learner.cpus_per_worker=2",
-            "learner.micro_batch_size=4", "learner.logprob_chunk=32",  # 0.5B's logits over 151,936 tokens are GiBs
+            "learner.cpus_per_worker=2", "learner.micro_batch_size=4",
+            "learner.logprob_chunk=32",  # 0.5B's logits over 151,936 tokens are GiBs
             "rollout.num_workers=1", "rollout.cpus_per_worker=2", "reward.mode=local",
             f"rollout.group_size={group}", "rollout.prompts_per_step=4",
             f"rollout.max_new_tokens={length}", f"rollout.min_new_tokens={length}",
@@ -209,9 +209,8 @@ def main(argv: list[str]) -> None:
     path = args.out / "scaling.json"
     records = json.loads(path.read_text()) if path.is_file() else []  # a rerun measures only the missing points
     done = {(r["size"], r["group"], r["length"]) for r in records}
-    ray.init(
-        num_cpus=6, include_dashboard=False, namespace="pointrl"
-    )  # 2 + 2 for the workers, the rest for the controllers
+    # 2 CPUs each for the rollout worker and the learner rank, the rest for the controllers
+    ray.init(num_cpus=6, include_dashboard=False, namespace="pointrl")
     for size in sizes:
         params, points = build_policy(size, args.out / size / "init")
         shape = {"params": params} | policy_shape(args.out / size / "init", points)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import ray
 
-from bench.local_cluster import NODES, ROLE, Run, node_of, nodes_running
+from bench.local_cluster import NODES, ROLE, Run, kill_node, node_of, nodes_running
 from tests.test_rl_loop import config
 
 LABELLED = [
@@ -37,11 +37,6 @@ def nodes():
     yield cluster, named
     ray.shutdown()
     cluster.shutdown()
-
-
-def kill_node(cluster, cluster_nodes: dict, name: str) -> None:
-    """The node's raylet and every process on it killed, as a machine that dies; it leaves `cluster_nodes`."""
-    cluster.remove_node(cluster_nodes.pop(name), allow_graceful=False)
 
 
 def test_a_rollout_node_dies_the_step_is_redone_on_the_survivor_and_a_new_node_gets_the_worker(
