@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install smollm2 test test-fast test-vllm test-vllm-scale demo bench bench-learning bench-objectives real-bench bench-lambda bench-scale bench-scaling bench-spa bench-step bench-traces vendor-js clean
+.PHONY: install smollm2 test test-fast test-vllm test-vllm-scale demo demo-real bench bench-learning bench-objectives real-bench bench-lambda bench-scale bench-scaling bench-spa bench-step bench-traces vendor-js clean
 
 install: $(STAMP)
 
@@ -42,6 +42,26 @@ test-fast: install smollm2
 
 demo: install
 	$(BIN)/python rl/train_grca.py --config rl/configs/demo.yaml
+
+# `make demo-real` (issue 26): SFT, then GRCA, over SmolLM2-135M-Instruct (LoRA, bfloat16 compute) and the point
+# encoder `make demo` trained (32 groups of 16 points, 4 heads: policies/tiny.py), then the report on 256 fresh objects
+# with the alignment tax (bench/demo_real_report.py). Runs `make demo` first when runs/demo/policy is missing.
+# glibc's malloc gives every block over 32 MiB back to the kernel when it is freed, and on this machine's VM the page
+# faults of taking it again cost a bfloat16 step of SmolLM2 more than its arithmetic (fwd+bwd of 16 answers: 41 s
+# -> 13 s, docs/policy.md); the settings below keep freed memory in the process. Ray's workers inherit them.
+KEEP_FREED := MALLOC_MMAP_THRESHOLD_=8589934592 MALLOC_TRIM_THRESHOLD_=17179869184 MALLOC_TOP_PAD_=1073741824
+DEMO_REAL_INIT := runs/demo-real/init_policy
+
+runs/demo/policy/pointvlm.json: | $(STAMP)
+	$(MAKE) demo
+
+demo-real: install smollm2 runs/demo/policy/pointvlm.json
+	@[ -f $(DEMO_REAL_INIT)/pointvlm.json ] || $(BIN)/pointrl init --llm $(SMOLLM2) --lora-r 16 \
+		--point-encoder runs/demo/policy/vision.safetensors --point-groups 32 --group-size 16 --point-heads 4 \
+		--out $(DEMO_REAL_INIT)
+	$(KEEP_FREED) $(BIN)/python rl/train_sft.py --config rl/configs/demo_real_sft.yaml
+	$(KEEP_FREED) $(BIN)/python rl/train_grca.py --config rl/configs/demo_real.yaml
+	$(KEEP_FREED) $(BIN)/python bench/demo_real_report.py
 
 bench: install
 	$(BIN)/python bench/rewards_bench.py

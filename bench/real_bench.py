@@ -9,7 +9,8 @@ a toy pig, a spider, a milk truck, an engine, a sphere with a hole) and the thre
 nut; MIT). They are staged by category under `<out>/meshes` and imported with `pointrl import --meshes` at the
 policy's data settings; the synthetic set is `pointrl synth` with the same settings and a seed the policy never saw.
 Both are evaluated with `pointrl eval` (greedy, the reliance gaps); `<out>/real_bench.json` and `real_bench.md` hold
-the table. Nothing here trains.
+the table, and `pointrl viz` draws the policy's answers on the first real test objects under `<out>/pictures`.
+Nothing here trains.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--policy", default="runs/demo/policy", help="the policy directory to evaluate")
     parser.add_argument("--out", default="runs/real-bench")
     parser.add_argument("--synthetic", type=int, default=256, help="synthetic objects to compare with")
+    parser.add_argument("--pictures", type=int, default=6, help="real test objects drawn with the policy's answers")
     args = parser.parse_args(argv)
     from data3d.settings import load_settings
     from rl.cli.main import main as pointrl
@@ -115,6 +117,8 @@ def main(argv: list[str]) -> None:
         cells = ["-" if row[m] is None else f"{row[m]:.3f}" for m in (*METRICS, "ceiling_rpc")]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     (out / "real_bench.md").write_text("\n".join(lines) + "\n")
+    pointrl(["viz", "--policy", str(policy), "--data", str(out / "real"), "--n", str(args.pictures),
+             "--out", str(out / "pictures")])  # fmt: skip
     print("\n" + "\n".join(lines))
 
 
