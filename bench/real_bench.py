@@ -5,8 +5,8 @@ evaluated on it beside the synthetic benchmark it was trained on, with each set'
 
 The meshes (`make real-bench` installs the packages): Debian's inventor-data (LGPL-2+: 97 Open Inventor models in
 category folders, converted by Coin3D: python3-pivy), the real objects among assimp-testmodels' format tests (BSD-3:
-a toy pig, a spider, a milk truck, an engine, a sphere with a hole) and the three in pyvista's wheel (airplane, ant,
-nut; MIT). They are staged by category under `<out>/meshes` and imported with `pointrl import --meshes` at the
+a toy pig, a spider, an engine, a sphere with a hole; its glTF 1 milk truck is left out, as trimesh reads glTF 2
+only) and the three in pyvista's wheel (airplane, ant, nut; MIT). They are staged by category under `<out>/meshes` and imported with `pointrl import --meshes` at the
 policy's data settings; the synthetic set is `pointrl synth` with the same settings and a seed the policy never saw.
 Both are evaluated with `pointrl eval` (greedy, the reliance gaps); `<out>/real_bench.json` and `real_bench.md` hold
 the table, and `pointrl viz` draws the policy's answers on the first real test objects under `<out>/pictures`.
@@ -29,7 +29,6 @@ ASSIMP = Path("/usr/share/assimp/models")
 ASSIMP_OBJECTS = {  # the files that are objects, not format tests, by the category they are staged under
     "OBJ/WusonOBJ.obj": "toys",
     "OBJ/spider.obj": "animals",
-    "glTF/CesiumMilkTruck/CesiumMilkTruck.gltf": "vehicles",
     "glTF2/2CylinderEngine-glTF-Binary/2CylinderEngine.glb": "machines",
     "STL/sphereWithHole.stl": "simple",
 }
@@ -64,9 +63,9 @@ def stage_meshes(stage: Path) -> dict[str, int]:
         shutil.copy(path, target)
         counts["inventor-data"] += 1
     for name, category in ASSIMP_OBJECTS.items():
-        source = ASSIMP / name
-        (stage / category).mkdir(parents=True, exist_ok=True)
-        shutil.copytree(source.parent, stage / category / source.stem, dirs_exist_ok=True)  # with its buffers
+        source, target = ASSIMP / name, stage / category
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source, target / source.name)  # the file alone: its folder holds other format tests
         counts["assimp-testmodels"] += 1
     with zipfile.ZipFile(pyvista_wheel(stage.parent)) as wheel:
         for name, category in PYVISTA_OBJECTS.items():
