@@ -111,10 +111,17 @@ def main(argv: list[str]) -> None:
     for path in (args.sft, args.grca):
         if not (path / "pointvlm.json").is_file():
             sys.exit(f"demo_real_report: {path} is not a policy directory (no pointvlm.json); run `make demo-real`")
+    if not (args.llm / "config.json").is_file():
+        sys.exit(f"demo_real_report: --llm {args.llm} is not a Hugging Face model folder (no config.json)")
+    from rl.config import ConfigError
     from rl.config_loading import load_config
     from rl.eval.tax import llm_perplexity
     from rl.runtime.data import held_out_samples
 
+    try:  # checked before anything is generated or decoded
+        load_config(args.config, overrides)
+    except ConfigError as exc:
+        sys.exit(f"demo_real_report: {exc}")
     data = fresh_objects(args.out, args.grca, args.seed, args.n)
     cfg = load_config(args.config, [*overrides, f"data.dir={data}", "eval.split=test", f"data.eval_size={args.n}"])
     samples = held_out_samples(cfg)

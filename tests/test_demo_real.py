@@ -55,3 +55,17 @@ def test_the_report_compares_two_policies_on_fresh_objects(tmp_path, init_policy
     assert result["tax"]["grca"] != result["tax"]["sft"]
     table = (out / "report.md").read_text()
     assert "| GRCA - SFT (95% CI) |" in table and "perplexity on rl/eval/english.txt" in table
+
+
+@pytest.mark.parametrize(
+    "argv, problem",
+    [
+        (["learner.lrr=1"], "unknown key 'learner.lrr'"),
+        (["--llm", "/nowhere"], "--llm /nowhere is not a Hugging Face model folder"),
+    ],
+)
+def test_a_bad_report_argument_is_one_line_before_any_work(tmp_path, init_policy, argv, problem, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--sft", str(init_policy), "--grca", str(init_policy), "--out", str(tmp_path / "report"), *argv])
+    assert problem in str(exit_.value) and "\n" not in str(exit_.value)
+    assert not (tmp_path / "report").exists()  # nothing generated
