@@ -24,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.real_bench import data_flags  # noqa: E402
 from bench.study import STUDY_METRICS, bootstrap_ci  # noqa: E402
 
 # issue 26's floors on the GRCA policy: (metric, smallest value)
@@ -41,8 +42,7 @@ def fresh_objects(out: Path, policy: Path, seed: int, n: int) -> Path:
         if settings is None:
             sys.exit(f"demo_real_report: {policy} records no data settings (data_settings.json): give a trained policy")
         pointrl(["synth", "--out", str(data), "--n", str(n), "--test-fraction", "0.8", "--seed", str(seed),
-                 "--num-points", str(settings.num_points), "--image-size", str(settings.image_size),
-                 "--num-kpts", str(settings.num_kpts), "--bins", str(settings.bins)])  # fmt: skip
+                 *data_flags(settings)])  # fmt: skip
     return data
 
 
@@ -55,10 +55,10 @@ def measured(cfg, policy: Path, samples: list) -> dict:
     quant, answer = run_quant(cfg), held_out_answerer(cfg, policy)
     texts = answer(samples)
     swapped = score_answers(samples, answer(swapped_clouds(samples)), quant)
-    results = score_texts(samples, texts, quant)
+    results = score_texts(samples, texts, quant)  # scored once for the per-object scores and their means
     return {
         "objects": object_scores(samples, texts, quant, results),
-        "report": score_answers(samples, texts, quant),
+        "report": score_answers(samples, texts, quant, results),
         "swapped": {m: swapped[m] for m in STUDY_METRICS},
     }
 
@@ -142,8 +142,16 @@ def main(argv: list[str]) -> None:
         "sft": llm_perplexity(args.sft / "llm"),
         "grca": llm_perplexity(args.grca / "llm"),
     }
-    result = {"n": len(samples), "data": f"{data}:test", "seed": args.seed, "rows": rows, "grca_minus_sft": gain,
-              "tax": tax, "floors": floors(rows["GRCA"], gain), "swapped": {k: r["swapped"] for k, r in runs.items()}}  # fmt: skip
+    result = {
+        "n": len(samples),
+        "data": f"{data}:test",
+        "seed": args.seed,
+        "rows": rows,
+        "grca_minus_sft": gain,
+        "tax": tax,
+        "floors": floors(rows["GRCA"], gain),
+        "swapped": {name: run["swapped"] for name, run in runs.items()},
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "report.json").write_text(json.dumps(result, indent=1))
     (args.out / "report.md").write_text(markdown(result))

@@ -6,11 +6,11 @@ evaluated on it beside the synthetic benchmark it was trained on, with each set'
 The meshes (`make real-bench` installs the packages): Debian's inventor-data (LGPL-2+: 97 Open Inventor models in
 category folders, converted by Coin3D: python3-pivy), the real objects among assimp-testmodels' format tests (BSD-3:
 a toy pig, a spider, an engine, a sphere with a hole; its glTF 1 milk truck is left out, as trimesh reads glTF 2
-only) and the three in pyvista's wheel (airplane, ant, nut; MIT). They are staged by category under `<out>/meshes` and imported with `pointrl import --meshes` at the
-policy's data settings; the synthetic set is `pointrl synth` with the same settings and a seed the policy never saw.
-Both are evaluated with `pointrl eval` (greedy, the reliance gaps); `<out>/real_bench.json` and `real_bench.md` hold
-the table, and `pointrl viz` draws the policy's answers on the first real test objects under `<out>/pictures`.
-Nothing here trains.
+only) and the three in pyvista's wheel (airplane, ant, nut; MIT). They are staged by category under `<out>/meshes`
+and imported with `pointrl import --meshes` at the policy's data settings; the synthetic set is `pointrl synth`
+with the same settings and a seed the policy never saw. Both are evaluated with `pointrl eval` (greedy, the
+reliance gaps); `<out>/real_bench.json` and `real_bench.md` hold the table, and `pointrl viz` draws the policy's
+answers on the first real test objects under `<out>/pictures`. Nothing here trains.
 """
 
 from __future__ import annotations
@@ -48,6 +48,12 @@ def pyvista_wheel(folder: Path) -> Path:
         )
         wheels = sorted(folder.glob("pyvista-*.whl"))
     return wheels[-1]
+
+
+def data_flags(settings) -> list[str]:
+    """The `pointrl synth` / `pointrl import` flags that write samples at a policy's data settings."""
+    return ["--num-points", str(settings.num_points), "--image-size", str(settings.image_size),
+            "--num-kpts", str(settings.num_kpts), "--bins", str(settings.bins)]  # fmt: skip
 
 
 def stage_meshes(stage: Path) -> dict[str, int]:
@@ -90,8 +96,7 @@ def main(argv: list[str]) -> None:
     settings = load_settings(policy)
     if settings is None:
         sys.exit(f"real_bench: {policy} records no data settings (data_settings.json): give a trained policy")
-    flags = ["--num-points", str(settings.num_points), "--image-size", str(settings.image_size)]
-    flags += ["--num-kpts", str(settings.num_kpts), "--bins", str(settings.bins)]
+    flags = data_flags(settings)
     stage = out / "meshes"
     if not stage.is_dir():
         print(f"staged meshes: {stage_meshes(stage)}")

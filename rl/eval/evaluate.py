@@ -76,10 +76,13 @@ def object_scores(
     return scores
 
 
-def score_answers(samples: list[Sample], texts: list[str], quant: Quant | None = None) -> dict:
+def score_answers(
+    samples: list[Sample], texts: list[str], quant: Quant | None = None, results: list[dict] | None = None
+) -> dict:
     """Mean field rewards under their metric names, the parse rate, the description's BLEU / ROUGE-L, and under
-    `answer_by_question` the answer accuracy and count of each question type (`match` is relevance discrimination)."""
-    results = score_texts(samples, texts, quant)
+    `answer_by_question` the answer accuracy and count of each question type (`match` is relevance discrimination);
+    `results`: the texts' `score_texts`, when the caller has them."""
+    results = results if results is not None else score_texts(samples, texts, quant)
     report = {
         metric: float(np.mean(values)) for metric, values in object_scores(samples, texts, quant, results).items()
     }

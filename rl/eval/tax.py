@@ -22,9 +22,7 @@ def perplexity(llm: torch.nn.Module, tokenizer, text: str, window: int = 512) ->
         raise ValueError(f"perplexity: the text is {len(ids)} token(s); it needs at least 2")
     total, count = 0.0, 0
     for start in range(0, len(ids) - 1, window):
-        chunk = ids[start : start + window + 1].unsqueeze(0)
-        if chunk.shape[1] < 2:
-            break
+        chunk = ids[start : start + window + 1].unsqueeze(0)  # at least 2 tokens: start <= len(ids) - 2
         logits = llm(input_ids=chunk[:, :-1]).logits.float()
         nll = torch.nn.functional.cross_entropy(logits[0], chunk[0, 1:], reduction="sum")
         total, count = total + float(nll), count + chunk.shape[1] - 1
