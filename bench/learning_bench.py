@@ -14,10 +14,14 @@ training saw), and the study is written to `<out>/study.json`, `study.md` and `c
 - lambda (`make bench-lambda`, 1 seed): GRCA at lambda 0, 0.1, 0.15 and 0.2.
 - spa (`make bench-spa`, 1 seed): SPA with 3D masking of 25, 50 and 75% of the points, Gaussian noise, point dropping,
   budget-matched like SFT, each with its reliance gap (per object, clean minus cloud swapped).
+- real (`make real-finetune`, 3 seeds): a split by object of real meshes (`data.dir`, e.g. make real-bench's import):
+  the SFT warm-up on the train objects from a trained policy (`policy.init`), then SFT budget-matched, broadcast GRPO,
+  GRCA + RPC and GRCA + RPC with unit field weights from it, evaluated on the test objects, each with its reliance gap.
 A seed (run.seed) changes the rollout sampling, the prompt order and the learner's RNG; the SFT start is one policy.
 The configuration is the demo's (rl/configs/demo.yaml); key=value overrides apply to every stage (run.steps=30 makes a
 shorter study). A finished run is kept in `<out>/<arm>/seed<k>/result.json` and reused when the study is run again, and
-an unfinished one resumes from its checkpoint, so a crash loses little.
+an unfinished one resumes from its checkpoint, so a crash loses little. With policy.init the warm-up starts from that
+policy instead of a new small one.
 """
 
 from __future__ import annotations
@@ -64,21 +68,30 @@ STUDIES = {  # arm -> its overrides of the base configuration, per study
         "GRCA + RPC": ["algo.rpc_weight=0.15"],
     },
     "lambda": {f"GRCA λ={lam}": [f"algo.rpc_weight={lam}"] for lam in (0, 0.1, 0.15, 0.2)},
+    # issue 26: what routed credit gives on real shapes, fine-tuned on some objects and evaluated on the others
+    "real": {
+        "SFT budget-matched": ["algo.name=sft"],
+        "GRPO": ["algo.name=grpo"],
+        "GRCA + RPC": ["algo.rpc_weight=0.15"],
+        "GRCA + RPC, unit field weights": UNIT_FIELD_WEIGHTS,
+    },
     "spa": {
         **{f"SPA mask {r:.0%}": [*SPA, "spa.corruption=mask", f"spa.mask_ratio={r}"] for r in (0.25, 0.5, 0.75)},
         "SPA gaussian": [*SPA, "spa.corruption=gaussian"],
         "SPA drop": [*SPA, "spa.corruption=drop"],
     },
 }
-SEEDS = {"table3": 3, "objectives": 3, "lambda": 1, "spa": 1}
-REFERENCE = {
-    "objectives": "GRCA + RPC, unit field weights"
-}  # the arm a study's others are compared with, paired over objects
+SEEDS = {"table3": 3, "objectives": 3, "lambda": 1, "spa": 1, "real": 3}
+REFERENCE = {  # the arm a study's others are compared with, paired over objects
+    "objectives": "GRCA + RPC, unit field weights",
+    "real": "GRCA + RPC, unit field weights",
+}
 TITLES = {
     "table3": "GRCA Table 3 at CPU scale: SFT, SFT budget-matched, broadcast GRPO, GRCA, GRCA + RPC",
     "objectives": "Routed credit against the 2026 objectives: GRCA, GDPO, DAPO, GRCA with DAPO's dynamic sampling",
     "lambda": "GRCA Table 5 at CPU scale: the RPC weight lambda",
     "spa": "SPA Table 2 at CPU scale: corruptions of the cloud",
+    "real": "Real shapes, split by object: SFT on the train objects, then SFT budget-matched, GRPO, GRCA + RPC",
 }
 
 
@@ -182,8 +195,8 @@ def main(argv: list[str]) -> None:
     out = Path(args.out or f"runs/bench-{'learning' if study == 'table3' else study}").resolve()
     base = load_config("demo.yaml", [f"run.dir={out}", "eval.reliance=false", *overrides])
     init_ray(base)
-    init = initial_policy(base, out)
-    swap = study == "spa"
+    init = Path(base.policy.init) if base.policy.init else initial_policy(base, out)
+    swap = study in ("spa", "real")
     samples = held_out_samples(base)
     print(f"{TITLES[study]}\n{len(samples)} held-out objects (seed {held_out_seed(base)}), {seeds} seed(s) per arm")
     start = out / "sft" / "policy"

@@ -1,10 +1,13 @@
 """One RL training step of pointrl (broadcast GRPO and GRCA) beside TRL's GRPOTrainer on equal work, interleaved.
 
   python bench/step_bench.py [--rounds 3] [--steps 4] [--threads 2] [--tokens 200] [--out runs/bench-step] [--skip-trl]
+                             [--llm models/smollm2-135m]
   make bench-step      (builds .venv-bench: the project plus trl==1.16.0, pinned, then runs this with the defaults)
+  make bench-step-smollm2   (the same with SmolLM2-135M-Instruct as the LLM: --llm, 2 rounds of 2 steps, 64 tokens)
 
-Equal work in all three arms: the demo policy's shape (`build_tiny_policy`, LLM hidden 128, 4 layers, saved once to a
-temporary folder that pointrl's runs start from and whose `llm/` TRL loads with the policy's own tokenizer), 4 prompts
+Equal work in all three arms: the demo policy's shape (`build_tiny_policy`, LLM hidden 128, 4 layers) or, with --llm,
+`pointrl init --llm DIR` (full fine-tuning, the point encoder untrained, points only: `data.use_images=false`), saved
+once to a temporary folder that pointrl's runs start from and whose `llm/` TRL loads with the policy's own tokenizer), 4 prompts
 x G 4 per step, every completion exactly `--tokens` long (pointrl: `rollout.min_new_tokens = max_new_tokens`; TRL:
 `generation_kwargs={"min_new_tokens": ...}` with `max_completion_length`), sampling at temperature 1 without top-k or
 top-p, AdamW at lr 1e-5 (constant, gradient clip 1, no KL), float32, no activation checkpointing.
@@ -98,6 +101,7 @@ def pointrl_overrides(args, policy_dir: Path, run_dir: Path) -> list[str]:
         "learner.grad_accum=1",
         f"learner.lr={LR}",
         f"checkpoint.every={args.steps}",
+        *(["data.use_images=false"] if args.llm else []),  # a text LLM from `pointrl init` has no image encoder
     ]
 
 
@@ -310,6 +314,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=4)
     parser.add_argument("--group", type=int, default=4)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-step")
+    parser.add_argument("--llm", type=Path, help="an HF causal LM folder as the policy's LLM (full fine-tuning)")
     parser.add_argument("--skip-trl", action="store_true", help="pointrl's arms only (no trl needed)")
     parser.add_argument("--trl-worker", metavar="SPEC", help=argparse.SUPPRESS)  # the TRL arm's own process
     args = parser.parse_args()
@@ -317,8 +322,6 @@ def main() -> None:
         return trl_worker(args.trl_worker)
     if args.steps < 2:
         parser.error("--steps must be at least 2: the first step of each run is a warm-up")
-    from policies.tiny import build_tiny_policy
-
     arms = [a for a in ARMS if a != "trl" or not args.skip_trl]
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "OMP_NUM_THREADS")}  # Ray sets threads
     args.out.mkdir(parents=True, exist_ok=True)
@@ -326,8 +329,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="step-bench-") as tmp:
         work = Path(tmp)
         policy_dir = work / "policy"
-        policy = build_tiny_policy(out_dir=policy_dir, seed=0, hidden_size=128, num_layers=4)
-        llm_params = sum(p.numel() for p in policy.llm.parameters())
+        llm = build_policy(args, policy_dir)
         data = bench_data(args, policy_dir)
         rounds: list[dict] = []
         for r in range(args.rounds):
@@ -344,10 +346,31 @@ def main() -> None:
                     f"({time.perf_counter() - began:.0f} s with start and stop)",
                     flush=True,
                 )
-    report(args, arms, rounds, data, llm_params, load_before)
+    report(args, arms, rounds, data, llm, load_before)
 
 
-def report(args, arms: list[str], rounds: list[dict], data: dict, llm_params: int, load_before) -> None:
+def build_policy(args, policy_dir: Path) -> dict:
+    """The policy every arm starts from, written to `policy_dir`; its LLM's shape."""
+    if args.llm:
+        from policies import PointVLM
+        from rl.cli.main import main as pointrl
+
+        pointrl(["init", "--llm", str(args.llm), "--out", str(policy_dir)])
+        policy = PointVLM.from_pretrained(policy_dir)
+    else:
+        from policies.tiny import build_tiny_policy
+
+        policy = build_tiny_policy(out_dir=policy_dir, seed=0, hidden_size=128, num_layers=4)
+    config = policy.llm.config
+    return {
+        "name": Path(args.llm).name if args.llm else "the demo's shape",
+        "hidden": config.hidden_size,
+        "layers": config.num_hidden_layers,
+        "params": sum(p.numel() for p in policy.llm.parameters()),
+    }
+
+
+def report(args, arms: list[str], rounds: list[dict], data: dict, llm: dict, load_before) -> None:
     phases = {}
     for arm in arms:
         pooled = [s for r in rounds for s in r[arm]]
@@ -356,7 +379,8 @@ def report(args, arms: list[str], rounds: list[dict], data: dict, llm_params: in
     kept = args.steps - 1
     tokens = data["prompt_tokens"]
     print(
-        f"\nstep benchmark: LLM hidden 128, 4 layers ({llm_params / 1e6:.2f}M parameters), {args.prompts} prompts "
+        f"\nstep benchmark: LLM {llm['name']}, hidden {llm['hidden']}, {llm['layers']} layers "
+        f"({llm['params'] / 1e6:.2f}M parameters), {args.prompts} prompts "
         f"({min(tokens)}-{max(tokens)} prompt tokens) x G {args.group}, {args.tokens} new tokens each, one generation "
         f"then 2 AdamW steps; torch threads per worker: {args.threads}; interleaved rounds: {args.rounds} of "
         f"{args.steps} steps per arm, the first of each run left out: {args.rounds * kept} steps per arm"
@@ -377,11 +401,13 @@ def report(args, arms: list[str], rounds: list[dict], data: dict, llm_params: in
                 f"(median of the per-round ratios of median steps; goal <= {goal}x)"
             )
     out = args.out / "step_bench.json"
-    settings = {k: v for k, v in vars(args).items() if k not in ("trl_worker", "out")}
+    settings = {
+        k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("trl_worker", "out")
+    }
     out.write_text(
         json.dumps(
             {
-                "settings": {**settings, "llm_params": llm_params, "prompt_tokens": tokens, "cpus": os.cpu_count()},
+                "settings": {**settings, "llm": llm, "prompt_tokens": tokens, "cpus": os.cpu_count()},
                 "load_average": {"before": load_before, "after": os.getloadavg()},
                 "phases": phases,
                 "ratios": ratios,

@@ -116,13 +116,34 @@ def test_smollm2_reads_the_fixed_english_text_and_not_its_words_shuffled():
 
 
 def test_init_reuses_a_trained_policys_point_encoder(tmp_path, init_policy):
-    """What `make demo-real` does with `make demo`'s policy: its vision.safetensors as --point-encoder, with the
-    tiny encoder's grouping and heads."""
+    """What `make demo-real` does with `make demo`'s policy: its vision.safetensors as --point-encoder, the grouping
+    and heads (which no weight records) taken from the policy's pointvlm.json, no flag needed."""
     from safetensors.torch import load_file
 
     out = tmp_path / "policy"
-    main(["init", "--llm", str(SMOLLM2), *TINY_POINT, "--point-encoder", str(init_policy / "vision.safetensors"),
+    main(["init", "--llm", str(SMOLLM2), "--point-encoder", str(init_policy / "vision.safetensors"),
           "--lora-r", "8", "--out", str(out)])  # fmt: skip
     given = {k: v for k, v in load_file(init_policy / "vision.safetensors").items() if k.startswith("point_encoder.")}
     built = load_file(out / "vision.safetensors")
     assert given and all(torch.equal(built[k], v) for k, v in given.items())
+    recorded = PointVLM.from_pretrained(init_policy).config.point
+    assert PointVLM.from_pretrained(out).config.point == recorded  # 32 groups of 16, 4 heads, not PointLLM's
+
+
+def test_the_step_bench_gives_trl_text_prompts_of_the_point_prompts_token_counts(tmp_path):
+    """`make bench-step-smollm2`: the policy every arm starts from is `pointrl init --llm` over SmolLM2, its prompts
+    carry no image (the LLM has no vision tower), and TRL's text prompts have exactly pointrl's token counts under
+    SmolLM2's BPE tokenizer, which merges the filler words differently from the demo's."""
+    from argparse import Namespace
+
+    from bench.step_bench import bench_data, build_policy, pointrl_overrides
+
+    args = Namespace(llm=SMOLLM2, prompts=2, group=2, steps=2, tokens=8, threads=1)
+    llm = build_policy(args, tmp_path / "policy")
+    assert (llm["name"], llm["hidden"], llm["layers"]) == ("smollm2-135m", 576, 30)
+    assert "data.use_images=false" in pointrl_overrides(args, tmp_path / "policy", tmp_path / "run")
+    data = bench_data(args, tmp_path / "policy")
+    tokenizer = PointVLM.from_pretrained(tmp_path / "policy").tokenizer
+    counts = [len(tokenizer(text=[p])["input_ids"][0]) for p in data["prompts"]]
+    assert counts == data["prompt_tokens"] and len(counts) == args.prompts * args.steps
+    assert min(counts) > 32  # the 33 point tokens and the instruction

@@ -59,11 +59,21 @@ def _llm_type_problem(llm: Path) -> str | None:
     return f"--llm {llm}: model_type {model_type!r} is neither a causal LM nor a Qwen-VL model {QWEN_VL_TYPES}"
 
 
+def recorded_grouping(point_encoder: Path) -> dict[str, int]:
+    """What the weights leave out (the grouping and the head count), where a pointrl policy records it: its
+    `vision.safetensors` sits beside its `pointvlm.json`. {} for any other checkpoint."""
+    config = point_encoder.parent / "pointvlm.json"
+    if point_encoder.name != "vision.safetensors" or not config.is_file():
+        return {}
+    point = json.loads(config.read_text()).get("point", {})
+    return {key: point[key] for key in ("num_groups", "group_size", "heads") if key in point}
+
+
 def init_config(args: argparse.Namespace):
     """(the PointVLMConfig `from_components` is given, the checkpoint's layout or None). The encoder's sizes are read
     off the checkpoint (so an xyz-only ShapeNet Point-BERT and PointLLM's xyz+rgb one both fit) before any LLM is
-    loaded, so a wrong checkpoint fails in seconds; what the weights do not fix comes from the flags or
-    `PointEncoderConfig`'s defaults (PointLLM v1.2's)."""
+    loaded, so a wrong checkpoint fails in seconds; what the weights do not fix comes from the flags, else from the
+    policy the checkpoint belongs to (`recorded_grouping`), else `PointEncoderConfig`'s defaults (PointLLM v1.2's)."""
     from policies import ImageEncoderConfig, PointEncoderConfig, PointVLMConfig
     from policies.checkpoints import point_encoder_sizes
     from policies.qwen_vl import is_qwen_vl
@@ -71,7 +81,7 @@ def init_config(args: argparse.Namespace):
     point, layout = PointEncoderConfig(), None
     if args.point_encoder is not None:
         layout, sizes = point_encoder_sizes(args.point_encoder)
-        point = replace(point, **sizes)
+        point = replace(point, **sizes, **recorded_grouping(Path(args.point_encoder)))
     given = {"num_groups": args.point_groups, "group_size": args.group_size, "heads": args.point_heads}
     point = replace(point, **{k: v for k, v in given.items() if v is not None})
     if point.width % point.heads:  # found here, before the LLM loads, and named by its flag
@@ -184,7 +194,11 @@ def add_init_parser(commands) -> None:
         "shapes fit) or one linear map (GRCA eq. 4)",
     )
     init.add_argument("--lora-r", type=int, help="record LoRA of this rank on the LLM (default: full fine-tuning)")
-    init.add_argument("--point-heads", type=int, help="the point encoder's attention heads (default 6)")
-    init.add_argument("--point-groups", type=int, help="point patches per cloud (default 512)")
-    init.add_argument("--group-size", type=int, help="points per patch (default 32)")
+    init.add_argument(
+        "--point-heads", type=int, help="the point encoder's attention heads (default: a pointrl policy's own, else 6)"
+    )
+    init.add_argument(
+        "--point-groups", type=int, help="point patches per cloud (default: a pointrl policy's own, else 512)"
+    )
+    init.add_argument("--group-size", type=int, help="points per patch (default: a pointrl policy's own, else 32)")
     init.set_defaults(run=cmd_init)
