@@ -84,7 +84,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument("items", nargs="+", metavar="POLICY|key=value", help="policy directories, then overrides")
     parser.add_argument("--config", default="demo_real.yaml", help="the run configuration the objects come from")
     parser.add_argument("--out", type=Path, help="write the per-policy summaries to this JSON file")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # policies and overrides on either side of the options
     overrides = [item for item in args.items if "=" in item]
     args.policies = [item for item in args.items if "=" not in item]
     missing = [p for p in args.policies if not (Path(p) / "pointvlm.json").is_file()]

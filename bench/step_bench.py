@@ -6,7 +6,8 @@
   make bench-step-smollm2   (the same with SmolLM2-135M-Instruct as the LLM: --llm, 2 rounds of 2 steps, 64 tokens)
 
 Equal work in all three arms: the demo policy's shape (`build_tiny_policy`, LLM hidden 128, 4 layers) or, with --llm,
-`pointrl init --llm DIR` (full fine-tuning, the point encoder untrained, points only: `data.use_images=false`), saved
+`pointrl init --llm DIR` (full fine-tuning; a frozen untrained point encoder of 32 groups of 16 points, as in
+`make demo-real`; points only: `data.use_images=false`), saved
 once to a temporary folder that pointrl's runs start from and whose `llm/` TRL loads with the policy's own tokenizer), 4 prompts
 x G 4 per step, every completion exactly `--tokens` long (pointrl: `rollout.min_new_tokens = max_new_tokens`; TRL:
 `generation_kwargs={"min_new_tokens": ...}` with `max_completion_length`), sampling at temperature 1 without top-k or
@@ -355,7 +356,11 @@ def build_policy(args, policy_dir: Path) -> dict:
         from policies import PointVLM
         from rl.cli.main import main as pointrl
 
-        pointrl(["init", "--llm", str(args.llm), "--out", str(policy_dir)])
+        # the demo-real prompt's 33 point tokens (32 groups of 16 points), not PointLLM's 513: TRL's arm, whose text
+        # prompts match pointrl's token counts, ran out of this machine's 24 GiB with those
+        pointrl(
+            ["init", "--llm", str(args.llm), "--point-groups", "32", "--group-size", "16", "--out", str(policy_dir)]
+        )
         policy = PointVLM.from_pretrained(policy_dir)
     else:
         from policies.tiny import build_tiny_policy

@@ -52,4 +52,4 @@ def test_the_swapped_clouds_reach_the_policy_and_a_gap_has_its_ci(init_policy, s
 
 def test_a_path_that_is_not_a_policy_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match="is not a policy directory"):
-        main([str(tmp_path), "data.eval_size=2"])
+        main([str(tmp_path), "--config", "sft.yaml", "data.eval_size=2"])  # overrides on both sides of an option
