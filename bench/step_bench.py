@@ -25,7 +25,7 @@ The schedule: one generation, then 2 AdamW steps over the whole batch of 16.
 pointrl runs through its real driver, one process per run (`python rl/train_{grpo,grca}.py --config ...`: a local
 Ray cluster, one rollout worker, the reward service on Ray Serve, the learner on Ray Train, weight sync through the
 object store), and its phases are the run's own `metrics.jsonl` times. TRL runs in a process of its own (this script
-with --trl-worker); a subclass times `_generate` (tokenize, `generate`, decode), `_calculate_rewards` and the rest of
+bench/step_bench_trl.py); a subclass times `_generate` (tokenize, `generate`, decode), `_calculate_rewards` and the rest of
 `_generate_and_score_completions` (the old log-prob pass and the advantages), and a TrainerCallback times each pair of
 optimizer steps from `on_step_begin` to `on_step_end` (the step; train = step minus generating and scoring).
 Threads: TRL's process runs torch on `--threads`; pointrl's rollout worker and learner worker each reserve
@@ -176,120 +176,12 @@ def run_trl(args, data: dict, policy_dir: Path, run_dir: Path, env: dict) -> lis
     """One TRL run in a process of its own; the per-step phase times of steps 2..."""
     spec, result = run_dir.with_suffix(".pkl"), run_dir.with_suffix(".json")
     paths = {"policy_dir": str(policy_dir), "out_dir": str(run_dir), "result": str(result)}
-    spec.write_bytes(pickle.dumps({"args": args, "data": data, **paths}))
-    run_logged([sys.executable, __file__, "--trl-worker", str(spec)], run_dir.with_suffix(".log"), env)
+    spec.write_bytes(pickle.dumps({"args": args, "data": data, "lr": LR, **paths}))
+    run_logged([sys.executable, str(ROOT / "bench" / "step_bench_trl.py"), str(spec)], run_dir.with_suffix(".log"), env)
     outcome = json.loads(result.read_text())
     if outcome["completion_lengths"] != [args.tokens] or outcome["threads"] != args.threads:
         sys.exit(f"TRL's completions or threads are not what was asked: {outcome}")
     return outcome["steps"]
-
-
-def trl_worker(spec_file: str) -> None:
-    """TRL's arm, in its own process: GRPOTrainer on the policy's LLM; writes its per-step phase times."""
-    spec = pickle.loads(Path(spec_file).read_bytes())
-    args, data = spec["args"], spec["data"]
-    import torch
-
-    torch.set_num_threads(args.threads)
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
-
-    from data3d import reward_sample
-    from policies.hf_llm import load_tokenizer
-    from rewards import score_batch
-
-    llm_dir = Path(spec["policy_dir"]) / "llm"
-    samples, weights = data["samples"], data["weights"]
-    clock = {"generate": 0.0, "reward": 0.0, "score": 0.0, "lengths": []}
-    steps: list[dict] = []
-
-    def pointrl_reward(prompts, completions, index, **_):
-        results = score_batch([reward_sample(samples[i], text) for i, text in zip(index, completions)], data["quant"])
-        return [sum(w * r["rewards"][name] for name, w in weights.items()) for r in results]
-
-    class TimedGRPOTrainer(GRPOTrainer):
-        def _generate(self, prompts):
-            began = time.perf_counter()
-            out = super()._generate(prompts)
-            clock["generate"] += time.perf_counter() - began
-            clock["lengths"] += [len(ids) for ids in out[1]]  # completion_ids
-            clock["threads"] = torch.get_num_threads()  # what the Trainer left of set_num_threads
-            return out
-
-        def _calculate_rewards(self, *a, **k):
-            began = time.perf_counter()
-            out = super()._calculate_rewards(*a, **k)
-            clock["reward"] += time.perf_counter() - began
-            return out
-
-        def _generate_and_score_completions(self, inputs):
-            began = time.perf_counter()
-            out = super()._generate_and_score_completions(inputs)
-            clock["score"] += time.perf_counter() - began
-            return out
-
-    class StepClock(TrainerCallback):
-        """One pointrl step = optimizer steps 2k and 2k+1 (one generation, then its two updates)."""
-
-        def on_step_begin(self, _args, state, control, **kwargs):
-            if state.global_step % 2 == 0:
-                clock.update(began=time.perf_counter(), generate=0.0, reward=0.0, score=0.0)
-
-        def on_step_end(self, _args, state, control, **kwargs):
-            if state.global_step % 2 == 0:  # global_step has just counted the second update
-                step = time.perf_counter() - clock["began"]
-                rest = clock["score"] - clock["generate"] - clock["reward"]
-                train = step - clock["score"]
-                steps.append(
-                    dict(generate=clock["generate"], reward=clock["reward"], score_rest=rest, train=train, step=step)
-                )
-
-    batch = args.prompts * args.group
-    config = GRPOConfig(
-        output_dir=spec["out_dir"],
-        max_steps=2 * args.steps,
-        per_device_train_batch_size=batch,
-        gradient_accumulation_steps=1,
-        steps_per_generation=1,
-        num_iterations=2,
-        num_generations=args.group,
-        max_completion_length=args.tokens,
-        generation_kwargs={"min_new_tokens": args.tokens},
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
-        beta=0.0,
-        loss_type="grpo",  # each sample's tokens averaged, then the samples (pointrl's; equal lengths here anyway)
-        scale_rewards="group",
-        learning_rate=LR,
-        lr_scheduler_type="constant",
-        warmup_steps=0,
-        weight_decay=0.0,
-        max_grad_norm=1.0,
-        bf16=False,  # GRPOConfig's default is bf16; pointrl's policy trains in float32
-        gradient_checkpointing=False,  # GRPOConfig's default is on; pointrl's activation checkpointing is off
-        use_cpu=True,
-        shuffle_dataset=False,  # the prompts in pointrl's order, so that step k has the same prompts in both
-        report_to="none",
-        save_strategy="no",
-        logging_steps=10_000,
-        disable_tqdm=True,
-        seed=0,
-    )
-    dataset = Dataset.from_list([{"prompt": p, "index": i} for i, p in enumerate(data["prompts"])])
-    trainer = TimedGRPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(llm_dir, dtype=torch.float32),
-        reward_funcs=pointrl_reward,
-        args=config,
-        train_dataset=dataset,
-        processing_class=load_tokenizer(llm_dir),  # the policy's own tokenizer, as pointrl reads the prompts
-        callbacks=[StepClock()],
-    )
-    trainer.train()
-    lengths = sorted(set(clock["lengths"]))
-    result = {"steps": steps[1:], "completion_lengths": lengths, "threads": clock["threads"]}
-    Path(spec["result"]).write_text(json.dumps(result))
 
 
 def summary(values: list[float]) -> dict:
@@ -317,10 +209,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench-step")
     parser.add_argument("--llm", type=Path, help="an HF causal LM folder as the policy's LLM (full fine-tuning)")
     parser.add_argument("--skip-trl", action="store_true", help="pointrl's arms only (no trl needed)")
-    parser.add_argument("--trl-worker", metavar="SPEC", help=argparse.SUPPRESS)  # the TRL arm's own process
     args = parser.parse_args()
-    if args.trl_worker:
-        return trl_worker(args.trl_worker)
     if args.steps < 2:
         parser.error("--steps must be at least 2: the first step of each run is a warm-up")
     arms = [a for a in ARMS if a != "trl" or not args.skip_trl]
@@ -406,9 +295,7 @@ def report(args, arms: list[str], rounds: list[dict], data: dict, llm: dict, loa
                 f"(median of the per-round ratios of median steps; goal <= {goal}x)"
             )
     out = args.out / "step_bench.json"
-    settings = {
-        k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k not in ("trl_worker", "out")
-    }
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "out"}
     out.write_text(
         json.dumps(
             {
