@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.study import bootstrap_ci  # noqa: E402
+from bench.study import paired_difference  # noqa: E402
 from data3d import Sample, target_text  # noqa: E402
 from rewards.schema import FIELDS, Quant  # noqa: E402
 from rl.algorithms.token_spans import batch_field_masks  # noqa: E402
@@ -73,9 +73,8 @@ def summary(reading: dict) -> dict:
         keep = ~np.isnan(own)
         if not keep.any():
             continue
-        gap = swapped[keep] - own[keep]
-        low, high = bootstrap_ci(gap[None])
-        rows[name] = {"own": own[keep].mean(), "swapped": swapped[keep].mean(), "gap": gap.mean(), "ci": [low, high]}
+        gap, low, high = paired_difference(swapped[keep], own[keep])
+        rows[name] = {"own": own[keep].mean(), "swapped": swapped[keep].mean(), "gap": gap, "ci": [low, high]}
     return rows
 
 

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.study import STUDY_METRICS, bootstrap_ci  # noqa: E402
+from bench.study import STUDY_METRICS, bootstrap_ci, paired_difference  # noqa: E402
 from data3d.serialize import target_fields  # noqa: E402
 from rl.config import run_quant  # noqa: E402
 from rl.config_loading import load_config  # noqa: E402
@@ -59,19 +59,18 @@ def box_errors(samples, texts: list[str], quant) -> np.ndarray:
     return np.array(errors).reshape(-1, 6)
 
 
-def paired_difference(scores: np.ndarray, base) -> str:
-    """Scores [seeds, objects] minus the base's per-object scores: "(mean [95% CI])", the CI bootstrapped over seeds
-    and objects (`bench.study.bootstrap_ci`; over the objects alone for one seed)."""
-    diff = scores - np.asarray(base, dtype=float)[None]
-    low, high = bootstrap_ci(diff)
-    return f"({diff.mean():+.4f} [{low:+.4f}, {high:+.4f}])"
+def difference_text(scores: np.ndarray, base) -> str:
+    """Scores [seeds, objects] minus the base's per-object scores: "(mean [95% CI])" (`bench.study.paired_difference`;
+    over the objects alone for one seed)."""
+    mean, low, high = paired_difference(scores, base)
+    return f"({mean:+.4f} [{low:+.4f}, {high:+.4f}])"
 
 
 def report(name: str, scores: dict, base: dict, errors: np.ndarray) -> str:
     cells = []
     for metric in STUDY_METRICS:
         one_seed = np.asarray(scores[metric], dtype=float)[None]  # [1, objects]
-        cells.append(f"{metric} {one_seed.mean():.4f} {paired_difference(one_seed, base[metric])}")
+        cells.append(f"{metric} {one_seed.mean():.4f} {difference_text(one_seed, base[metric])}")
     coordinates = ("xmin", "ymin", "zmin", "xmax", "ymax", "zmax")
     shift = " ".join(f"{c} {e:+.2f}" for c, e in zip(coordinates, errors.mean(0)))
     spread = " ".join(f"{c} {e:.2f}" for c, e in zip(coordinates, np.abs(errors).mean(0)))
@@ -86,7 +85,7 @@ def pooled(runs: list[dict], base: dict) -> str:
     for metric in STUDY_METRICS:
         scores = np.array([run[metric] for run in runs], dtype=float)  # [seeds, objects]
         low, high = bootstrap_ci(scores)
-        cells.append(f"{metric} {scores.mean():.4f} [{low:.4f}, {high:.4f}] {paired_difference(scores, base[metric])}")
+        cells.append(f"{metric} {scores.mean():.4f} [{low:.4f}, {high:.4f}] {difference_text(scores, base[metric])}")
     return f"pooled over {len(runs)} seeds\n  " + "\n  ".join(cells)
 
 

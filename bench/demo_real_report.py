@@ -20,12 +20,10 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.real_bench import data_flags  # noqa: E402
-from bench.study import STUDY_METRICS, bootstrap_ci  # noqa: E402
+from bench.study import STUDY_METRICS, paired_difference  # noqa: E402
 
 # issue 26's floors on the GRCA policy: (metric, smallest value)
 FLOORS = (("parse_rate", 0.95), ("iou3d", 0.5), ("kpa3d", 0.7), ("swap_cost_iou3d", 0.1))
@@ -67,9 +65,8 @@ def difference(scores: dict, base: dict) -> dict:
     """Each metric's mean paired difference scores - base over the objects, with its 95% bootstrap CI."""
     out = {}
     for metric in STUDY_METRICS:
-        diff = np.asarray(scores[metric], dtype=float) - np.asarray(base[metric], dtype=float)
-        low, high = bootstrap_ci(diff[None])
-        out[metric] = {"mean": float(diff.mean()), "ci95": [low, high]}
+        mean, low, high = paired_difference(scores[metric], base[metric])
+        out[metric] = {"mean": mean, "ci95": [low, high]}
     return out
 
 

@@ -30,6 +30,14 @@ def bootstrap_ci(scores: np.ndarray, draws: int = 2000, level: float = 0.95, see
     return float(np.quantile(means, tail)), float(np.quantile(means, 1.0 - tail))
 
 
+def paired_difference(scores, base) -> tuple[float, float, float]:
+    """Scores [seeds, objects] (one seed: [objects]) minus a base policy's per-object scores: the mean difference and
+    its 95% CI (`bootstrap_ci`: over seeds and objects, paired)."""
+    diff = np.atleast_2d(np.asarray(scores, dtype=float)) - np.asarray(base, dtype=float)[None]
+    low, high = bootstrap_ci(diff)
+    return float(diff.mean()), low, high
+
+
 def bootstrap_difference_ci(
     scores: np.ndarray, reference: np.ndarray, draws: int = 2000, level: float = 0.95, seed: int = 0
 ) -> tuple[float, float]:
