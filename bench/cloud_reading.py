@@ -34,14 +34,21 @@ from rl.runtime.data import held_out_samples  # noqa: E402
 from rollout.batching import policy_inputs  # noqa: E402
 
 
-@torch.no_grad()
-def field_nll(policy, samples: list[Sample], clouds: list[Sample], quant: Quant, use_images: bool) -> dict:
-    """Per field, each object's mean NLL (nats per token) of its own target answer's tokens of that field, the policy
-    given `clouds` (the samples themselves, or with other clouds); NaN where the target has no such field."""
+def target_tokens(policy, samples: list[Sample], quant: Quant) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Each sample's target answer as the policy's tokens (ids, mask) and, per field, the mask of that field's tokens
+    (the reward service's character spans, `batch_field_masks`)."""
     texts = [target_text(s, quant) for s in samples]
     spans = [r["spans"] for r in score_texts(samples, texts, quant)]
     ids, mask = policy.tokenize_responses(texts)
-    owners = batch_field_masks(policy.tokenizer, ids, mask, spans, FIELDS)
+    return ids, mask, batch_field_masks(policy.tokenizer, ids, mask, spans, FIELDS)
+
+
+@torch.no_grad()
+def field_nll(policy, targets: tuple, clouds: list[Sample], quant: Quant, use_images: bool) -> dict:
+    """Per field, each object's mean NLL (nats per token) of its target answer's tokens of that field (`targets`:
+    `target_tokens`), the policy given `clouds` (the samples themselves, or with other clouds); NaN where the target
+    has no such field."""
+    ids, mask, owners = targets
     inputs = policy_inputs(policy, clouds, quant, use_images)
     nll = -policy.logprobs(inputs, ids.to(policy.device), mask.to(policy.device)).float().cpu()
     out = {}
@@ -53,14 +60,16 @@ def field_nll(policy, samples: list[Sample], clouds: list[Sample], quant: Quant,
 
 
 def cloud_reading(policy, samples: list[Sample], quant: Quant, use_images: bool, batch_size: int) -> dict:
-    """Per field: the NLLs with the own clouds and with swapped ones (`swapped_clouds` over all samples), per object."""
+    """Per field: the NLLs with the own clouds and with swapped ones (`swapped_clouds` over all samples), per object;
+    each batch's targets are tokenized once for both."""
     swapped = swapped_clouds(samples)
     own: dict[str, list[float]] = {name: [] for name in FIELDS}
     other: dict[str, list[float]] = {name: [] for name in FIELDS}
     for start in range(0, len(samples), batch_size):
         rows = slice(start, start + batch_size)
+        targets = target_tokens(policy, samples[rows], quant)
         for result, clouds in ((own, samples[rows]), (other, swapped[rows])):
-            for name, values in field_nll(policy, samples[rows], clouds, quant, use_images).items():
+            for name, values in field_nll(policy, targets, clouds, quant, use_images).items():
                 result[name] += values
     return {name: {"own": own[name], "swapped": other[name]} for name in FIELDS}
 

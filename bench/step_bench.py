@@ -7,11 +7,11 @@
 
 Equal work in all three arms: the demo policy's shape (`build_tiny_policy`, LLM hidden 128, 4 layers) or, with --llm,
 `pointrl init --llm DIR` (full fine-tuning; a frozen untrained point encoder of 32 groups of 16 points, as in
-`make demo-real`; points only: `data.use_images=false`), saved
-once to a temporary folder that pointrl's runs start from and whose `llm/` TRL loads with the policy's own tokenizer), 4 prompts
-x G 4 per step, every completion exactly `--tokens` long (pointrl: `rollout.min_new_tokens = max_new_tokens`; TRL:
-`generation_kwargs={"min_new_tokens": ...}` with `max_completion_length`), sampling at temperature 1 without top-k or
-top-p, AdamW at lr 1e-5 (constant, gradient clip 1, no KL), float32, no activation checkpointing.
+`make demo-real`; points only: `data.use_images=false`), saved once to a temporary folder that pointrl's runs start from
+and whose `llm/` TRL loads with the policy's own tokenizer; 4 prompts x G 4 per step, every completion exactly
+`--tokens` long (pointrl: `rollout.min_new_tokens = max_new_tokens`; TRL: `generation_kwargs={"min_new_tokens": ...}`
+with `max_completion_length`), sampling at temperature 1 without top-k or top-p, AdamW at lr 1e-5 (constant, gradient
+clip 1, no KL), float32, no activation checkpointing.
 
 The schedule: one generation, then 2 AdamW steps over the whole batch of 16.
 - pointrl: `learner.epochs=2`, `learner.micro_batch_size=16`, `learner.grad_accum=1`.
@@ -22,16 +22,16 @@ The schedule: one generation, then 2 AdamW steps over the whole batch of 16.
   a no-grad forward pass over the batch for the old policy's log-probs (`_generate_and_score_completions`); pointrl
   takes them from the rollout instead (its default, `learner.recompute_old_logprobs=false`).
 
-pointrl runs through its real driver, one process per run (`python rl/train_{grpo,grca}.py --config ...`: a local
-Ray cluster, one rollout worker, the reward service on Ray Serve, the learner on Ray Train, weight sync through the
-object store), and its phases are the run's own `metrics.jsonl` times. TRL runs in a process of its own (this script
-bench/step_bench_trl.py); a subclass times `_generate` (tokenize, `generate`, decode), `_calculate_rewards` and the rest of
-`_generate_and_score_completions` (the old log-prob pass and the advantages), and a TrainerCallback times each pair of
-optimizer steps from `on_step_begin` to `on_step_end` (the step; train = step minus generating and scoring).
-Threads: TRL's process runs torch on `--threads`; pointrl's rollout worker and learner worker each reserve
-`--threads` CPUs, so each runs torch on that many threads (Ray's controller and reward replica on 1). Run it on a
-quiet machine: where other processes keep the cores busy, more torch threads than free cores stall at every barrier
-(one HF `generate` of this size took 0.9 s with 1 thread and 0.7-18 s with 2 beside two busy processes).
+pointrl runs through its real driver, one process per run (`python rl/train_{grpo,grca}.py --config ...`: a local Ray
+cluster, one rollout worker, the reward service on Ray Serve, the learner on Ray Train, weight sync through the object
+store), and its phases are the run's own `metrics.jsonl` times. TRL runs in a process of its own
+(bench/step_bench_trl.py); a subclass times `_generate` (tokenize, `generate`, decode), `_calculate_rewards` and the
+rest of `_generate_and_score_completions` (the old log-prob pass and the advantages), and a TrainerCallback times each
+pair of optimizer steps from `on_step_begin` to `on_step_end` (the step; train = step minus generating and scoring).
+Threads: TRL's process runs torch on `--threads`; pointrl's rollout worker and learner worker each reserve `--threads`
+CPUs, so each runs torch on that many threads (Ray's controller and reward replica on 1). Run it on a quiet machine:
+where other processes keep the cores busy, more torch threads than free cores stall at every barrier (one HF `generate`
+of this size took 0.9 s with 1 thread and 0.7-18 s with 2 beside two busy processes).
 
 Prompts: pointrl's own (the procedural benchmark's questions, with the point and image positions). TRL's are text
 prompts of the same token count (the instruction padded with a filler word): TRL's arm encodes no cloud and no image,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.cloud_reading import cloud_reading, field_nll, main, summary
+from bench.cloud_reading import cloud_reading, field_nll, main, summary, target_tokens
 from data3d import generate_sample
 from rewards import FIELDS
 from rl.config import run_quant
@@ -28,8 +28,9 @@ def test_a_taught_policy_knows_its_targets_and_an_untrained_one_guesses(init_pol
     from rl.runtime.data import TrainingSet
 
     taught = [TrainingSet(CFG, "train", 2, CFG.data.seed)[i] for i in range(2)]
-    known = field_nll(taught_policy, taught, taught, QUANT, use_images=False)
-    guessed = field_nll(PointVLM.from_pretrained(init_policy), taught, taught, QUANT, use_images=False)
+    untrained = PointVLM.from_pretrained(init_policy)
+    known = field_nll(taught_policy, target_tokens(taught_policy, taught, QUANT), taught, QUANT, use_images=False)
+    guessed = field_nll(untrained, target_tokens(untrained, taught, QUANT), taught, QUANT, use_images=False)
     assert set(known) == set(guessed) == set(FIELDS)
     assert max(max(v) for v in known.values()) < 0.5
     assert min(min(v) for v in guessed.values()) > 5.0  # log(2048) = 7.6
@@ -42,7 +43,7 @@ def test_the_swapped_clouds_reach_the_policy_and_a_gap_has_its_ci(init_policy, s
     reading = cloud_reading(policy, samples, QUANT, use_images=False, batch_size=3)  # two batches, one ragged
     assert all(len(reading[f]["own"]) == len(reading[f]["swapped"]) == len(samples) for f in FIELDS)
     assert reading["bbox3d"]["own"] != reading["bbox3d"]["swapped"]  # even an untrained policy hears the cloud
-    again = field_nll(policy, samples, samples, QUANT, use_images=False)
+    again = field_nll(policy, target_tokens(policy, samples, QUANT), samples, QUANT, use_images=False)
     assert again["bbox3d"] == pytest.approx(reading["bbox3d"]["own"], abs=1e-5)  # batching changes nothing
     for row in summary(reading).values():
         low, high = row["ci"]

@@ -62,11 +62,13 @@ def _llm_type_problem(llm: Path) -> str | None:
 def recorded_grouping(point_encoder: Path) -> dict[str, int]:
     """What the weights leave out (the grouping and the head count), where a pointrl policy records it: its
     `vision.safetensors` sits beside its `pointvlm.json`. {} for any other checkpoint."""
+    from policies import PointVLMConfig
+
     config = point_encoder.parent / "pointvlm.json"
     if point_encoder.name != "vision.safetensors" or not config.is_file():
         return {}
-    point = json.loads(config.read_text()).get("point", {})
-    return {key: point[key] for key in ("num_groups", "group_size", "heads") if key in point}
+    point = PointVLMConfig.from_dict(json.loads(config.read_text())).point
+    return {"num_groups": point.num_groups, "group_size": point.group_size, "heads": point.heads}
 
 
 def init_config(args: argparse.Namespace):
