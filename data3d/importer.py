@@ -32,7 +32,6 @@ from tqdm import tqdm
 
 from data3d.benchmark import split_indices
 from data3d.loaders import (
-    SHAPENET_SYNSETS,
     modelnet_sample,
     objaverse_sample,
     read_conversations,
@@ -43,6 +42,7 @@ from data3d.settings import DataSettings
 from data3d.sources import (
     MODELNET40_LAYOUT,
     SHAPENET_LAYOUT,
+    SHAPENET_SYNSETS,
     modelnet40_files,
     modelnet_uid,
     objaverse_file,

@@ -18,9 +18,10 @@ import numpy as np
 
 from data3d.annotate import NUM_KPTS, annotate
 from data3d.benchmark import POOL_FACTOR
-from data3d.loaders import SHAPENET_SYNSETS, mesh_file_surface
+from data3d.loaders import mesh_file_surface
 from data3d.questions import category_question, extents, longest_axis_question, taller_question
 from data3d.shapes import article
+from data3d.sources import SHAPENET_SYNSETS
 from data3d.types import Sample
 
 MESH_SUFFIXES = (".obj", ".ply", ".stl", ".off", ".glb", ".gltf", ".iv")  # .iv: Open Inventor (data3d.inventor)
