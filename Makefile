@@ -92,6 +92,8 @@ real-bench: install
 	@[ -d /usr/share/inventor/data/models ] && [ -d /usr/share/assimp/models ] && /usr/bin/python3 -c "import pivy" || \
 		(apt-get update -qq && apt-get install -y -qq inventor-data assimp-testmodels python3-pivy)
 	$(BIN)/python bench/real_bench.py $(if $(POLICY),--policy $(POLICY))
+	@[ -n "$(POLICY)" ] || [ ! -f runs/demo-real/policy/pointvlm.json ] || $(KEEP_FREED) $(BIN)/python bench/real_bench.py \
+		--policy runs/demo-real/policy --report runs/real-bench/demo-real --batch-size 32
 
 # The split by object (issue 26): `make demo`'s policy fine-tuned on make real-bench's 51 real train objects (SFT),
 # then SFT budget-matched, GRPO and GRCA + RPC (the demo's field weights, and unit ones) from it, 3 seeds each,

@@ -1,7 +1,7 @@
 """Synthetic against real shapes (`make real-bench`): a benchmark of real meshes from registry packages, and a policy
 evaluated on it beside the synthetic benchmark it was trained on, with each set's ground-truth ceiling.
 
-    python bench/real_bench.py --policy runs/demo/policy [--out runs/real-bench]
+    python bench/real_bench.py --policy runs/demo/policy [--out runs/real-bench] [--report DIR]
 
 The meshes (`make real-bench` installs the packages): Debian's inventor-data (LGPL-2+: 97 Open Inventor models in
 category folders, converted by Coin3D: python3-pivy), the real objects among assimp-testmodels' format tests (BSD-3:
@@ -9,8 +9,10 @@ a toy pig, a spider, an engine, a sphere with a hole; its glTF 1 milk truck is l
 only) and the three in pyvista's wheel (airplane, ant, nut; MIT). They are staged by category under `<out>/meshes`
 and imported with `pointrl import --meshes` at the policy's data settings; the synthetic set is `pointrl synth`
 with the same settings and a seed the policy never saw. Both are evaluated with `pointrl eval` (greedy, the
-reliance gaps); `<out>/real_bench.json` and `real_bench.md` hold the table, and `pointrl viz` draws the policy's
-answers on the first real test objects under `<out>/pictures`. Nothing here trains.
+reliance gaps; a policy without an image encoder on its clouds alone); `<report>/real_bench.json` and
+`real_bench.md` hold the table, and `pointrl viz` draws the policy's answers on the first real test objects under
+`<report>/pictures`. `--report` (default: `--out`) lets a second policy be evaluated on the same two sets (they are
+built once). Nothing here trains.
 """
 
 from __future__ import annotations
@@ -84,15 +86,20 @@ def stage_meshes(stage: Path) -> dict[str, int]:
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--policy", default="runs/demo/policy", help="the policy directory to evaluate")
-    parser.add_argument("--out", default="runs/real-bench")
+    parser.add_argument("--out", default="runs/real-bench", help="the meshes and both benchmarks")
+    parser.add_argument("--report", help="the evaluations, table and pictures (default: --out)")
     parser.add_argument("--synthetic", type=int, default=256, help="synthetic objects to compare with")
     parser.add_argument("--pictures", type=int, default=6, help="real test objects drawn with the policy's answers")
+    parser.add_argument("--limit", type=int, help="evaluate the first N objects of each set (default: all)")
+    parser.add_argument("--batch-size", type=int, default=8, help="answers decoded at once (32 suits SmolLM2)")
     args = parser.parse_args(argv)
     from data3d.settings import load_settings
     from rl.cli.main import main as pointrl
     from rl.eval.evaluate import run_eval
 
     policy, out = Path(args.policy), Path(args.out)
+    report = Path(args.report or out)
+    report.mkdir(parents=True, exist_ok=True)
     settings = load_settings(policy)
     if settings is None:
         sys.exit(f"real_bench: {policy} records no data settings (data_settings.json): give a trained policy")
@@ -100,7 +107,8 @@ def main(argv: list[str]) -> None:
     stage = out / "meshes"
     if not stage.is_dir():
         print(f"staged meshes: {stage_meshes(stage)}")
-    pointrl(["import", "--meshes", str(stage), "--out", str(out / "real"), "--test-fraction", "0.5", *flags])
+    if not (out / "real" / "meta.json").is_file():  # a policy with other data settings is refused by the eval
+        pointrl(["import", "--meshes", str(stage), "--out", str(out / "real"), "--test-fraction", "0.5", *flags])
     if not (out / "synthetic" / "meta.json").is_file():
         pointrl(["synth", "--out", str(out / "synthetic"), "--n", str(2 * args.synthetic), "--test-fraction", "0.5",
                  "--seed", "7919", *flags])  # fmt: skip
@@ -109,20 +117,20 @@ def main(argv: list[str]) -> None:
         for split in ("train", "test") if name == "real" else ("test",):  # nothing here trains on the real objects
             print(f"\n== {name} {split}")
             reports[f"{name} {split}"] = run_eval(
-                str(policy), str(out / name), str(out / f"eval_{name}_{split}.json"), split
-            )
+                str(policy), str(out / name), str(report / f"eval_{name}_{split}.json"), split, args.limit,
+                args.batch_size)  # fmt: skip
     rows = {
         key: {**{m: r.get(m) for m in METRICS}, "ceiling_rpc": r["ceiling"].get("rpc")} for key, r in reports.items()
     }
-    (out / "real_bench.json").write_text(json.dumps({"policy": str(policy), "rows": rows}, indent=1))
+    (report / "real_bench.json").write_text(json.dumps({"policy": str(policy), "rows": rows}, indent=1))
     lines = [f"# {policy} on synthetic and real shapes", "", "| set | " + " | ".join(METRICS) + " | RPC ceiling |"]
     lines.append("|---|" + "---|" * (len(METRICS) + 1))
     for key, row in rows.items():
         cells = ["-" if row[m] is None else f"{row[m]:.3f}" for m in (*METRICS, "ceiling_rpc")]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    (out / "real_bench.md").write_text("\n".join(lines) + "\n")
+    (report / "real_bench.md").write_text("\n".join(lines) + "\n")
     pointrl(["viz", "--policy", str(policy), "--data", str(out / "real"), "--n", str(args.pictures),
-             "--out", str(out / "pictures")])  # fmt: skip
+             "--out", str(report / "pictures")])  # fmt: skip
     print("\n" + "\n".join(lines))
 
 

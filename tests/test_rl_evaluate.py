@@ -141,6 +141,28 @@ def test_pointrl_eval_on_a_tiny_policy_and_dataset(tmp_path):
     assert report["meta"]["settings"] == settings.to_dict()
 
 
+def test_a_points_only_policy_is_evaluated_and_drawn_on_its_clouds_alone(tmp_path, capsys):
+    """A policy without an image encoder on a dataset with images (make real-bench's SmolLM2 policy): the images do
+    not reach it, and the image-blanked conditions, which would repeat the others, are left out."""
+    from policies.tiny import build_tiny_policy, tiny_config
+    from rl.cli.main import main
+
+    settings = DataSettings(num_points=256, image_size=32, num_kpts=2, bins=50)
+    write_benchmark(tmp_path / "data", 4, seed=2, test_fraction=0.5, settings=settings, progress=False)
+    build_tiny_policy(out_dir=tmp_path / "policy", config=tiny_config(image=None))
+    save_settings(tmp_path / "policy", settings)
+    out = tmp_path / "eval.json"
+    common = ["--policy", str(tmp_path / "policy"), "--data", str(tmp_path / "data"), "--max-new-tokens", "8"]
+    main(["eval", *common, "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["n"] == 2 and {"masked", "swapped"} <= set(report["reliance"])
+    assert "image_blanked" not in report["reliance"]
+    table = capsys.readouterr().out
+    assert "cloud swapped" in table and "image blanked" not in table
+    main(["viz", *common, "--n", "1", "--out", str(tmp_path / "pictures")])
+    assert len(list((tmp_path / "pictures").glob("*.png"))) == 1
+
+
 def test_pointrl_eval_refuses_data_written_with_other_settings(tmp_path):
     from policies.tiny import build_tiny_policy
     from rl.cli.main import main

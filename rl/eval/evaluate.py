@@ -153,25 +153,28 @@ def evaluate(
     reliance: bool = True,
     mask_ratio: float = 0.6,
     seed: int = 0,
+    blank_images: bool = True,
 ) -> dict:
     """The report `pointrl eval` writes: METRICS, format_rate, TEXT_METRICS, n, `ceiling` (`ground_truth_ceiling`: the
     same metrics for a perfect answer) and (optionally) `reliance`: the 3D-masked and cloud-swapped metrics and gaps
     with the image, and under `image_blanked` the same three conditions (clean, masked, swapped) with a blank image,
-    whose gaps measure the cloud where the picture cannot stand in."""
+    whose gaps measure the cloud where the picture cannot stand in; `blank_images=False` leaves those out, for an
+    answerer that reads no image (they would repeat the others)."""
     if not samples:
         raise ValueError("evaluate: no samples to evaluate")
     report = {**score_answers(samples, answer(samples), quant), "n": len(samples)}
     report["ceiling"] = ground_truth_ceiling(samples, quant)
     if reliance:
-        blank = blanked_images(samples)
-        blank_clean = score_answers(samples, answer(blank), quant)
         report["reliance"] = {
             **_cloud_reliance(answer, samples, report, quant, mask_ratio, seed),
             "mask_ratio": mask_ratio,
-            "image_blanked": {
-                "clean": blank_clean,
-                **_cloud_reliance(answer, blank, blank_clean, quant, mask_ratio, seed),
-            },
+        }
+    if reliance and blank_images:
+        blank = blanked_images(samples)
+        blank_clean = score_answers(samples, answer(blank), quant)
+        report["reliance"]["image_blanked"] = {
+            "clean": blank_clean,
+            **_cloud_reliance(answer, blank, blank_clean, quant, mask_ratio, seed),
         }
     return report
 
@@ -185,10 +188,13 @@ def policy_answerer(
     progress: bool = True,
     quant: Quant | None = None,
 ) -> Answerer:
-    """An answerer that runs a PointVLM (greedy by default) in batches, with a progress bar."""
+    """An answerer that runs a PointVLM (greedy by default) in batches, with a progress bar; the images reach only a
+    policy with an image encoder."""
     from tqdm import tqdm
 
     from rollout.batching import policy_inputs
+
+    use_images = use_images and policy.config.image is not None
 
     def answer(samples: list[Sample]) -> list[str]:
         texts = []
@@ -208,10 +214,10 @@ def format_table(report: dict) -> str:
     columns = (*METRICS, *TEXT_METRICS)
     rows = [("clean", report)]
     if "reliance" in report:
+        rows += [("3D-masked", report["reliance"]["masked"]), ("cloud swapped", report["reliance"]["swapped"])]
+    if "image_blanked" in report.get("reliance", {}):
         blank = report["reliance"]["image_blanked"]
         rows += [
-            ("3D-masked", report["reliance"]["masked"]),
-            ("cloud swapped", report["reliance"]["swapped"]),
             ("image blanked", blank["clean"]),
             ("blank, 3D-masked", blank["masked"]),
             ("blank, swapped", blank["swapped"]),
@@ -246,7 +252,7 @@ def format_comparison(reports: dict[str, dict]) -> str:
         reliance = report.get("reliance")
         row = f"{name:10}" + "".join(f"{report[c]:11.3f}" for c in METRICS)
         for _, metric, blank in gaps:
-            source = (reliance["image_blanked"] if blank else reliance) if reliance else None
+            source = (reliance.get("image_blanked") if blank else reliance) if reliance else None
             row += f"{source['gap_swapped'][metric]:19.3f}" if source else f"{'-':>19}"
         lines.append(row)
     return "\n".join(lines)
@@ -298,7 +304,8 @@ def run_eval(
     report = {}
     if suite in ("geometry", "all"):
         answerer = policy_answerer(policy, batch_size, max_new_tokens, greedy, use_images, quant=quant)
-        report = evaluate(answerer, samples, quant, reliance=reliance)
+        blank_images = use_images and policy.config.image is not None
+        report = evaluate(answerer, samples, quant, reliance=reliance, blank_images=blank_images)
         print(format_table(report))
         print(format_ceiling(report))
     if suite in ("3dcqa", "all"):

@@ -225,7 +225,8 @@ def _evaluate_report(config: dict, policy_dir: str) -> dict:
 
     cfg = config_from_dict(config)
     samples = held_out_samples(cfg)
-    report = evaluate(held_out_answerer(cfg, Path(policy_dir)), samples, run_quant(cfg), reliance=cfg.eval.reliance)
+    answerer = held_out_answerer(cfg, Path(policy_dir))
+    report = evaluate(answerer, samples, run_quant(cfg), reliance=cfg.eval.reliance, blank_images=cfg.data.use_images)
     report["meta"] = {"policy": policy_dir, "samples": len(samples), "held_out": held_out_name(cfg)}
     return report
 
