@@ -87,13 +87,15 @@ bench-objectives: install
 	$(BIN)/python bench/learning_bench.py --study objectives $(STUDY_BUDGET)
 
 # Real shapes (issue 26): Debian's inventor-data and assimp-testmodels, converted and imported, beside the synthetic
-# benchmark; POLICY=dir evaluates another policy than runs/demo/policy (`make demo` leaves that one)
+# benchmark; POLICY=dir evaluates another policy than runs/demo/policy (`make demo` leaves that one). Without POLICY,
+# `make demo-real`'s SmolLM2 policy is evaluated too when it exists, on the first 64 objects of each set (its decoding
+# takes about a second per answer here), into runs/real-bench/demo-real
 real-bench: install
 	@[ -d /usr/share/inventor/data/models ] && [ -d /usr/share/assimp/models ] && /usr/bin/python3 -c "import pivy" || \
 		(apt-get update -qq && apt-get install -y -qq inventor-data assimp-testmodels python3-pivy)
 	$(BIN)/python bench/real_bench.py $(if $(POLICY),--policy $(POLICY))
 	@[ -n "$(POLICY)" ] || [ ! -f runs/demo-real/policy/pointvlm.json ] || $(KEEP_FREED) $(BIN)/python bench/real_bench.py \
-		--policy runs/demo-real/policy --report runs/real-bench/demo-real --batch-size 32
+		--policy runs/demo-real/policy --report runs/real-bench/demo-real --batch-size 32 --limit 64
 
 # The split by object (issue 26): `make demo`'s policy fine-tuned on make real-bench's 51 real train objects (SFT),
 # then SFT budget-matched, GRPO and GRCA + RPC (the demo's field weights, and unit ones) from it, 3 seeds each,
