@@ -179,6 +179,11 @@ def evaluate(
     return report
 
 
+def reads_images(policy, use_images: bool) -> bool:
+    """Whether a policy is given the images: when asked and when it has an image encoder to read them."""
+    return use_images and policy.config.image is not None
+
+
 def policy_answerer(
     policy,
     batch_size: int = 8,
@@ -194,7 +199,7 @@ def policy_answerer(
 
     from rollout.batching import policy_inputs
 
-    use_images = use_images and policy.config.image is not None
+    use_images = reads_images(policy, use_images)
 
     def answer(samples: list[Sample]) -> list[str]:
         texts = []
@@ -304,7 +309,7 @@ def run_eval(
     report = {}
     if suite in ("geometry", "all"):
         answerer = policy_answerer(policy, batch_size, max_new_tokens, greedy, use_images, quant=quant)
-        blank_images = use_images and policy.config.image is not None
+        blank_images = reads_images(policy, use_images)
         report = evaluate(answerer, samples, quant, reliance=reliance, blank_images=blank_images)
         print(format_table(report))
         print(format_ceiling(report))
