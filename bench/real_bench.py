@@ -98,8 +98,8 @@ def main(argv: list[str]) -> None:
     from rl.eval.evaluate import run_eval
 
     policy, out = Path(args.policy), Path(args.out)
-    report = Path(args.report or out)
-    report.mkdir(parents=True, exist_ok=True)
+    report_dir = Path(args.report or out)
+    report_dir.mkdir(parents=True, exist_ok=True)
     settings = load_settings(policy)
     if settings is None:
         sys.exit(f"real_bench: {policy} records no data settings (data_settings.json): give a trained policy")
@@ -117,20 +117,20 @@ def main(argv: list[str]) -> None:
         for split in ("train", "test") if name == "real" else ("test",):  # nothing here trains on the real objects
             print(f"\n== {name} {split}")
             reports[f"{name} {split}"] = run_eval(
-                str(policy), str(out / name), str(report / f"eval_{name}_{split}.json"), split, args.limit,
+                str(policy), str(out / name), str(report_dir / f"eval_{name}_{split}.json"), split, args.limit,
                 args.batch_size)  # fmt: skip
     rows = {
         key: {**{m: r.get(m) for m in METRICS}, "ceiling_rpc": r["ceiling"].get("rpc")} for key, r in reports.items()
     }
-    (report / "real_bench.json").write_text(json.dumps({"policy": str(policy), "rows": rows}, indent=1))
+    (report_dir / "real_bench.json").write_text(json.dumps({"policy": str(policy), "rows": rows}, indent=1))
     lines = [f"# {policy} on synthetic and real shapes", "", "| set | " + " | ".join(METRICS) + " | RPC ceiling |"]
     lines.append("|---|" + "---|" * (len(METRICS) + 1))
     for key, row in rows.items():
         cells = ["-" if row[m] is None else f"{row[m]:.3f}" for m in (*METRICS, "ceiling_rpc")]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
-    (report / "real_bench.md").write_text("\n".join(lines) + "\n")
+    (report_dir / "real_bench.md").write_text("\n".join(lines) + "\n")
     pointrl(["viz", "--policy", str(policy), "--data", str(out / "real"), "--n", str(args.pictures),
-             "--out", str(report / "pictures")])  # fmt: skip
+             "--out", str(report_dir / "pictures")])  # fmt: skip
     print("\n" + "\n".join(lines))
 
 

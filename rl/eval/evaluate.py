@@ -306,11 +306,11 @@ def run_eval(
         raise ValueError(f"suite: expected one of {', '.join(SUITES)}, got {suite!r}")
     policy, samples, settings = load_policy_and_split(policy_dir, data_dir, split, limit)
     quant = settings.quant()
+    use_images = reads_images(policy, use_images)
     report = {}
     if suite in ("geometry", "all"):
         answerer = policy_answerer(policy, batch_size, max_new_tokens, greedy, use_images, quant=quant)
-        blank_images = reads_images(policy, use_images)
-        report = evaluate(answerer, samples, quant, reliance=reliance, blank_images=blank_images)
+        report = evaluate(answerer, samples, quant, reliance=reliance, blank_images=use_images)
         print(format_table(report))
         print(format_ceiling(report))
     if suite in ("3dcqa", "all"):
