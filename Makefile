@@ -87,10 +87,10 @@ bench-objectives: install
 	$(BIN)/python bench/learning_bench.py --study objectives $(STUDY_BUDGET)
 
 # Real shapes (issue 26): Debian's inventor-data and assimp-testmodels, converted and imported, beside the synthetic
-# benchmark; POLICY=dir evaluates another policy than runs/demo/policy (`make demo` leaves that one). Without POLICY,
-# `make demo-real`'s SmolLM2 policy is evaluated too when it exists, on the first 64 objects of each set (its decoding
-# takes about a second per answer here), into runs/real-bench/demo-real
-real-bench: install
+# benchmark; POLICY=dir evaluates another policy than runs/demo/policy (`make demo` leaves that one, and runs first
+# when it is missing). Without POLICY, `make demo-real`'s SmolLM2 policy is evaluated too when it exists, on the first
+# 64 objects of each set (its decoding takes about a second per answer here), into runs/real-bench/demo-real
+real-bench: install $(if $(POLICY),,runs/demo/policy/pointvlm.json)
 	@[ -d /usr/share/inventor/data/models ] && [ -d /usr/share/assimp/models ] && /usr/bin/python3 -c "import pivy" || \
 		(apt-get update -qq && apt-get install -y -qq inventor-data assimp-testmodels python3-pivy)
 	$(BIN)/python bench/real_bench.py $(if $(POLICY),--policy $(POLICY))
